@@ -1,0 +1,405 @@
+"""Channel, Queue and Listener: one message API over every transport.
+
+Method names follow ``multiprocessing.connection.Connection``: ``send``/``recv`` move objects through
+the channel's serializer, ``send_bytes``/``recv_bytes``/``recv_bytes_into`` move raw bytes, ``poll``
+says whether a message is ready, ``fileno`` serves select/poll/epoll.  Mechanism extras are keyword
+arguments (``priority=`` for mq://, ``type=`` for sysvmq://), never new method names.
+
+Every frame carries its serializer's id.  ``recv`` decodes a frame made by the channel's serializer or
+by RAW (``send_bytes``; it returns ``bytes``); any other id is a ProtocolError, never a misdecode.  A
+serializer that can run code (pickle) is decoded only when the transport authenticated the peer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
+
+from . import _framing
+from ._auth import Peer
+from ._endpoint import Endpoint
+from ._framing import END, NEED_DATA, FrameReader, frame_parts, header
+from ._resource import ConflictDetector, Handle
+from ._transports import Transport
+from ._transports._io import deadline_after
+from .errors import (
+    AuthenticationError,
+    BufferTooSmall,
+    ChannelClosed,
+    HandleClosed,
+    MessageTooLarge,
+    ProtocolError,
+    Timeout,
+)
+from .serializers import MSGPACK, RAW, Serializer, by_id
+
+T = TypeVar("T")
+
+__all__ = ("Channel", "Queue", "Listener")
+
+
+class _NoPublicConstructor(type):
+    """Channels come from ipcraft.connect/listen/queue/pipe, never from calling the class (trio)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor; use "
+                        "ipcraft.connect(), listen(), queue() or pipe()")
+
+    def _create(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
+
+
+class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
+    """The surface Channel and Queue share."""
+
+    _transport: Transport | None = None
+
+    def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
+                 serializer: Serializer = MSGPACK,
+                 max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._transport = transport
+        self._endpoint = endpoint
+        if serializer.trusted_only and not transport.authenticated:
+            transport.close()
+            self._closed = True
+            raise AuthenticationError(
+                f"serializer {serializer.name} can run code when loading and is allowed only on an "
+                f"authenticated channel; {endpoint or 'this channel'} does not authenticate its peer "
+                "(use an authkey= for tcp://, or the default msgpack)")
+        self.serializer = serializer
+        self.max_message_size = max_message_size
+        if transport.max_payload is not None and transport.max_payload - _framing.HEADER_SIZE < max_message_size:
+            self._send_limit = transport.max_payload - _framing.HEADER_SIZE
+            self._send_limit_source = transport.limit_source
+        else:
+            self._send_limit = max_message_size
+            self._send_limit_source = "this channel's max_message_size"
+        self._stream = transport.kind == "stream"
+        self._reader = FrameReader(max_message_size) if self._stream else None
+        self._sending = ConflictDetector("sending")
+        self._receiving = ConflictDetector("receiving")
+        self._eof = False
+
+    # -- facts -------------------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The endpoint this handle was made for (None for ipcraft.pipe())."""
+        return self._endpoint
+
+    @property
+    def peer(self) -> Peer:
+        """What the kernel knows of the other side: pid/uid/gid (Unix), address (TCP/UDP)."""
+        return self._live().peer
+
+    @property
+    def authenticated(self) -> bool:
+        """True when the peer is authenticated (same-uid Unix peer, or a TCP authkey handshake)."""
+        return self._live().authenticated
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        """A transport-specific fact, e.g. ``extra("ring_capacity")``; ``default`` if it has none."""
+        return self._live().extra().get(name, default)
+
+    def fileno(self) -> int:
+        """A file descriptor that becomes readable when a message may be ready (select/poll/epoll)."""
+        return self._live().fileno()
+
+    def _live(self) -> Transport:
+        t = self._transport
+        if t is None or self._closed:
+            self._raise_closed()
+        return t
+
+    def _close(self) -> None:
+        t, self._transport = self._transport, None
+        if t is not None:
+            t.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        where = str(self._endpoint) if self._endpoint is not None else "pipe"
+        return f"<{type(self).__name__} {where} serializer={self.serializer.name} {state}>"
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def send(self, obj: T, *, timeout: float | None = None, **extra: Any) -> None:
+        """Serialize ``obj`` with the channel's serializer and send it as one message.
+
+        Raises:
+            MessageTooLarge: the serialized object exceeds the channel's or the mechanism's limit;
+                nothing was sent, the channel is usable.
+            Timeout: the peer did not make room in time (see Timeout for the state).
+            ChannelClosed / PeerVanished: the peer is gone.
+            HandleClosed: this channel was closed.
+        """
+        s = self.serializer
+        self._send_frame(s.id, s.dumps(obj), timeout, extra)
+
+    def send_bytes(self, data: Any, offset: int = 0, size: int | None = None, *,
+                   timeout: float | None = None, **extra: Any) -> None:
+        """Send the bytes-like ``data`` (or ``size`` bytes of it from ``offset``) as one message.
+
+        The receiver gets exactly these bytes from ``recv_bytes`` (or from ``recv``, as ``bytes``).
+        Raises as :meth:`send`.
+        """
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        if offset or size is not None:
+            n = len(mv)
+            if offset < 0 or offset > n:
+                raise ValueError(f"offset {offset} is outside the {n}-byte buffer")
+            end = n if size is None else offset + size
+            if size is not None and (size < 0 or end > n):
+                raise ValueError(f"size {size} at offset {offset} leaves the {n}-byte buffer")
+            mv = mv[offset:end]
+        self._send_frame(0, mv, timeout, extra)
+
+    def _send_frame(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
+        t = self._live()
+        mv = payload if isinstance(payload, memoryview) else memoryview(payload)
+        n = mv.nbytes
+        if n > self._send_limit:
+            raise MessageTooLarge(f"a {n}-byte message exceeds the limit of {self._send_limit} bytes "
+                                  f"({self._send_limit_source}) on {self!r}", n, self._send_limit)
+        deadline = None if timeout is None else deadline_after(timeout)
+        with self._sending:
+            try:
+                if self._stream:
+                    if extra:
+                        _no_extras(self, extra)
+                    t.send_all(frame_parts(sid, mv), deadline)  # type: ignore[attr-defined]
+                else:
+                    t.send_message([header(sid, n), mv], deadline, **extra)  # type: ignore[attr-defined]
+            except Timeout as exc:
+                if exc.__class__ is Timeout and "channel was closed" in str(exc):
+                    self.close()
+                raise
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None, **extra: Any) -> T:
+        """Receive one message and deserialize it.
+
+        A message sent with ``send_bytes`` arrives as ``bytes``.
+
+        Raises:
+            ChannelClosed: the peer closed and every message has been received (PeerVanished if it
+                died); the handle stays open until you close it.
+            Timeout: nothing arrived in time; the channel is usable.
+            MessageTooLarge: the message exceeded max_message_size; it was discarded, the channel is
+                usable.
+            ProtocolError: a frame of another serializer, or a malformed frame (a byte-stream channel
+                is then closed: it cannot be resynchronised).
+            HandleClosed: this channel was closed.
+        """
+        with self._receiving:
+            sid, view = self._recv_frame(timeout, extra)
+            return self._decode(sid, view)  # type: ignore[no-any-return]
+
+    def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None,
+                   **extra: Any) -> bytes:
+        """Receive one message as ``bytes`` (the serialized form, if it was sent with ``send``).
+
+        ``maxlength`` refuses longer messages with MessageTooLarge (the message is discarded, the
+        channel stays usable).  Raises as :meth:`recv`.
+        """
+        with self._receiving:
+            sid, view = self._recv_frame(timeout, extra)
+            if maxlength is not None and view.nbytes > maxlength:
+                raise MessageTooLarge(f"a {view.nbytes}-byte message exceeds maxlength={maxlength}; it was "
+                                      "discarded", view.nbytes, maxlength)
+            return view.tobytes()
+
+    def recv_bytes_into(self, buffer: Any, offset: int = 0, *, timeout: float | None = None,
+                        **extra: Any) -> int:
+        """Receive one message into the writable ``buffer`` at ``offset``; return its length.
+
+        Raises:
+            BufferTooSmall: the message does not fit; it is kept whole in the exception's ``data``
+                (nothing is lost), the channel is usable.
+            and as :meth:`recv`.
+        """
+        dst = memoryview(buffer).cast("B")
+        if dst.readonly:
+            raise TypeError("recv_bytes_into needs a writable buffer")
+        if not 0 <= offset <= len(dst):
+            raise ValueError(f"offset {offset} is outside the {len(dst)}-byte buffer")
+        with self._receiving:
+            sid, view = self._recv_frame(timeout, extra)
+            n = view.nbytes
+            if n > len(dst) - offset:
+                raise BufferTooSmall(f"a {n}-byte message does not fit the {len(dst) - offset} bytes left "
+                                     "in the buffer; the message is in this exception's .data",
+                                     view.tobytes(), len(dst) - offset)
+            dst[offset:offset + n] = view
+            return n
+
+    def _recv_frame(self, timeout: float | None, extra: dict[str, Any]) -> tuple[int, memoryview]:
+        t = self._live()
+        if self._eof:
+            raise ChannelClosed(f"the peer closed {self!r}")
+        deadline = None if timeout is None else deadline_after(timeout)
+        if not self._stream:
+            try:
+                msg = t.recv_message(deadline, **extra)  # type: ignore[attr-defined]
+            except ChannelClosed:
+                self._eof = True
+                raise
+            return _framing.check_message_header(memoryview(msg), self.max_message_size)
+        if extra:
+            _no_extras(self, extra)
+        reader = self._reader
+        assert reader is not None
+        try:
+            while True:
+                frame = reader.next_frame()
+                if frame is NEED_DATA:
+                    reader.advance(t.recv_into(reader.buffer(), deadline))  # type: ignore[attr-defined]
+                    continue
+                if frame is END:
+                    self._eof = True
+                    raise ChannelClosed(f"the peer closed {self!r}")
+                return frame  # type: ignore[return-value]
+        except ProtocolError:
+            self.close()
+            raise
+        except ChannelClosed:
+            self._eof = True
+            raise
+
+    def _decode(self, sid: int, view: memoryview) -> Any:
+        s = self.serializer
+        if sid == s.id:
+            return s.loads(view)
+        if sid == 0:
+            return view.tobytes()
+        other = by_id(sid)
+        name = other.name if other is not None else f"unknown id {sid}"
+        if other is not None and other.trusted_only and not self._live().authenticated:
+            raise AuthenticationError(f"the peer sent a {name} message on an unauthenticated channel; it "
+                                      "was discarded without being decoded")
+        raise ProtocolError(f"the peer sent a {name} message but {self!r} uses {s.name}; the message "
+                            "was discarded (use the same serializer= on both sides)")
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether a message (or the end of the stream) is ready; waits up to ``timeout`` seconds.
+
+        ``timeout=0`` (the default) checks and returns at once; None waits until something arrives.
+        """
+        t = self._live()
+        deadline = deadline_after(timeout)
+        if self._eof:
+            return True
+        if not self._stream:
+            return t.wait_readable(deadline)
+        reader = self._reader
+        assert reader is not None
+        with self._receiving:
+            while not reader.frame_ready():
+                if not t.wait_readable(deadline):
+                    return False
+                try:
+                    n = t.recv_into(reader.buffer(), time.monotonic())  # type: ignore[attr-defined]
+                except Timeout:
+                    continue
+                reader.advance(n)
+                if n == 0:
+                    return True
+            return True
+
+    def __iter__(self) -> Iterator[T]:
+        """Yield received messages until the peer closes."""
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return
+
+
+def _no_extras(obj: object, extra: dict[str, Any]) -> None:
+    raise TypeError(f"{obj!r} takes no mechanism options; got {', '.join(sorted(extra))}")
+
+
+class Channel(_MessageIO[T]):
+    """A duplex, point-to-point message channel, from :func:`ipcraft.connect`, ``Listener.accept``
+    or :func:`ipcraft.pipe`.
+
+    ``with channel:`` closes it on exit.  Iterating yields messages until the peer closes.  Closing
+    one end makes the other's ``recv`` raise ChannelClosed after the last message.
+
+    .. versionadded:: 0.1
+    """
+
+
+class Queue(_MessageIO[T]):
+    """A many-to-many message queue over a named kernel object, from :func:`ipcraft.queue`.
+
+    The handle that created the object is its ``owner`` and removes it on ``close()``; handles that
+    only opened it never do.  Unlike a channel, a queue has no end of stream: ``recv`` waits until a
+    message arrives or the timeout passes.
+
+    .. versionadded:: 0.1
+    """
+
+    @property
+    def owner(self) -> bool:
+        """True if this handle created the named object and will unlink it on close()."""
+        return self._transport is not None and self._transport.owner
+
+    def unlink(self) -> None:
+        """Remove the named object now; handles already open keep working until they close."""
+        self._live().unlink()
+
+
+class Listener(Handle, Generic[T], metaclass=_NoPublicConstructor):
+    """Accepts channels on a bound endpoint, from :func:`ipcraft.listen`.
+
+    ``endpoint`` is the bound address (a port 0 resolved); ``str(listener.endpoint)`` is the URL a
+    client connects to.  Iterating accepts forever.  ``close()`` stops listening and removes the
+    socket file it created; channels already accepted stay open.
+
+    .. versionadded:: 0.1
+    """
+
+    _impl: Any = None
+
+    def __init__(self, impl: Any, endpoint: Endpoint, channel_options: dict[str, Any]) -> None:
+        self._impl = impl
+        self.endpoint: Endpoint = impl.endpoint if getattr(impl, "endpoint", None) else endpoint
+        self._channel_options = channel_options
+
+    def accept(self, timeout: float | None = None) -> Channel[T]:
+        """Wait for the next client and return its channel.
+
+        Raises:
+            Timeout: no client came in time; the listener is usable.
+            HandleClosed: the listener was closed.
+        """
+        if self._closed:
+            self._raise_closed()
+        transport = self._impl.accept(deadline_after(timeout))
+        return Channel._create(transport, self.endpoint, **self._channel_options)  # type: ignore[attr-defined,no-any-return]
+
+    def fileno(self) -> int:
+        """Readable when a client is waiting to be accepted."""
+        if self._closed:
+            self._raise_closed()
+        return int(self._impl.fileno())
+
+    def _close(self) -> None:
+        impl, self._impl = self._impl, None
+        if impl is not None:
+            impl.close()
+
+    def __iter__(self) -> Iterator[Channel[T]]:
+        while True:
+            try:
+                yield self.accept()
+            except HandleClosed:
+                return
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.endpoint} {'closed' if self._closed else 'open'}>"

@@ -1,0 +1,18 @@
+"""The ``ipcraft`` command.  The only place click and rich are imported (STYLE.md R25)."""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ipcraft")
+def cli() -> None:
+    """Every classic Unix IPC mechanism, measured, listed and driven from the shell."""
+
+
+def main() -> None:
+    """Entry point of the ``ipcraft`` console script and ``python -m ipcraft``."""
+    cli()

@@ -1,0 +1,97 @@
+"""The facade: connect, listen, queue and pipe turn a URL into a Channel, Listener or Queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _framing
+from ._channel import Channel, Listener, Queue
+from ._endpoint import Endpoint
+from ._transports import module_for
+from ._transports._io import deadline_after
+from .errors import InvalidEndpoint
+from .serializers import MSGPACK, Serializer, by_name
+
+
+def _channel_options(ep: Endpoint) -> dict[str, Any]:
+    return {
+        "serializer": ep.options.get("serializer", MSGPACK),
+        "max_message_size": ep.options.get("max_message_size", _framing.DEFAULT_MAX_MESSAGE_SIZE),
+    }
+
+
+def _endpoint(url: str | Endpoint, family: str, verb: str, opts: dict[str, Any]) -> Endpoint:
+    ep = Endpoint.parse(url, **opts)
+    if ep.info.family != family:
+        hint = "ipcraft.queue()" if ep.info.family == "queue" else "ipcraft.connect()/listen()"
+        raise InvalidEndpoint(f"{ep.scheme}:// is a {ep.info.family} scheme; {verb}() does not take it "
+                              f"(use {hint})")
+    return ep
+
+
+def connect(url: str | Endpoint, timeout: float | None = None, **options: Any) -> Channel[Any]:
+    """Connect to a listener and return a duplex :class:`Channel`.
+
+    ``url`` names a connection scheme: ``unix:///path``, ``unix:@name``, ``unix+seqpacket:///path``,
+    ``tcp://host:port``, ``shm://name``.  Keyword ``options`` override those in the URL
+    (``serializer=``, ``max_message_size=``, ``authkey=`` ...).  ``timeout`` bounds the connection and
+    its handshake.
+
+    Raises:
+        InvalidEndpoint: a malformed URL, an unknown option, a queue scheme.
+        FileNotFoundError / ConnectionRefusedError: nobody listens there.
+        AuthenticationError: the credential policy or the authkey handshake refused.
+        Timeout: the listener did not answer in time.
+
+    .. versionadded:: 0.1
+    """
+    ep = _endpoint(url, "connection", "connect", options)
+    transport = module_for(ep.scheme).connect(ep, deadline_after(timeout))
+    return Channel._create(transport, ep, **_channel_options(ep))  # type: ignore[attr-defined,no-any-return]
+
+
+def listen(url: str | Endpoint, **options: Any) -> Listener[Any]:
+    """Bind ``url`` and return a :class:`Listener`; ``accept()`` yields a Channel per client.
+
+    Named things are created owner-only (mode 0600) unless ``mode=`` says otherwise, and only peers of
+    this uid (or ``allowed_uids=``) are accepted on Unix sockets.  TCP requires ``authkey=`` unless
+    ``insecure=True``.
+
+    .. versionadded:: 0.1
+    """
+    ep = _endpoint(url, "connection", "listen", options)
+    impl = module_for(ep.scheme).listen(ep)
+    return Listener._create(impl, ep, _channel_options(ep))  # type: ignore[attr-defined,no-any-return]
+
+
+def queue(url: str | Endpoint, create: bool | str = False, **options: Any) -> Queue[Any]:
+    """Open (or with ``create=True`` create) a many-to-many :class:`Queue`.
+
+    ``create=True`` creates the named object exclusively (FileExistsError if it exists) and makes this
+    handle its owner, which removes it on close(); ``create="if_missing"`` creates it only if absent;
+    ``create=False`` opens an existing one.  For ``fifo://``, ``unix+dgram://`` and ``udp://`` the
+    creating side is the one that receives.
+
+    .. versionadded:: 0.1
+    """
+    if create not in (True, False, "if_missing"):
+        raise ValueError(f"create is True, False or 'if_missing', not {create!r}")
+    ep = _endpoint(url, "queue", "queue", options)
+    transport = module_for(ep.scheme).open_queue(ep, create)
+    return Queue._create(transport, ep, **_channel_options(ep))  # type: ignore[attr-defined,no-any-return]
+
+
+def pipe(duplex: bool = True, *, serializer: str | Serializer = MSGPACK,
+         max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> tuple[Channel[Any], Channel[Any]]:
+    """Two connected channels for a parent and the children it forks, like ``multiprocessing.Pipe``.
+
+    With ``duplex=True`` both ends send and receive (a Unix socketpair).  With ``duplex=False`` it
+    returns ``(reader, writer)`` over an anonymous pipe whose capacity is raised to 1 MiB.
+
+    .. versionadded:: 0.1
+    """
+    from ._transports.pipe import pipe_pair
+
+    a, b = pipe_pair(duplex)
+    opts = {"serializer": by_name(serializer), "max_message_size": max_message_size}
+    return Channel._create(a, None, **opts), Channel._create(b, None, **opts)  # type: ignore[attr-defined]

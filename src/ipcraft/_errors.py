@@ -1,0 +1,113 @@
+"""The one place where foreign errors become ipcraft's (STYLE.md R10).
+
+Sources: the kernel's errno (as OSError), posix_ipc's and sysv_ipc's exception classes (which are not
+OSError subclasses and drop errno), and ipcraft._native's ``-errno`` return codes.  Nothing else in the
+tree catches those classes or compares errno values to decide which ipcraft error to raise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import os
+from collections.abc import Iterator, Mapping
+
+from .errors import (
+    ChannelClosed,
+    HandleClosed,
+    LimitExceeded,
+    MessageTooLarge,
+    PeerVanished,
+    Timeout,
+)
+
+# Errnos that mean "the other side is gone", for every transport.
+_PEER_GONE = frozenset({_errno.EPIPE, _errno.ECONNRESET, _errno.ECONNABORTED, _errno.ENOTCONN})
+
+# Process-wide limits whose knob is the same whatever was asked.
+_GENERIC_LIMITS: Mapping[int, str] = {
+    _errno.EMFILE: "RLIMIT_NOFILE (ulimit -n): too many open file descriptors in this process",
+    _errno.ENFILE: "/proc/sys/fs/file-max: too many open files on the system",
+}
+
+
+def os_error(err: int, what: str, filename: str | None = None,
+             limits: Mapping[int, str] | None = None) -> OSError:
+    """Build the exception for kernel error number ``err`` while doing ``what`` (a short phrase).
+
+    ``limits`` maps errnos that mean "a kernel limit refused this" in the caller's context to the
+    knob that sets the limit; they become :class:`LimitExceeded`.
+    """
+    text = f"{what}: {os.strerror(err)}"
+    knob = (limits or {}).get(err) or _GENERIC_LIMITS.get(err)
+    if knob is not None:
+        return LimitExceeded(err, f"{text} (limit: {knob})", filename)
+    if err in _PEER_GONE:
+        return PeerVanished(f"{what}: the peer vanished ({os.strerror(err)})", err)
+    if err == _errno.ETIMEDOUT:
+        return Timeout(f"{what}: timed out")
+    if err == _errno.EMSGSIZE:
+        return MessageTooLarge(text)
+    if err == _errno.EBADF:
+        return HandleClosed(f"{what}: the file descriptor is closed")
+    # OSError(errno, ...) picks FileNotFoundError, PermissionError, ... by itself.
+    return OSError(err, text, filename) if filename is not None else OSError(err, text)
+
+
+@contextlib.contextmanager
+def translating(what: str, filename: str | None = None,
+                limits: Mapping[int, str] | None = None) -> Iterator[None]:
+    """Translate foreign exceptions raised inside the block into ipcraft's.
+
+    OSErrors are re-raised as :func:`os_error` builds them (so errno is kept); posix_ipc's and
+    sysv_ipc's classes become the matching OSError subclass or ipcraft error.  ipcraft's own
+    exceptions pass through untouched.
+    """
+    try:
+        yield
+    except (ChannelClosed, HandleClosed, Timeout, MessageTooLarge, LimitExceeded):
+        raise
+    except BlockingIOError:
+        raise
+    except InterruptedError:
+        raise
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise os_error(exc.errno, what, filename, limits) from exc
+    except Exception as exc:
+        mapped = _from_foreign(exc, what, filename, limits)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def check_rc(rc: int, what: str, filename: str | None = None,
+             limits: Mapping[int, str] | None = None) -> int:
+    """Return ``rc`` when it is >= 0; raise the translated error for a ``-errno`` from _native."""
+    if rc < 0:
+        raise os_error(-rc, what, filename, limits)
+    return rc
+
+
+def _from_foreign(exc: Exception, what: str, filename: str | None,
+                  limits: Mapping[int, str] | None) -> Exception | None:
+    """Map a posix_ipc or sysv_ipc exception; None if ``exc`` comes from neither."""
+    module = type(exc).__module__
+    if module not in ("posix_ipc", "sysv_ipc"):
+        return None
+    name = type(exc).__name__
+    text = str(exc)
+    if name == "BusyError":
+        return Timeout(f"{what}: timed out")
+    if name == "PermissionsError":
+        return PermissionError(_errno.EACCES, f"{what}: {text}", filename)
+    if name == "ExistentialError":
+        # posix_ipc and sysv_ipc use one class for EEXIST and ENOENT; the text tells them apart.
+        err = _errno.EEXIST if "exist" in text.lower() and "no " not in text.lower() else _errno.ENOENT
+        return os_error(err, what, filename, limits)
+    if name == "NotAttachedError":
+        return HandleClosed(f"{what}: {text}")
+    if name == "SignalError":
+        return InterruptedError(_errno.EINTR, f"{what}: interrupted by a signal")
+    return None

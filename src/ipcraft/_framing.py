@@ -1,0 +1,270 @@
+"""Frames: how messages keep their boundaries on a byte stream.  Sans-I/O: no system calls here.
+
+Header (8 bytes, little-endian, ``<BBHI``)::
+
+    offset 0  magic     0xA1: ipcraft frame format version 1.  Anything else is not ipcraft talking
+                        (or a peer that expects the authkey handshake), so it is a ProtocolError.
+    offset 1  sid       the serializer's wire id (ipcraft.serializers), checked by the channel.
+    offset 2  flags     reserved, must be 0 (a receiver refuses what it does not understand).
+    offset 4  length    payload length in bytes, at most 2**32 - 1.
+
+Message transports (seqpacket, datagrams, message queues, rings) carry the same header in front of
+each message so that the serializer id travels everywhere; there the length must equal the rest of
+the message.
+
+The receiver checks ``length`` against ``max_message_size`` *before* allocating anything.  An
+oversized frame raises MessageTooLarge and its payload is then skipped as it arrives, in bounded
+chunks, so the channel stays usable.
+
+Receive path design: a 64 KiB scratch buffer takes whatever the kernel has, so one read usually
+returns many small frames (fewer system calls than reading header and payload separately).  A payload
+too large for the scratch gets its own buffer of exactly its size and is read straight into it, so a
+1 MiB message is copied once by the kernel and never again here.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, Union
+
+from .errors import MessageTooLarge, PeerVanished, ProtocolError
+
+HEADER: Final = struct.Struct("<BBHI")
+HEADER_SIZE: Final = HEADER.size
+MAGIC: Final = 0xA1
+MAX_LENGTH: Final = 2**32 - 1
+#: Default ceiling for one message, receiving and sending, unless a channel is told otherwise.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 256 * 1024 * 1024
+SCRATCH_SIZE: Final = 64 * 1024
+
+_pack = HEADER.pack
+_unpack_from = HEADER.unpack_from
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: next_frame() needs more bytes.
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+#: next_frame(): the stream ended cleanly at a frame boundary.
+END: Final = _Sentinel("END")
+
+Frame = tuple[int, memoryview]
+NextFrame = Union[Frame, _Sentinel]
+
+
+def header(sid: int, length: int) -> bytes:
+    """The 8-byte header for a ``length``-byte payload made by serializer ``sid``."""
+    if length > MAX_LENGTH:
+        raise MessageTooLarge(f"a {length}-byte message exceeds the frame format's maximum of "
+                              f"{MAX_LENGTH} bytes", length, MAX_LENGTH)
+    return _pack(MAGIC, sid, 0, length)
+
+
+def parse_header(buf: memoryview | bytes, max_message_size: int) -> tuple[int, int]:
+    """Validate an 8-byte header; return ``(sid, length)``.
+
+    Raises ProtocolError for a bad magic or flags.  The size check is the caller's, so that it can
+    choose between skipping and refusing.
+    """
+    magic, sid, flags, length = _unpack_from(buf)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame magic 0x{magic:02x} (expected 0x{MAGIC:02x}): the peer is not "
+                            "speaking ipcraft's frame format, or expects a handshake this side skipped")
+    if flags:
+        raise ProtocolError(f"frame flags 0x{flags:04x} are not understood by this version")
+    return sid, length
+
+
+def check_message_header(msg: memoryview, max_message_size: int) -> tuple[int, memoryview]:
+    """Split one whole message of a message transport into ``(sid, payload)``, validating it."""
+    if len(msg) < HEADER_SIZE:
+        raise ProtocolError(f"a {len(msg)}-byte message is shorter than the {HEADER_SIZE}-byte header")
+    sid, length = parse_header(msg, max_message_size)
+    if length != len(msg) - HEADER_SIZE:
+        raise ProtocolError(f"the header announces {length} bytes but the message carries "
+                            f"{len(msg) - HEADER_SIZE}")
+    return sid, msg[HEADER_SIZE:]
+
+
+class FrameReader:
+    """Turns a byte stream into frames.
+
+    Drive it with either ``feed(data)`` or, to avoid a copy, by reading into ``buffer()`` and calling
+    ``advance(n)`` with the count read (0 meaning end of stream).  Then call ``next_frame()`` until it
+    returns NEED_DATA.  A frame's memoryview stays valid until the next call of ``buffer``, ``feed``
+    or ``next_frame``.
+    """
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 scratch_size: int = SCRATCH_SIZE) -> None:
+        if scratch_size < HEADER_SIZE:
+            raise ValueError("the scratch buffer must hold at least one header")
+        self.max_message_size = max_message_size
+        self._scratch = bytearray(scratch_size)
+        self._view = memoryview(self._scratch)
+        self._start = 0  # unconsumed bytes are scratch[_start:_end]
+        self._end = 0
+        self._body: bytearray | None = None  # a large payload being read in place
+        self._body_sid = 0
+        self._filled = 0
+        self._skip = 0  # bytes of an oversized payload still to discard
+        self._eof = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return self._end - self._start + self._filled
+
+    @property
+    def in_frame(self) -> bool:
+        """True while part of a frame (or an oversized payload being skipped) has been received."""
+        return self._end > self._start or self._body is not None or self._skip > 0
+
+    def buffer(self) -> memoryview:
+        """The writable area the next read should fill (never empty)."""
+        if self._body is None and not self._skip:
+            self._progress()
+        if self._body is not None:
+            return memoryview(self._body)[self._filled:]
+        if self._skip and self._start == self._end:
+            self._start = self._end = 0
+            return self._view[:min(self._skip, len(self._scratch))]
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._scratch) or self._start > len(self._scratch) // 2:
+            n = self._end - self._start
+            self._scratch[:n] = self._view[self._start:self._end]
+            self._start, self._end = 0, n
+        return self._view[self._end:]
+
+    def advance(self, n: int) -> None:
+        """Record that ``n`` bytes were written into ``buffer()``; 0 means the stream ended."""
+        if n == 0:
+            self._eof = True
+        elif self._body is not None:
+            self._filled += n
+        else:
+            self._end += n
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` in; ``b""`` means the stream ended."""
+        mv = memoryview(data).cast("B")
+        if not mv:
+            self.advance(0)
+        while mv:
+            dst = self.buffer()
+            if not dst:
+                self._grow()
+                continue
+            n = min(len(dst), len(mv))
+            dst[:n] = mv[:n]
+            self.advance(n)
+            mv = mv[n:]
+            if mv:
+                self._progress()
+
+    def _grow(self) -> None:
+        """Double the scratch buffer (only feed() needs this: it may be handed many frames at once)."""
+        bigger = bytearray(2 * len(self._scratch))
+        bigger[:self._end] = self._view[:self._end]
+        self._scratch, self._view = bigger, memoryview(bigger)
+
+    def _progress(self) -> None:
+        """Move a completed header into body mode or skip mode, without returning frames."""
+        if self._body is None and not self._skip and self._end - self._start >= HEADER_SIZE:
+            sid, length = parse_header(self._view[self._start:self._start + HEADER_SIZE],
+                                       self.max_message_size)
+            if length <= self.max_message_size and HEADER_SIZE + length > len(self._scratch):
+                self._start_body(sid, length)
+
+    def _start_body(self, sid: int, length: int) -> None:
+        self._start += HEADER_SIZE
+        have = min(self._end - self._start, length)
+        body = bytearray(length)
+        body[:have] = self._view[self._start:self._start + have]
+        self._start += have
+        self._body, self._body_sid, self._filled = body, sid, have
+
+    def frame_ready(self) -> bool:
+        """True when next_frame() would not return NEED_DATA (a frame, END, or an error is due)."""
+        if self._body is not None:
+            return self._filled >= len(self._body)
+        avail = self._end - self._start
+        if self._skip > avail:
+            return self._eof
+        start = self._start + self._skip
+        avail -= self._skip
+        if avail < HEADER_SIZE:
+            return self._eof or (avail > 0 and self._view[start] != MAGIC)
+        try:
+            _, length = parse_header(self._view[start:start + HEADER_SIZE], self.max_message_size)
+        except ProtocolError:
+            return True
+        return length > self.max_message_size or avail >= HEADER_SIZE + length or self._eof
+
+    def next_frame(self) -> NextFrame:
+        """Return ``(sid, payload)``, NEED_DATA, or END (clean end of stream).
+
+        Raises:
+            MessageTooLarge: the frame's length exceeds max_message_size; its payload will be
+                skipped as it arrives, and the reader stays usable.
+            ProtocolError: a bad header; the stream cannot be resynchronised.
+            PeerVanished: the stream ended in the middle of a frame.
+        """
+        while True:
+            if self._skip:
+                n = min(self._skip, self._end - self._start)
+                self._start += n
+                self._skip -= n
+                if self._skip:
+                    return self._need_data()
+            if self._body is not None:
+                if self._filled < len(self._body):
+                    return self._need_data()
+                body, self._body, self._filled = self._body, None, 0
+                return self._body_sid, memoryview(body)
+            avail = self._end - self._start
+            if avail < HEADER_SIZE:
+                return self._need_data()
+            start = self._start
+            sid, length = parse_header(self._view[start:start + HEADER_SIZE], self.max_message_size)
+            if length > self.max_message_size:
+                self._start += HEADER_SIZE
+                self._skip = length
+                raise MessageTooLarge(
+                    f"the peer sent a {length}-byte message; this channel's max_message_size is "
+                    f"{self.max_message_size} (the message is discarded; raise max_message_size= "
+                    "on both sides to allow it)", length, self.max_message_size)
+            if avail >= HEADER_SIZE + length:
+                self._start = start + HEADER_SIZE + length
+                return sid, self._view[start + HEADER_SIZE:self._start]
+            if HEADER_SIZE + length > len(self._scratch):
+                self._start_body(sid, length)
+                continue
+            return self._need_data()
+
+    def _need_data(self) -> NextFrame:
+        if not self._eof:
+            return NEED_DATA
+        if self.in_frame:
+            raise PeerVanished(f"the stream ended in the middle of a frame ({self.buffered} bytes "
+                               "of it had arrived)")
+        return END
+
+
+def frame_parts(sid: int, payload: memoryview) -> list[bytes | memoryview]:
+    """The buffers to write for one frame: one concatenated buffer when small, else header + payload.
+
+    Small frames are joined because one write of a joined buffer is cheaper than a gathered write;
+    large payloads are not copied (as CPython's multiprocessing does above 16 KiB).
+    """
+    n = payload.nbytes
+    if n <= 16384:
+        return [header(sid, n) + payload]
+    return [header(sid, n), payload]

@@ -1,0 +1,62 @@
+/* Module definition: gathers the method tables of every concern (see native.h). */
+#include "native.h"
+#include <math.h>
+#include <time.h>
+
+void *ipc_buffer_at(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size)
+{
+    if (offset < 0 || size < 0 || offset > view->len - size) {
+        PyErr_Format(PyExc_ValueError, "offset %zd (+%zd bytes) is outside the %zd-byte buffer",
+                     offset, size, view->len);
+        return NULL;
+    }
+    char *p = (char *)view->buf + offset;
+    if (size > 1 && ((uintptr_t)p % (uintptr_t)size) != 0) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not %zd-byte aligned", offset, size);
+        return NULL;
+    }
+    return p;
+}
+
+int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout)
+{
+    if (obj == Py_None) {
+        *has_timeout = 0;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(obj);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!isfinite(t) || t < 0) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a finite number of seconds >= 0, or None");
+        return -1;
+    }
+    *has_timeout = 1;
+    ts->tv_sec = (time_t)t;
+    ts->tv_nsec = (long)((t - (double)ts->tv_sec) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec += 1;
+        ts->tv_nsec -= 1000000000L;
+    }
+    return 0;
+}
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ipcraft._native",
+    .m_doc = "ipcraft's C core: atomics, futexes and ring copies over buffers Python owns.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    PyObject *m = PyModule_Create(&native_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddFunctions(m, ipc_atomics_methods) < 0 ||
+        PyModule_AddFunctions(m, ipc_futex_methods) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

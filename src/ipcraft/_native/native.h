@@ -1,0 +1,29 @@
+/* ipcraft._native: the only C in ipcraft.
+ *
+ * A dumb, complete ABI over memory that Python owns (STYLE.md R18): Python maps the shared memory and
+ * passes a buffer plus an offset; C performs the operation Python cannot do well (an atomic access, a
+ * futex wait or wake, a ring copy loop) and returns 0, a count, or -errno.  C raises only for bad
+ * arguments (TypeError, BufferError, ValueError for an offset outside the buffer or misaligned), and
+ * for a signal that interrupted a wait (whatever the Python handler raised, e.g. KeyboardInterrupt).
+ * It knows nothing of channels, names or serializers.  Each concern lives in its own .c file and
+ * exports a NULL-terminated PyMethodDef table that module.c adds to the module.
+ */
+#ifndef IPCRAFT_NATIVE_H
+#define IPCRAFT_NATIVE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+extern PyMethodDef ipc_atomics_methods[];
+extern PyMethodDef ipc_futex_methods[];
+
+/* Resolve `offset` in a writable buffer to an aligned pointer to `size` bytes.  Sets ValueError and
+ * returns NULL when the range leaves the buffer or the address is not `size`-aligned. */
+void *ipc_buffer_at(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size);
+
+/* Convert a timeout in float seconds (or None) into an absolute-free relative timespec.
+ * Returns 0 and sets *has_timeout; -1 with ValueError for a negative or non-finite value. */
+int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout);
+
+#endif

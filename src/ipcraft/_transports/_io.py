@@ -1,0 +1,212 @@
+"""Non-blocking I/O with deadlines over file descriptors and sockets, shared by the fd transports.
+
+Every fd here is non-blocking.  An operation is tried first; only on EAGAIN does the caller sleep in
+poll(2) until the fd is ready or the deadline passes.  The ready case costs one system call, and
+timeouts and asyncio (add_reader) work on every fd transport the same way.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Sequence
+
+from .._errors import os_error
+from ..errors import HandleClosed, Timeout
+from . import Transport
+
+_POLLIN = select.POLLIN | select.POLLPRI
+_POLLOUT = select.POLLOUT
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (never negative), or None for no deadline."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The absolute deadline for a relative ``timeout`` (None: wait forever)."""
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
+    return time.monotonic() + timeout
+
+
+def wait_fd(fd: int, events: int, deadline: float | None) -> bool:
+    """Sleep until ``fd`` has one of ``events`` (POLLIN/POLLOUT) or the deadline passes.
+
+    Returns False on timeout.  Errors and hang-ups count as ready: the next operation reports them.
+    """
+    if fd < 0:
+        raise HandleClosed("the file descriptor is closed")
+    p = select.poll()
+    p.register(fd, events)
+    while True:
+        left = remaining(deadline)
+        ms = -1 if left is None else int(left * 1000 + 0.999)
+        if p.poll(ms):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+def timed_out(what: str) -> Timeout:
+    return Timeout(f"{what}: timed out")
+
+
+class FdStream(Transport):
+    """A byte stream over a pipe or FIFO fd (os.readv/os.writev)."""
+
+    kind = "stream"
+
+    def __init__(self, fd: int, what: str, *, readable: bool = True, writable: bool = True) -> None:
+        self._fd = fd
+        self._what = what
+        self.readable = readable
+        self.writable = writable
+        os.set_blocking(fd, False)
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise HandleClosed(f"{self._what} is closed")
+        return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def wait_readable(self, deadline: float | None) -> bool:
+        return wait_fd(self.fileno(), _POLLIN, deadline)
+
+    def recv_into(self, buf: memoryview, deadline: float | None) -> int:
+        fd = self._fd
+        while True:
+            try:
+                return os.readv(fd, [buf])
+            except BlockingIOError:
+                if not wait_fd(fd, _POLLIN, deadline):
+                    raise timed_out(f"receiving on {self._what}") from None
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EIO, f"receiving on {self._what}") from exc
+
+    def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
+        fd = self._fd
+        views = [memoryview(p).cast("B") for p in parts]
+        total = sum(len(v) for v in views)
+        sent = 0
+        while views:
+            try:
+                n = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+            except BlockingIOError:
+                if not wait_fd(fd, _POLLOUT, deadline):
+                    raise send_timeout(self, self._what, sent, total) from None
+                continue
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EIO, f"sending on {self._what}") from exc
+            sent += n
+            views = consume(views, n)
+
+
+class SocketStream(Transport):
+    """A byte stream over a connected stream socket (Unix or TCP, TLS included)."""
+
+    kind = "stream"
+
+    def __init__(self, sock: socket.socket, what: str) -> None:
+        self.sock = sock
+        self._what = what
+        sock.setblocking(False)
+        self._gather = hasattr(sock, "sendmsg") and not hasattr(sock, "cipher")  # SSLSocket: no sendmsg
+
+    def fileno(self) -> int:
+        fd = self.sock.fileno()
+        if fd < 0:
+            raise HandleClosed(f"{self._what} is closed")
+        return fd
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def wait_readable(self, deadline: float | None) -> bool:
+        if getattr(self.sock, "pending", None) and self.sock.pending():  # TLS bytes already decrypted
+            return True
+        return wait_fd(self.fileno(), _POLLIN, deadline)
+
+    def recv_into(self, buf: memoryview, deadline: float | None) -> int:
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv_into(buf)
+            except (BlockingIOError, _SSLWantRead):
+                if not wait_fd(self.fileno(), _POLLIN, deadline):
+                    raise timed_out(f"receiving on {self._what}") from None
+            except _SSLWantWrite:
+                wait_fd(self.fileno(), _POLLOUT, deadline)
+            except OSError as exc:
+                if exc.errno is None:  # an ssl.SSLError without errno: a broken TLS stream
+                    raise os_error(errno.ECONNRESET, f"receiving on {self._what} ({exc})") from exc
+                raise os_error(exc.errno, f"receiving on {self._what}") from exc
+
+    def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
+        sock = self.sock
+        views = [memoryview(p).cast("B") for p in parts]
+        total = sum(len(v) for v in views)
+        sent = 0
+        while views:
+            try:
+                if self._gather and len(views) > 1:
+                    n = sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
+                else:
+                    n = sock.send(views[0])
+            except (BlockingIOError, _SSLWantWrite):
+                if not wait_fd(self.fileno(), _POLLOUT, deadline):
+                    raise send_timeout(self, self._what, sent, total) from None
+                continue
+            except _SSLWantRead:
+                wait_fd(self.fileno(), _POLLIN, deadline)
+                continue
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EPIPE, f"sending on {self._what}") from exc
+            sent += n
+            views = consume(views, n)
+
+
+try:
+    import ssl as _ssl
+
+    _SSLWantRead: type[BaseException] = _ssl.SSLWantReadError
+    _SSLWantWrite: type[BaseException] = _ssl.SSLWantWriteError
+except ImportError:  # pragma: no cover - Python built without ssl
+    class _SSLWantRead(Exception):  # type: ignore[no-redef]
+        pass
+
+    class _SSLWantWrite(Exception):  # type: ignore[no-redef]
+        pass
+
+
+def consume(views: list[memoryview], n: int) -> list[memoryview]:
+    """Drop the first ``n`` bytes from a list of buffers (after a partial write)."""
+    while n and views:
+        if n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        else:
+            views[0] = views[0][n:]
+            n = 0
+    return views
+
+
+def send_timeout(transport: Transport, what: str, sent: int, total: int) -> Timeout:
+    """The Timeout for a send that could not finish.  Mid-frame, the stream is cut, so close it."""
+    if sent == 0:
+        return Timeout(f"sending on {what}: timed out (nothing was sent; still usable)")
+    transport.close()
+    return Timeout(f"sending on {what}: timed out after {sent} of {total} bytes of a frame; the byte "
+                   "stream cannot be resumed mid-frame, so the channel was closed")

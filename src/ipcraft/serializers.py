@@ -1,0 +1,155 @@
+"""Serializers: how objects become the bytes of a message, each with a wire id.
+
+A serializer is a value with an ``id`` (one byte on the wire), a ``name``, ``dumps(obj) -> bytes`` and
+``loads(buffer) -> object``.  Every frame carries the id of the serializer that produced it, so a
+receiver configured for another serializer raises :class:`~ipcraft.errors.ProtocolError` instead of
+misdecoding.
+
+========  ====  ==============================================================================
+name      id    notes
+========  ====  ==============================================================================
+RAW       0     bytes-like only; what ``send_bytes``/``recv_bytes`` use
+PICKLE    1     any picklable object; **runs code when loaded**: decoded only from an
+                authenticated peer (a Unix peer of an allowed uid, or TCP with an authkey)
+JSON      2     str/int/float/bool/None/list/dict; tuples arrive as lists
+MSGPACK   3     the default.  Safe (cannot execute code), compact; carries bytes natively and
+                numpy arrays (dtype and shape kept) as an extension type; tuples arrive as lists
+========  ====  ==============================================================================
+
+Ids 0-15 are reserved for ipcraft; custom serializers use 16-255.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = ("Serializer", "RAW", "PICKLE", "JSON", "MSGPACK", "by_name", "by_id")
+
+
+@dataclass(frozen=True)
+class Serializer:
+    """A way to turn objects into message bytes and back, with a one-byte wire id.
+
+    Attributes:
+        id: the byte every frame carries (0-15 reserved, 16-255 for custom serializers).
+        name: the name used in URLs (``?serializer=json``) and reprs.
+        dumps: object -> bytes-like.
+        loads: bytes-like -> object.  Must not keep a reference to its argument: the buffer is
+            reused after it returns.
+        trusted_only: True when loading can execute code (pickle): such frames are decoded only
+            from an authenticated peer.
+    """
+
+    id: int
+    name: str
+    dumps: Callable[[Any], Any]
+    loads: Callable[[Any], Any]
+    trusted_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.id <= 255:
+            raise ValueError(f"a serializer id is one byte (0-255), not {self.id}")
+
+    def __repr__(self) -> str:
+        return f"<Serializer {self.name} id={self.id}>"
+
+
+def _raw_dumps(obj: Any) -> Any:
+    if not isinstance(obj, (bytes, bytearray, memoryview)):
+        try:
+            return memoryview(obj)
+        except TypeError:
+            raise TypeError(f"the RAW serializer sends bytes-like objects only, not {type(obj).__name__}") from None
+    return obj
+
+
+RAW = Serializer(0, "raw", _raw_dumps, bytes)
+PICKLE = Serializer(1, "pickle", lambda o: pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL),
+                    pickle.loads, trusted_only=True)
+JSON = Serializer(2, "json", lambda o: json.dumps(o, separators=(",", ":")).encode(),
+                  lambda b: json.loads(bytes(b)))
+
+_NDARRAY_EXT = 1
+
+
+def _msgpack_default(obj: Any) -> Any:
+    np = _numpy_if_loaded()
+    if np is not None and isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError("numpy arrays of Python objects cannot be sent with msgpack; use PICKLE")
+        arr = np.ascontiguousarray(obj)
+        header = msgpack.packb((arr.dtype.str, arr.shape))
+        return msgpack.ExtType(_NDARRAY_EXT, header + arr.tobytes())
+    if np is not None and isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, memoryview):
+        return obj.tobytes()
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"msgpack cannot serialize {type(obj).__name__}; use PICKLE for arbitrary objects")
+
+
+def _msgpack_ext(code: int, data: bytes) -> Any:
+    if code == _NDARRAY_EXT:
+        import numpy as np
+
+        unpacker = msgpack.Unpacker(raw=False, use_list=False)
+        unpacker.feed(data)
+        dtype, shape = unpacker.unpack()
+        offset = unpacker.tell()
+        arr = np.frombuffer(data, dtype=np.dtype(dtype), offset=offset)
+        return arr.reshape(shape).copy()  # writable and independent of the receive buffer
+    raise ProtocolError(f"unknown msgpack extension type {code}")
+
+
+def _numpy_if_loaded() -> Any:
+    import sys
+
+    return sys.modules.get("numpy")
+
+
+_packer_kwargs = {"default": _msgpack_default, "use_bin_type": True}
+
+
+def _msgpack_dumps(obj: Any) -> bytes:
+    return msgpack.packb(obj, **_packer_kwargs)
+
+
+def _msgpack_loads(buf: Any) -> Any:
+    try:
+        return msgpack.unpackb(buf, raw=False, ext_hook=_msgpack_ext, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"a msgpack message could not be decoded: {exc}") from exc
+
+
+MSGPACK = Serializer(3, "msgpack", _msgpack_dumps, _msgpack_loads)
+
+_BY_NAME = {s.name: s for s in (RAW, PICKLE, JSON, MSGPACK)}
+_BY_ID = {s.id: s for s in _BY_NAME.values()}
+
+
+def by_name(name: str | Serializer) -> Serializer:
+    """The built-in serializer called ``name`` (``raw``, ``pickle``, ``json``, ``msgpack``).
+
+    A Serializer passes through unchanged.  Raises ValueError naming the valid names.
+    """
+    if isinstance(name, Serializer):
+        return name
+    try:
+        return _BY_NAME[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown serializer {name!r}; valid: {', '.join(sorted(_BY_NAME))}") from None
+
+
+def by_id(sid: int) -> Serializer | None:
+    """The built-in serializer with wire id ``sid``, or None."""
+    return _BY_ID.get(sid)

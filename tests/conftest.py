@@ -1,0 +1,75 @@
+"""Test-session fixtures: the IPC leak check, and factories that always clean up.
+
+The leak check snapshots the IPC objects that carry this session's token (ipcraft.testing
+.session_token) before and after the whole run: files in /dev/shm and /dev/mqueue, System V objects
+whose key lies in the session's key range (/proc/sysvipc), and sockets/FIFOs under the session's temp
+directory.  Anything new at the end fails the run.  Filtering on the token keeps concurrent test
+sessions on one machine from blaming each other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from ipcraft.testing import session_key_base, session_token
+
+TOKEN = session_token()  # set before any child is forked, so all inherit it
+
+
+def _sysv_keys(kind: str) -> set[tuple[str, int, int]]:
+    base = session_key_base()
+    found = set()
+    try:
+        with open(f"/proc/sysvipc/{kind}") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                key, ident = int(fields[0]), int(fields[1])
+                if base <= (key & 0xFFFFFFFF) < base + 0x10000:
+                    found.add((kind, key, ident))
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def ipc_snapshot() -> set[object]:
+    objs: set[object] = set()
+    for d in ("/dev/shm", "/dev/mqueue"):
+        try:
+            objs |= {(d, n) for n in os.listdir(d) if TOKEN in n}
+        except FileNotFoundError:
+            pass
+    for kind in ("msg", "sem", "shm"):
+        objs |= _sysv_keys(kind)
+    return objs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ipc_leak_check():
+    """Fail the run if any IPC object made by this session outlives it."""
+    before = ipc_snapshot()
+    yield
+    leaked = ipc_snapshot() - before
+    for obj in leaked:  # clean up so the machine stays usable, then fail loudly
+        if isinstance(obj, tuple) and len(obj) == 2:
+            try:
+                os.unlink(os.path.join(*obj))
+            except OSError:
+                pass
+        elif isinstance(obj, tuple) and len(obj) == 3:
+            flag = {"msg": "-q", "sem": "-s", "shm": "-m"}[obj[0]]
+            os.system(f"ipcrm {flag} {obj[2]} 2>/dev/null")
+    if leaked:
+        pytest.fail(f"IPC objects leaked by the test session: {sorted(map(str, leaked))}", pytrace=False)
+
+
+@pytest.fixture()
+def tmp_ipc_dir():
+    """A short private directory for socket files and FIFOs (sun_path is only 107 bytes)."""
+    d = tempfile.mkdtemp(prefix=f"ipcraft-{TOKEN}-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
