@@ -98,6 +98,12 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         """True when the peer is authenticated (same-uid Unix peer, or a TCP authkey handshake)."""
         return self._live().authenticated
 
+    @property
+    def last_meta(self) -> dict[str, Any]:
+        """Mechanism facts about the last message received: ``priority`` (mq://), ``type``
+        (sysvmq://), ``address`` of the sender (udp://, unix+dgram://); empty where there are none."""
+        return dict(getattr(self._live(), "last_meta", {}))
+
     def extra(self, name: str, default: Any = None) -> Any:
         """A transport-specific fact, e.g. ``extra("ring_capacity")``; ``default`` if it has none."""
         return self._live().extra().get(name, default)
