@@ -263,7 +263,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             while True:
                 frame = reader.next_frame()
                 if frame is NEED_DATA:
-                    reader.advance(t.recv_into(reader.buffer(), deadline))  # type: ignore[attr-defined]
+                    buf = reader.buffer()
+                    if reader.in_body:
+                        reader.advance(t.recv_into(buf, deadline, True))  # type: ignore[attr-defined]
+                    else:
+                        reader.advance(t.recv_into(buf, deadline))  # type: ignore[attr-defined]
                     continue
                 if frame is END:
                     self._eof = True

@@ -28,7 +28,7 @@ from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
 from . import Transport
-from ._io import SocketStream, deadline_after, send_timeout, timed_out, wait_fd
+from ._io import SocketStream, deadline_after, raise_sndbuf, send_timeout, timed_out, wait_fd
 
 _SOCK_TYPES = {"unix": socket.SOCK_STREAM, "unix+seqpacket": socket.SOCK_SEQPACKET}
 _DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -122,6 +122,7 @@ def _recv_reason(sock: socket.socket) -> str:
 def _wrap(sock: socket.socket, endpoint: Endpoint, peer: Peer) -> Transport:
     t: Transport
     if endpoint.scheme == "unix":
+        raise_sndbuf(sock)
         t = SocketStream(sock, f"{endpoint}")
     else:
         t = SeqpacketTransport(sock, f"{endpoint}")
@@ -140,7 +141,7 @@ class SeqpacketTransport(Transport):
         self._what = what
         sock.setblocking(False)
         self._scratch = bytearray(65536)
-        self.max_payload, self.limit_source = _raise_sndbuf(sock)
+        self.max_payload, self.limit_source = raise_sndbuf(sock)
 
     def fileno(self) -> int:
         fd = self.sock.fileno()
@@ -189,23 +190,6 @@ class SeqpacketTransport(Transport):
         buf = self._scratch if n <= len(self._scratch) else bytearray(n)
         got = sock.recv_into(buf, n)
         return memoryview(buf)[:got]
-
-
-def _raise_sndbuf(sock: socket.socket) -> tuple[int, str]:
-    """Raise SO_SNDBUF toward net.core.wmem_max so large records fit; return (max payload, source)."""
-    try:
-        with open("/proc/sys/net/core/wmem_max") as f:
-            wmem_max = int(f.read())
-    except OSError:
-        wmem_max = 212992
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wmem_max)
-    except OSError:
-        pass
-    # The kernel doubles the value for bookkeeping; a record may use about the requested size, less
-    # the skb overhead.  Leave a margin of 32 KiB.
-    usable = max(0, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - 32768)
-    return usable, f"SO_SNDBUF, capped by /proc/sys/net/core/wmem_max = {wmem_max}"
 
 
 class UnixListener:
