@@ -530,3 +530,38 @@ def test_sysv_open_or_create_and_repr():
         b.close()
         a.close()
     assert repr(a).endswith("closed>") and not _sysv_exists(key)
+
+
+def test_forked_copy_of_the_owner_does_not_unlink(posix, sysv):
+    """A forked child closing the owner handles it inherited removes neither segment."""
+    p, s = posix(), sysv()
+
+    def child() -> bool:
+        owners = p.owner or s.owner
+        p.close()
+        s.close()
+        return owners
+
+    assert run_in_child(child) is False
+    assert p.owner and s.owner and _exists(p.name) and _sysv_exists(s.key)
+
+
+def test_sysv_errno_less_errors_are_translated():
+    """sysv_ipc's errno-less ValueError/MemoryError/OSError become errno'd errors naming the knob."""
+    from ipcraft._errors import translating_sysv
+
+    limits = {errno.ENOSPC: "/proc/sys/kernel/shmmni", errno.ENOMEM: "RAM"}
+    with pytest.raises(LimitExceeded, match="shmmni") as info:
+        with translating_sysv("create x", limits=limits):
+            raise OSError("Not enough shared memory identifiers available (ENOSPC)")
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(LimitExceeded, match="RAM"):
+        with translating_sysv("create x", limits=limits):
+            raise MemoryError("Not enough memory")
+    with pytest.raises(OSError) as info2:
+        with translating_sysv("attach x"):
+            raise ValueError("Invalid id, address, or flags")
+    assert info2.value.errno == errno.EINVAL
+    with pytest.raises(ValueError, match="unrelated"):  # anything else passes through untouched
+        with translating_sysv("x"):
+            raise ValueError("unrelated")

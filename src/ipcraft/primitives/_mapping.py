@@ -187,6 +187,7 @@ class MemoryHandle(Handle):
 
     @property
     def buf(self) -> memoryview:
+        """A new memoryview of the whole memory; each subclass says how it is exported."""
         raise NotImplementedError
 
     def as_numpy(self, dtype: Any, shape: int | tuple[int, ...] | None = None,
@@ -213,16 +214,21 @@ class MemoryHandle(Handle):
 
 
 class Owned:
-    """The owner duty of named objects (STYLE.md R7): only the creator's handle unlinks on close."""
+    """The owner duty of named objects (STYLE.md R7): only the creator's handle unlinks on close.
+
+    Ownership belongs to the creating *process*: the copy of an owner handle that a fork()ed child
+    inherits is not the owner, so a child closing what it inherited never removes the parent's object.
+    """
 
     _owner: bool = False
+    _owner_pid: int = -1
     #: Whether close() unlinks (removes) the object; True for the owner made by create(), settable.
     unlink_on_close: bool = False
 
     @property
     def owner(self) -> bool:
-        """True for the handle made by create(), until release_ownership() or unlink()."""
-        return self._owner
+        """True for the handle made by create(), in the creating process, until release_ownership()."""
+        return self._owner and self._owner_pid == os.getpid()
 
     def release_ownership(self) -> None:
         """Stop being the owner: close() will no longer unlink the name (someone else will)."""
@@ -230,9 +236,13 @@ class Owned:
 
     def _take_ownership(self) -> None:
         self._owner = self.unlink_on_close = True
+        self._owner_pid = os.getpid()
+
+    def _unlinks_on_close(self) -> bool:
+        return self.owner and self.unlink_on_close
 
     def _owner_words(self) -> tuple[str, ...]:
-        return ("owner",) if self._owner else ()
+        return ("owner",) if self.owner else ()
 
 
 class FileMapping(FdHandle, MemoryHandle):

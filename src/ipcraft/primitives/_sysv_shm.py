@@ -27,10 +27,8 @@ def _proc_int(path: str) -> int | None:
         return None
 
 
-def _sysv_limits(size: int) -> Mapping[int, str]:
-    """errno -> knob for a shmget of ``size`` bytes, with the knobs' current values."""
-    shmmax = _proc_int("/proc/sys/kernel/shmmax")
-    shmall = _proc_int("/proc/sys/kernel/shmall")
+def _sysv_limits(shmmax: int | None, shmall: int | None) -> Mapping[int, str]:
+    """errno -> the knob behind it for shmget, with the knobs' current values."""
     shmmni = _proc_int("/proc/sys/kernel/shmmni")
     return {
         errno.EINVAL: f"/proc/sys/kernel/shmmax = {shmmax} bytes per segment (and SHMMIN = 1 byte)",
@@ -41,14 +39,17 @@ def _sysv_limits(size: int) -> Mapping[int, str]:
     }
 
 
-def _check_sysv_size(size: int, what: str) -> None:
-    """Refuse before shmget what the kernel would refuse, or what could only end with the OOM killer."""
-    limits = _sysv_limits(size)
+def _check_sysv_size(size: int, what: str) -> Mapping[int, str]:
+    """Refuse before shmget what the kernel would refuse, or what could only end with the OOM killer.
+
+    Returns the errno -> knob table for translating what shmget still refuses.
+    """
     shmmax = _proc_int("/proc/sys/kernel/shmmax")
+    shmall = _proc_int("/proc/sys/kernel/shmall")
+    limits = _sysv_limits(shmmax, shmall)
     if shmmax is not None and size > shmmax:
         raise LimitExceeded(errno.EINVAL, f"{what}: larger than the limit {limits[errno.EINVAL]}")
     page = os.sysconf("SC_PAGE_SIZE")
-    shmall = _proc_int("/proc/sys/kernel/shmall")
     if shmall is not None and -(-size // page) > shmall:
         raise LimitExceeded(errno.ENOSPC, f"{what}: larger than the limit {limits[errno.ENOSPC]}")
     # sysv_ipc zero-fills a new segment, touching every page: more than RAM + swap would summon the
@@ -56,6 +57,7 @@ def _check_sysv_size(size: int, what: str) -> None:
     mem = _meminfo_bytes("MemTotal") + _meminfo_bytes("SwapTotal")
     if mem and size > mem:
         raise LimitExceeded(errno.ENOMEM, f"{what}: larger than RAM + swap ({mem} bytes, /proc/meminfo)")
+    return limits
 
 
 def _meminfo_bytes(field: str) -> int:
@@ -137,8 +139,8 @@ class SysVSharedMemory(Owned, MemoryHandle):
         self = cls._new(key)
         size, mode = check_size(size, self._label()), check_mode(mode)
         what = f"create {self._label()} of {size} bytes"
-        _check_sysv_size(size, what)
-        with translating_sysv(what, limits=_sysv_limits(size)):
+        limits = _check_sysv_size(size, what)
+        with translating_sysv(what, limits=limits):
             seg = _Segment(self._key, sysv_ipc.IPC_CREX, mode=mode, size=size, init_character=b"\0")
         self._adopt(seg, not mode & 0o200)
         self._take_ownership()
@@ -257,7 +259,7 @@ class SysVSharedMemory(Owned, MemoryHandle):
 
     def _close(self) -> None:
         seg, self._seg = self._seg, None
-        if self._owner and self.unlink_on_close:
+        if self._unlinks_on_close():
             try:
                 with translating_sysv(f"remove {self!r}"):
                     seg.remove()

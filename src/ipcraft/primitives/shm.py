@@ -50,7 +50,7 @@ from ._mapping import (
 )
 from ._sysv_shm import SysVSharedMemory, remove_sysv_shm
 
-__all__ = ("PosixSharedMemory", "SysVSharedMemory", "unlink_posix_shm", "remove_sysv_shm")
+__all__ = ("PosixSharedMemory", "SysVSharedMemory", "unlink_posix_shm", "remove_sysv_shm", "SHM_DIR")
 
 #: Where Linux keeps POSIX shared memory (glibc's shm_open opens files here).
 SHM_DIR = "/dev/shm"
@@ -163,6 +163,10 @@ class PosixSharedMemory(Owned, FileMapping):
                               f"{_KIND} {name!r}")
 
     @property
+    def _path(self) -> str:
+        return os.path.join(SHM_DIR, self._name[1:])
+
+    @property
     def name(self) -> str:
         """The segment's name, with its leading '/' (as shm_open spells it)."""
         return self._name
@@ -177,20 +181,20 @@ class PosixSharedMemory(Owned, FileMapping):
             PermissionError: this user may not remove it; the handle is still usable.
         """
         self._check_open()
-        with translating(f"unlink {self!r}", os.path.join(SHM_DIR, self._name[1:])):
-            os.unlink(os.path.join(SHM_DIR, self._name[1:]))
+        with translating(f"unlink {self!r}", self._path):
+            os.unlink(self._path)
         self.release_ownership()
 
     def _close(self) -> None:
         try:
-            if self._owner and self.unlink_on_close and self._fd >= 0:
+            if self._unlinks_on_close() and self._fd >= 0:
                 self._unlink_if_ours()
         finally:
             super()._close()
 
     def _unlink_if_ours(self) -> None:
         # The name may have been unlinked and created anew by someone else: unlink only our file.
-        path = os.path.join(SHM_DIR, self._name[1:])
+        path = self._path
         mine = os.fstat(self._fd)
         try:
             there = os.stat(path, follow_symlinks=False)
