@@ -139,6 +139,7 @@ class MappedFile(FileMapping):
         if offset < 0 or size < 0 or offset + size > self._size:
             raise ValueError(f"cannot flush {size} bytes at offset {offset} of {self!r}: the mapping "
                              f"has {self._size} bytes")
+        assert self._mmap is not None
         check_rc(_native.msync(self._mmap, offset, size, sync), f"msync {self!r}", self._path)
 
     def _space_limits(self) -> dict[int, str]:
