@@ -111,3 +111,31 @@ def _from_foreign(exc: Exception, what: str, filename: str | None,
     if name == "SignalError":
         return InterruptedError(_errno.EINTR, f"{what}: interrupted by a signal")
     return None
+
+
+# sysv_ipc raises some kernel errors as builtin exceptions without an errno; these exact texts (from
+# sysv_ipc's memory.c) tell which errno it was.
+_SYSV_BUILTIN_TEXTS: Mapping[tuple[type, str], int] = {
+    (ValueError, "The size is invalid"): _errno.EINVAL,
+    (ValueError, "Invalid id, address, or flags"): _errno.EINVAL,
+    (MemoryError, "Not enough memory"): _errno.ENOMEM,
+    (OSError, "Not enough shared memory identifiers available (ENOSPC)"): _errno.ENOSPC,
+}
+
+
+@contextlib.contextmanager
+def translating_sysv(what: str, filename: str | None = None,
+                     limits: Mapping[int, str] | None = None) -> Iterator[None]:
+    """:func:`translating`, plus the builtin exceptions sysv_ipc raises without an errno.
+
+    sysv_ipc reports EINVAL as ``ValueError``, ENOMEM as ``MemoryError`` and ENOSPC as an OSError
+    whose errno is None; they become :func:`os_error` of that errno, so ``limits`` can name the knob.
+    """
+    try:
+        with translating(what, filename, limits):
+            yield
+    except (ValueError, MemoryError, OSError) as exc:
+        err = _SYSV_BUILTIN_TEXTS.get((type(exc), str(exc)))
+        if err is None or getattr(exc, "errno", None) is not None:
+            raise
+        raise os_error(err, what, filename, limits) from exc

@@ -17,6 +17,7 @@
 
 extern PyMethodDef ipc_atomics_methods[];
 extern PyMethodDef ipc_futex_methods[];
+extern PyMethodDef ipc_mman_methods[];
 
 /* Resolve `offset` in a writable buffer to an aligned pointer to `size` bytes.  Sets ValueError and
  * returns NULL when the range leaves the buffer or the address is not `size`-aligned. */
