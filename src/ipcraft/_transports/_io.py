@@ -167,12 +167,20 @@ class SocketStream(Transport):
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         sock = self.sock
-        views = [memoryview(p).cast("B") for p in parts]
-        total = sum(len(v) for v in views)
+        sent = 0
+        if deadline is None and len(parts) == 1 and not self._tls:
+            # The common case: one small frame on a blocking socket is one system call.
+            try:
+                sent = sock.send(parts[0], socket.MSG_NOSIGNAL)
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EPIPE, f"sending on {self._what}") from exc
+            if sent == len(parts[0]):
+                return
+        views = consume([memoryview(p).cast("B") for p in parts], sent)
+        total = sent + sum(len(v) for v in views)
         flags = socket.MSG_NOSIGNAL
         if deadline is not None and not self._tls:
             flags |= socket.MSG_DONTWAIT
-        sent = 0
         while views:
             try:
                 if self._tls:
