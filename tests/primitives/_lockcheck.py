@@ -91,3 +91,20 @@ class Holder:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def interrupted(block: Callable[[], Any]) -> str:
+    """In a child: run ``block`` (which should wait) with SIGINT arriving after 0.2 s.
+
+    Returns "interrupted" if the wait ended in KeyboardInterrupt, as Ctrl-C must.
+    """
+    def child() -> str:
+        signal.signal(signal.SIGALRM, lambda *a: signal.raise_signal(signal.SIGINT))
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        try:
+            block()
+        except KeyboardInterrupt:
+            return "interrupted"
+        return "returned"
+
+    return Child(child).result(timeout=10)

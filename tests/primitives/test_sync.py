@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import errno
 import mmap
-import signal
 import threading
 import time
 
 import pytest
-from _lockcheck import ROUNDS, Holder, count_in_two_processes, with_statement
+from _lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 from ipcraft.errors import HandleClosed, OwnerDied, ProtocolError, Timeout
 from ipcraft.primitives.sync import SharedCondition, SharedMutex
@@ -120,21 +119,8 @@ def test_gil_released_while_blocked(shm, mutex):
 
 def test_ctrl_c_interrupts_blocked_acquire(shm, mutex):
     """SIGINT during a blocked acquire raises KeyboardInterrupt without taking the mutex."""
-    mutex.acquire()
-    try:
-        def child() -> str:
-            m = SharedMutex.open(shm, 64)
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
-            signal.signal(signal.SIGALRM, lambda *a: signal.raise_signal(signal.SIGINT))
-            try:
-                m.acquire()
-            except KeyboardInterrupt:
-                return "interrupted"
-            return "acquired"
-
-        assert run_in_child(child, timeout=10) == "interrupted"
-    finally:
-        mutex.release()
+    with mutex:
+        assert interrupted(lambda: SharedMutex.open(shm, 64).acquire()) == "interrupted"
 
 
 def test_with_statement_acquires_and_releases(shm, mutex):

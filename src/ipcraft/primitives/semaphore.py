@@ -325,7 +325,7 @@ class SysVSemaphoreSet(Handle):
             FileNotFoundError: no set has this key.
             PermissionError: its mode does not let this user use it.
         """
-        semid = _libc.semget(key, 0, 0)
+        semid = _libc.semget(key, 0, 0o600)  # asks for read+write, so EACCES comes now, not later
         if semid < 0:
             raise os_error(ctypes.get_errno(), f"opening System V semaphore set key={key}")
         return cls(semid, key, _nsems(semid), False, False, undo)
