@@ -227,3 +227,12 @@ def test_ctrl_c_interrupts_blocked_acquires(sem, sysv):
     sem.acquire()
     assert interrupted(lambda: PosixSemaphore.open(sem.name).acquire()) == "interrupted"
     assert interrupted(lambda: SysVSemaphoreSet.open(sysv.key).acquire(1)) == "interrupted"
+
+
+def test_sysv_too_many_semaphores_names_semmsl():
+    """Asking for more semaphores than SEMMSL is LimitExceeded naming /proc/sys/kernel/sem."""
+    with open("/proc/sys/kernel/sem") as f:
+        semmsl = int(f.read().split()[0])
+    with pytest.raises(LimitExceeded) as info:
+        SysVSemaphoreSet.create(unique_key(), semmsl + 1)
+    assert "SEMMSL" in str(info.value)

@@ -27,9 +27,7 @@ def shm():
 
 
 def _locked(shm: mmap.mmap) -> SharedMutex:
-    m = SharedMutex.open(shm, 64)
-    m.acquire()
-    return m
+    return _locked_at(shm, 64)
 
 
 @pytest.fixture()
@@ -239,3 +237,35 @@ def test_condition_notify_without_waiters(shm, mutex):
     cond.close()
     with pytest.raises(HandleClosed):
         cond.notify()
+
+
+def test_close_while_another_thread_waits_keeps_memory_mapped():
+    """Closing handles while a thread waits keeps the mapping pinned until that wait ends."""
+    buf = mmap.mmap(-1, mmap.PAGESIZE, mmap.MAP_SHARED)
+    first = SharedMutex.create(buf, 0)
+    with Holder(lambda: _locked_at(buf, 0)):
+        waiter = SharedMutex.open(buf, 0)
+        outcome = []
+
+        def wait() -> None:
+            try:
+                waiter.acquire(timeout=0.5)
+            except Timeout:
+                outcome.append("timeout")
+
+        t = threading.Thread(target=wait)
+        t.start()
+        time.sleep(0.1)
+        first.close()
+        waiter.close()
+        with pytest.raises(BufferError):
+            buf.close()
+        t.join()
+    assert outcome == ["timeout"]
+    buf.close()
+
+
+def _locked_at(buf: mmap.mmap, offset: int) -> SharedMutex:
+    m = SharedMutex.open(buf, offset)
+    m.acquire()
+    return m

@@ -137,7 +137,13 @@ static PyObject *do_acquire(PMutexObject *self, PyObject *timeout)
     if (rc == EBUSY) {
         if (poll)
             return call_hook((PyObject *)self, "_acquire_failed", ETIMEDOUT, timeout);
+        /* A second export keeps the memory mapped even if another thread closes this handle
+         * (and then the mmap) while this one sleeps without the GIL. */
+        Py_buffer pin;
+        if (PyObject_GetBuffer(self->view.obj, &pin, PyBUF_SIMPLE) < 0)
+            return NULL;
         rc = lock_blocking(self->mutex, timeout);
+        PyBuffer_Release(&pin);
         if (rc < 0)
             return NULL;
         if (rc == 0)
@@ -324,18 +330,25 @@ static PyObject *pcond_wait(PyObject *self, PyObject *args)
     int has_timeout;
     if (!PyArg_ParseTuple(args, "O!On|O:pcond_wait", &ipc_PMutexType, &mobj, &obj, &offset, &timeout_obj))
         return NULL;
-    pthread_mutex_t *m = ((PMutexObject *)mobj)->mutex;
+    PMutexObject *mutex = (PMutexObject *)mobj;
+    pthread_mutex_t *m = mutex->mutex;
+    Py_buffer pin; /* keeps the mutex's memory mapped while the GIL is released (see do_acquire) */
     if (m == NULL)
         return PyLong_FromLong(-EBADF);
     if (ipc_timeout_arg(timeout_obj, &ts, &has_timeout) < 0)
         return NULL;
-    _Atomic uint32_t *word = word_at(obj, offset, &view);
-    if (word == NULL)
+    if (PyObject_GetBuffer(mutex->view.obj, &pin, PyBUF_SIMPLE) < 0)
         return NULL;
+    _Atomic uint32_t *word = word_at(obj, offset, &view);
+    if (word == NULL) {
+        PyBuffer_Release(&pin);
+        return NULL;
+    }
     uint32_t seq = atomic_load_explicit(word, memory_order_acquire);
     int rc = pthread_mutex_unlock(m);
     if (rc != 0) {
         PyBuffer_Release(&view);
+        PyBuffer_Release(&pin);
         return PyLong_FromLong(-rc);
     }
     long frc;
@@ -347,6 +360,7 @@ static PyObject *pcond_wait(PyObject *self, PyObject *args)
     lrc = pthread_mutex_lock(m);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
+    PyBuffer_Release(&pin);
     /* A dead owner is reported first; a pending signal then runs at the next bytecode. */
     if (lrc != 0)
         return PyLong_FromLong(-lrc);

@@ -22,10 +22,10 @@ from ._timeouts import deadline_after, wait_fd
 
 __all__ = ("EventFD",)
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
-#: The largest value the counter can hold (2**64 - 2); a send that would pass it waits.
-MAX_COUNT = 0xFFFFFFFFFFFFFFFE
+# The largest value the counter can hold (2**64 - 2); a send that would pass it waits.
+_MAX_COUNT = 0xFFFFFFFFFFFFFFFE
 
 
 class EventFD(FdHandle):
@@ -81,7 +81,7 @@ class EventFD(FdHandle):
             Timeout: the counter stayed too full; nothing added.
             HandleClosed: this handle was closed.
         """
-        if not 1 <= n <= MAX_COUNT:
+        if not 1 <= n <= _MAX_COUNT:
             raise ValueError(f"an eventfd send adds 1..2**64-2 (eventfd(2)); got {n}")
         self._retry(lambda fd: os.eventfd_write(fd, n), select.POLLOUT, timeout, f"sending {n} to")
 
@@ -96,7 +96,7 @@ class EventFD(FdHandle):
         """
         return self._retry(os.eventfd_read, select.POLLIN, timeout, "receiving from")
 
-    def _retry(self, op: Callable[[int], T], events: int, timeout: float | None, what: str) -> T:
+    def _retry(self, op: Callable[[int], _T], events: int, timeout: float | None, what: str) -> _T:
         """Try the non-blocking ``op(fd)``; on EAGAIN sleep in poll(2) for ``events`` and retry."""
         fd = self.fileno()
         deadline = deadline_after(timeout)

@@ -208,7 +208,7 @@ class PosixSemaphore(LockLike, Handle):
 
 _IPC_CREAT, _IPC_EXCL, _IPC_NOWAIT, _SEM_UNDO = 0o1000, 0o2000, 0o4000, 0x1000
 _IPC_RMID, _GETPID, _GETVAL, _GETALL, _GETNCNT, _GETZCNT, _SETVAL, _SETALL = 0, 11, 12, 13, 14, 15, 16, 17
-SEMVMX = 32767
+_SEMVMX = 32767
 
 
 class _Sembuf(ctypes.Structure):
@@ -300,14 +300,14 @@ class SysVSemaphoreSet(Handle):
             ValueError: a bad ``n`` or value; nothing created.
         """
         values = [initial] * n if isinstance(initial, int) else list(initial)
-        if n < 1 or len(values) != n or not all(0 <= v <= SEMVMX for v in values):
+        if n < 1 or len(values) != n or not all(0 <= v <= _SEMVMX for v in values):
             raise ValueError(f"a System V semaphore set needs n >= 1 and n initial values in 0.."
-                             f"{SEMVMX} (SEMVMX); got n={n}, initial={initial!r}")
+                             f"{_SEMVMX} (SEMVMX); got n={n}, initial={initial!r}")
         what = f"creating System V semaphore set key={key!r} n={n}"
         semid = _libc.semget(key or 0, n, _IPC_CREAT | _IPC_EXCL | (mode & 0o777))
         if semid < 0:
             err = ctypes.get_errno()
-            limits = dict(_SEM_LIMITS, **{_errno.EINVAL: "SEMMSL in /proc/sys/kernel/sem (semaphores per set)"})
+            limits = {**_SEM_LIMITS, _errno.EINVAL: "SEMMSL in /proc/sys/kernel/sem (semaphores per set)"}
             raise os_error(err, what, limits=limits)
         self = cls(semid, key, n, True, unlink_on_close, undo)
         try:
@@ -390,8 +390,8 @@ class SysVSemaphoreSet(Handle):
         sops = (_Sembuf * len(ops))()
         for i, (index, delta) in enumerate(ops):
             self._check_index(index)
-            if not -SEMVMX <= delta <= SEMVMX:
-                raise ValueError(f"a semaphore delta must be in -{SEMVMX}..{SEMVMX} (SEMVMX); got {delta}")
+            if not -_SEMVMX <= delta <= _SEMVMX:
+                raise ValueError(f"a semaphore delta must be in -{_SEMVMX}..{_SEMVMX} (SEMVMX); got {delta}")
             sops[i].sem_num, sops[i].sem_op, sops[i].sem_flg = index, delta, flags
         deadline = deadline_after(timeout)
         while True:
@@ -421,14 +421,14 @@ class SysVSemaphoreSet(Handle):
 
     def set_value(self, index: int, value: int) -> None:
         """Set semaphore ``index`` to ``value`` (SETVAL); clears every process's undo adjustment."""
-        if not 0 <= value <= SEMVMX:
-            raise ValueError(f"a System V semaphore value must be in 0..{SEMVMX} (SEMVMX); got {value}")
+        if not 0 <= value <= _SEMVMX:
+            raise ValueError(f"a System V semaphore value must be in 0..{_SEMVMX} (SEMVMX); got {value}")
         self._ctl(index, _SETVAL, "setting a value of", value)
 
     def set_values(self, values: Sequence[int]) -> None:
         """Set every value at once (SETALL); clears all undo adjustments."""
-        if len(values) != self.n or not all(0 <= v <= SEMVMX for v in values):
-            raise ValueError(f"set_values needs {self.n} values in 0..{SEMVMX}; got {list(values)}")
+        if len(values) != self.n or not all(0 <= v <= _SEMVMX for v in values):
+            raise ValueError(f"set_values needs {self.n} values in 0..{_SEMVMX}; got {list(values)}")
         self._ctl(0, _SETALL, "setting the values of", (ctypes.c_ushort * self.n)(*values))
 
     def last_pid(self, index: int = 0) -> int:

@@ -45,7 +45,7 @@ from .._resource import FdHandle, Handle
 from ..errors import Timeout
 from ._timeouts import deadline_after, wait_fd
 
-__all__ = ("SignalReceiver", "SignalFD", "SigInfo", "sigqueue")
+__all__ = ("SignalReceiver", "SignalFD", "SigInfo", "sigqueue", "SI_USER", "SI_KERNEL", "SI_QUEUE", "SI_TKILL")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sigqueue.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]

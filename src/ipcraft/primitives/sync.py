@@ -35,7 +35,8 @@ an 8-byte aligned offset: the 4-byte futex sequence word, then its magic at +8.
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _native
 from .._errors import lock_error
@@ -53,7 +54,7 @@ _MUTEX_MAGIC_AT = 48
 _COND_MAGIC_AT = 8
 _ALIGN = 8
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 def _check_region(kind: str, buf: Any, offset: int, size: int) -> None:
@@ -278,7 +279,7 @@ class SharedCondition(Handle):
             raise lock_error(-rc, f"waiting on {self!r}")
         return True
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         """Wait until ``predicate()`` is true or ``timeout`` passes; return its last value.
 
         The mutex must be held; it is held on return.  Same errors as :meth:`wait`.
