@@ -17,6 +17,7 @@ from .errors import (
     HandleClosed,
     LimitExceeded,
     MessageTooLarge,
+    OwnerDied,
     PeerVanished,
     Timeout,
 )
@@ -88,6 +89,30 @@ def check_rc(rc: int, what: str, filename: str | None = None,
     if rc < 0:
         raise os_error(-rc, what, filename, limits)
     return rc
+
+
+def lock_error(err: int, what: str, filename: str | None = None,
+               limits: Mapping[int, str] | None = None) -> Exception:
+    """The exception for a lock-like operation (acquire, release, wait) that failed with ``err``.
+
+    "Would block" (EAGAIN/EWOULDBLOCK/EBUSY/EACCES from a non-blocking try, ETIMEDOUT) is a
+    :class:`Timeout`; EOWNERDEAD is :class:`OwnerDied`; EPERM from a release is a RuntimeError (as
+    threading says "release unlocked lock"); EDEADLK and ENOTRECOVERABLE stay OSErrors with their errno
+    and a sentence saying what happened.  Anything else goes through :func:`os_error`.
+    """
+    if err in (_errno.EAGAIN, _errno.EBUSY, _errno.EACCES, _errno.ETIMEDOUT):
+        return Timeout(f"{what}: timed out")
+    if err == _errno.EOWNERDEAD:
+        return OwnerDied(f"{what}: the previous owner died while holding it; this thread holds it now. "
+                         "Repair the protected data, call make_consistent(), then release()")
+    if err == _errno.EPERM:
+        return RuntimeError(f"{what}: not held by this thread")
+    if err == _errno.EDEADLK:
+        return OSError(err, f"{what}: would deadlock (EDEADLK): {os.strerror(err)}")
+    if err == _errno.ENOTRECOVERABLE:
+        return OSError(err, f"{what}: not recoverable: an owner died and the next holder released it "
+                            "without make_consistent(); initialise it again with create()")
+    return os_error(err, what, filename, limits)
 
 
 def _from_foreign(exc: Exception, what: str, filename: str | None,
