@@ -74,6 +74,7 @@ class Fifo(FdHandle, PipeIO):
     _creator_pid: int = -1
 
     def __init__(self) -> None:
+        self._closed = True  # nothing to release; keeps __del__ quiet
         raise TypeError("a Fifo comes from Fifo.create(), Fifo.open() or Fifo.open_or_create()")
 
     @classmethod

@@ -119,6 +119,7 @@ class UnixSocket(SocketBase):
     _binder_pid: int = -1
 
     def __init__(self) -> None:
+        self._closed = True  # nothing to release; keeps __del__ quiet
         raise TypeError("a UnixSocket comes from UnixSocket.listen(), connect(), bind() or pair()")
 
     @classmethod
@@ -327,6 +328,7 @@ class TcpSocket(SocketBase):
     """
 
     def __init__(self) -> None:
+        self._closed = True  # nothing to release; keeps __del__ quiet
         raise TypeError("a TcpSocket comes from TcpSocket.connect() or TcpSocket.listen()")
 
     @classmethod
@@ -391,6 +393,7 @@ class UdpSocket(SocketBase):
     """
 
     def __init__(self) -> None:
+        self._closed = True  # nothing to release; keeps __del__ quiet
         raise TypeError("a UdpSocket comes from UdpSocket.bind() or UdpSocket.connect()")
 
     @classmethod
