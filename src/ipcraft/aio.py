@@ -61,8 +61,8 @@ from .serializers import MSGPACK, Serializer
 
 __all__ = ("connect", "listen", "queue", "pipe", "Channel", "Listener", "Queue")
 
-T = TypeVar("T")
-R = TypeVar("R")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 _SLICE = 0.05  # seconds a worker-thread wait sleeps before checking whether it was cancelled
 
@@ -120,12 +120,12 @@ def _fd_of(sync: Any) -> int | None:
         return None
 
 
-async def _in_thread(func: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+async def _in_thread(func: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
     """Run ``func`` in a worker thread; a result that arrives after cancellation is closed."""
     lock = threading.Lock()
     state: dict[str, Any] = {"abandoned": False}
 
-    def run() -> R:
+    def run() -> _R:
         result = func(*args, **kwargs)
         with lock:
             if state["abandoned"]:
@@ -144,7 +144,7 @@ async def _in_thread(func: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         raise
 
 
-class _AsyncMessageIO(Generic[T], metaclass=_NoPublicConstructor):
+class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
     """The async surface Channel and Queue share; each method mirrors the sync one of the same name."""
 
     def __init__(self, sync: Any) -> None:
@@ -208,9 +208,9 @@ class _AsyncMessageIO(Generic[T], metaclass=_NoPublicConstructor):
 
     # -- receiving ----------------------------------------------------------------------------------
 
-    async def recv(self, timeout: float | None = None, **extra: Any) -> T:
+    async def recv(self, timeout: float | None = None, **extra: Any) -> _T:
         """Receive one message and deserialize it; as the sync ``recv``."""
-        return await self._receive(lambda: self._sync.recv(0, **extra), timeout)  # type: ignore[no-any-return]
+        return await self._receive(lambda: self._sync.recv(0, **extra), timeout)
 
     async def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None,
                          **extra: Any) -> bytes:
@@ -232,7 +232,7 @@ class _AsyncMessageIO(Generic[T], metaclass=_NoPublicConstructor):
                     return False
             return True
 
-    async def _receive(self, op: Callable[[], R], timeout: float | None) -> R:
+    async def _receive(self, op: Callable[[], _R], timeout: float | None) -> _R:
         deadline = deadline_after(timeout)
         spins = 0
         # A readable stream always yields bytes or EOF; a message fd may stay readable with nothing
@@ -270,7 +270,7 @@ class _AsyncMessageIO(Generic[T], metaclass=_NoPublicConstructor):
         finally:
             stop.set()
 
-    async def __anext__(self) -> T:
+    async def __anext__(self) -> _T:
         try:
             return await self.recv()
         except ChannelClosed:
@@ -281,7 +281,7 @@ class _AsyncMessageIO(Generic[T], metaclass=_NoPublicConstructor):
 
     # -- sending ------------------------------------------------------------------------------------
 
-    async def send(self, obj: T, *, timeout: float | None = None, **extra: Any) -> None:
+    async def send(self, obj: _T, *, timeout: float | None = None, **extra: Any) -> None:
         """Serialize ``obj`` and send it as one message; as the sync ``send``."""
         s = self._sync.serializer
         await self._send(s.id, s.dumps(obj), timeout, extra)
@@ -364,7 +364,7 @@ def _stream_writer(t: Transport) -> Callable[[list[memoryview]], int] | None:
     return None
 
 
-class Channel(_AsyncMessageIO[T]):
+class Channel(_AsyncMessageIO[_T]):
     """A duplex message channel with async methods, from :func:`connect`, :meth:`Listener.accept` or
     :func:`pipe`.  Mirrors :class:`ipcraft.Channel`: ``await ch.send(obj)``, ``await ch.recv()``,
     ``async for msg in ch``, ``async with ch``.
@@ -373,7 +373,7 @@ class Channel(_AsyncMessageIO[T]):
     """
 
 
-class Queue(_AsyncMessageIO[T]):
+class Queue(_AsyncMessageIO[_T]):
     """A many-to-many queue with async methods, from :func:`queue`; mirrors :class:`ipcraft.Queue`.
 
     .. versionadded:: 0.1
@@ -387,7 +387,7 @@ class Queue(_AsyncMessageIO[T]):
         self._sync.unlink()
 
 
-class Listener(Generic[T], metaclass=_NoPublicConstructor):
+class Listener(Generic[_T], metaclass=_NoPublicConstructor):
     """Accepts channels, from :func:`listen`; mirrors :class:`ipcraft.Listener`.
 
     ``accept()`` sleeps in ``add_reader`` until a client is waiting, then runs the sync accept (and
@@ -396,7 +396,7 @@ class Listener(Generic[T], metaclass=_NoPublicConstructor):
     .. versionadded:: 0.1
     """
 
-    def __init__(self, sync: _SyncListener[T]) -> None:
+    def __init__(self, sync: _SyncListener[_T]) -> None:
         self._sync = sync
         self._waiter = _FdWaiter(sync.fileno())
         self._accepting = ConflictDetector("accepting")
@@ -412,7 +412,7 @@ class Listener(Generic[T], metaclass=_NoPublicConstructor):
     def fileno(self) -> int:
         return self._sync.fileno()
 
-    async def accept(self, timeout: float | None = None) -> Channel[T]:
+    async def accept(self, timeout: float | None = None) -> Channel[_T]:
         """Wait for the next client and return its channel.
 
         Raises:
@@ -433,29 +433,29 @@ class Listener(Generic[T], metaclass=_NoPublicConstructor):
                     if remaining(deadline) == 0:
                         raise
                     continue  # another process took that client: wait for the next
-                return Channel._create(sync)  # type: ignore[attr-defined,no-any-return]
+                return Channel._create(sync)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Stop listening (never waits); a task in accept() gets HandleClosed."""
         self._waiter.close(repr(self))
         self._sync.close()
 
-    async def __aenter__(self) -> Listener[T]:
+    async def __aenter__(self) -> Listener[_T]:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    def __enter__(self) -> Listener[T]:
+    def __enter__(self) -> Listener[_T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __aiter__(self) -> Listener[T]:
+    def __aiter__(self) -> Listener[_T]:
         return self
 
-    async def __anext__(self) -> Channel[T]:
+    async def __anext__(self) -> Channel[_T]:
         try:
             return await self.accept()
         except HandleClosed:
@@ -472,7 +472,7 @@ async def connect(url: str | Endpoint, timeout: float | None = None, **options: 
     .. versionadded:: 0.1
     """
     sync = await _in_thread(_connect.connect, url, timeout, **options)
-    return Channel._create(sync)  # type: ignore[attr-defined,no-any-return]
+    return Channel._create(sync)  # type: ignore[no-any-return]
 
 
 async def listen(url: str | Endpoint, **options: Any) -> Listener[Any]:
@@ -480,7 +480,7 @@ async def listen(url: str | Endpoint, **options: Any) -> Listener[Any]:
 
     .. versionadded:: 0.1
     """
-    return Listener._create(_connect.listen(url, **options))  # type: ignore[attr-defined,no-any-return]
+    return Listener._create(_connect.listen(url, **options))  # type: ignore[no-any-return]
 
 
 async def queue(url: str | Endpoint, create: bool | str = False, **options: Any) -> Queue[Any]:
@@ -490,7 +490,7 @@ async def queue(url: str | Endpoint, create: bool | str = False, **options: Any)
     .. versionadded:: 0.1
     """
     sync = await _in_thread(_connect.queue, url, create, **options)
-    return Queue._create(sync)  # type: ignore[attr-defined,no-any-return]
+    return Queue._create(sync)  # type: ignore[no-any-return]
 
 
 def pipe(duplex: bool = True, *, serializer: str | Serializer = MSGPACK,
@@ -502,5 +502,5 @@ def pipe(duplex: bool = True, *, serializer: str | Serializer = MSGPACK,
     .. versionadded:: 0.1
     """
     a, b = _connect.pipe(duplex, serializer=serializer, max_message_size=max_message_size)
-    return Channel._create(a), Channel._create(b)  # type: ignore[attr-defined]
+    return Channel._create(a), Channel._create(b)
 

@@ -261,3 +261,14 @@ def test_bad_socket_type_and_public_constructor() -> None:
     for cls in (UnixSocket, TcpSocket, UdpSocket):
         with pytest.raises(TypeError):
             cls()
+
+
+def test_a_path_of_exactly_107_bytes_binds(tmp_ipc_dir: str) -> None:
+    """sun_path's full 107 bytes are usable: binding needs no longer temporary name."""
+    path = os.path.join(tmp_ipc_dir, "p" * (107 - len(tmp_ipc_dir) - 1))
+    assert len(os.fsencode(path)) == 107
+    with UnixSocket.listen(path) as listener, UnixSocket.connect(path, timeout=5) as c:
+        with listener.accept(timeout=5) as s:
+            c.send(b"full length")
+            assert s.recv(timeout=5) == b"full length"
+    assert not os.path.exists(path)

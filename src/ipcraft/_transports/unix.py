@@ -6,7 +6,7 @@ Decisions:
   verdict; a refused client gets AuthenticationError naming its uid instead of a mysterious EOF.  The
   client checks the server's credentials too (own uid, root, or allowed_uids), which matters for
   abstract names: anyone can bind one first.
-* **Owner-only socket files, atomically** (primitives.sockets.bind_path): the socket inode is chmod'ed
+* **Owner-only socket files, atomically** (primitives.sockets._bind_path): the socket inode is chmod'ed
   (default 0600) before bind(), which creates the file with that mode, so no client ever sees a socket
   file with looser permissions.  A stale socket file (nobody listening: ECONNREFUSED) is replaced; a
   live one is EADDRINUSE.  close() unlinks the file only if it is still the one this listener bound.
@@ -26,7 +26,7 @@ from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
-from ..primitives.sockets import bind_path, peer_credentials
+from ..primitives.sockets import _bind_path, peer_credentials
 from . import Transport
 from ._io import SocketStream, deadline_after, send_timeout, timed_out, wait_fd
 
@@ -214,7 +214,7 @@ class UnixListener:
             if endpoint.abstract:
                 _bind(sock, addr, endpoint)
             else:
-                self._bound_ino = bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
+                self._bound_ino = _bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
                                             f"binding {endpoint}")[1]
             sock.listen(endpoint.options.get("backlog", 128))
             sock.setblocking(False)

@@ -34,6 +34,7 @@ _TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket":
 _NAMES = {v: k for k, v in _TYPES.items()}
 _DEFAULT_RECV = 65536
 _SHUT_WR = socket.SHUT_WR
+_PySocket = socket.socket  # the class body below has a property named ``socket``
 
 
 def sock_type(kind: str | int) -> int:
@@ -59,11 +60,11 @@ class SocketBase(Handle):
 
     def _adopt(self, sock: socket.socket) -> None:
         self._sock = sock
-        self.type = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        self.type: int = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         self._stream = self.type == socket.SOCK_STREAM
 
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> _PySocket:
         """The underlying socket.socket, for options ipcraft does not wrap (setsockopt ...)."""
         return self._live()
 
@@ -71,7 +72,7 @@ class SocketBase(Handle):
         """The socket's fd, for select/poll/epoll.  Raises HandleClosed once closed."""
         return self._live().fileno()
 
-    def _live(self) -> socket.socket:
+    def _live(self) -> _PySocket:
         s = self._sock
         if s is None or self._closed:
             self._raise_closed()
@@ -192,7 +193,7 @@ class SocketBase(Handle):
                                                                                     socket.MSG_DONTWAIT), None))[0]
         if n == 0:
             self._maybe_eof()
-        return n
+        return int(n)
 
     def recvfrom(self, size: int | None = None, *, timeout: float | None = None) -> tuple[bytes, Any]:
         """As :meth:`recv`, and also the sender's address (dgram sockets; None where there is none)."""
@@ -248,4 +249,5 @@ class SocketBase(Handle):
             where = f" {self.address!r}"
         except OSError:
             where = ""
-        return f"<{type(self).__name__} {_NAMES.get(self.type, self.type)}{where} fd={self._sock.fileno()}>"
+        kind = _NAMES.get(socket.SocketKind(self.type), str(self.type))
+        return f"<{type(self).__name__} {kind}{where} fd={self._sock.fileno()}>"

@@ -58,7 +58,8 @@ class Fifo(FdHandle, PipeIO):
 
         with Fifo.create("/run/app/in") as f:      # the creator unlinks it on close
             f.open_read()                          # waits for a writer
-            for chunk in iter(lambda: f.read(), None): ...
+            while True:
+                chunk = f.read()                   # ChannelClosed once every writer has closed
 
         with Fifo.open("/run/app/in").open_write(timeout=5) as f:
             f.write(b"record")
@@ -317,7 +318,7 @@ def _writer_present(fd: int) -> bool:
             if err == errno.EAGAIN:
                 return True  # empty, but a writer holds it open
             raise os_error(err, "waiting for a FIFO writer (tee)")
-        return n > 0  # 1: data is waiting; 0: no writer and empty
+        return bool(n > 0)  # 1: data is waiting; 0: no writer and empty
     finally:
         os.close(r)
         os.close(w)

@@ -27,7 +27,7 @@ import os
 import socket
 import stat
 import struct
-from typing import Any
+from typing import Any, Final
 
 from .._auth import Peer
 from .._errors import os_error
@@ -38,8 +38,6 @@ from ._sockio import SocketBase, sock_type
 
 __all__ = ("UnixSocket", "TcpSocket", "UdpSocket", "peer_credentials")
 
-#: Most fds one SCM_RIGHTS message may carry (SCM_MAX_FD in include/net/scm.h).
-SCM_MAX_FD = 253
 _CRED = struct.Struct("3i")
 _FD_SIZE = array.array("i").itemsize
 
@@ -55,14 +53,14 @@ def peer_credentials(sock: socket.socket) -> Peer:
     return Peer(pid=pid, uid=uid, gid=gid)
 
 
-def unix_sockaddr(address: str) -> bytes:
+def _unix_sockaddr(address: str) -> bytes:
     """The sun_path bytes for ``"/path"`` or ``"@abstract"``; InvalidEndpoint if too long or empty."""
     if address.startswith("@"):
         return validate_unix_path(address[1:], abstract=True)
     return validate_unix_path(address)
 
 
-def bind_path(sock: socket.socket, path: str, mode: int, what: str) -> tuple[int, int]:
+def _bind_path(sock: socket.socket, path: str, mode: int, what: str) -> tuple[int, int]:
     """Bind an AF_UNIX socket to the file ``path`` with exactly ``mode``; return the file's (dev, ino).
 
     A stale socket file is replaced; a live one or a non-socket is EADDRINUSE/EEXIST.
@@ -114,6 +112,9 @@ class UnixSocket(SocketBase):
     .. versionadded:: 0.1
     """
 
+    #: Most fds one SCM_RIGHTS message may carry (SCM_MAX_FD in include/net/scm.h).
+    SCM_MAX_FD: Final[int] = 253
+
     _bound: tuple[int, int] | None = None
     _bound_path: str = ""
     _binder_pid: int = -1
@@ -147,13 +148,13 @@ class UnixSocket(SocketBase):
         self, sock = cls._new(type)
         try:
             if address.startswith("@"):
-                raw = unix_sockaddr(address)
+                raw = _unix_sockaddr(address)
                 try:
                     sock.bind(raw)
                 except OSError as exc:
                     raise os_error(exc.errno or errno.EIO, f"binding {address}") from exc
             else:
-                self._bound = bind_path(sock, address, mode, f"binding {address}")
+                self._bound = _bind_path(sock, address, mode, f"binding {address}")
                 self._bound_path = address
                 self._binder_pid = os.getpid()
         except BaseException:
@@ -198,7 +199,7 @@ class UnixSocket(SocketBase):
             InvalidEndpoint: the address is too long (sun_path's 107 bytes) or empty.
             Timeout: the backlog stayed full.
         """
-        raw = unix_sockaddr(address)
+        raw = _unix_sockaddr(address)
         self, sock = cls._new(type)
         try:
             sock.setblocking(False)
@@ -240,9 +241,9 @@ class UnixSocket(SocketBase):
         sock = self._live()
         view = memoryview(data).cast("B")
         fds = list(fds)
-        if len(fds) > SCM_MAX_FD:
+        if len(fds) > self.SCM_MAX_FD:
             raise LimitExceeded(errno.EINVAL, f"sending {len(fds)} fds on {self!r}: one message carries at "
-                                f"most SCM_MAX_FD = {SCM_MAX_FD} (include/net/scm.h)")
+                                f"most SCM_MAX_FD = {self.SCM_MAX_FD} (include/net/scm.h)")
         if self._stream and not len(view):
             raise ValueError("on a stream socket the fds travel with at least one byte of data")
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -252,7 +253,7 @@ class UnixSocket(SocketBase):
             self._send_all(lambda v, f: sock.send(v, f | socket.MSG_NOSIGNAL), view[first:], timeout)
         return len(view)
 
-    def recv_fds(self, size: int = 65536, maxfds: int = SCM_MAX_FD, *,
+    def recv_fds(self, size: int = 65536, maxfds: int = 253, *,
                  timeout: float | None = None) -> tuple[bytes, list[int]]:
         """Receive up to ``size`` bytes and the fds sent with them; the caller owns (must close) them.
 
@@ -291,7 +292,7 @@ class UnixSocket(SocketBase):
         return raw
 
     def _sockaddr(self, address: Any) -> Any:
-        return unix_sockaddr(address)
+        return _unix_sockaddr(address)
 
     def _close(self) -> None:
         try:
