@@ -9,51 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
-import time
 from collections.abc import Sequence
 
 from .._errors import os_error
+from .._wait import POLLIN as _POLLIN, POLLOUT as _POLLOUT
+from .._wait import deadline_after as deadline_after, remaining as remaining, wait_fd as wait_fd
 from ..errors import HandleClosed, Timeout
 from . import Transport
-
-_POLLIN = select.POLLIN | select.POLLPRI
-_POLLOUT = select.POLLOUT
-
-
-def remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (never negative), or None for no deadline."""
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
-def deadline_after(timeout: float | None) -> float | None:
-    """The absolute deadline for a relative ``timeout`` (None: wait forever)."""
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
-    return time.monotonic() + timeout
-
-
-def wait_fd(fd: int, events: int, deadline: float | None) -> bool:
-    """Sleep until ``fd`` has one of ``events`` (POLLIN/POLLOUT) or the deadline passes.
-
-    Returns False on timeout.  Errors and hang-ups count as ready: the next operation reports them.
-    """
-    if fd < 0:
-        raise HandleClosed("the file descriptor is closed")
-    p = select.poll()
-    p.register(fd, events)
-    while True:
-        left = remaining(deadline)
-        ms = -1 if left is None else int(left * 1000 + 0.999)
-        if p.poll(ms):
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
 
 
 def timed_out(what: str) -> Timeout:
