@@ -37,7 +37,8 @@ _MSG = struct.Struct("=BBBxI8x")  # unix_diag_msg: family, type, state, pad, ino
 _RTA = struct.Struct("=HH")
 
 #: SOCK_* numbers -> the names ipcraft's URL schemes use.
-SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
+SOCK_TYPES: dict[int, str] = {int(socket.SOCK_STREAM): "stream", int(socket.SOCK_DGRAM): "dgram",
+                              int(socket.SOCK_SEQPACKET): "seqpacket"}
 # sock_diag reports TCP_* state numbers; /proc/net/unix reports SS_* numbers plus the ACCEPTCON flag.
 _DIAG_STATES = {1: "connected", 7: "unconnected", 10: "listening", 2: "connecting"}
 _PROC_STATES = {1: "unconnected", 2: "connecting", 3: "connected", 4: "disconnecting"}

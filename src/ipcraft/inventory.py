@@ -146,7 +146,7 @@ def list_objects(kind: str | None = None, *, dirs: Iterable[str] = (),
             except FileNotFoundError as exc:
                 if kind is not None:
                     raise
-                warnings.warn(exc.strerror, RuntimeWarning, stacklevel=2)
+                warnings.warn(str(exc.strerror), RuntimeWarning, stacklevel=2)
         elif k in ("posix_shm", "posix_sem"):
             out += [o for o in _dev_shm() if o.kind == k]
         elif k in _SYSV_FILES:
@@ -184,8 +184,9 @@ def lookup(kind: str, ident: str | int, *, by_id: bool = False) -> IPCObject:
             return _unmounted_mq(name)
         found = [o for o in list_objects(kind) if o.name == name]
     else:
-        where = str(ident)
-        directory = os.path.dirname(os.path.abspath(where)) if not where.startswith("@") else None
+        text = str(ident)
+        where = text if text.startswith("@") else os.path.abspath(text)
+        directory = None if where.startswith("@") else os.path.dirname(where)
         objs = list_objects(kind, dirs=(directory,) if directory else (), find_pids=False)
         found = [o for o in objs if where in (o.name, o.path)]
         found.sort(key=lambda o: o.details.get("state") != "listening")  # the listener first
@@ -265,15 +266,7 @@ def _file_facts(st: os.stat_result) -> dict[str, Any]:
 
 def _dev_shm() -> list[IPCObject]:
     out = []
-    try:
-        entries = list(os.scandir(SHM_DIR))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
+    for entry, st in _scan_stat(SHM_DIR):
         if not stat.S_ISREG(st.st_mode):
             continue
         if entry.name.startswith("sem."):
@@ -400,8 +393,7 @@ def _sockets(dirs: tuple[str, ...], find_pids: bool) -> list[IPCObject]:
         out.append(IPCObject("unix_socket", path or s.bound_as, id=s.inode, pid=owners.get(s.inode),
                              path=path, details=details, **facts))
     for d in dirs:
-        for entry in _scan(d):
-            st = entry.stat(follow_symlinks=False)
+        for entry, st in _scan_stat(d):
             if stat.S_ISSOCK(st.st_mode) and entry.path not in seen_files:
                 state = "bound" if is_bound(entry.path) else "stale"
                 out.append(IPCObject("unix_socket", entry.path, path=entry.path,
@@ -422,14 +414,8 @@ def _socket_file(bound_as: str, vfs: tuple[int, int] | None,
         return None, None
     directory = os.path.dirname(bound_as) or "."
     if directory not in cache:
-        cache[directory] = {}
-        for entry in _scan(directory):
-            try:
-                est = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISSOCK(est.st_mode):
-                cache[directory][(est.st_dev, est.st_ino)] = entry.path
+        cache[directory] = {(est.st_dev, est.st_ino): entry.path for entry, est in _scan_stat(directory)
+                            if stat.S_ISSOCK(est.st_mode)}
     path = cache[directory].get(vfs)
     if path is None:
         return None, None  # the file was removed: the socket lives on, unreachable by path
@@ -439,18 +425,25 @@ def _socket_file(bound_as: str, vfs: tuple[int, int] | None,
         return None, None
 
 
-def _scan(directory: str) -> list[os.DirEntry[str]]:
+def _scan_stat(directory: str) -> list[tuple[os.DirEntry[str], os.stat_result]]:
+    """The entries of ``directory`` with their lstat; entries that vanish meanwhile are left out."""
+    out = []
     try:
-        return list(os.scandir(directory))
+        entries = list(os.scandir(directory))
     except OSError:
         return []
+    for entry in entries:
+        try:
+            out.append((entry, entry.stat(follow_symlinks=False)))
+        except OSError:
+            continue
+    return out
 
 
 def _fifos(dirs: tuple[str, ...]) -> list[IPCObject]:
     out = []
     for d in dirs:
-        for entry in _scan(d):
-            st = entry.stat(follow_symlinks=False)
+        for entry, st in _scan_stat(d):
             if stat.S_ISFIFO(st.st_mode):
                 out.append(IPCObject("fifo", entry.path, path=entry.path, **_file_facts(st)))
     return out
