@@ -124,6 +124,31 @@ def test_ls_dir_lists_fifos_and_rm_removes_one(tmp_ipc_dir):
     assert invoke("rm", "fifo", path).exit_code == 0 and not os.path.exists(path)
 
 
+def _listen_briefly(url: str) -> None:
+    with ipcraft.listen(url):
+        time.sleep(1.5)
+
+
+@pytest.mark.timeout(30)
+def test_rm_socket_file_only_when_nobody_is_bound(tmp_ipc_dir, monkeypatch):
+    """rm unix_socket refuses a live listener's file (EBUSY) and removes a stale one, by relative path."""
+    import socket
+
+    monkeypatch.chdir(tmp_ipc_dir)
+    live = os.path.join(tmp_ipc_dir, "live.sock")
+    child = Child(_listen_briefly, f"unix://{live}")
+    try:
+        wait_listening(live)
+        busy = invoke("rm", "unix-socket", "live.sock")
+        assert busy.exit_code == 1 and "still bound" in busy.stderr and os.path.exists(live)
+    finally:
+        child.result(20)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("stale.sock")
+    assert invoke("rm", "unix_socket", "stale.sock").exit_code == 0
+    assert not os.path.exists("stale.sock")
+
+
 def test_bad_input_is_one_line_and_a_nonzero_status():
     """A missing object, a bad key or kind: a one-line error, status 1 or 2, no traceback."""
     missing = invoke("rm", "posix_shm", unique_name("missing"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -48,6 +49,7 @@ def test_posix_shm_listed_with_size_owner_mode_and_removed(shm_file):
     [obj] = _find("posix_shm", name="/" + shm_file)
     assert (obj.size, obj.uid, obj.mode, obj.path) == (12345, os.geteuid(), 0o640, f"/dev/shm/{shm_file}")
     assert lookup("posix_shm", shm_file) == obj
+    assert pickle.loads(pickle.dumps(obj)) == obj and pickle.loads(pickle.dumps(obj)).details == obj.details
     remove(obj)
     assert not _find("posix_shm", name="/" + shm_file)
     with pytest.raises(FileNotFoundError):
@@ -133,7 +135,7 @@ def _wait_listening(name: str, timeout: float = 10.0) -> IPCObject:
 def test_listening_socket_found_by_its_file_with_owner_pid(tmp_ipc_dir):
     """A listener bound through a temporary name is listed under its real path, with its pid."""
     path = os.path.join(tmp_ipc_dir, "s.sock")
-    child = Child(_serve, f"unix://{path}", 3.0)
+    child = Child(_serve, f"unix://{path}", 1.5)
     try:
         obj = _wait_listening(path)
         assert obj.path == path and obj.pid == child.pid and obj.uid == os.geteuid()
@@ -149,7 +151,7 @@ def test_listening_socket_found_by_its_file_with_owner_pid(tmp_ipc_dir):
 def test_abstract_socket_listed_and_not_removable():
     """An abstract name is listed as @name; remove() refuses with EBUSY (it has no file)."""
     name = "@" + unique_name("abs")
-    child = Child(_serve, f"unix+seqpacket:{name}", 3.0)
+    child = Child(_serve, f"unix+seqpacket:{name}", 1.5)
     try:
         obj = _wait_listening(name)
         assert obj.details["type"] == "seqpacket" and obj.path is None and obj.pid == child.pid

@@ -44,7 +44,7 @@ import os
 import stat
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -89,6 +89,8 @@ class IPCObject:
         path: the file that stands for the object, if it has one.
         details: the other facts the kernel gives for this kind (``nattch``, ``lspid``, ``nsems``,
             ``value``, ``state``, ...), JSON-friendly.
+
+    .. versionadded:: 0.1
     """
 
     kind: str
@@ -106,6 +108,11 @@ class IPCObject:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A mappingproxy cannot be pickled; the object travels as its fields.
+        values = [getattr(self, f.name) for f in fields(self)]
+        return (IPCObject, (*values[:-1], dict(self.details)))
 
     @property
     def label(self) -> str:
@@ -135,6 +142,8 @@ def list_objects(kind: str | None = None, *, dirs: Iterable[str] = (),
     Raises:
         ValueError: an unknown kind.
         FileNotFoundError: ``kind="posix_mq"`` and no mqueue filesystem is mounted.
+
+    .. versionadded:: 0.1
     """
     kinds = KINDS if kind is None else (_check_kind(kind),)
     dirs = tuple(dirs)
@@ -166,6 +175,8 @@ def lookup(kind: str, ident: str | int, *, by_id: bool = False) -> IPCObject:
         ValueError: an unknown kind, a bad name or key, or a System V key shared by several objects
             (IPC_PRIVATE): pass the id.
         FileNotFoundError: no such object.
+
+    .. versionadded:: 0.1
     """
     kind = _check_kind(kind)
     what = f"{_WHAT[kind]} {ident!r}"
@@ -209,6 +220,8 @@ def remove(obj: IPCObject) -> None:
         OSError: errno EBUSY for a live socket (a listener or a bound datagram socket, or any
             abstract name: it vanishes with its last socket).
         ValueError: an unknown kind.
+
+    .. versionadded:: 0.1
     """
     kind = _check_kind(obj.kind)
     what = f"remove {obj.label}"
@@ -232,7 +245,10 @@ def remove(obj: IPCObject) -> None:
 
 
 def mqueue_dir() -> str | None:
-    """Where the mqueue filesystem is mounted (from /proc/self/mounts), or None."""
+    """Where the mqueue filesystem is mounted (from /proc/self/mounts), or None.
+
+    .. versionadded:: 0.1
+    """
     try:
         with open("/proc/self/mounts") as f:
             for line in f:

@@ -47,6 +47,8 @@ class Limit:
         hard: for an rlimit, the hard limit (None: unlimited); None otherwise.
         group: ``pipe``, ``posix_mq``, ``sysv_mq``, ``sysv_sem``, ``sysv_shm``, ``socket``,
             ``posix_shm`` or ``process``: the facility it concerns.
+
+    .. versionadded:: 0.1
     """
 
     name: str

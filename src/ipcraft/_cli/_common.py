@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -34,7 +35,8 @@ def cli_errors(func: F) -> F:
         except KeyboardInterrupt:
             raise SystemExit(130) from None
         except BrokenPipeError:
-            sys.stderr.close()  # nobody reads any more; say nothing
+            # Nobody reads stdout any more: say nothing, and keep the exit-time flush quiet too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(1) from None
         except (IPCError, OSError, ValueError, KeyError, NotImplementedError, EOFError) as exc:
             raise click.ClickException(message(exc)) from None
