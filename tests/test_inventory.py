@@ -312,5 +312,6 @@ def test_posix_queue_listed_from_the_mqueue_filesystem(tmp_ipc_dir):
     assert proc.returncode == 0, proc.stderr
     obj, names_after = json.loads(proc.stdout)
     assert obj["size"] == 8 and obj["messages"] == 2 and obj["details"]["maxmsg"] == 5
-    assert obj["path"] == os.path.join(tmp_ipc_dir, name[1:]) and obj["mode"] == 0o600
+    # The first mqueue mount wins: the machine's /dev/mqueue if it has one, else the private mount.
+    assert os.path.basename(obj["path"]) == name[1:] and obj["mode"] == 0o600
     assert name not in names_after
