@@ -86,8 +86,8 @@ def _msgpack_default(obj: Any) -> Any:
     if np is not None and isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise TypeError("numpy arrays of Python objects cannot be sent with msgpack; use PICKLE")
-        arr = np.ascontiguousarray(obj)
-        header = msgpack.packb((arr.dtype.str, arr.shape))
+        arr = np.ascontiguousarray(obj)  # note: turns a 0-d array into shape (1,), so send obj.shape
+        header = msgpack.packb((arr.dtype.str, obj.shape))
         return msgpack.ExtType(_NDARRAY_EXT, header + arr.tobytes())
     if np is not None and isinstance(obj, np.generic):
         return obj.item()
