@@ -22,8 +22,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("unique_name", "unique_key", "session_token", "run_in_child", "Child", "ChildFailed",
-           "check_channel")
+__all__ = ("unique_name", "unique_key", "session_token", "session_key_base", "run_in_child", "Child",
+           "ChildFailed", "check_channel")
 
 _counter = itertools.count()
 
