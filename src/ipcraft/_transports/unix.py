@@ -25,8 +25,15 @@ from collections.abc import Sequence
 from .._auth import VERDICT_OK, VERDICT_REFUSED, Peer, uid_allowed
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._names import DEFAULT_MODE, validate_unix_path
-from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
+from .._names import DEFAULT_MODE, UNIX_PATH_MAX, validate_unix_path
+from ..errors import (
+    AuthenticationError,
+    ChannelClosed,
+    HandleClosed,
+    InvalidEndpoint,
+    MessageTooLarge,
+    PeerVanished,
+)
 from . import Transport
 from ._io import SocketStream, deadline_after, send_timeout, timed_out, wait_fd
 
@@ -302,10 +309,7 @@ def _bind_file(sock: socket.socket, path: str, mode: int, endpoint: Endpoint) ->
     """Bind at ``path`` with ``mode`` atomically (temp name, chmod, rename); return the inode."""
     if os.path.lexists(path):
         _remove_if_stale(path, endpoint)
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}")
-    validate_unix_path(tmp)
-    _bind(sock, os.fsencode(tmp), endpoint)
+    tmp = _bind_temp(sock, path, endpoint)
     try:
         os.chmod(tmp, mode)
         # link() fails if the name appeared meanwhile, where rename() would silently replace a live
@@ -321,6 +325,30 @@ def _bind_file(sock: socket.socket, path: str, mode: int, endpoint: Endpoint) ->
         except OSError:
             pass
     return os.stat(path).st_ino
+
+
+def _bind_temp(sock: socket.socket, path: str, endpoint: Endpoint) -> str:
+    """Bind a fresh hidden name beside ``path`` and return it.
+
+    The name is no longer than sun_path allows whenever ``path`` itself fits: a temporary name longer
+    than the final one would refuse paths near the 107-byte limit that the kernel accepts.
+    """
+    directory = os.path.dirname(path)
+    room = UNIX_PATH_MAX - len(os.fsencode(os.path.join(directory, ".")))
+    if room < 1:
+        raise InvalidEndpoint(f"the Unix socket path {path!r} leaves no room for the temporary name "
+                              f"ipcraft binds beside it ({UNIX_PATH_MAX}-byte limit); use a shorter path")
+    width = min(16, room)
+    for attempt in range(64):
+        tmp = os.path.join(directory, "." + os.urandom(8).hex()[:width])
+        try:
+            sock.bind(os.fsencode(tmp))
+            return tmp
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and attempt < 63:  # a short name may collide: draw again
+                continue
+            raise os_error(exc.errno or errno.EIO, f"binding {endpoint}", path) from exc
+    raise AssertionError("unreachable")
 
 
 def _remove_if_stale(path: str, endpoint: Endpoint) -> None:
