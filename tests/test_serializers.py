@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ipcraft._channel import Channel
+from ipcraft._conformance._core import msgpack_form as as_lists  # tuples arrive as lists
 from ipcraft._framing import header
 from ipcraft._transports._io import FdStream
 from ipcraft.errors import AuthenticationError, ProtocolError
@@ -30,15 +31,6 @@ json_data = st.recursive(
               st.text()),
     lambda inner: st.one_of(st.lists(inner), st.tuples(inner), st.dictionaries(st.text(), inner)),
     max_leaves=30)
-
-
-def as_lists(obj: Any) -> Any:
-    """The documented msgpack/JSON form: tuples arrive as lists."""
-    if isinstance(obj, (list, tuple)):
-        return [as_lists(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: as_lists(v) for k, v in obj.items()}
-    return obj
 
 
 @settings(max_examples=300, deadline=None)
