@@ -9,7 +9,6 @@ the creator can send too, so those also run with the creator as the sender.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,22 +73,15 @@ def _connection(url: Callable[[str], str], **opts: Any) -> Callable[[str], MakeP
 def _queue(url: Callable[[str], str], creator_sends: bool = False) -> Callable[[str], MakePair]:
     def factory(tmp: str) -> MakePair:
         def make() -> tuple[Any, Any]:
-            u = url(tmp)
-            creator = ipcraft.queue(u, create=True)
+            creator = ipcraft.queue(url(tmp), create=True)
             try:
-                opener = ipcraft.queue(u)
+                opener = ipcraft.queue(str(creator.endpoint))  # udp://...:0 resolved to the bound port
             except BaseException:
                 creator.close()
                 raise
             return (creator, opener) if creator_sends else (opener, creator)
         return make
     return factory
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 CONN = {"eof": True, "duplex": True}
@@ -105,7 +97,7 @@ CASES = [
     Case("shm", "shm", _connection(lambda d: f"shm://{unique_name('shm')}"), CONN),
     Case("fifo", "fifo", _queue(lambda d: f"fifo://{d}/{unique_name('f')}"), QUEUE),
     Case("unix+dgram", "unix+dgram", _queue(lambda d: f"unix+dgram://{d}/{unique_name('d')}"), QUEUE),
-    Case("udp", "udp", _queue(lambda d: f"udp://127.0.0.1:{_free_udp_port()}"), {"eof": False, "lossy": True}),
+    Case("udp", "udp", _queue(lambda d: "udp://127.0.0.1:0"), {"eof": False, "lossy": True}),
     Case("mq", "mq", _queue(lambda d: f"mq://{unique_name('mq')}"), QUEUE),
     Case("mq-creator-sends", "mq", _queue(lambda d: f"mq://{unique_name('mq')}", True), QUEUE),
     Case("sysvmq", "sysvmq", _queue(lambda d: f"sysvmq://{unique_key()}"), {"eof": False, "selectable": False}),
