@@ -18,15 +18,27 @@ from ipcraft.testing import Child
 STUB = Path(_native.__file__).parent / "_native.pyi"
 
 
-def stub_functions() -> dict[str, ast.FunctionDef]:
+def stub_items() -> dict[str, ast.FunctionDef | ast.ClassDef]:
     tree = ast.parse(STUB.read_text())
-    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    return {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
 
-def test_stub_names_equal_module_functions() -> None:
-    """_native.pyi declares exactly the functions the compiled module exports (R18)."""
+def stub_functions() -> dict[str, ast.FunctionDef]:
+    return {k: v for k, v in stub_items().items() if isinstance(v, ast.FunctionDef)}
+
+
+def test_stub_names_equal_module_names() -> None:
+    """_native.pyi declares exactly the functions and classes the compiled module exports (R18)."""
     exported = {n for n in dir(_native) if not n.startswith("_") and callable(getattr(_native, n))}
-    assert set(stub_functions()) == exported
+    assert set(stub_items()) == exported
+
+
+@pytest.mark.parametrize("name", sorted(k for k, v in stub_items().items() if isinstance(v, ast.ClassDef)))
+def test_stub_class_members_equal_the_type(name: str) -> None:
+    """Each class in the stub declares exactly the public methods and properties of the real type."""
+    declared = {n.name for n in stub_items()[name].body if isinstance(n, ast.FunctionDef)}
+    actual = {n for n in dir(getattr(_native, name)) if not n.startswith("_")}
+    assert declared - {"__init__"} == actual
 
 
 @pytest.mark.parametrize("name", sorted(stub_functions()))
@@ -37,9 +49,11 @@ def test_stub_arity_matches(name: str) -> None:
     required = len(params) - len(fn.args.defaults)
     buf = mmap.mmap(-1, 4096)
     try:
-        args: list[Any] = [buf] + [0] * (len(params) - 1)
-        with pytest.raises(TypeError):
-            getattr(_native, name)(*args[:required - 1])
+        args: list[Any] = [buf if "Buffer" in ast.unparse(p.annotation or ast.Constant("")) else 0
+                           for p in params]
+        if required:
+            with pytest.raises(TypeError):
+                getattr(_native, name)(*args[:required - 1])
         with pytest.raises(TypeError):
             getattr(_native, name)(*args, 0)
     finally:
