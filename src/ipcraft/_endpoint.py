@@ -257,7 +257,7 @@ class Endpoint:
                 base = f"{self.scheme}:{_quote(self.address)}"
         else:
             base = f"{self.scheme}://{_quote(self.address)}"
-        query = [(k, _format_option(v)) for k, v in sorted(self.options.items()) if OPTIONS[k].url]
+        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items()) if OPTIONS[k].url]
         if query:
             base += "?" + urllib.parse.urlencode(query)
         return base
@@ -267,7 +267,9 @@ def _quote(s: str) -> str:
     return urllib.parse.quote(s, safe="/@:[]")
 
 
-def _format_option(v: Any) -> str:
+def _format_option(key: str, v: Any) -> str:
+    if key == "mode":
+        return format(v, "o")  # permission bits are read back as octal (mode=600)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Serializer):

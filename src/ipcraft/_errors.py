@@ -135,7 +135,9 @@ def _from_foreign(exc: Exception, what: str, filename: str | None,
         return HandleClosed(f"{what}: {text}")
     if name == "SignalError":
         return InterruptedError(_errno.EINTR, f"{what}: interrupted by a signal")
-    return None
+    # The base Error (and sysv_ipc's InternalError) name no cause: keep the text, errno EIO, so that
+    # nothing of these modules escapes untranslated.
+    return OSError(_errno.EIO, f"{what}: {text} ({module}.{name})", filename)
 
 
 # sysv_ipc raises some kernel errors as builtin exceptions without an errno; these exact texts (from

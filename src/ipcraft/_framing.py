@@ -76,11 +76,15 @@ def parse_header(buf: memoryview | bytes, max_message_size: int) -> tuple[int, i
     """
     magic, sid, flags, length = _unpack_from(buf)
     if magic != MAGIC:
-        raise ProtocolError(f"bad frame magic 0x{magic:02x} (expected 0x{MAGIC:02x}): the peer is not "
-                            "speaking ipcraft's frame format, or expects a handshake this side skipped")
+        raise _bad_magic(magic)
     if flags:
         raise ProtocolError(f"frame flags 0x{flags:04x} are not understood by this version")
     return sid, length
+
+
+def _bad_magic(magic: int) -> ProtocolError:
+    return ProtocolError(f"bad frame magic 0x{magic:02x} (expected 0x{MAGIC:02x}): the peer is not "
+                         "speaking ipcraft's frame format, or expects a handshake this side skipped")
 
 
 def check_message_header(msg: memoryview, max_message_size: int) -> tuple[int, memoryview]:
@@ -138,8 +142,8 @@ class FrameReader:
         """The writable area the next read should fill (never empty)."""
         if self._body is None and not self._skip:
             self._progress()
-        if self._body is not None:
-            return self._body[self._filled:]
+        if self._body_open():
+            return self._body[self._filled:]  # type: ignore[index]
         if self._skip and self._start == self._end:
             self._start = self._end = 0
             return self._view[:min(self._skip, len(self._scratch))]
@@ -155,10 +159,15 @@ class FrameReader:
         """Record that ``n`` bytes were written into ``buffer()``; 0 means the stream ended."""
         if n == 0:
             self._eof = True
-        elif self._body is not None:
+        elif self._body_open():
             self._filled += n
         else:
             self._end += n
+
+    def _body_open(self) -> bool:
+        """A large payload is being read in place and still misses bytes.  (Once it is complete,
+        feed() may still hand over what follows it: that goes to the scratch buffer.)"""
+        return self._body is not None and self._filled < len(self._body)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` in; ``b""`` means the stream ended."""
@@ -210,7 +219,7 @@ class FrameReader:
     def frame_ready(self) -> bool:
         """True when next_frame() would not return NEED_DATA (a frame, END, or an error is due)."""
         if self._body is not None:
-            return self._filled >= len(self._body)
+            return self._filled >= len(self._body) or self._eof
         avail = self._end - self._start
         if self._skip > avail:
             return self._eof
@@ -247,6 +256,8 @@ class FrameReader:
                 return self._body_sid, body
             avail = self._end - self._start
             if avail < HEADER_SIZE:
+                if avail and self._view[self._start] != MAGIC:  # no need to wait for the rest
+                    raise _bad_magic(self._view[self._start])
                 return self._need_data()
             start = self._start
             sid, length = parse_header(self._view[start:start + HEADER_SIZE], self.max_message_size)

@@ -29,7 +29,7 @@ import stat
 import struct
 from typing import Any, Final
 
-from .._auth import Peer
+from .._peer import Peer
 from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
 from .._wait import POLLIN, POLLOUT, deadline_after, wait_fd
