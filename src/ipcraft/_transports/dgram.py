@@ -51,7 +51,7 @@ from .unix import _bind, _bind_file, _raise_sndbuf, sockaddr
 _POLLIN, _POLLOUT = 1, 4
 _CRED = struct.Struct("3i")
 _CRED_SPACE = socket.CMSG_SPACE(_CRED.size)
-_UDP_MAX = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+_UDP_MAX: dict[int, int] = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 _RCVBUF_DEFAULT_CAP = 4 * 1024 * 1024
 
 
@@ -221,7 +221,8 @@ class DatagramTransport(Transport):
             pass
 
     def extra(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"endpoint": self.endpoint, "role": "receiver" if self._receiver else "sender"}
+        role = "receiver" if self._receiver else "sender"
+        facts: dict[str, Any] = {"endpoint": self.endpoint, "role": role}
         if self._receiver:
             facts["recv_buffer"] = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         return facts
@@ -263,9 +264,10 @@ class DatagramTransport(Transport):
                     except OSError:
                         pass
                 if gone:
-                    raise PeerVanished(f"sending on {self.endpoint}: nothing receives there "
-                                       f"({'the receiver closed' if self._unix else 'an earlier datagram got ICMP port unreachable'}); "
-                                       "this message was not sent", exc.errno) from None
+                    why = ("the receiver closed" if self._unix
+                           else "an earlier datagram got ICMP port unreachable")
+                    raise PeerVanished(f"sending on {self.endpoint}: nothing receives there ({why}); this "
+                                       "message was not sent", exc.errno) from None
                 if exc.errno == errno.EMSGSIZE:
                     raise MessageTooLarge(f"a {size}-byte datagram does not fit {self.endpoint} "
                                           f"({self.limit_source})", size, self.max_payload) from None
@@ -304,7 +306,7 @@ class DatagramTransport(Transport):
             raise MessageTooLarge(f"a datagram on {self.endpoint} was larger than announced and was cut; "
                                   "another process reads from this receiver's socket", n, got)
         if not uid_allowed(uid, self._allowed):
-            raise AuthenticationError(f"a message on {self.endpoint} from uid {uid} (pid {pid}) was discarded "
-                                      f"unread: this receiver runs as uid {os.geteuid()}; pass allowed_uids= "
-                                      "to admit others")
+            raise AuthenticationError(f"a message on {self.endpoint} from uid {uid} (pid {pid}) was "
+                                      f"discarded unread: this receiver runs as uid {os.geteuid()}; pass "
+                                      "allowed_uids= to admit others")
         return memoryview(buf)[:got]
