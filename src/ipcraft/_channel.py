@@ -150,26 +150,21 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         The receiver gets exactly these bytes from ``recv_bytes`` (or from ``recv``, as ``bytes``).
         Raises as :meth:`send`.
         """
-        mv = memoryview(data)
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
-        if offset or size is not None:
-            n = len(mv)
-            if offset < 0 or offset > n:
-                raise ValueError(f"offset {offset} is outside the {n}-byte buffer")
-            end = n if size is None else offset + size
-            if size is not None and (size < 0 or end > n):
-                raise ValueError(f"size {size} at offset {offset} leaves the {n}-byte buffer")
-            mv = mv[offset:end]
-        self._send_frame(0, mv, timeout, extra)
+        self._send_frame(0, bytes_view(data, offset, size), timeout, extra)
 
-    def _send_frame(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
-        t = self._live()
+    def _outgoing(self, payload: Any) -> memoryview:
+        """``payload`` as a memoryview, checked against the send limit (shared with ipcraft.aio)."""
         mv = payload if isinstance(payload, memoryview) else memoryview(payload)
         n = mv.nbytes
         if n > self._send_limit:
             raise MessageTooLarge(f"a {n}-byte message exceeds the limit of {self._send_limit} bytes "
                                   f"({self._send_limit_source}) on {self!r}", n, self._send_limit)
+        return mv
+
+    def _send_frame(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
+        t = self._live()
+        mv = self._outgoing(payload)
+        n = mv.nbytes
         deadline = None if timeout is None else deadline_after(timeout)
         with self._sending:
             try:
@@ -263,7 +258,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             while True:
                 frame = reader.next_frame()
                 if frame is NEED_DATA:
-                    reader.advance(t.recv_into(reader.buffer(), deadline))  # type: ignore[attr-defined]
+                    buf = reader.buffer()
+                    if reader.in_body:
+                        reader.advance(t.recv_into(buf, deadline, True))  # type: ignore[attr-defined]
+                    else:
+                        reader.advance(t.recv_into(buf, deadline))  # type: ignore[attr-defined]
                     continue
                 if frame is END:
                     self._eof = True
@@ -323,6 +322,22 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 yield self.recv()
             except ChannelClosed:
                 return
+
+
+def bytes_view(data: Any, offset: int = 0, size: int | None = None) -> memoryview:
+    """``size`` bytes of ``data`` from ``offset`` as a flat byte view (send_bytes; shared with aio)."""
+    mv = memoryview(data)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    if offset or size is not None:
+        n = len(mv)
+        if offset < 0 or offset > n:
+            raise ValueError(f"offset {offset} is outside the {n}-byte buffer")
+        end = n if size is None else offset + size
+        if size is not None and (size < 0 or end > n):
+            raise ValueError(f"size {size} at offset {offset} leaves the {n}-byte buffer")
+        mv = mv[offset:end]
+    return mv
 
 
 def _no_extras(obj: object, extra: dict[str, Any]) -> None:
