@@ -85,7 +85,7 @@ def test_opening_with_no_reader_fails_at_once_with_enxio(tmp_ipc_dir: str) -> No
     """A writer opening a FIFO nobody reads gets OSError ENXIO explaining that no reader has it open."""
     path = os.path.join(tmp_ipc_dir, unique_name("bare"))
     os.mkfifo(path, 0o600)
-    with pytest.raises(OSError, match="no process has this FIFO open for reading") as info:
+    with pytest.raises(OSError, match="no process has it open for reading") as info:
         ipcraft.queue(f"fifo://{path}")
     assert info.value.errno == errno.ENXIO
     os.unlink(path)

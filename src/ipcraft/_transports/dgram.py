@@ -43,10 +43,12 @@ from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
+from ..primitives.sockets import _bind_path, _inet
 from . import Transport
 from ._io import timed_out, wait_fd
-from .tcp import addresses, bound_endpoint
-from .unix import _bind, _bind_file, _raise_sndbuf, sockaddr
+from ._io import raise_sndbuf
+from .tcp import bound_endpoint
+from .unix import _bind, sockaddr
 
 _POLLIN, _POLLOUT = 1, 4
 _CRED = struct.Struct("3i")
@@ -82,7 +84,8 @@ def _unix_receiver(endpoint: Endpoint) -> DatagramTransport:
             _bind(sock, sockaddr(endpoint), endpoint)
         else:
             try:
-                ino = _bind_file(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE), endpoint)
+                ino = _bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
+                                 f"binding {endpoint}")[1]
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
@@ -95,14 +98,14 @@ def _unix_receiver(endpoint: Endpoint) -> DatagramTransport:
         sock.close()
         raise
     t.owner, t._bound_ino = True, ino
-    t.max_payload, t.limit_source = _raise_sndbuf(sock)
+    t.max_payload, t.limit_source = raise_sndbuf(sock)
     t.authenticated = True  # every message's sender uid is checked in recv_message
     return t
 
 
 def _udp_receiver(endpoint: Endpoint) -> DatagramTransport:
-    family, kind, proto, _, addr = addresses(endpoint, socket.SOCK_DGRAM, passive=True)[0]
-    sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
+    family, addr = _inet(*endpoint.host_port, socket.SOCK_DGRAM, f"binding {endpoint}")
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         try:
             sock.bind(addr)
@@ -121,10 +124,10 @@ def _udp_receiver(endpoint: Endpoint) -> DatagramTransport:
 
 def _sender(endpoint: Endpoint) -> DatagramTransport:
     if endpoint.scheme == "udp":
-        family, kind, proto, _, addr = addresses(endpoint, socket.SOCK_DGRAM, passive=False)[0]
+        family, addr = _inet(*endpoint.host_port, socket.SOCK_DGRAM, f"opening {endpoint}")
     else:
-        family, kind, proto, addr = socket.AF_UNIX, socket.SOCK_DGRAM, 0, sockaddr(endpoint)
-    sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
+        family, addr = socket.AF_UNIX, sockaddr(endpoint)
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         _connect(sock, addr, endpoint)
         t = DatagramTransport(sock, endpoint, receiver=False)
@@ -133,7 +136,7 @@ def _sender(endpoint: Endpoint) -> DatagramTransport:
         raise
     t._addr = addr
     if family == socket.AF_UNIX:
-        t.max_payload, t.limit_source = _raise_sndbuf(sock)
+        t.max_payload, t.limit_source = raise_sndbuf(sock)
         t.authenticated = not endpoint.abstract and _owned_by_us_or_root(endpoint.address)
     else:
         _udp_limit(t, family)

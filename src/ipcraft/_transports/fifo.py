@@ -43,7 +43,6 @@ import io
 import mmap
 import os
 import select
-import stat
 import struct
 import time
 from collections.abc import Sequence
@@ -54,7 +53,8 @@ from .._endpoint import Endpoint
 from .._errors import os_error, translating
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, SCRATCH_SIZE, parse_header
 from .._names import DEFAULT_MODE
-from ..errors import HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished, ProtocolError, Timeout
+from ..errors import HandleClosed, MessageTooLarge, PeerVanished, ProtocolError, Timeout
+from ..primitives.fifo import Fifo
 from . import Transport
 from ._io import FdStream, timed_out, wait_fd
 from .pipe import PIPE_SIZE, set_pipe_size
@@ -66,8 +66,6 @@ _STATE, _READER = 0, 1
 _CLEAN, _WRITING, _BROKEN = 0, 1, 2
 _SIDECAR_SIZE = 8
 _CHECK_EVERY = 0.02  # how often a reader starved mid-frame looks for a vanished writer
-_PIPE_LIMITS = {errno.EPERM: "/proc/sys/fs/pipe-max-size, or the per-user quota "
-                             "/proc/sys/fs/pipe-user-pages-soft"}
 _FIONREAD = 0x541B  # termios.FIONREAD on Linux
 
 
@@ -111,10 +109,15 @@ def _sidecar_mode(mode: int) -> int:
 
 
 class _FifoBase(Transport):
+    """What readers and writers share: the Fifo handle with one end open (primitives.fifo: exclusive
+    create, exact mode, ENXIO explained, unlink only of the FIFO it made), a stream over a dup of that
+    end, and the mmapped lock file."""
+
     kind = "message"
     _lockfd = -1
     _map: mmap.mmap | None = None
     _stream: FdStream | None = None
+    _fifo: Fifo | None = None
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -126,6 +129,12 @@ class _FifoBase(Transport):
         self._lockfd = fd
         self._map = mmap.mmap(fd, _SIDECAR_SIZE)
 
+    def _attach_end(self, fifo: Fifo, readable: bool) -> None:
+        # The stream gets its own fd: FdStream closes it (even mid-send, on a cut frame) independently
+        # of the Fifo handle, which closes the original and removes the name.
+        self._stream = FdStream(os.dup(fifo.fileno()), str(self.endpoint), readable=readable,
+                                writable=not readable)
+
     def fileno(self) -> int:
         if self._stream is None:
             raise HandleClosed(f"{self.endpoint} is closed")
@@ -135,6 +144,9 @@ class _FifoBase(Transport):
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()
+        fifo, self._fifo = self._fifo, None
+        if fifo is not None:
+            fifo.close()  # the owner's removes the FIFO, if the path still names the one it made
         m, self._map = self._map, None
         if m is not None:
             m.close()
@@ -175,17 +187,10 @@ class FifoWriter(_FifoBase):
 
     def __init__(self, endpoint: Endpoint) -> None:
         super().__init__(endpoint)
+        self._fifo = Fifo.open(self.path)  # FileNotFoundError; InvalidEndpoint if not a FIFO
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                raise os_error(errno.ENXIO, f"opening {endpoint} to write: no process has this FIFO open "
-                               "for reading (the receiver creates the queue with create=True and must "
-                               "have it open)", self.path) from None
-            raise os_error(exc.errno or errno.EIO, f"opening {endpoint} to write", self.path) from exc
-        try:
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                raise InvalidEndpoint(f"{endpoint}: {self.path} exists but is not a FIFO")
+            # O_NONBLOCK: with no reader this fails at once with ENXIO (explained) instead of waiting.
+            self._fifo.open_write(nonblocking=True)
             try:
                 lockfd = os.open(_sidecar(self.path), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError as exc:
@@ -193,18 +198,17 @@ class FifoWriter(_FifoBase):
                                f"opening {endpoint} to write: its lock file {_sidecar(self.path)} is "
                                "missing or unusable (was the FIFO created by ipcraft.queue(create=True)?)",
                                _sidecar(self.path)) from exc
+            try:
+                self._attach_sidecar(lockfd)
+            except BaseException:
+                os.close(lockfd)
+                raise
+            self._attach_end(self._fifo, readable=False)
         except BaseException:
-            os.close(fd)
-            raise
-        self._stream = FdStream(fd, str(endpoint), readable=False)
-        try:
-            self._attach_sidecar(lockfd)
-        except BaseException:
-            os.close(lockfd)
             self.close()
             raise
         # A writer only sends; pickle may go to a reader this uid (or root) created the FIFO for.
-        self.authenticated = os.fstat(fd).st_uid in (os.geteuid(), 0)
+        self.authenticated = os.stat(self.path).st_uid in (os.geteuid(), 0)
 
     def wait_readable(self, deadline: float | None) -> bool:
         raise self._unsupported("receive")
@@ -256,22 +260,21 @@ class FifoReader(_FifoBase):
     """The creating handle: makes the FIFO and its lock file, reads whole frames, unlinks on close."""
 
     owner = True
-    _dummy = -1
-    _names: tuple[int, int] | None = None  # inodes of the FIFO and the lock file this handle made
+    _dummy: Fifo | None = None
+    _lock_ino: int | None = None  # the lock file this handle made
+    _creator_pid = -1
 
     def __init__(self, endpoint: Endpoint) -> None:
         super().__init__(endpoint)
         path, mode = self.path, endpoint.options.get("mode", DEFAULT_MODE)
         self._max = endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-        with translating(f"creating {endpoint}", path):
-            os.mkfifo(path, mode)
-        fifo_ino = os.stat(path).st_ino
+        self._fifo = Fifo.create(path, mode=mode)  # exclusive: FileExistsError
+        self._creator_pid = os.getpid()
         try:
-            with translating(f"creating {endpoint}", path):
-                os.chmod(path, mode)  # mkfifo honours the umask; the mode asked for is the mode given
+            with translating(f"creating the lock file of {endpoint}", _sidecar(path)):
                 lockfd = os.open(_sidecar(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
                                  | os.O_NOFOLLOW, _sidecar_mode(mode))
-                self._names = (fifo_ino, os.fstat(lockfd).st_ino)
+                self._lock_ino = os.fstat(lockfd).st_ino
                 try:
                     os.fchmod(lockfd, _sidecar_mode(mode))
                     os.ftruncate(lockfd, _SIDECAR_SIZE)
@@ -279,12 +282,16 @@ class FifoReader(_FifoBase):
                 except BaseException:
                     os.close(lockfd)
                     raise
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                self._stream = FdStream(fd, str(endpoint), writable=False)
-                self._dummy = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # no EOF, no POLLHUP
-                self._set_capacity(fd, endpoint.options.get("pipe_size"))
+            self._fifo.open_read(nonblocking=True)
+            self._dummy = Fifo.open(path)
+            self._dummy.open_write(nonblocking=True)  # a write end of our own: no EOF, no POLLHUP
+            size = endpoint.options.get("pipe_size")
+            if size is None:
+                set_pipe_size(self._fifo.fileno(), PIPE_SIZE)
+            else:
+                self._fifo.set_capacity(size)  # LimitExceeded names the knob
+            self._attach_end(self._fifo, readable=True)
         except BaseException:
-            self._names = self._names or (fifo_ino, -1)
             self.close()
             raise
         # Only this uid (and root) can write unless mode= lets group or others in.
@@ -296,34 +303,29 @@ class FifoReader(_FifoBase):
         self._filled = 0
         self._skip = 0  # bytes of an oversized frame still to discard
 
-    def _set_capacity(self, fd: int, size: int | None) -> None:
-        if size is None:
-            set_pipe_size(fd, PIPE_SIZE)
-            return
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
-        except OSError as exc:
-            raise os_error(exc.errno or errno.EIO, f"setting pipe_size={size} on {self.endpoint}", self.path,
-                           _PIPE_LIMITS) from exc
-
     def close(self) -> None:
-        fd, self._dummy = self._dummy, -1
-        if fd >= 0:
-            os.close(fd)
+        dummy, self._dummy = self._dummy, None
+        if dummy is not None:
+            dummy.close()
         super().close()
-        self.unlink()
+        self._unlink_lock_file()
 
     def unlink(self) -> None:
-        """Remove the FIFO and its lock file, if they are still the ones this handle made."""
-        names, self._names = self._names, None
-        if names is None:
+        """Remove the FIFO and its lock file now; open handles keep working, new opens fail."""
+        if self._fifo is not None and self._fifo.owner:
+            self._fifo.unlink()
+        self._unlink_lock_file()
+
+    def _unlink_lock_file(self) -> None:
+        # Only the lock file this handle made, and never from a forked child (as Fifo does).
+        ino, self._lock_ino = self._lock_ino, None
+        if ino is None or os.getpid() != self._creator_pid:
             return
-        for name, ino in zip((self.path, _sidecar(self.path)), names):
-            try:
-                if os.stat(name).st_ino == ino:
-                    os.unlink(name)
-            except OSError:
-                pass
+        try:
+            if os.stat(_sidecar(self.path)).st_ino == ino:
+                os.unlink(_sidecar(self.path))
+        except OSError:
+            pass
 
     def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
         raise self._unsupported("send")

@@ -33,6 +33,7 @@ from .._auth import HELLO_SIZE, PROOF_SIZE, Handshake, Peer
 from .._endpoint import Endpoint
 from .._errors import os_error
 from ..errors import AuthenticationError, InvalidEndpoint, IPCError, PeerVanished, Timeout
+from ..primitives.sockets import _inet
 from . import Transport
 from .unix import UnixListener
 from ._io import SocketStream, deadline_after, timed_out, wait_fd
@@ -73,15 +74,6 @@ def _handshake_deadline(endpoint: Endpoint, deadline: float | None) -> float | N
     return deadline if hs is None else min(deadline, hs)
 
 
-def addresses(endpoint: Endpoint, kind: int, passive: bool) -> list[tuple[Any, ...]]:
-    """getaddrinfo() for a tcp:// or udp:// endpoint, naming the endpoint when the host is unknown."""
-    host, port = endpoint.host_port
-    try:
-        return socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE if passive else 0)
-    except socket.gaierror as exc:
-        raise socket.gaierror(exc.errno, f"resolving the host of {endpoint}: {exc.strerror}") from None
-
-
 def bound_endpoint(endpoint: Endpoint, sock: socket.socket) -> Endpoint:
     """``endpoint`` with the port the kernel actually bound (port 0 resolved)."""
     host = endpoint.address.rpartition(":")[0]  # keeps IPv6 brackets
@@ -91,20 +83,14 @@ def bound_endpoint(endpoint: Endpoint, sock: socket.socket) -> Endpoint:
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Connect to a tcp:// listener, then run TLS (if asked) and the authkey handshake."""
     key = _authkey(endpoint)
-    last: OSError | None = None
-    for family, kind, proto, _, addr in addresses(endpoint, socket.SOCK_STREAM, passive=False):
-        sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
-        try:
-            _connect_raw(sock, addr, endpoint, deadline)
-        except OSError as exc:
-            sock.close()
-            if not isinstance(exc, IPCError):  # a Timeout ends the attempt; a refusal tries the next
-                last = exc
-                continue
-            raise
-        return _secure(sock, endpoint, key, "client", _handshake_deadline(endpoint, deadline))
-    assert last is not None
-    raise last
+    family, addr = _inet(*endpoint.host_port, socket.SOCK_STREAM, f"connecting to {endpoint}")
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        _connect_raw(sock, addr, endpoint, deadline)
+    except BaseException:
+        sock.close()
+        raise
+    return _secure(sock, endpoint, key, "client", _handshake_deadline(endpoint, deadline))
 
 
 def _connect_raw(sock: socket.socket, addr: Any, endpoint: Endpoint, deadline: float | None) -> None:
@@ -210,8 +196,8 @@ class TcpListener(UnixListener):
         self._key = _authkey(endpoint)
         self.refused = 0
         self.last_refusal = ""
-        family, kind, proto, _, addr = addresses(endpoint, socket.SOCK_STREAM, passive=True)[0]
-        sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
+        family, addr = _inet(*endpoint.host_port, socket.SOCK_STREAM, f"listening on {endpoint}")
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
