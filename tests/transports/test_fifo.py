@@ -50,6 +50,15 @@ def test_round_trip_from_a_child_writer(url: str) -> None:
         assert child.result(20) == len(items)
 
 
+def test_empty_messages_between_others_arrive(url: str) -> None:
+    """Zero-byte messages (a bare frame header) travel like any other and do not stall the writer."""
+    with ipcraft.queue(url, create=True) as q:
+        items = [b"", b"a", b"", b"", b"bb" * 5000, b""]
+        child = Child(_write, url, items, raw=True)
+        assert [q.recv_bytes(timeout=10) for _ in items] == items
+        assert child.result(20) == len(items)
+
+
 def test_fifo_and_lock_file_are_owner_only_and_removed_on_close(url: str) -> None:
     """create makes the FIFO (mode 0600, whatever the umask) and its lock file; close removes both."""
     path = _path(url)

@@ -223,6 +223,7 @@ class FifoWriter(_FifoBase):
         stream, m = self._stream, self._map
         if stream is None or m is None:
             raise HandleClosed(f"{self.endpoint} is closed")
+        parts = [p for p in parts if memoryview(p).nbytes]  # FdStream.send_all spins on an empty tail
         total = sum(memoryview(p).nbytes for p in parts)
         self._lock(deadline)
         try:
