@@ -197,3 +197,15 @@ def test_unix_dgram_sender_follows_a_restarted_receiver(unix_url: str) -> None:
         with ipcraft.queue(unix_url, create=True) as q2:
             s.send("after restart")
             assert q2.recv(timeout=5) == "after restart"
+
+
+def test_a_forked_copy_of_the_receiver_closing_leaves_the_socket_file(unix_url: str) -> None:
+    """A child that inherited the receiving handle and closes it does not remove the parent's socket file."""
+    path = unix_url.removeprefix("unix+dgram://")
+    with ipcraft.queue(unix_url, create=True) as q:
+        Child(q.close).result(20)
+        assert os.path.exists(path)
+        with ipcraft.queue(unix_url) as s:
+            s.send("still here")
+        assert q.recv(timeout=5) == "still here"
+    assert not os.path.exists(path)

@@ -305,3 +305,13 @@ def test_pipe_size_beyond_pipe_max_size_is_limit_exceeded_for_an_unprivileged_us
     result = Child(_create_as_nobody, url, too_big).result(20)
     assert result.startswith(f"LimitExceeded errno={errno.EPERM}") and "pipe-max-size" in result
     assert os.listdir(tmp_ipc_dir) == []
+
+
+def test_a_forked_copy_of_the_reader_closing_leaves_the_queue(url: str) -> None:
+    """A child that inherited the reading handle and closes it removes neither the FIFO nor its lock file."""
+    with ipcraft.queue(url, create=True) as q:
+        Child(q.close).result(20)
+        assert os.path.exists(_path(url)) and os.path.exists(_path(url) + ".lock")
+        _write(url, ["still here"])
+        assert q.recv(timeout=5) == "still here"
+    assert not os.path.exists(_path(url))

@@ -195,6 +195,7 @@ class DatagramTransport(Transport):
         self._receiver = receiver
         self._unix = sock.family == socket.AF_UNIX
         self._bound_ino: int | None = None
+        self._creator_pid = os.getpid()
         self._addr: Any = None
         self._allowed = endpoint.options.get("allowed_uids")
         self._scratch = bytearray(65536)
@@ -215,7 +216,7 @@ class DatagramTransport(Transport):
     def unlink(self) -> None:
         """Remove the socket file, if it is still the one this receiver bound (udp and abstract: no-op)."""
         ino, self._bound_ino = self._bound_ino, None
-        if ino is None:
+        if ino is None or os.getpid() != self._creator_pid:  # a forked child's copy never removes it
             return
         try:
             if os.stat(self.endpoint.address).st_ino == ino:
