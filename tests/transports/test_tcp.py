@@ -279,3 +279,37 @@ def test_tls_round_trip_with_a_self_signed_certificate_and_refusal_of_an_untrust
             data = ch.recv(timeout=10)
             ch.send(len(data))
         assert trusting.result(20)[0] == 200_000
+
+
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_tcp_nodelay_is_on_by_default_and_can_be_turned_off(nodelay: bool) -> None:
+    """TCP_NODELAY is set on both ends unless nodelay=false."""
+    opts = {} if nodelay else {"nodelay": False}
+    with ipcraft.listen(LOCAL, insecure=True, **opts) as listener:
+        t, box = _accept_in_thread(listener)
+        with ipcraft.connect(str(listener.endpoint), timeout=10) as client:
+            t.join(15)
+            with box[0] as server:
+                for ch in (client, server):
+                    flag = ch._transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                    assert bool(flag) is nodelay
+
+
+def test_ipv6_loopback_listener_endpoint_keeps_brackets() -> None:
+    """tcp://[::1]:0 binds IPv6 loopback; the resolved endpoint is tcp://[::1]:port and connectable."""
+    if not socket.has_ipv6:
+        pytest.skip("this Python has no IPv6 support")
+    try:
+        listener = ipcraft.listen("tcp://[::1]:0", authkey=KEY)
+    except OSError as exc:
+        pytest.skip(f"IPv6 loopback is not usable here: {exc}")
+    with listener:
+        url = str(listener.endpoint)
+        assert url.startswith("tcp://[::1]:") and not url.endswith(":0")
+        t, box = _accept_in_thread(listener)
+        with ipcraft.connect(url, authkey=KEY, timeout=10) as client:
+            t.join(15)
+            with box[0] as server:
+                client.send("v6")
+                assert server.recv(timeout=5) == "v6"
+                assert server.peer.address[0] == "::1"
