@@ -6,7 +6,7 @@ import select
 import time
 
 import pytest
-from _lockcheck import ROUNDS, count_in_two_processes
+from ._lockcheck import ROUNDS, count_in_two_processes
 
 from ipcraft.errors import HandleClosed, Timeout
 from ipcraft.primitives.eventfd import EventFD

@@ -8,7 +8,7 @@ import select
 import time
 
 import pytest
-from _lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
+from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 from ipcraft.errors import HandleClosed, Timeout
 from ipcraft.primitives.locks import FileLock, LockHolder, RecordLock

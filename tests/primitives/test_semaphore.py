@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from _lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
+from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 from ipcraft.errors import HandleClosed, InvalidEndpoint, LimitExceeded, Timeout
 from ipcraft.primitives.semaphore import PosixSemaphore, SysVSemaphoreSet

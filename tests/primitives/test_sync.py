@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from _lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
+from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 from ipcraft.errors import HandleClosed, OwnerDied, ProtocolError, Timeout
 from ipcraft.primitives.sync import SharedCondition, SharedMutex
