@@ -160,7 +160,7 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            "POSIX message queue (priority=)"),
     Scheme("sysvmq", "queue", "key", _COMMON | {"mode", "qbytes", "proj_id"},
            "System V message queue (type=)"),
-    Scheme("unix+dgram", "queue", "unix", _COMMON | {"mode", "recv_buffer"},
+    Scheme("unix+dgram", "queue", "unix", _COMMON | {"mode", "recv_buffer", "allowed_uids"},
            "AF_UNIX datagrams"),
     Scheme("udp", "queue", "host_port", _COMMON | {"recv_buffer", "insecure"},
            "UDP datagrams (unauthenticated)"),
