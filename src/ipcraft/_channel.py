@@ -54,6 +54,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     """The surface Channel and Queue share."""
 
     _transport: Transport | None = None
+    #: A channel that saw its peer close stays at end of stream; a queue has no end of stream (a
+    #: vanished writer loses its message, and the next writer's messages still arrive).
+    _latch_eof = True
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
@@ -247,7 +250,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             try:
                 msg = t.recv_message(deadline, **extra)  # type: ignore[attr-defined]
             except ChannelClosed:
-                self._eof = True
+                self._eof = self._latch_eof
                 raise
             return _framing.check_message_header(memoryview(msg), self.max_message_size)
         if extra:
@@ -265,14 +268,14 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                         reader.advance(t.recv_into(buf, deadline))  # type: ignore[attr-defined]
                     continue
                 if frame is END:
-                    self._eof = True
+                    self._eof = self._latch_eof
                     raise ChannelClosed(f"the peer closed {self!r}")
                 return frame  # type: ignore[return-value]
         except ProtocolError:
             self.close()
             raise
         except ChannelClosed:
-            self._eof = True
+            self._eof = self._latch_eof
             raise
 
     def _decode(self, sid: int, view: memoryview) -> Any:
@@ -364,6 +367,8 @@ class Queue(_MessageIO[T]):
 
     .. versionadded:: 0.1
     """
+
+    _latch_eof = False
 
     @property
     def owner(self) -> bool:

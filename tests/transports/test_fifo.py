@@ -200,6 +200,9 @@ def test_writer_killed_mid_message_raises_peer_vanished_without_hanging(url: str
         child.wait()
         with pytest.raises(PeerVanished, match="stopped in the middle of a message"):
             q.recv_bytes(timeout=20)
+        # A queue has no end of stream: the next writer's message still arrives on the same handle.
+        assert Child(_write, url, [b"after the crash"], raw=True).result(20) == 1
+        assert q.recv_bytes(timeout=20) == b"after the crash"
 
 
 def _reader(url: str, **opts: Any) -> fifo_transport.FifoReader:

@@ -61,7 +61,7 @@ class FdStream(Transport):
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         fd = self._fd
-        views = [memoryview(p).cast("B") for p in parts]
+        views = consume([memoryview(p).cast("B") for p in parts], 0)
         total = sum(len(v) for v in views)
         sent = 0
         while views:
@@ -201,8 +201,8 @@ except ImportError:  # pragma: no cover - Python built without ssl
 
 
 def consume(views: list[memoryview], n: int) -> list[memoryview]:
-    """Drop the first ``n`` bytes from a list of buffers (after a partial write)."""
-    while n and views:
+    """Drop the first ``n`` bytes from a list of buffers (after a partial write), and empty buffers."""
+    while views and (n or not len(views[0])):
         if n >= len(views[0]):
             n -= len(views[0])
             views.pop(0)
