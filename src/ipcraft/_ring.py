@@ -170,10 +170,13 @@ def check_ring(buf: Any, offset: int, what: str) -> int:
         ProtocolError: a foreign or corrupt header (magic, version, flags, capacity that does not
             fit the buffer, cursors out of range).  Nothing was changed.
     """
-    mv = memoryview(buf).cast("B")
-    if offset < 0 or offset + HEADER_SIZE > len(mv):
-        raise ProtocolError(f"{what}: the {len(mv)}-byte mapping has no ring header at offset {offset}")
-    magic, version, flags, capacity, data, _, _ = _FIXED.unpack_from(mv, offset)
+    with memoryview(buf) as whole:  # no export may outlive this call, even when it raises
+        size = whole.nbytes
+        if offset < 0 or offset + HEADER_SIZE > size:
+            raise ProtocolError(f"{what}: the {size}-byte mapping has no ring header at offset {offset}")
+        with whole.cast("B") as mv:
+            fixed = _FIXED.unpack_from(mv, offset)
+    magic, version, flags, capacity, data, _, _ = fixed
     if magic != MAGIC:
         raise ProtocolError(f"{what}: bad ring magic 0x{magic:016x} (expected 0x{MAGIC:016x}): this "
                             "memory does not hold an ipcraft ring")
@@ -182,11 +185,11 @@ def check_ring(buf: Any, offset: int, what: str) -> int:
     if flags:
         raise ProtocolError(f"{what}: ring flags 0x{flags:x} (a variant this SPSC code cannot serve)")
     if (capacity < MIN_CAPACITY or capacity & (capacity - 1) or capacity > MAX_CAPACITY
-            or data != HEADER_SIZE or offset + ring_size(capacity) > len(mv)):
+            or data != HEADER_SIZE or offset + ring_size(capacity) > size):
         raise ProtocolError(f"{what}: ring capacity {capacity} (data at {data}) is not a power of two "
-                            f"that fits the {len(mv)}-byte mapping")
-    head = _native.atomic_load_u64(mv, offset + OFF_HEAD)
-    tail = _native.atomic_load_u64(mv, offset + OFF_TAIL)
+                            f"that fits the {size}-byte mapping")
+    head = _native.atomic_load_u64(buf, offset + OFF_HEAD)
+    tail = _native.atomic_load_u64(buf, offset + OFF_TAIL)
     if (head - tail) % (1 << 64) > capacity or head % 8 or tail % 8:
         raise ProtocolError(f"{what}: ring cursors out of range (head {head}, tail {tail}, capacity "
                             f"{capacity})")

@@ -53,6 +53,17 @@ def shm_pair(**opts):
         server.close()
 
 
+def connect_when_listening(url: str, **opts):
+    """Connect to a listener another process is about to bind (retrying for up to 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return ipcraft.connect(url, timeout=10, **opts)
+        except (FileNotFoundError, ConnectionRefusedError):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -296,15 +307,7 @@ def test_round_trip_with_a_server_process():
     """A client here and a server in another process ping-pong messages up to the ring limit."""
     url = shm_url()
     child = Child(_echo_server, url, 50)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            ch = ipcraft.connect(url, timeout=10)
-            break
-        except (FileNotFoundError, ConnectionRefusedError):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    with ch:
+    with connect_when_listening(url) as ch:
         for i in range(50):
             msg = os.urandom(1 << (i % 21))
             ch.send_bytes(msg)
@@ -376,15 +379,7 @@ def test_kill_of_the_listening_side_is_peer_vanished():
     """A client blocked in recv whose server process is killed (-9) raises PeerVanished within a second."""
     url = shm_url()
     child = Child(_serve_then_hang, url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            ch = ipcraft.connect(url, timeout=10)
-            break
-        except (FileNotFoundError, ConnectionRefusedError):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    with ch:
+    with connect_when_listening(url) as ch:
         assert ch.recv_bytes(timeout=10) == b"hello"
         threading.Timer(0.2, child.kill).start()
         t0 = time.monotonic()
@@ -458,3 +453,42 @@ def test_corrupt_ring_is_protocol_error():
         _native.atomic_store_u64(c._transport._mm, _ring.OFF_HEAD, tx.end.position + 8192)
         with pytest.raises(ProtocolError, match="corrupt"):
             s.recv_bytes(timeout=1)
+
+
+def test_client_refuses_a_bad_offer():
+    """The client checks what the server passes: a memfd not sealed, of the wrong size, or with a
+    corrupt ring header is ProtocolError, and nothing stays mapped."""
+    import fcntl
+
+    from ipcraft import _ring
+    from ipcraft._transports import shm
+
+    cap = 4096
+    size = 2 * _ring.ring_size(cap)
+
+    def offer(seal: bool, length: int, corrupt: bool) -> int:
+        fd = os.memfd_create("test-offer", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, length)
+        if length == size:
+            import mmap
+
+            with mmap.mmap(fd, size) as mm:
+                for off in (0, _ring.ring_size(cap)):
+                    _ring.format_ring(mm, off, cap)
+                if corrupt:
+                    mm[_ring.OFF_VERSION] = 9
+        if seal:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        return fd
+
+    for seal, length, corrupt, match in [(False, size, False, "sealed"), (True, size - 4096, False, "memfd"),
+                                         (True, size, True, "version 9")]:
+        fd = offer(seal, length, corrupt)
+        try:
+            with pytest.raises(ProtocolError, match=match):
+                shm._map_offer(fd, cap, "test")
+        finally:
+            os.close(fd)
+    fd = offer(True, size, False)
+    shm._map_offer(fd, cap, "test").close()
+    os.close(fd)

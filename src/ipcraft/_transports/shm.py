@@ -167,10 +167,15 @@ class ShmTransport(Transport):
             os.close(fd)
         self._fds = []
         mm, self._mm = self._mm, None
-        try:
-            mm.close()  # type: ignore[union-attr]
-        except BufferError:
-            pass  # a recv_view()/send_view() view escaped its block: the mapping goes when it does
+        _unmap(mm)
+
+
+def _unmap(mm: mmap.mmap | None) -> None:
+    try:
+        if mm is not None:
+            mm.close()
+    except BufferError:
+        pass  # a view (an escaped recv_view, a half-built port) still exports it: unmapped when it goes
 
 
 def _pidfd(pid: int | None) -> int:
@@ -252,8 +257,7 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
         return transport
     except BaseException:
         _close_all(fds)
-        if mm is not None:
-            mm.close()
+        _unmap(mm)
         sock.close()
         raise
 
@@ -271,7 +275,7 @@ def _map_offer(fd: int, capacity: int, what: str) -> mmap.mmap:
             if check_ring(mm, off, what) != capacity:
                 raise ProtocolError(f"{what}: a ring's capacity differs from the one offered")
     except BaseException:
-        mm.close()
+        _unmap(mm)
         raise
     return mm
 
@@ -344,8 +348,7 @@ class ShmListener:
                 transport.close()  # closes the socket, the eventfds and the mapping
             else:
                 _close_all(efds)
-                if mm is not None:
-                    mm.close()
+                _unmap(mm)
                 sock.close()
             raise
 
