@@ -115,6 +115,14 @@ static inline void wake_other(RingEnd *r, uint32_t *flag)
         efd_signal(r->signal_fd);
 }
 
+static void release_if_done(RingEnd *r)
+{
+    if (r->closed && r->inflight == 0 && r->has_view) {
+        r->has_view = 0;
+        PyBuffer_Release(&r->view);
+    }
+}
+
 /* ---- producer ------------------------------------------------------------------------------- */
 
 /* Where a record of n payload bytes goes: sets *pad (wrap padding first) and *adv (head advance).
@@ -187,6 +195,10 @@ static int push(RingEnd *r, int sid, const char *src, uint64_t n)
         Py_END_ALLOW_THREADS
         r->inflight--;
         r->busy = 0;
+        if (r->closed) { /* closed by another thread meanwhile: publish nothing */
+            release_if_done(r);
+            return -EBADF;
+        }
     } else {
         memcpy(at + REC_HEADER, src, n);
     }
@@ -368,14 +380,6 @@ static int wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadli
         for (int i = 1; i <= r->nwatch; i++)
             if (fds[i].revents)
                 return gone(r, n);
-    }
-}
-
-static void release_if_done(RingEnd *r)
-{
-    if (r->closed && r->inflight == 0 && r->has_view) {
-        r->has_view = 0;
-        PyBuffer_Release(&r->view);
     }
 }
 
@@ -583,6 +587,7 @@ static int spin_for(RingEnd *r, long long ns)
     }
     Py_END_ALLOW_THREADS
     r->inflight--;
+    release_if_done(r);
     return got;
 }
 
@@ -613,6 +618,11 @@ static PyObject *RingEnd_try_recv(RingEnd *self, PyObject *unused)
         Py_END_ALLOW_THREADS
         self->inflight--;
         self->busy = 0;
+        if (self->closed) {
+            release_if_done(self);
+            Py_DECREF(b);
+            Py_RETURN_NONE;
+        }
     }
     consume(self, total);
     return b;
