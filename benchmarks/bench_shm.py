@@ -1,6 +1,10 @@
 """Measure shm:// against unix:// between two processes pinned to different cores.
 
-    python benchmarks/bench_shm.py [--reps 5] [--quick]
+    python benchmarks/bench_shm.py [--reps 5] [--quick] [--only name,name]
+
+Every 1 MiB ``bytes`` a receiver allocates can cost ~480 page faults (about 1.3 ms here) when glibc
+trims the heap top after each free; ``MALLOC_TOP_PAD_=16777216`` in the environment stops that for
+every mechanism alike, so run both ways and say which.
 
 Every figure is the median over ``--reps`` fresh process pairs (the machine is shared).  Round trips:
 median of per-iteration perf_counter_ns.  One-way: the receiver's time from the first to the last
@@ -58,7 +62,15 @@ def _echo(n):
     return serve
 
 
-def rtt(url: str, size: int, n: int, **opts) -> float:
+def _echo_views(n):
+    def serve(ch):
+        for _ in range(n):
+            with ch.recv_view() as v, ch.send_view(len(v)) as w:
+                w[:] = v
+    return serve
+
+
+def rtt(url: str, size: int, n: int, zero_copy: bool = False, **opts) -> float:
     msg = os.urandom(size)
 
     def client(ch):
@@ -66,12 +78,18 @@ def rtt(url: str, size: int, n: int, **opts) -> float:
         pc = time.perf_counter_ns
         for i in range(n):
             t0 = pc()
-            ch.send_bytes(msg)
-            ch.recv_bytes()
+            if zero_copy:
+                with ch.send_view(size) as w:
+                    w[:] = msg
+                with ch.recv_view():
+                    pass
+            else:
+                ch.send_bytes(msg)
+                ch.recv_bytes()
             times.append(pc() - t0)
         return statistics.median(times[n // 10:]) / 1000
 
-    return _pair(url, _echo(n), client, **opts)[0]
+    return _pair(url, _echo_views(n) if zero_copy else _echo(n), client, **opts)[0]
 
 
 def oneway(url: str, size: int, n: int, zero_copy: bool = False, **opts) -> float:
@@ -151,6 +169,7 @@ def main() -> None:
         "oneway1M_zero_copy_GB_s": lambda: oneway(shm(), MiB, n_big, zero_copy=True) * MiB / 1e9,
         "rtt1M_shm_us": lambda: rtt(shm(), MiB, n_big // 2),
         "rtt1M_unix_us": lambda: rtt(unix(), MiB, n_big // 2),
+        "rtt1M_shm_zero_copy_us": lambda: rtt(shm(), MiB, n_big // 2, zero_copy=True),
         "idle5s_cpu_percent": lambda: idle_cpu(shm()),
     }
     only = set(args.only.split(",")) if args.only else set(cases)

@@ -492,3 +492,16 @@ def test_client_refuses_a_bad_offer():
     fd = offer(True, size, False)
     shm._map_offer(fd, cap, "test").close()
     os.close(fd)
+
+
+@pytest.mark.parametrize("wait", MODES)
+def test_last_message_before_close_is_never_lost(wait):
+    """A message sent just before close() is always delivered before ChannelClosed (race check)."""
+    for i in range(100):
+        with shm_pair(wait=wait, capacity=4096) as (c, s):
+            t = threading.Thread(target=lambda: (c.send_bytes(b"last %d" % i), c.close()))
+            t.start()
+            assert s.recv_bytes(timeout=5) == b"last %d" % i
+            with pytest.raises(ChannelClosed):
+                s.recv_bytes(timeout=5)
+            t.join()

@@ -306,20 +306,22 @@ static int watch_fired(RingEnd *r)
 /* The other side is gone: clean close (-ESHUTDOWN) or death (-EPIPE); what it left is still served. */
 static int gone(RingEnd *r, uint64_t n)
 {
-    if (ready(r, n) && !(r->producer && other_closed(r)))
+    int closed = other_closed(r); /* read before the cursors: a producer closes after its last push */
+    if (ready(r, n) && !(r->producer && closed))
         return 0;
-    return other_closed(r) ? -ESHUTDOWN : -EPIPE;
+    return closed ? -ESHUTDOWN : -EPIPE;
 }
 
 static int settle(RingEnd *r, uint64_t n)
 {
     if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
         return -EBADF;
-    if (r->producer && other_closed(r))
+    int closed = other_closed(r); /* read before the cursors: a producer closes after its last push */
+    if (r->producer && closed)
         return -ESHUTDOWN;
     if (ready(r, n))
         return 0;
-    return other_closed(r) ? -ESHUTDOWN : 1;
+    return closed ? -ESHUTDOWN : 1;
 }
 
 /* One slice of a wait, without the GIL: returns 0 (ready), WAIT_SIGNALS (take the GIL, run signal
