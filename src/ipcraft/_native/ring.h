@@ -49,6 +49,7 @@ typedef struct {
     uint64_t seen;       /* producer: the last tail read, consumer: the last head read */
     uint64_t loan_off, loan_pad, loan_len, borrow_total;
     int level, busy, loaned, borrowed, inflight, closed;
+    int spun; /* try_recv just spun in vain: the next wait() sleeps at once */
 } RingEnd;
 
 static inline uint64_t ld_acq(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }

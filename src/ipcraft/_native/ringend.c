@@ -231,6 +231,7 @@ static PyObject *RingEnd_try_recv(RingEnd *self, PyObject *unused)
         long long ns = self->spin_ns < 0 || self->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : self->spin_ns;
         if (spin_for(self, ns) && ring_consumer_gate(self) == 0)
             rc = ring_next_record(self, &rec, &n, &total);
+        self->spun = rc == -EAGAIN && self->spin_ns >= 0; /* the general path goes straight to sleep */
     }
     if (rc < 0 || n > self->limit)
         Py_RETURN_NONE;
@@ -361,7 +362,10 @@ static PyObject *RingEnd_wait(RingEnd *self, PyObject *const *args, Py_ssize_t n
         return PyLong_FromLong(-EBADF);
     long long start = now_ns();
     long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    long long spin_until = has_timeout && deadline < start + self->spin_ns ? deadline : start + self->spin_ns;
+    long long spin_until = self->spun ? start : start + self->spin_ns;
+    if (has_timeout && deadline < spin_until)
+        spin_until = deadline;
+    self->spun = 0;
     int rc;
     self->inflight++;
     for (;;) {
