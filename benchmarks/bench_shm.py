@@ -92,13 +92,22 @@ def rtt(url: str, size: int, n: int, zero_copy: bool = False, **opts) -> float:
     return _pair(url, _echo_views(n) if zero_copy else _echo(n), client, **opts)[0]
 
 
-def oneway(url: str, size: int, n: int, zero_copy: bool = False, **opts) -> float:
-    """Messages per second, the receiver's clock from first to last message."""
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+CPU_NS: dict[str, list[float]] = {}
+
+
+def oneway(url: str, size: int, n: int, zero_copy: bool = False, label: str = "", **opts) -> float:
+    """Messages per second, the receiver's clock from first to last message.  Also records each
+    side's CPU time per message (ns) under ``label`` in CPU_NS."""
     msg = os.urandom(size)
 
     def receiver(ch):
         ch.recv_bytes()  # the first message starts the clock
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         if zero_copy:
             for _ in range(n - 1):
                 with ch.recv_view() as v:
@@ -107,27 +116,32 @@ def oneway(url: str, size: int, n: int, zero_copy: bool = False, **opts) -> floa
             rb = ch.recv_bytes
             for _ in range(n - 1):
                 rb()
-        return (n - 1) / (time.perf_counter() - t0)
+        return (n - 1) / (time.perf_counter() - t0), (_cpu() - c0) / (n - 1) * 1e9
 
     def sender(ch):
+        c0 = _cpu()
         if zero_copy:
-            ch.send_bytes(msg)
-            for _ in range(n - 1):
+            for _ in range(n):
                 with ch.send_view(size) as v:
                     v[:] = msg
         else:
             sb = ch.send_bytes
             for _ in range(n):
                 sb(msg)
+        cpu = (_cpu() - c0) / n * 1e9
         ch.recv_bytes()  # wait until the receiver is done before closing
-        return None
+        return cpu
 
     def receiver_then_ack(ch):
         r = receiver(ch)
         ch.send_bytes(b"done")
         return r
 
-    return _pair(url, receiver_then_ack, sender, **opts)[1]
+    send_cpu, (rate, recv_cpu) = _pair(url, receiver_then_ack, sender, **opts)
+    if label:
+        CPU_NS.setdefault(label + "_send_cpu_ns", []).append(send_cpu)
+        CPU_NS.setdefault(label + "_recv_cpu_ns", []).append(recv_cpu)
+    return rate
 
 
 def idle_cpu(url: str, seconds: float = 5.0, **opts) -> float:
@@ -163,10 +177,12 @@ def main() -> None:
         "rtt64_spin_us": lambda: rtt(shm(), 64, n_small, wait="spin"),
         "rtt64_block_us": lambda: rtt(shm(), 64, n_small, wait="block"),
         "rtt64_unix_us": lambda: rtt(unix(), 64, n_small // 4),
-        "oneway64_Mmsg_s": lambda: oneway(shm(), 64, n_tp) / 1e6,
-        "oneway64_spin_Mmsg_s": lambda: oneway(shm(), 64, n_tp, wait="spin") / 1e6,
-        "oneway1M_copy_GB_s": lambda: oneway(shm(), MiB, n_big) * MiB / 1e9,
-        "oneway1M_zero_copy_GB_s": lambda: oneway(shm(), MiB, n_big, zero_copy=True) * MiB / 1e9,
+        "oneway64_Mmsg_s": lambda: oneway(shm(), 64, n_tp, label="oneway64") / 1e6,
+        "oneway64_spin_Mmsg_s": lambda: oneway(shm(), 64, n_tp, label="oneway64_spin", wait="spin") / 1e6,
+        "oneway64_unix_Mmsg_s": lambda: oneway(unix(), 64, n_tp // 4, label="oneway64_unix") / 1e6,
+        "oneway1M_copy_GB_s": lambda: oneway(shm(), MiB, n_big, label="oneway1M") * MiB / 1e9,
+        "oneway1M_zero_copy_GB_s": lambda: oneway(shm(), MiB, n_big, zero_copy=True,
+                                                  label="oneway1M_zero_copy") * MiB / 1e9,
         "rtt1M_shm_us": lambda: rtt(shm(), MiB, n_big // 2),
         "rtt1M_unix_us": lambda: rtt(unix(), MiB, n_big // 2),
         "rtt1M_shm_zero_copy_us": lambda: rtt(shm(), MiB, n_big // 2, zero_copy=True),
@@ -180,6 +196,7 @@ def main() -> None:
                 continue
             results[name].append(cases[name]())
             print(f"rep {rep} {name}: {results[name][-1]:.3f}", file=sys.stderr, flush=True)
+    results.update(CPU_NS)
     summary = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
                for k, v in results.items() if v}
     for k, v in summary.items():
