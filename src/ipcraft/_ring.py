@@ -12,6 +12,7 @@ Layout (all integers little-endian; offsets from the start of the ring, which is
       36   u32  opener pid   the process that attached to it (0 until then)
       128  u64  head         producer cursor: bytes ever written     } the producer's cache line
       136  u32  producer closed flag                                  }
+      144  u64  handles      processes holding the producer's end (kept by the transport, see shm.py)
       256  u64  tail         consumer cursor: bytes ever consumed    } the consumer's cache line
       264  u32  consumer closed flag                                  }
       384  u32  consumer waiting  the consumer sleeps: the producer must write its eventfd
@@ -106,6 +107,8 @@ OFF_CREATOR_PID: Final = 32
 OFF_OPENER_PID: Final = 36
 OFF_HEAD: Final = 128
 OFF_PRODUCER_CLOSED: Final = 136
+#: Not used by _native: how many processes hold the producer's end (shm.py counts fork() copies).
+OFF_HANDLES: Final = 144
 OFF_TAIL: Final = 256
 OFF_CONSUMER_CLOSED: Final = 264
 OFF_CONSUMER_WAITING: Final = 384

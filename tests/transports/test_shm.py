@@ -505,3 +505,29 @@ def test_last_message_before_close_is_never_lost(wait):
             with pytest.raises(ChannelClosed):
                 s.recv_bytes(timeout=5)
             t.join()
+
+
+def _use_after_fork(parent_end, child_end, n: int) -> str:
+    parent_end.close()  # the child's copy: must not end the channel for the parent
+    for i in range(n):
+        child_end.send_bytes(b"%d" % i)
+    assert child_end.recv_bytes(timeout=10) == b"bye"
+    child_end.close()
+    return "done"
+
+
+@pytest.mark.parametrize("rounds", [1, 20])
+def test_fork_copies_close_independently(rounds):
+    """After fork, closing one process's copy of an end leaves the other copy working; the last
+    close() ends the channel cleanly (ChannelClosed, not PeerVanished)."""
+    for _ in range(rounds):
+        with shm_pair() as (c, s):
+            child = Child(_use_after_fork, s, c, 50)
+            c.close()  # the parent's copy of the child's end, possibly before the child runs
+            for i in range(50):
+                assert s.recv_bytes(timeout=10) == b"%d" % i
+            s.send_bytes(b"bye")
+            with pytest.raises(ChannelClosed) as info:
+                s.recv_bytes(timeout=10)
+            assert not isinstance(info.value, PeerVanished)
+            assert child.result(10) == "done"

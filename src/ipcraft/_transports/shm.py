@@ -10,13 +10,21 @@ Decisions:
   is left behind even after kill -9 of either side: the memory is freed when the last mapping goes.
 * **The memfd is sealed** (no shrink, no grow, no new seals) before it is passed, and the client
   checks the seals, so neither side can truncate the mapping under the other (a SIGBUS).
-* **Liveness.**  The rendezvous socket stays open for the life of the channel, and each side also
-  holds a pidfd of the other process.  Both are *watch* descriptors of the rings (see _ring.py): the
-  socket hangs up when the peer's last copy of it closes, the pidfd when the peer process exits even
-  if a forked child kept the socket.  A waiting side notices within about a millisecond and raises
-  PeerVanished; a clean close() sets the ring's closed flags first, so the peer gets ChannelClosed.
-  A sender whose peer died succeeds while the ring has room (as a socket's send buffer would), and
-  raises PeerVanished once it would have to wait.
+* **Liveness, with the semantics of a socket.**  The rendezvous socket stays open for the life of the
+  channel and is the rings' *watch* descriptor (see _ring.py): it hangs up when the last copy of the
+  peer's socket closes, whichever process held it, so a waiting side notices a dead peer within about
+  a millisecond and raises PeerVanished.  A clean close() sets the rings' closed flags, so the peer
+  gets ChannelClosed instead, after the messages still in the ring.  A sender whose peer died
+  succeeds while the ring has room (as a socket's send buffer would) and raises PeerVanished once it
+  would have to wait.  No pidfd: a forked child may legitimately carry on with an end its parent
+  created, as with any file descriptor.
+* **fork() copies an end, so close() counts.**  Closing a copy must not end the channel for the
+  other copies (the usual pattern: create a pair, fork, each process closes the end it does not
+  use).  Each end keeps a count of the processes holding it in its outgoing ring's header
+  (``OFF_HANDLES``), raised by an os.register_at_fork hook before each fork; only the close() that takes
+  it to zero sets the closed flags.  A copy that is never closed (a child that ends with os._exit)
+  keeps the count up, and the peer then sees PeerVanished (a ChannelClosed) instead of a plain
+  ChannelClosed when the last socket copy goes.
 * **Capacity** is the client's ``capacity=`` if given, else the listener's, else 4 MiB per direction,
   rounded up to a power of two.  A message may use half a ring; a larger one is MessageTooLarge
   naming the capacity (see _ring.py for why not streaming).  ``wait=`` is each side's own choice.
@@ -39,13 +47,14 @@ import socket
 import stat
 import struct
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from .. import _framing
+from .. import _framing, _native
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._ring import REC_HEADER, RingPort, check_ring, format_ring, max_payload, ring_size, round_capacity
+from .._ring import OFF_HANDLES, REC_HEADER, RingPort, check_ring, format_ring, max_payload, ring_size, round_capacity
 from ..errors import HandleClosed, ProtocolError, Timeout
 from . import Transport, unix
 from ._io import timed_out, wait_fd
@@ -79,8 +88,7 @@ class ShmTransport(Transport):
         self.authenticated = True  # the kernel vouched for the peer's uid and the policy accepted it
         self.capacity = capacity
         self.spin = endpoint.options.get("wait", "block") == "spin"
-        self._pidfd = _pidfd(peer.pid)
-        watch = (sock.fileno(),) + ((self._pidfd,) if self._pidfd >= 0 else ())
+        watch = (sock.fileno(),)
         c2s_data, c2s_room, s2c_data, s2c_room = efds
         c2s, s2c = 0, ring_size(capacity)
         tx_off, rx_off = (s2c, c2s) if server else (c2s, s2c)
@@ -96,6 +104,9 @@ class ShmTransport(Transport):
         self.rx = RingPort(mm, rx_off, producer=False, what=self._what, signal_fd=rx_room,
                            wait_fd=rx_data, watch_fds=watch, spin=self.spin, limit=max_message,
                            limit_source="this channel's max_message_size")
+        self._handles = tx_off + OFF_HANDLES
+        _native.atomic_add_u64(mm, self._handles, 1)
+        _OPEN.add(self)
 
     # -- the channel's fast path and zero copy -----------------------------------------------------
 
@@ -158,16 +169,34 @@ class ShmTransport(Transport):
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        for port in (self.tx, self.rx):
-            port.shutdown()
+        _OPEN.discard(self)
+        if _native.atomic_add_u64(self._mm, self._handles, -1) == 1:  # the last copy of this end
+            for port in (self.tx, self.rx):
+                port.shutdown()
         for port in (self.tx, self.rx):
             port.close()
         sock.close()
-        for fd in self._fds + ([self._pidfd] if self._pidfd >= 0 else []):
+        for fd in self._fds:
             os.close(fd)
         self._fds = []
         mm, self._mm = self._mm, None
         _unmap(mm)
+
+
+#: Open ends in this process, so that a fork() can count its copies.
+_OPEN: weakref.WeakSet[ShmTransport] = weakref.WeakSet()
+
+
+def _count_fork_copies() -> None:
+    for t in list(_OPEN):
+        if t._mm is not None:
+            _native.atomic_add_u64(t._mm, t._handles, 1)
+
+
+# Counted in the parent before the fork, so that neither process can close its copy first and take
+# the count to zero while the other still holds one.  (If fork() fails the count stays one too
+# high: the peer would see PeerVanished instead of ChannelClosed at the end.)
+os.register_at_fork(before=_count_fork_copies)
 
 
 def _unmap(mm: mmap.mmap | None) -> None:
@@ -176,15 +205,6 @@ def _unmap(mm: mmap.mmap | None) -> None:
             mm.close()
     except BufferError:
         pass  # a view (an escaped recv_view, a half-built port) still exports it: unmapped when it goes
-
-
-def _pidfd(pid: int | None) -> int:
-    if not pid or not hasattr(os, "pidfd_open"):
-        return -1
-    try:
-        return os.pidfd_open(pid)
-    except OSError:  # the peer is in another pid namespace, or already gone (the socket will say)
-        return -1
 
 
 def _send_hello(sock: socket.socket, capacity: int, fds: Sequence[int] = ()) -> None:
