@@ -23,7 +23,7 @@ class RingEnd:
     """One side (producer or consumer) of the SPSC ring at ``offset`` of ``buf``."""
 
     def __init__(self, buf: WriteableBuffer, offset: int, producer: bool, signal_fd: int = -1,
-                 wait_fd: int = -1, watch_fds: Sequence[int] | None = (), spin_ns: int = 50000,
+                 wait_fd: int = -1, watch_fds: Sequence[int] | None = (), spin_ns: int = 100000,
                  limit: int = -1) -> None: ...
     @property
     def capacity(self) -> int: ...

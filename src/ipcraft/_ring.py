@@ -47,10 +47,13 @@ Decisions:
   appear.  Streaming big messages in pieces would lift the limit but break zero copy and make a
   message's arrival non-atomic; a bigger ``capacity=`` is the simple answer.
 * **Spin, then sleep on an eventfd.**  Waking a sleeping process on the other core costs 25-30 us
-  here (a VM exit), so any wait that sleeps at once sits at 55-90 us per round trip.  A waiter
-  therefore spins (with the GIL released) for SPIN_NS = 50 us, about twice the wake-up cost: a
-  reply that comes within that window costs no system call at all, and a waiter idle for longer
-  loses at most 50 us of CPU before it sleeps, so an idle receiver uses no CPU.  It then sleeps in
+  here (a VM exit), so any wait that sleeps at once sits at 55-90 us per round trip, and a sleep
+  costs a waiter about 50 us in all (measured: a 1 MiB round trip, whose waits last ~60 us, takes
+  190 us when waiters spin 50 us before sleeping and 89 us when they spin 100 us).  A waiter
+  therefore spins (with the GIL released) for SPIN_NS = 100 us, about twice what a sleep costs: a
+  reply within that window costs no system call at all, and a waiter idle for longer loses at most
+  100 us of CPU before it sleeps, so an idle receiver uses no CPU.  (The fast path's spin and the
+  general wait's share that budget: one spin phase per wait.)  It then sleeps in
   ppoll(2) on an eventfd rather than a futex: an eventfd is a file descriptor, so the channel has a
   fileno() for select/poll/asyncio, and one ppoll also watches the peer-liveness descriptors, which a
   futex cannot.  (A futex wake is cheaper, 0.29 us, but a wake happens only when the peer sleeps, and
@@ -63,12 +66,12 @@ Decisions:
   "the eventfd is readable" equal to "a record is pending" (the flag stays armed whenever the ring is
   empty), so select/epoll/asyncio see exactly what a socket would show.  That costs a system call on
   each side per wake-up, so channels that never hand out their fd do not pay it.
-* **A dead peer** is detected through *watch* descriptors given to the waiting side: for shm:// the
-  rendezvous socket (hung up when the peer's last copy closes) and a pidfd of the peer (readable when
-  it exits, even if a forked child still holds the socket).  They are polled every 1 ms while
-  spinning and are in the same ppoll while sleeping, so a receiver on an empty ring or a sender on a
-  full one raises PeerVanished well within a second.  A clean close sets the side's "closed" flag
-  first: the other side then raises ChannelClosed, not PeerVanished, after taking what is left.
+* **A dead peer** is detected through *watch* descriptors given to the waiting side, which become
+  readable when the peer is gone: for shm:// the rendezvous socket, which hangs up when the last copy
+  of the peer's end closes (a kill -9 included).  They are polled every 1 ms while spinning and are
+  in the same ppoll while sleeping, so a receiver on an empty ring or a sender on a full one raises
+  PeerVanished well within a second.  A clean close sets the side's "closed" flag first: the other
+  side then raises ChannelClosed, not PeerVanished, after taking what is left.
 * **Never trust the other side.**  The capacity is read once, validated, and kept privately; every
   cursor and record length read from shared memory is checked against it before anything is copied
   (a bad one is ProtocolError).  The C side holds a buffer export on the mapping, so it cannot be
@@ -116,8 +119,8 @@ OFF_PRODUCER_WAITING: Final = 512
 REC_HEADER: Final = 8
 REC_MAGIC: Final = 0xA1
 REC_FLAG_WRAP: Final = 0x8000
-#: How long a waiter spins before it sleeps (wait="block"): about twice a cross-core wake-up here.
-SPIN_NS: Final = 50_000
+#: How long a waiter spins before it sleeps (wait="block"): about twice what a sleep costs here.
+SPIN_NS: Final = 100_000
 
 _FIXED = struct.Struct("<QIIQQII")  # magic, version, flags, capacity, data offset, creator, opener
 

@@ -33,7 +33,7 @@ static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
     PyObject *buf, *sig = NULL, *wfd = NULL, *watch = NULL;
     Py_ssize_t offset;
     int producer;
-    long long spin_ns = 50000, limit = -1;
+    long long spin_ns = 100000, limit = -1;
     if (self->has_view) {
         PyErr_SetString(PyExc_TypeError, "RingEnd is already initialised");
         return -1;
@@ -487,7 +487,7 @@ static PyTypeObject RingEnd_Type = {
     .tp_name = "ipcraft._native.RingEnd",
     .tp_basicsize = sizeof(RingEnd),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "RingEnd(buf, offset, producer, signal_fd=-1, wait_fd=-1, watch_fds=(), spin_ns=50000, "
+    .tp_doc = "RingEnd(buf, offset, producer, signal_fd=-1, wait_fd=-1, watch_fds=(), spin_ns=100000, "
               "limit=-1): one side of a single-producer single-consumer ring in buf at offset.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)RingEnd_init,
