@@ -531,3 +531,26 @@ def test_fork_copies_close_independently(rounds):
                 s.recv_bytes(timeout=10)
             assert not isinstance(info.value, PeerVanished)
             assert child.result(10) == "done"
+
+
+@pytest.mark.parametrize("wait", MODES)
+def test_close_from_another_thread_wakes_a_blocked_recv(wait):
+    """close() while another thread is blocked in recv wakes it with HandleClosed (no hang, no crash)."""
+    from ipcraft.errors import HandleClosed
+
+    with shm_pair(wait=wait) as (c, s):
+        errors: list = []
+
+        def blocked():
+            try:
+                s.recv_bytes(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - inspected below
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.3)  # asleep (block) or spinning (spin)
+        s.close()
+        t.join(5)
+        assert not t.is_alive()
+        assert errors and isinstance(errors[0], HandleClosed)

@@ -237,6 +237,8 @@ static int watch_fired(RingEnd *r)
 /* The other side is gone: clean close (-ESHUTDOWN) or death (-EPIPE); what it left is still served. */
 static int gone(RingEnd *r, uint64_t n)
 {
+    if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
+        return -EBADF; /* we closed, and the descriptors being watched went with it */
     int closed = ring_other_closed(r); /* read before the cursors: a producer closes after its last push */
     if (ready(r, n) && !(r->producer && closed))
         return 0;
