@@ -268,7 +268,7 @@ class RingPort:
         end = self.end
         while True:
             got = end.peek()
-            if type(got) is tuple:
+            if isinstance(got, tuple):
                 off, n, sid = got
                 if n > self.limit:
                     end.consume()

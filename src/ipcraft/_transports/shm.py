@@ -170,7 +170,9 @@ class ShmTransport(Transport):
         if sock is None:
             return
         _OPEN.discard(self)
-        if _native.atomic_add_u64(self._mm, self._handles, -1) == 1:  # the last copy of this end
+        mm, self._mm = self._mm, None
+        assert mm is not None
+        if _native.atomic_add_u64(mm, self._handles, -1) == 1:  # the last copy of this end
             for port in (self.tx, self.rx):
                 port.shutdown()
         for port in (self.tx, self.rx):
@@ -179,7 +181,6 @@ class ShmTransport(Transport):
         for fd in self._fds:
             os.close(fd)
         self._fds = []
-        mm, self._mm = self._mm, None
         _unmap(mm)
 
 
