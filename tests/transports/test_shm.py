@@ -554,3 +554,9 @@ def test_close_from_another_thread_wakes_a_blocked_recv(wait):
         t.join(5)
         assert not t.is_alive()
         assert errors and isinstance(errors[0], HandleClosed)
+
+
+def test_connect_without_listener_names_the_endpoint():
+    """Connecting where nobody listens is ConnectionRefusedError naming the shm:// URL."""
+    with pytest.raises(ConnectionRefusedError, match=r"shm://.*no listener"):
+        ipcraft.connect(shm_url(), timeout=1)

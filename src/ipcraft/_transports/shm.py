@@ -256,7 +256,11 @@ def _parse_hello(data: bytes, what: str) -> int:
 
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Connect to an shm:// listener, receive the rings and map them."""
-    rv = unix.connect(_rendezvous(endpoint), deadline)
+    try:
+        rv = unix.connect(_rendezvous(endpoint), deadline)
+    except (ConnectionRefusedError, FileNotFoundError) as exc:
+        raise os_error(exc.errno, f"connecting to {endpoint}: no listener (its rendezvous is the abstract "
+                                  f"socket @ipcraft-shm.{endpoint.address})") from exc
     sock: socket.socket = rv.sock  # type: ignore[attr-defined]
     what = f"connecting to {endpoint}"
     hs_deadline = unix._handshake_deadline(endpoint, deadline)
