@@ -259,7 +259,7 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     try:
         rv = unix.connect(_rendezvous(endpoint), deadline)
     except (ConnectionRefusedError, FileNotFoundError) as exc:
-        raise os_error(exc.errno, f"connecting to {endpoint}: no listener (its rendezvous is the abstract "
+        raise os_error(exc.errno or errno.ECONNREFUSED, f"connecting to {endpoint}: no listener (its rendezvous is the abstract "
                                   f"socket @ipcraft-shm.{endpoint.address})") from exc
     sock: socket.socket = rv.sock  # type: ignore[attr-defined]
     what = f"connecting to {endpoint}"
