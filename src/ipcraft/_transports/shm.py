@@ -259,8 +259,8 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     try:
         rv = unix.connect(_rendezvous(endpoint), deadline)
     except (ConnectionRefusedError, FileNotFoundError) as exc:
-        raise os_error(exc.errno or errno.ECONNREFUSED, f"connecting to {endpoint}: no listener (its rendezvous is the abstract "
-                                  f"socket @ipcraft-shm.{endpoint.address})") from exc
+        raise os_error(exc.errno or errno.ECONNREFUSED, f"connecting to {endpoint}: no listener (its "
+                       f"rendezvous is the abstract socket @ipcraft-shm.{endpoint.address})") from exc
     sock: socket.socket = rv.sock  # type: ignore[attr-defined]
     what = f"connecting to {endpoint}"
     hs_deadline = unix._handshake_deadline(endpoint, deadline)
