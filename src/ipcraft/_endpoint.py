@@ -151,8 +151,8 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            _COMMON | {"authkey", "insecure", "ssl_context", "server_hostname", "nodelay", "backlog",
                       "handshake_timeout"},
            "TCP + framing; authkey handshake, optional TLS"),
-    Scheme("shm", "connection", "name",
-           _COMMON | {"wait", "capacity", "mode", "allowed_uids", "backlog", "handshake_timeout"},
+    Scheme("shm", "connection", "name",  # no "mode": nothing named is created (memfd + abstract socket)
+           _COMMON | {"wait", "capacity", "allowed_uids", "backlog", "handshake_timeout"},
            "two shared-memory rings per connection (fastest)"),
     Scheme("fifo", "queue", "path", _COMMON | {"mode", "pipe_size"},
            "named pipe; messages never interleave"),

@@ -13,12 +13,14 @@ import os
 from collections.abc import Iterator, Mapping
 
 from .errors import (
+    Busy,
     ChannelClosed,
     HandleClosed,
     LimitExceeded,
     MessageTooLarge,
     OwnerDied,
     PeerVanished,
+    ProtocolError,
     Timeout,
 )
 
@@ -113,6 +115,31 @@ def lock_error(err: int, what: str, filename: str | None = None,
         return OSError(err, f"{what}: not recoverable: an owner died and the next holder released it "
                             "without make_consistent(); initialise it again with create()")
     return os_error(err, what, filename, limits)
+def ring_error(rc: int, what: str, *, size: int | None = None, limit: int | None = None,
+               limit_source: str = "") -> Exception:
+    """The exception for ``-errno`` ``rc`` from a shared-memory ring operation (_native.RingEnd).
+
+    The ring reports its own conditions with errnos: EPROTO (a corrupt header, cursor or record),
+    ESHUTDOWN (the other side closed cleanly), EPIPE (the other side died: a watched fd hung up),
+    EBUSY (another thread holds a loan, a borrowed record or a copy), EMSGSIZE (the record cannot fit).
+    """
+    err = -rc
+    if err == _errno.EPROTO:
+        return ProtocolError(f"{what}: the shared ring is corrupt (a header, cursor or record length is "
+                             "out of range); the channel cannot be trusted and should be closed")
+    if err == _errno.ESHUTDOWN:
+        return ChannelClosed(f"{what}: the peer closed the channel")
+    if err == _errno.EPIPE:
+        return PeerVanished(f"{what}: the peer vanished (its process ended without closing)", err)
+    if err == _errno.EBUSY:
+        return Busy(f"{what}: another thread is using this end of the ring (a loaned or borrowed "
+                    "record, or a copy in progress)")
+    if err == _errno.EMSGSIZE:
+        return MessageTooLarge(f"{what}: a {size}-byte message exceeds the limit of {limit} bytes "
+                               f"({limit_source})", size, limit)
+    if err == _errno.ETIMEDOUT:
+        return Timeout(f"{what}: timed out (nothing was transferred; still usable)")
+    return os_error(err, what)
 
 
 def _from_foreign(exc: Exception, what: str, filename: str | None,
