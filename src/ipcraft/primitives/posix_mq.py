@@ -30,6 +30,7 @@ import os
 import resource
 import signal as _signal
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -345,8 +346,10 @@ def _run_callback(callback: Callable[[], object]) -> None:
     try:
         callback()
     except BaseException as exc:  # noqa: BLE001 - a notification thread has nobody to raise to
-        sys.unraisablehook(sys.UnraisableHookArgs(type(exc), exc, exc.__traceback__,  # type: ignore[call-arg]
-                                                  "PosixMessageQueue notification callback", callback))
+        # The hook takes any object with these attributes (sys.UnraisableHookArgs is not public).
+        sys.unraisablehook(types.SimpleNamespace(
+            exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
+            err_msg="Exception ignored in a PosixMessageQueue notification callback", object=callback))
 
 
 def _create_limits(maxmsg: int, msgsize: int) -> dict[int, str]:
