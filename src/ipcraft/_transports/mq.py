@@ -36,7 +36,7 @@ from ..errors import InvalidEndpoint, PeerVanished, Timeout
 from ..primitives import _mq_common as _common
 from ..primitives.posix_mq import PosixMessageQueue
 from . import Transport
-from ._io import remaining, wait_fd
+from ._io import wait_fd
 
 #: Longest single sleep of a wait before the name is checked again, in seconds.
 _SLICE = 0.5
@@ -130,8 +130,7 @@ class MqTransport(Transport):
 
 
 def _slice(deadline: float | None) -> float:
-    left = remaining(deadline)
-    return _SLICE if left is None else min(left, _SLICE)
+    return _SLICE if deadline is None else min(max(0.0, deadline - time.monotonic()), _SLICE)
 
 
 def _deadline_of_slice(deadline: float | None) -> float:

@@ -79,14 +79,15 @@ class SysVMqTransport(Transport):
     def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None,
                      type: int = 1) -> None:  # noqa: A002
         try:
-            self._q.send(b"".join(parts), type, remaining(deadline))
+            self._q.send(b"".join(parts), type, None if deadline is None else remaining(deadline))
         except OSError as exc:
             raise removed_as_vanished(exc)
 
     def recv_message(self, deadline: float | None, type: int = 0,  # noqa: A002
                      except_type: bool = False) -> bytes:
         try:
-            data, got = self._q.recv(type, remaining(deadline), except_type=except_type)
+            data, got = self._q.recv(type, None if deadline is None else remaining(deadline),
+                                    except_type=except_type)
         except OSError as exc:
             raise removed_as_vanished(exc)
         self.last_meta = {"type": got}

@@ -6,9 +6,11 @@ or change (STYLE.md R11).  Knobs are read when needed: they can change at run ti
 System V message queues have no timed wait and no file descriptor, so a wait with a timeout polls
 (:func:`poll_with_backoff`): the first retries come quickly (a reply that is already on its way is
 picked up within about as long as it took), later ones every :data:`POLL_MAX_DELAY` seconds.  Each
-poll wakes a vCPU, which costs about 50 us on this class of VM, so the cap sets the CPU a long wait
-burns: 4 ms measured at about 2.4 % of a core, 2 ms at 3.4 %, 1 ms at 4.2 %.  The deadline itself is
-kept to within a timer slack: the last sleep is cut to the time left.
+poll wakes a vCPU, which costs 30-50 us on this class of VM, so the cap sets the CPU a long wait
+burns.  Measured on the 2-vCPU development VM (benchmarks/mq_overhead.py --poll-cost), under
+varying load from other work: a 4 ms cap costs 1.5-2.8 % of a core (worst single wait 4.1 %), 2 ms
+about 3.4 %, 1 ms about 4.2 %.  The deadline itself is kept to within a timer slack (0.1-0.4 ms
+late): the last sleep is cut to the time left.
 """
 
 from __future__ import annotations
@@ -61,18 +63,18 @@ def rlimit_msgqueue() -> str:
     return f"RLIMIT_MSGQUEUE (ulimit -q) = {value} per user"
 
 
-def deadline_of(timeout: float | None) -> float | None:
-    """The time.monotonic() deadline of a ``timeout`` in seconds (None: no deadline)."""
+def start_wait(timeout: float | None) -> float:
+    """The time.monotonic() a wait of ``timeout`` seconds starts (0.0 if it has no timeout)."""
     if timeout is None:
-        return None
+        return 0.0
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
-    return time.monotonic() + timeout
+    return time.monotonic()
 
 
-def time_left(deadline: float | None) -> float | None:
-    """Seconds until ``deadline``, never negative (None: no deadline)."""
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+def time_left(start: float, timeout: float | None) -> float | None:
+    """Seconds left of a wait of ``timeout`` begun at ``start``; never negative (None: no timeout)."""
+    return None if timeout is None else max(0.0, start + timeout - time.monotonic())
 
 
 def poll_with_backoff(attempt: Callable[[], T], deadline: float) -> T:

@@ -211,25 +211,19 @@ class PosixMessageQueue(Handle):
             HandleClosed: this handle was closed.
         """
         mq = self._live()
-        n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
         if n > self._msgsize:
             raise MessageTooLarge(
                 f"a {n}-byte message exceeds msgsize {self._msgsize} of {self!r} (set at create(); "
                 f"system maximum {_common.describe(_common.MQ_MSGSIZE_MAX)})", n, self._msgsize)
         if not 0 <= priority <= PRIORITY_MAX:
             raise ValueError(f"priority {priority} is outside 0..{PRIORITY_MAX} (MQ_PRIO_MAX - 1)")
-        deadline = _common.deadline_of(timeout)
-        left = timeout
-        while True:
-            try:
-                mq.send(data, left, priority)
-                return
-            except Exception as exc:
-                err = translated(exc, f"sending a {n}-byte message to {self!r} (full at maxmsg="
-                                      f"{self._maxmsg})")
-                if not isinstance(err, InterruptedError):
-                    raise err
-            left = _common.time_left(deadline)
+        start = _common.start_wait(timeout)
+        try:
+            mq.send(data, timeout, priority)
+        except Exception as exc:
+            self._after_failure(exc, lambda left: mq.send(data, left, priority), timeout, start,
+                                f"sending a {n}-byte message to", f" (full at maxmsg={self._maxmsg})")
 
     def recv(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Remove and return ``(data, priority)`` of the oldest message of the highest priority.
@@ -242,16 +236,24 @@ class PosixMessageQueue(Handle):
             HandleClosed: this handle was closed.
         """
         mq = self._live()
-        deadline = _common.deadline_of(timeout)
-        left = timeout
+        start = _common.start_wait(timeout)
+        try:
+            return mq.receive(timeout)  # type: ignore[no-any-return]
+        except Exception as exc:
+            return self._after_failure(exc, mq.receive, timeout, start, "receiving from")  # type: ignore[no-any-return]
+
+    def _after_failure(self, exc: Exception, retry: Callable[[float | None], Any], timeout: float | None,
+                       start: float, doing: str, detail: str = "") -> Any:
+        """Translate the failure of a send/recv; after a signal whose handler returned (EINTR),
+        retry with the time left (PEP 475) and return what the retry returns."""
         while True:
+            err = translated(exc, f"{doing} {self!r}{detail}")
+            if not isinstance(err, InterruptedError):
+                raise err
             try:
-                return mq.receive(left)  # type: ignore[no-any-return]
-            except Exception as exc:
-                err = translated(exc, f"receiving from {self!r}")
-                if not isinstance(err, InterruptedError):
-                    raise err
-            left = _common.time_left(deadline)
+                return retry(_common.time_left(start, timeout))
+            except Exception as again:  # noqa: BLE001 - translated on the next pass
+                exc = again
 
     def request_notification(self, callback: Callable[[], object] | None = None, *,
                              signal: int | None = None) -> None:
