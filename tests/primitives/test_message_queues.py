@@ -85,6 +85,18 @@ def test_owner_removes_on_close_opener_does_not(kind, address):
     assert not kind.exists(address)
 
 
+def test_a_forked_copy_of_the_owner_never_removes(kind, address):
+    """A child's copy of the owner handle is not the owner: its close() leaves the queue."""
+    with kind.create(address) as owner:
+        def child_closes() -> bool:
+            was_owner = owner.owner
+            owner.close()
+            return was_owner
+        assert run_in_child(child_closes, timeout=10) is False
+        assert kind.exists(address) and owner.owner
+    assert not kind.exists(address)
+
+
 def test_exclusive_create_and_missing_open(kind, address):
     """create() of an existing queue is FileExistsError, open() of a missing one FileNotFoundError."""
     with pytest.raises(FileNotFoundError) as missing:

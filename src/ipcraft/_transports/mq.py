@@ -52,13 +52,16 @@ class MqTransport(Transport):
         self._endpoint = endpoint
         self._unlinked = False
         self._gone = False
-        self.owner = queue.owner
         self.max_payload = queue.msgsize
         self.limit_source = (f"msgsize of POSIX message queue {queue.name} (set at create(); system maximum "
                              f"{_common.describe(_common.MQ_MSGSIZE_MAX)})")
         self.last_meta: dict[str, Any] = {}
         st = os.fstat(queue.fileno())
         self.authenticated = st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+    @property
+    def owner(self) -> bool:  # type: ignore[override]
+        return self._q.owner
 
     def fileno(self) -> int:
         return self._q.fileno()
@@ -69,7 +72,6 @@ class MqTransport(Transport):
     def unlink(self) -> None:
         self._unlinked = True
         self._q.unlink()
-        self.owner = False
 
     def extra(self) -> dict[str, Any]:
         q = self._q

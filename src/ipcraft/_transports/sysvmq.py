@@ -50,7 +50,6 @@ class SysVMqTransport(Transport):
     def __init__(self, queue: SysVMessageQueue, endpoint: Endpoint) -> None:
         self._q = queue
         self._endpoint = endpoint
-        self.owner = queue.owner
         self.last_meta: dict[str, Any] = {}
         msgmax = _common.read(_common.MSGMAX)
         if msgmax <= queue.qbytes:
@@ -59,6 +58,10 @@ class SysVMqTransport(Transport):
             self.max_payload, self.limit_source = queue.qbytes, f"qbytes of {queue!r}"
         st = queue.stat()
         self.authenticated = st.uid == os.geteuid() and not st.mode & 0o077
+
+    @property
+    def owner(self) -> bool:  # type: ignore[override]
+        return self._q.owner
 
     def fileno(self) -> int:
         raise io.UnsupportedOperation(
@@ -69,7 +72,6 @@ class SysVMqTransport(Transport):
         self._q.close()
 
     def unlink(self) -> None:
-        self.owner = False
         self._q.remove()
 
     def extra(self) -> dict[str, Any]:

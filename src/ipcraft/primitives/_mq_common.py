@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from ..errors import Timeout
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 #: First and largest pause between two polls, in seconds.
 POLL_FIRST_DELAY = 50e-6
@@ -77,7 +77,7 @@ def time_left(start: float, timeout: float | None) -> float | None:
     return None if timeout is None else max(0.0, start + timeout - time.monotonic())
 
 
-def poll_with_backoff(attempt: Callable[[], T], deadline: float) -> T:
+def poll_with_backoff(attempt: Callable[[], _T], deadline: float) -> _T:
     """Call ``attempt`` until it returns, sleeping between tries while it raises Timeout.
 
     ``attempt`` raises :class:`Timeout` for "not now" (a full or empty queue); once ``deadline``

@@ -62,13 +62,14 @@ class PosixMessageQueue(Handle):
     ``send(data, priority)`` appends a message; ``recv()`` returns ``(data, priority)`` for the oldest
     message of the highest priority.  The handle made by ``create()`` is the ``owner``: ``close()``
     also unlinks the name (unless ``unlink_on_close`` is set to False or ownership was released).
-    Handles made by ``open()`` never unlink.  ``with queue:`` closes it on exit.
+    Handles made by ``open()`` never unlink, and ownership never crosses fork(): a child's copy of
+    the owner handle is not the owner.  ``with queue:`` closes it on exit.
 
     .. versionadded:: 0.1
     """
 
     _mq: Any = None
-    _owner: bool = False
+    _owner_pid: int = 0  # the pid that owns the object; ownership never crosses fork()
     _notifying: bool = False
     #: For the owner: whether close() also unlinks the name.
     unlink_on_close: bool = True
@@ -77,7 +78,7 @@ class PosixMessageQueue(Handle):
         """Wrap an open posix_ipc.MessageQueue; use the classmethods instead."""
         self._mq = mq
         self._name: str = mq.name
-        self._owner = owner
+        self._owner_pid = os.getpid() if owner else 0
         self._maxmsg: int = mq.max_messages
         self._msgsize: int = mq.max_message_size
 
@@ -185,11 +186,11 @@ class PosixMessageQueue(Handle):
     @property
     def owner(self) -> bool:
         """True if this handle created the queue and will unlink it on close()."""
-        return self._owner
+        return self._owner_pid == os.getpid()
 
     def release_ownership(self) -> None:
         """Stop being the owner: close() will no longer unlink the name (hand the duty on)."""
-        self._owner = False
+        self._owner_pid = 0
 
     def fileno(self) -> int:
         """The queue descriptor, a file descriptor on Linux: readable (select/poll/epoll) while the
@@ -292,7 +293,7 @@ class PosixMessageQueue(Handle):
             FileNotFoundError: the name was already gone; the handle is usable.
         """
         self._live()
-        self._owner = False
+        self._owner_pid = 0
         _unlink(self._name)
 
     def _live(self) -> Any:
@@ -312,13 +313,13 @@ class PosixMessageQueue(Handle):
             with translating(f"closing {self!r}"):
                 mq.close()
         finally:
-            if self._owner and self.unlink_on_close:
-                self._owner = False
+            if self.owner and self.unlink_on_close:
+                self._owner_pid = 0
                 with contextlib.suppress(FileNotFoundError):
                     _unlink(self._name)
 
     def __repr__(self) -> str:
-        owner = " owner" if self._owner else ""
+        owner = " owner" if self._owner_pid == os.getpid() else ""
         state = "closed" if self._closed or self._mq is None else "open"
         return (f"<PosixMessageQueue {getattr(self, '_name', '?')!r} maxmsg={getattr(self, '_maxmsg', '?')} "
                 f"msgsize={getattr(self, '_msgsize', '?')}{owner} {state}>")

@@ -46,7 +46,7 @@ from . import _mq_common as _common
 __all__ = ("SysVMessageQueue", "SysVMessageQueueStat", "ftok", "remove_message_queue", "IPC_PRIVATE",
            "TYPE_MAX")
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 #: The key that always makes a new queue, reachable only through its id (create() only).
 IPC_PRIVATE = 0
@@ -117,13 +117,14 @@ class SysVMessageQueue(Handle):
     ``send(data, type=1)`` appends a message; ``recv(type=0)`` returns ``(data, type)``, choosing
     by type as the kernel does (see the module docstring).  The handle made by ``create()`` is the
     ``owner``: ``close()`` also removes the queue (unless ``unlink_on_close`` is False or ownership
-    was released).  Handles made by ``open()`` never remove it.  ``with queue:`` closes it on exit.
+    was released).  Handles made by ``open()`` never remove it, and ownership never crosses fork():
+    a child's copy of the owner handle is not the owner.  ``with queue:`` closes it on exit.
 
     .. versionadded:: 0.1
     """
 
     _mq: Any = None
-    _owner: bool = False
+    _owner_pid: int = 0  # the pid that owns the object; ownership never crosses fork()
     _limit: int = 0
     #: For the owner: whether close() also removes the queue.
     unlink_on_close: bool = True
@@ -134,7 +135,7 @@ class SysVMessageQueue(Handle):
         self._mq = mq
         self._key: int = mq.key
         self._id: int = mq.id
-        self._owner = owner
+        self._owner_pid = os.getpid() if owner else 0
         self._msgmax: int = msgmax  # the kernel's msgmax when opened
         self._qbytes: int = self._read_qbytes()
         self._limit = min(self._msgmax, self._qbytes)  # the largest message send() takes
@@ -231,11 +232,11 @@ class SysVMessageQueue(Handle):
     @property
     def owner(self) -> bool:
         """True if this handle created the queue and will remove it on close()."""
-        return self._owner
+        return self._owner_pid == os.getpid()
 
     def release_ownership(self) -> None:
         """Stop being the owner: close() will no longer remove the queue."""
-        self._owner = False
+        self._owner_pid = 0
 
     @property
     def current_messages(self) -> int:
@@ -370,8 +371,8 @@ class SysVMessageQueue(Handle):
                 f"{describe()}: the selected message is longer than {size} bytes; it stays in the queue "
                 f"(truncate=True takes its first {size} bytes)", None, size) from exc
 
-    def _call(self, fn: Callable[[bool], T], timeout: float | None, describe: Callable[[], str],
-              remap: dict[int, int]) -> T:
+    def _call(self, fn: Callable[[bool], _T], timeout: float | None, describe: Callable[[], str],
+              remap: dict[int, int]) -> _T:
         """Run ``fn(block)``: blocking (retried after a signal) or polled until the deadline."""
         if timeout is None:
             while True:
@@ -382,7 +383,7 @@ class SysVMessageQueue(Handle):
                     if not isinstance(err, InterruptedError):
                         raise err
 
-        def attempt() -> T:
+        def attempt() -> _T:
             try:
                 return fn(False)
             except Exception as exc:
@@ -404,7 +405,7 @@ class SysVMessageQueue(Handle):
             mq.remove()
         except Exception as exc:
             raise translated(exc, f"removing {self!r}")
-        self._owner = False
+        self._owner_pid = 0
         self.close()
 
     def _live(self) -> Any:
@@ -425,8 +426,8 @@ class SysVMessageQueue(Handle):
 
     def _close(self) -> None:
         mq, self._mq = self._mq, None
-        if mq is not None and self._owner and self.unlink_on_close:
-            self._owner = False
+        if mq is not None and self.owner and self.unlink_on_close:
+            self._owner_pid = 0
             try:
                 mq.remove()
             except Exception as exc:
@@ -435,7 +436,7 @@ class SysVMessageQueue(Handle):
                     raise err
 
     def __repr__(self) -> str:
-        owner = " owner" if self._owner else ""
+        owner = " owner" if self._owner_pid == os.getpid() else ""
         state = "closed" if self._closed or self._mq is None else "open"
         return (f"<SysVMessageQueue key={_hex(getattr(self, '_key', 0))} id={getattr(self, '_id', '?')} "
                 f"qbytes={getattr(self, '_qbytes', '?')}{owner} {state}>")
