@@ -92,6 +92,8 @@ def test_sysvmq_ftok_address(tmp_path):
     anchor.write_text("")
     u = f"sysvmq://{anchor}?proj_id=5"
     assert str(Endpoint.parse(u)) == u
+    with pytest.raises(InvalidEndpoint):
+        Endpoint.parse("sysvmq:///tmp/")
     with ipcraft.queue(u, create=True) as q:
         assert q.extra("key") == ftok(anchor, 5)
         with ipcraft.queue(f"sysvmq://{ftok(anchor, 5)}") as same:
@@ -196,6 +198,18 @@ def test_pickle_only_on_an_owner_only_queue(url):
         assert q.recv(timeout=0) == {1, 2}
     with pytest.raises(AuthenticationError):
         ipcraft.queue(url, create=True, mode=0o666, serializer="pickle")
+
+
+def test_poll_ends_when_the_mq_name_is_unlinked():
+    """poll() on an mq:// queue whose owner closed (unlinking the name) returns True, and the recv
+    that follows raises PeerVanished instead of waiting forever."""
+    u = f"mq://{unique_name('g')}"
+    owner = ipcraft.queue(u, create=True)
+    with ipcraft.queue(u) as q:
+        owner.close()
+        assert q.poll(5)
+        with pytest.raises(PeerVanished):
+            q.recv()
 
 
 def test_queue_removed_while_a_process_waits(url):
