@@ -33,6 +33,7 @@ from .errors import (
     IPCError as IPCError,
     LimitExceeded as LimitExceeded,
     MessageTooLarge as MessageTooLarge,
+    OwnerDied as OwnerDied,
     PeerVanished as PeerVanished,
     ProtocolError as ProtocolError,
     Timeout as Timeout,
@@ -45,7 +46,7 @@ __all__ = (
     "Channel", "Listener", "Queue", "Endpoint", "Peer",
     "Serializer", "RAW", "JSON", "MSGPACK", "PICKLE",
     "IPCError", "ChannelClosed", "PeerVanished", "HandleClosed", "Timeout", "Busy", "MessageTooLarge",
-    "BufferTooSmall", "ProtocolError", "AuthenticationError", "InvalidEndpoint", "LimitExceeded",
+    "BufferTooSmall", "OwnerDied", "ProtocolError", "AuthenticationError", "InvalidEndpoint", "LimitExceeded",
     "__version__",
 )
 

@@ -27,9 +27,9 @@ import hashlib
 import hmac
 import os
 import struct
-from dataclasses import dataclass
 from typing import Final
 
+from ._peer import Peer as Peer
 from .errors import AuthenticationError, ProtocolError
 
 _MAGIC: Final = b"IPCRAFT"
@@ -43,20 +43,6 @@ VERDICT_OK: Final = b"\x01"
 VERDICT_REFUSED: Final = b"\x00"
 
 
-@dataclass(frozen=True)
-class Peer:
-    """What the kernel knows about the other end of a channel.
-
-    pid, uid and gid come from SO_PEERCRED (Unix sockets, shm rendezvous); ``address`` is the socket
-    address for TCP/UDP.  Fields the mechanism cannot tell are None.
-
-    .. versionadded:: 0.1
-    """
-
-    pid: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    address: object = None
 
 
 class Handshake:

@@ -54,6 +54,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     """The surface Channel and Queue share."""
 
     _transport: Transport | None = None
+    #: A channel that saw its peer close stays at end of stream; a queue has no end of stream (a
+    #: vanished writer loses its message, and the next writer's messages still arrive).
+    _latch_eof = True
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
@@ -150,26 +153,21 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         The receiver gets exactly these bytes from ``recv_bytes`` (or from ``recv``, as ``bytes``).
         Raises as :meth:`send`.
         """
-        mv = memoryview(data)
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
-        if offset or size is not None:
-            n = len(mv)
-            if offset < 0 or offset > n:
-                raise ValueError(f"offset {offset} is outside the {n}-byte buffer")
-            end = n if size is None else offset + size
-            if size is not None and (size < 0 or end > n):
-                raise ValueError(f"size {size} at offset {offset} leaves the {n}-byte buffer")
-            mv = mv[offset:end]
-        self._send_frame(0, mv, timeout, extra)
+        self._send_frame(0, bytes_view(data, offset, size), timeout, extra)
 
-    def _send_frame(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
-        t = self._live()
+    def _outgoing(self, payload: Any) -> memoryview:
+        """``payload`` as a memoryview, checked against the send limit (shared with ipcraft.aio)."""
         mv = payload if isinstance(payload, memoryview) else memoryview(payload)
         n = mv.nbytes
         if n > self._send_limit:
             raise MessageTooLarge(f"a {n}-byte message exceeds the limit of {self._send_limit} bytes "
                                   f"({self._send_limit_source}) on {self!r}", n, self._send_limit)
+        return mv
+
+    def _send_frame(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
+        t = self._live()
+        mv = self._outgoing(payload)
+        n = mv.nbytes
         deadline = None if timeout is None else deadline_after(timeout)
         with self._sending:
             try:
@@ -252,7 +250,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             try:
                 msg = t.recv_message(deadline, **extra)  # type: ignore[attr-defined]
             except ChannelClosed:
-                self._eof = True
+                self._eof = self._latch_eof
                 raise
             return _framing.check_message_header(memoryview(msg), self.max_message_size)
         if extra:
@@ -263,17 +261,21 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             while True:
                 frame = reader.next_frame()
                 if frame is NEED_DATA:
-                    reader.advance(t.recv_into(reader.buffer(), deadline))  # type: ignore[attr-defined]
+                    buf = reader.buffer()
+                    if reader.in_body:
+                        reader.advance(t.recv_into(buf, deadline, True))  # type: ignore[attr-defined]
+                    else:
+                        reader.advance(t.recv_into(buf, deadline))  # type: ignore[attr-defined]
                     continue
                 if frame is END:
-                    self._eof = True
+                    self._eof = self._latch_eof
                     raise ChannelClosed(f"the peer closed {self!r}")
                 return frame  # type: ignore[return-value]
         except ProtocolError:
             self.close()
             raise
         except ChannelClosed:
-            self._eof = True
+            self._eof = self._latch_eof
             raise
 
     def _decode(self, sid: int, view: memoryview) -> Any:
@@ -325,6 +327,22 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 return
 
 
+def bytes_view(data: Any, offset: int = 0, size: int | None = None) -> memoryview:
+    """``size`` bytes of ``data`` from ``offset`` as a flat byte view (send_bytes; shared with aio)."""
+    mv = memoryview(data)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    if offset or size is not None:
+        n = len(mv)
+        if offset < 0 or offset > n:
+            raise ValueError(f"offset {offset} is outside the {n}-byte buffer")
+        end = n if size is None else offset + size
+        if size is not None and (size < 0 or end > n):
+            raise ValueError(f"size {size} at offset {offset} leaves the {n}-byte buffer")
+        mv = mv[offset:end]
+    return mv
+
+
 def _no_extras(obj: object, extra: dict[str, Any]) -> None:
     raise TypeError(f"{obj!r} takes no mechanism options; got {', '.join(sorted(extra))}")
 
@@ -349,6 +367,8 @@ class Queue(_MessageIO[T]):
 
     .. versionadded:: 0.1
     """
+
+    _latch_eof = False
 
     @property
     def owner(self) -> bool:

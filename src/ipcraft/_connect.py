@@ -78,7 +78,8 @@ def queue(url: str | Endpoint, create: bool | str = False, **options: Any) -> Qu
         raise ValueError(f"create is True, False or 'if_missing', not {create!r}")
     ep = _endpoint(url, "queue", "queue", options)
     transport = module_for(ep.scheme).open_queue(ep, create)
-    return Queue._create(transport, ep, **_channel_options(ep))  # type: ignore[attr-defined,no-any-return]
+    bound = getattr(transport, "endpoint", None)  # e.g. udp://host:0 with the port the kernel chose
+    return Queue._create(transport, bound or ep, **_channel_options(ep))  # type: ignore[attr-defined,no-any-return]
 
 
 def pipe(duplex: bool = True, *, serializer: str | Serializer = MSGPACK,

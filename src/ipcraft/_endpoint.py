@@ -161,7 +161,7 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            "POSIX message queue (priority=)"),
     Scheme("sysvmq", "queue", "key", _COMMON | {"mode", "qbytes", "proj_id"},
            "System V message queue (type=)"),
-    Scheme("unix+dgram", "queue", "unix", _COMMON | {"mode", "recv_buffer"},
+    Scheme("unix+dgram", "queue", "unix", _COMMON | {"mode", "recv_buffer", "allowed_uids"},
            "AF_UNIX datagrams"),
     Scheme("udp", "queue", "host_port", _COMMON | {"recv_buffer", "insecure"},
            "UDP datagrams (unauthenticated)"),
@@ -258,7 +258,7 @@ class Endpoint:
                 base = f"{self.scheme}:{_quote(self.address)}"
         else:
             base = f"{self.scheme}://{_quote(self.address)}"
-        query = [(k, _format_option(v)) for k, v in sorted(self.options.items()) if OPTIONS[k].url]
+        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items()) if OPTIONS[k].url]
         if query:
             base += "?" + urllib.parse.urlencode(query)
         return base
@@ -268,7 +268,9 @@ def _quote(s: str) -> str:
     return urllib.parse.quote(s, safe="/@:[]")
 
 
-def _format_option(v: Any) -> str:
+def _format_option(key: str, v: Any) -> str:
+    if key == "mode":
+        return format(v, "o")  # permission bits are read back as octal (mode=600)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Serializer):

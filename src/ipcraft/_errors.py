@@ -18,6 +18,7 @@ from .errors import (
     HandleClosed,
     LimitExceeded,
     MessageTooLarge,
+    OwnerDied,
     PeerVanished,
     Timeout,
 )
@@ -97,6 +98,30 @@ def check_rc(rc: int, what: str, filename: str | None = None,
     return rc
 
 
+def lock_error(err: int, what: str, filename: str | None = None,
+               limits: Mapping[int, str] | None = None) -> Exception:
+    """The exception for a lock-like operation (acquire, release, wait) that failed with ``err``.
+
+    "Would block" (EAGAIN/EWOULDBLOCK/EBUSY/EACCES from a non-blocking try, ETIMEDOUT) is a
+    :class:`Timeout`; EOWNERDEAD is :class:`OwnerDied`; EPERM from a release is a RuntimeError (as
+    threading says "release unlocked lock"); EDEADLK and ENOTRECOVERABLE stay OSErrors with their errno
+    and a sentence saying what happened.  Anything else goes through :func:`os_error`.
+    """
+    if err in (_errno.EAGAIN, _errno.EBUSY, _errno.EACCES, _errno.ETIMEDOUT):
+        return Timeout(f"{what}: timed out")
+    if err == _errno.EOWNERDEAD:
+        return OwnerDied(f"{what}: the previous owner died while holding it; this thread holds it now. "
+                         "Repair the protected data, call make_consistent(), then release()")
+    if err == _errno.EPERM:
+        return RuntimeError(f"{what}: not held by this thread")
+    if err == _errno.EDEADLK:
+        return OSError(err, f"{what}: would deadlock (EDEADLK): {os.strerror(err)}")
+    if err == _errno.ENOTRECOVERABLE:
+        return OSError(err, f"{what}: not recoverable: an owner died and the next holder released it "
+                            "without make_consistent(); initialise it again with create()")
+    return os_error(err, what, filename, limits)
+
+
 # posix_ipc and sysv_ipc drop errno: one ExistentialError stands for EEXIST, ENOENT, EIDRM and EBADF,
 # and some failures are builtins without errno (OSError, ValueError, MemoryError).  Their messages are
 # fixed strings in their C sources (checked against posix_ipc 1.3.2 and sysv_ipc 1.2.0; tests/
@@ -162,7 +187,11 @@ def _from_foreign(exc: Exception, what: str, filename: str | None,
             return InterruptedError(_errno.EINTR, f"{what}: interrupted by a signal")
     err = _foreign_errno(exc)
     if err is None:
-        return None
+        if type(exc).__module__ not in ("posix_ipc", "sysv_ipc"):
+            return None
+        # The base Error (and sysv_ipc's InternalError) name no cause: keep the text, errno EIO, so
+        # that nothing of these modules escapes untranslated.
+        return OSError(_errno.EIO, f"{what}: {exc} ({type(exc).__module__}.{name})", filename)
     if remap:
         err = remap.get(err, err)
     if err == _errno.EACCES:
@@ -196,3 +225,31 @@ def translated(exc: BaseException, what: str, filename: str | None = None,
             raise exc
     except BaseException as mapped:  # noqa: BLE001 - handed back to the caller, who raises it
         return mapped
+
+
+# sysv_ipc raises some kernel errors as builtin exceptions without an errno; these exact texts (from
+# sysv_ipc's memory.c) tell which errno it was.
+_SYSV_BUILTIN_TEXTS: Mapping[tuple[type, str], int] = {
+    (ValueError, "The size is invalid"): _errno.EINVAL,
+    (ValueError, "Invalid id, address, or flags"): _errno.EINVAL,
+    (MemoryError, "Not enough memory"): _errno.ENOMEM,
+    (OSError, "Not enough shared memory identifiers available (ENOSPC)"): _errno.ENOSPC,
+}
+
+
+@contextlib.contextmanager
+def translating_sysv(what: str, filename: str | None = None,
+                     limits: Mapping[int, str] | None = None) -> Iterator[None]:
+    """:func:`translating`, plus the builtin exceptions sysv_ipc raises without an errno.
+
+    sysv_ipc reports EINVAL as ``ValueError``, ENOMEM as ``MemoryError`` and ENOSPC as an OSError
+    whose errno is None; they become :func:`os_error` of that errno, so ``limits`` can name the knob.
+    """
+    try:
+        with translating(what, filename, limits):
+            yield
+    except (ValueError, MemoryError, OSError) as exc:
+        err = _SYSV_BUILTIN_TEXTS.get((type(exc), str(exc)))
+        if err is None or getattr(exc, "errno", None) is not None:
+            raise
+        raise os_error(err, what, filename, limits) from exc

@@ -15,6 +15,7 @@ Python user would already catch::
      + AuthenticationError             a peer failed the authkey handshake or the peer-credential policy
      + InvalidEndpoint (ValueError)    a malformed URL, an unknown scheme or option, a bad name
      + LimitExceeded (OSError)         a kernel limit refused the request; names the /proc knob or rlimit
+     + OwnerDied                       a robust mutex's owner died holding it; you hold it now, repair
 
 Plain kernel failures stay :class:`OSError` subclasses with their ``errno`` (FileNotFoundError,
 FileExistsError, PermissionError, ...).  Exceptions of posix_ipc and sysv_ipc never escape untranslated.
@@ -40,6 +41,7 @@ __all__ = (
     "AuthenticationError",
     "InvalidEndpoint",
     "LimitExceeded",
+    "OwnerDied",
 )
 
 
@@ -138,4 +140,14 @@ class LimitExceeded(IPCError, OSError):
     """A kernel limit refused the request.
 
     Carries ``errno`` like any OSError, and the message names the knob: a /proc/sys file or an rlimit.
+    """
+
+
+class OwnerDied(IPCError):
+    """The process (or thread) that held a robust mutex died without releasing it.
+
+    The kernel released the mutex on the owner's death and handed it to the caller, which **now holds
+    it**.  The data it protects may be half-updated: repair it, call ``make_consistent()`` on the
+    mutex, then release it.  Releasing without ``make_consistent()`` marks the mutex permanently
+    unusable (ENOTRECOVERABLE), so that nobody trusts data the repair never checked.
     """

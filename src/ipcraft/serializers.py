@@ -86,8 +86,12 @@ def _msgpack_default(obj: Any) -> Any:
     if np is not None and isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise TypeError("numpy arrays of Python objects cannot be sent with msgpack; use PICKLE")
-        arr = np.ascontiguousarray(obj)
-        header = msgpack.packb((arr.dtype.str, arr.shape))
+        arr = np.ascontiguousarray(obj)  # note: turns a 0-d array into shape (1,), so send obj.shape
+        dt = arr.dtype
+        # dtype.str loses the fields of a structured dtype ('|V12'); those travel as the .npy format's
+        # descr, a Python literal read back with ast.literal_eval (which cannot run code).
+        tag = dt.str if np.dtype(dt.str) == dt else repr(np.lib.format.dtype_to_descr(dt))
+        header = msgpack.packb((tag, obj.shape))
         return msgpack.ExtType(_NDARRAY_EXT, header + arr.tobytes())
     if np is not None and isinstance(obj, np.generic):
         return obj.item()
@@ -102,12 +106,21 @@ def _msgpack_ext(code: int, data: bytes) -> Any:
     if code == _NDARRAY_EXT:
         import numpy as np
 
-        unpacker = msgpack.Unpacker(raw=False, use_list=False)
-        unpacker.feed(data)
-        dtype, shape = unpacker.unpack()
-        offset = unpacker.tell()
-        arr = np.frombuffer(data, dtype=np.dtype(dtype), offset=offset)
-        return arr.reshape(shape).copy()  # writable and independent of the receive buffer
+        try:
+            unpacker = msgpack.Unpacker(raw=False, use_list=False)
+            unpacker.feed(data)
+            tag, shape = unpacker.unpack()
+            offset = unpacker.tell()
+            if tag.startswith("["):
+                import ast
+
+                dtype = np.lib.format.descr_to_dtype(ast.literal_eval(tag))
+            else:
+                dtype = np.dtype(tag)
+            arr = np.frombuffer(data, dtype=dtype, offset=offset)
+            return arr.reshape(shape).copy()  # writable and independent of the receive buffer
+        except Exception as exc:
+            raise ProtocolError(f"a numpy array in a msgpack message is malformed: {exc}") from exc
     raise ProtocolError(f"unknown msgpack extension type {code}")
 
 

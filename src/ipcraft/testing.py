@@ -22,8 +22,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("unique_name", "unique_key", "session_token", "run_in_child", "Child", "ChildFailed",
-           "check_channel")
+__all__ = ("unique_name", "unique_key", "session_token", "session_key_base", "run_in_child", "Child",
+           "ChildFailed", "check_channel")
 
 _counter = itertools.count()
 
@@ -168,7 +168,23 @@ def run_in_child(func: Callable[..., Any], *args: Any, timeout: float = 30.0, **
 
 
 def check_channel(make_pair: Callable[[], tuple[Any, Any]], **capabilities: Any) -> None:
-    """Run the conformance suite over channels made by ``make_pair() -> (sender, receiver)``."""
+    """Run the conformance suite over channels made by ``make_pair() -> (sender, receiver)``.
+
+    ``make_pair`` is called once per check and must return two fresh, connected handles; the suite
+    closes both.  Some checks fork: each process then closes the copy of the end it does not use,
+    which, as with a file descriptor, must not end the other process's use of it.
+
+    Capabilities (keyword arguments) say what differs between mechanisms:
+    ``eof=True`` (closing the sender ends the stream; False for queues), ``duplex=False`` (the
+    receiver can send back), ``max_size=16 MiB`` (largest message tried, further capped by the
+    channel's limit), ``selectable=True`` (fileno() works with select), ``lossy=False`` (messages
+    may be dropped when the receiver falls behind, as with udp://).  ``checks=[names]`` runs only
+    those checks (see ``ipcraft._conformance.CHECKS``).
+
+    Raises:
+        AssertionError: naming the first check that failed, with the original error as its cause.
+        TypeError: an unknown capability.
+    """
     from ._conformance import run_conformance
 
     run_conformance(make_pair, **capabilities)

@@ -16,3 +16,14 @@ def cli() -> None:
 def main() -> None:
     """Entry point of the ``ipcraft`` console script and ``python -m ipcraft``."""
     cli()
+
+
+# ls, rm, limits, send, recv, relay: one module per command (STYLE.md R25).
+from .inventory import ls, rm  # noqa: E402
+from .limits import limits  # noqa: E402
+from .recv import recv  # noqa: E402
+from .relay import relay  # noqa: E402
+from .send import send  # noqa: E402
+
+for _command in (ls, rm, limits, send, recv, relay):
+    cli.add_command(_command)

@@ -9,51 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
-import time
 from collections.abc import Sequence
 
 from .._errors import os_error
+from .._wait import POLLIN as _POLLIN, POLLOUT as _POLLOUT
+from .._wait import deadline_after as deadline_after, remaining as remaining, wait_fd as wait_fd
 from ..errors import HandleClosed, Timeout
 from . import Transport
-
-_POLLIN = select.POLLIN | select.POLLPRI
-_POLLOUT = select.POLLOUT
-
-
-def remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (never negative), or None for no deadline."""
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
-def deadline_after(timeout: float | None) -> float | None:
-    """The absolute deadline for a relative ``timeout`` (None: wait forever)."""
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
-    return time.monotonic() + timeout
-
-
-def wait_fd(fd: int, events: int, deadline: float | None) -> bool:
-    """Sleep until ``fd`` has one of ``events`` (POLLIN/POLLOUT) or the deadline passes.
-
-    Returns False on timeout.  Errors and hang-ups count as ready: the next operation reports them.
-    """
-    if fd < 0:
-        raise HandleClosed("the file descriptor is closed")
-    p = select.poll()
-    p.register(fd, events)
-    while True:
-        left = remaining(deadline)
-        ms = -1 if left is None else int(left * 1000 + 0.999)
-        if p.poll(ms):
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
 
 
 def timed_out(what: str) -> Timeout:
@@ -85,7 +48,7 @@ class FdStream(Transport):
     def wait_readable(self, deadline: float | None) -> bool:
         return wait_fd(self.fileno(), _POLLIN, deadline)
 
-    def recv_into(self, buf: memoryview, deadline: float | None) -> int:
+    def recv_into(self, buf: memoryview, deadline: float | None, exact: bool = False) -> int:
         fd = self._fd
         while True:
             try:
@@ -98,7 +61,7 @@ class FdStream(Transport):
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         fd = self._fd
-        views = [memoryview(p).cast("B") for p in parts]
+        views = consume([memoryview(p).cast("B") for p in parts], 0)
         total = sum(len(v) for v in views)
         sent = 0
         while views:
@@ -115,15 +78,21 @@ class FdStream(Transport):
 
 
 class SocketStream(Transport):
-    """A byte stream over a connected stream socket (Unix or TCP, TLS included)."""
+    """A byte stream over a connected stream socket (Unix or TCP, TLS included).
+
+    Plain sockets stay in blocking mode: a call without a deadline blocks in the kernel (one system
+    call; a large payload is read with MSG_WAITALL in one go), and a call with a deadline adds
+    MSG_DONTWAIT and sleeps in poll(2) only when the socket is not ready.  TLS sockets cannot take
+    per-call flags, so they are non-blocking throughout.
+    """
 
     kind = "stream"
 
     def __init__(self, sock: socket.socket, what: str) -> None:
         self.sock = sock
         self._what = what
-        sock.setblocking(False)
-        self._gather = hasattr(sock, "sendmsg") and not hasattr(sock, "cipher")  # SSLSocket: no sendmsg
+        self._tls = hasattr(sock, "cipher")
+        sock.setblocking(self._tls is False)
 
     def fileno(self) -> int:
         fd = self.sock.fileno()
@@ -135,15 +104,20 @@ class SocketStream(Transport):
         self.sock.close()
 
     def wait_readable(self, deadline: float | None) -> bool:
-        if getattr(self.sock, "pending", None) and self.sock.pending():  # TLS bytes already decrypted
+        if self._tls and self.sock.pending():  # type: ignore[attr-defined]  # decrypted bytes waiting
             return True
         return wait_fd(self.fileno(), _POLLIN, deadline)
 
-    def recv_into(self, buf: memoryview, deadline: float | None) -> int:
+    def recv_into(self, buf: memoryview, deadline: float | None, exact: bool = False) -> int:
+        """Read into ``buf``; with ``exact`` and no deadline, wait until it is full (or EOF)."""
         sock = self.sock
+        if deadline is None and not self._tls:
+            flags = socket.MSG_WAITALL if exact else 0
+        else:
+            flags = 0 if self._tls else socket.MSG_DONTWAIT
         while True:
             try:
-                return sock.recv_into(buf)
+                return sock.recv_into(buf, 0, flags)
             except (BlockingIOError, _SSLWantRead):
                 if not wait_fd(self.fileno(), _POLLIN, deadline):
                     raise timed_out(f"receiving on {self._what}") from None
@@ -156,15 +130,28 @@ class SocketStream(Transport):
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         sock = self.sock
-        views = [memoryview(p).cast("B") for p in parts]
-        total = sum(len(v) for v in views)
         sent = 0
+        if deadline is None and len(parts) == 1 and not self._tls:
+            # The common case: one small frame on a blocking socket is one system call.
+            try:
+                sent = sock.send(parts[0], socket.MSG_NOSIGNAL)
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EPIPE, f"sending on {self._what}") from exc
+            if sent == len(parts[0]):
+                return
+        views = consume([memoryview(p).cast("B") for p in parts], sent)
+        total = sent + sum(len(v) for v in views)
+        flags = socket.MSG_NOSIGNAL
+        if deadline is not None and not self._tls:
+            flags |= socket.MSG_DONTWAIT
         while views:
             try:
-                if self._gather and len(views) > 1:
-                    n = sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
-                else:
+                if self._tls:
                     n = sock.send(views[0])
+                elif len(views) > 1:
+                    n = sock.sendmsg(views, (), flags)
+                else:
+                    n = sock.send(views[0], flags)
             except (BlockingIOError, _SSLWantWrite):
                 if not wait_fd(self.fileno(), _POLLOUT, deadline):
                     raise send_timeout(self, self._what, sent, total) from None
@@ -176,6 +163,28 @@ class SocketStream(Transport):
                 raise os_error(exc.errno or errno.EPIPE, f"sending on {self._what}") from exc
             sent += n
             views = consume(views, n)
+
+
+def raise_sndbuf(sock: socket.socket) -> tuple[int, str]:
+    """Raise SO_SNDBUF toward net.core.wmem_max; return (largest record that fits, its source).
+
+    On Unix sockets the sender's buffer bounds both a datagram/seqpacket record and how much of a
+    stream write the kernel takes at once; the 208 KiB default cuts a 1 MiB message into five
+    wake-ups.  Memory is charged only for data actually queued.
+    """
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            wmem_max = int(f.read())
+    except OSError:
+        wmem_max = 212992
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wmem_max)
+    except OSError:
+        pass
+    # The kernel doubles the value for bookkeeping; a record may use about the requested size, less
+    # the skb overhead.  Leave a margin of 32 KiB.
+    usable = max(0, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - 32768)
+    return usable, f"SO_SNDBUF, capped by /proc/sys/net/core/wmem_max = {wmem_max}"
 
 
 try:
@@ -192,8 +201,8 @@ except ImportError:  # pragma: no cover - Python built without ssl
 
 
 def consume(views: list[memoryview], n: int) -> list[memoryview]:
-    """Drop the first ``n`` bytes from a list of buffers (after a partial write)."""
-    while n and views:
+    """Drop the first ``n`` bytes from a list of buffers (after a partial write), and empty buffers."""
+    while views and (n or not len(views[0])):
         if n >= len(views[0]):
             n -= len(views[0])
             views.pop(0)

@@ -12,7 +12,7 @@ import os
 import socket
 
 from .._auth import Peer
-from ._io import FdStream, SocketStream
+from ._io import FdStream, SocketStream, raise_sndbuf
 from .unix import peer_credentials
 
 PIPE_SIZE = 1024 * 1024
@@ -22,6 +22,8 @@ def pipe_pair(duplex: bool) -> tuple[FdStream | SocketStream, FdStream | SocketS
     """Two connected stream transports: (a, b) both ways when duplex, else (reader, writer)."""
     if duplex:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        raise_sndbuf(a)
+        raise_sndbuf(b)
         ta, tb = SocketStream(a, "pipe (duplex)"), SocketStream(b, "pipe (duplex)")
         ta.peer = tb.peer = peer_credentials(a)
         ta.authenticated = tb.authenticated = True  # both ends are this process or its children

@@ -27,7 +27,6 @@ Decisions:
 from __future__ import annotations
 
 import io
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -35,8 +34,9 @@ from typing import Any
 from .._endpoint import Endpoint
 from .._errors import removed_as_vanished
 from .._names import DEFAULT_MODE
-from ..errors import InvalidEndpoint, Timeout
+from ..errors import InvalidEndpoint
 from ..primitives import _mq_common as _common
+from ..primitives._timeouts import retry_until
 from ..primitives.sysv_mq import SysVMessageQueue, ftok
 from . import Transport
 from ._io import remaining
@@ -97,15 +97,8 @@ class SysVMqTransport(Transport):
 
     def wait_readable(self, deadline: float | None) -> bool:
         q = self._q
-
-        def ready() -> bool:
-            if q.current_messages:
-                return True
-            raise Timeout("no message yet")
         try:
-            return _common.poll_with_backoff(ready, math.inf if deadline is None else deadline)
-        except Timeout:
-            return False
+            return retry_until(lambda: True if q.current_messages else None, deadline) is not None
         except OSError as exc:
             raise removed_as_vanished(exc)
 

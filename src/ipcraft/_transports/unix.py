@@ -6,10 +6,10 @@ Decisions:
   verdict; a refused client gets AuthenticationError naming its uid instead of a mysterious EOF.  The
   client checks the server's credentials too (own uid, root, or allowed_uids), which matters for
   abstract names: anyone can bind one first.
-* **Owner-only socket files, atomically.**  The listener binds a temporary name in the same directory,
-  chmods it (default 0600) and renames it into place, so no client ever sees a socket file with looser
-  permissions.  A stale socket file (nobody listening: ECONNREFUSED) is replaced; a live one is
-  EADDRINUSE.  close() unlinks the file only if it is still the one this listener bound.
+* **Owner-only socket files, atomically** (primitives.sockets._bind_path): the socket inode is chmod'ed
+  (default 0600) before bind(), which creates the file with that mode, so no client ever sees a socket
+  file with looser permissions.  A stale socket file (nobody listening: ECONNREFUSED) is replaced; a
+  live one is EADDRINUSE.  close() unlinks the file only if it is still the one this listener bound.
 * **seqpacket message size** is bounded by the socket send buffer; ipcraft raises SO_SNDBUF toward
   net.core.wmem_max and reports the resulting limit in MessageTooLarge.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from collections.abc import Sequence
 
 from .._auth import VERDICT_OK, VERDICT_REFUSED, Peer, uid_allowed
@@ -27,18 +26,12 @@ from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
+from ..primitives.sockets import _bind_path, peer_credentials
 from . import Transport
-from ._io import SocketStream, deadline_after, send_timeout, timed_out, wait_fd
+from ._io import SocketStream, deadline_after, raise_sndbuf, send_timeout, timed_out, wait_fd
 
 _SOCK_TYPES = {"unix": socket.SOCK_STREAM, "unix+seqpacket": socket.SOCK_SEQPACKET}
 _DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-_CRED = struct.Struct("3i")
-
-
-def peer_credentials(sock: socket.socket) -> Peer:
-    """The peer's pid, uid and gid as the kernel recorded them at connect() (SO_PEERCRED)."""
-    pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
-    return Peer(pid=pid, uid=uid, gid=gid)
 
 
 def sockaddr(endpoint: Endpoint) -> bytes:
@@ -122,6 +115,7 @@ def _recv_reason(sock: socket.socket) -> str:
 def _wrap(sock: socket.socket, endpoint: Endpoint, peer: Peer) -> Transport:
     t: Transport
     if endpoint.scheme == "unix":
+        raise_sndbuf(sock)
         t = SocketStream(sock, f"{endpoint}")
     else:
         t = SeqpacketTransport(sock, f"{endpoint}")
@@ -140,7 +134,7 @@ class SeqpacketTransport(Transport):
         self._what = what
         sock.setblocking(False)
         self._scratch = bytearray(65536)
-        self.max_payload, self.limit_source = _raise_sndbuf(sock)
+        self.max_payload, self.limit_source = raise_sndbuf(sock)
 
     def fileno(self) -> int:
         fd = self.sock.fileno()
@@ -191,23 +185,6 @@ class SeqpacketTransport(Transport):
         return memoryview(buf)[:got]
 
 
-def _raise_sndbuf(sock: socket.socket) -> tuple[int, str]:
-    """Raise SO_SNDBUF toward net.core.wmem_max so large records fit; return (max payload, source)."""
-    try:
-        with open("/proc/sys/net/core/wmem_max") as f:
-            wmem_max = int(f.read())
-    except OSError:
-        wmem_max = 212992
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wmem_max)
-    except OSError:
-        pass
-    # The kernel doubles the value for bookkeeping; a record may use about the requested size, less
-    # the skb overhead.  Leave a margin of 32 KiB.
-    usable = max(0, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - 32768)
-    return usable, f"SO_SNDBUF, capped by /proc/sys/net/core/wmem_max = {wmem_max}"
-
-
 class UnixListener:
     """A listening Unix socket that hands out credential-checked transports."""
 
@@ -221,8 +198,8 @@ class UnixListener:
             if endpoint.abstract:
                 _bind(sock, addr, endpoint)
             else:
-                self._bound_ino = _bind_file(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
-                                             endpoint)
+                self._bound_ino = _bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
+                                            f"binding {endpoint}")[1]
             sock.listen(endpoint.options.get("backlog", 128))
             sock.setblocking(False)
         except BaseException:
@@ -296,49 +273,3 @@ def _bind(sock: socket.socket, addr: bytes, endpoint: Endpoint) -> None:
         sock.bind(addr)
     except OSError as exc:
         raise os_error(exc.errno or errno.EIO, f"binding {endpoint}", endpoint.address) from exc
-
-
-def _bind_file(sock: socket.socket, path: str, mode: int, endpoint: Endpoint) -> int:
-    """Bind at ``path`` with ``mode`` atomically (temp name, chmod, rename); return the inode."""
-    if os.path.lexists(path):
-        _remove_if_stale(path, endpoint)
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}")
-    validate_unix_path(tmp)
-    _bind(sock, os.fsencode(tmp), endpoint)
-    try:
-        os.chmod(tmp, mode)
-        # link() fails if the name appeared meanwhile, where rename() would silently replace a live
-        # listener's socket.
-        os.link(tmp, path)
-    except OSError as exc:
-        if exc.errno == errno.EEXIST:
-            raise os_error(errno.EADDRINUSE, f"binding {endpoint}", path) from None
-        raise os_error(exc.errno or errno.EIO, f"binding {endpoint}", path) from exc
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    return os.stat(path).st_ino
-
-
-def _remove_if_stale(path: str, endpoint: Endpoint) -> None:
-    import stat
-
-    st = os.lstat(path)
-    if not stat.S_ISSOCK(st.st_mode):
-        raise os_error(errno.EEXIST, f"binding {endpoint}: {path} exists and is not a socket", path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens there: a leftover of a crashed process
-        return
-    except OSError as exc:
-        if exc.errno == errno.EPROTOTYPE:  # a seqpacket listener probed as stream: it is alive
-            raise os_error(errno.EADDRINUSE, f"binding {endpoint}", path) from None
-        raise os_error(exc.errno or errno.EIO, f"binding {endpoint}", path) from exc
-    finally:
-        probe.close()
-    raise os_error(errno.EADDRINUSE, f"binding {endpoint}: another listener is live there", path)

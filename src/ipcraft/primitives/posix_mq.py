@@ -41,6 +41,8 @@ from .._names import DEFAULT_MODE, validate_name
 from .._resource import Handle
 from ..errors import MessageTooLarge
 from . import _mq_common as _common
+from ._mapping import open_or_create
+from ._timeouts import deadline_after, remaining
 
 __all__ = ("PosixMessageQueue", "unlink_message_queue", "PRIORITY_MAX")
 
@@ -136,21 +138,15 @@ class PosixMessageQueue(Handle):
         match an existing queue's: a mismatch raises FileExistsError naming both (the handle is then
         closed), so a size is never silently ignored.  Raises as create() and open().
         """
-        while True:
-            try:
-                return cls.create(name, maxmsg=maxmsg, msgsize=msgsize, mode=mode)
-            except FileExistsError:
-                pass
-            try:
-                q = cls.open(name)
-            except FileNotFoundError:
-                continue  # unlinked between the two calls: try to create it again
-            if (maxmsg is not None and q.maxmsg != maxmsg) or (msgsize is not None and q.msgsize != msgsize):
-                q.close()
-                raise FileExistsError(errno.EEXIST, f"POSIX message queue {q.name!r} exists with "
-                                      f"maxmsg={q.maxmsg} msgsize={q.msgsize}; asked for maxmsg="
-                                      f"{maxmsg} msgsize={msgsize}", q.name)
-            return q
+        q = open_or_create(lambda: cls.open(name),
+                           lambda: cls.create(name, maxmsg=maxmsg, msgsize=msgsize, mode=mode),
+                           f"POSIX message queue {name!r}")
+        if (maxmsg is not None and q.maxmsg != maxmsg) or (msgsize is not None and q.msgsize != msgsize):
+            q.close()
+            raise FileExistsError(errno.EEXIST, f"POSIX message queue {q.name!r} exists with "
+                                  f"maxmsg={q.maxmsg} msgsize={q.msgsize}; asked for maxmsg="
+                                  f"{maxmsg} msgsize={msgsize}", q.name)
+        return q
 
     # -- facts ---------------------------------------------------------------------------------------
 
@@ -219,11 +215,11 @@ class PosixMessageQueue(Handle):
                 f"system maximum {_common.describe(_common.MQ_MSGSIZE_MAX)})", n, self._msgsize)
         if not 0 <= priority <= PRIORITY_MAX:
             raise ValueError(f"priority {priority} is outside 0..{PRIORITY_MAX} (MQ_PRIO_MAX - 1)")
-        start = _common.start_wait(timeout)
+        deadline = deadline_after(timeout)
         try:
             mq.send(data, timeout, priority)
         except Exception as exc:
-            self._after_failure(exc, lambda left: mq.send(data, left, priority), timeout, start,
+            self._after_failure(exc, lambda left: mq.send(data, left, priority), deadline,
                                 f"sending a {n}-byte message to", f" (full at maxmsg={self._maxmsg})")
 
     def recv(self, timeout: float | None = None) -> tuple[bytes, int]:
@@ -237,14 +233,14 @@ class PosixMessageQueue(Handle):
             HandleClosed: this handle was closed.
         """
         mq = self._live()
-        start = _common.start_wait(timeout)
+        deadline = deadline_after(timeout)
         try:
             return mq.receive(timeout)  # type: ignore[no-any-return]
         except Exception as exc:
-            return self._after_failure(exc, mq.receive, timeout, start, "receiving from")  # type: ignore[no-any-return]
+            return self._after_failure(exc, mq.receive, deadline, "receiving from")  # type: ignore[no-any-return]
 
-    def _after_failure(self, exc: Exception, retry: Callable[[float | None], Any], timeout: float | None,
-                       start: float, doing: str, detail: str = "") -> Any:
+    def _after_failure(self, exc: Exception, retry: Callable[[float | None], Any], deadline: float | None,
+                       doing: str, detail: str = "") -> Any:
         """Translate the failure of a send/recv; after a signal whose handler returned (EINTR),
         retry with the time left (PEP 475) and return what the retry returns."""
         while True:
@@ -252,7 +248,7 @@ class PosixMessageQueue(Handle):
             if not isinstance(err, InterruptedError):
                 raise err
             try:
-                return retry(_common.time_left(start, timeout))
+                return retry(remaining(deadline))
             except Exception as again:  # noqa: BLE001 - translated on the next pass
                 exc = again
 

@@ -13,11 +13,14 @@ Decisions:
   is the kernel's.  sysv_ipc has neither MSG_EXCEPT nor MSG_NOERROR, so a receive that asks for
   either (or for a ``max_size``) calls libc's msgrcv through ctypes, which also releases the GIL.
 * **Timeouts by polling.**  msgrcv/msgsnd have no timed form and a queue has no descriptor, so a
-  wait with a timeout retries IPC_NOWAIT with a short, growing pause (``_mq_common``): it ends
-  within a timer slack of the deadline and costs 1.5-2.8 % of a core while it waits (measured;
-  4 ms pause cap; see ``_mq_common``).  A wait without a timeout is the kernel's blocking call and costs nothing.  (A
-  thread that blocks in msgrcv on our behalf could steal a message after the caller gave up; a
-  timer signal would need a process-wide signal number.  Both were rejected.)
+  wait with a timeout retries IPC_NOWAIT with a pause growing from 50 us to 5 ms (``_timeouts.
+  retry_until``): a message that arrives is taken within about as long as the wait had lasted (at
+  most 5 ms later), the last pause is cut to the time left, so the wait ends 0.1-0.5 ms after the
+  deadline, and each poll wakes a vCPU (30-50 us here), so a long wait burns about 1.5-3.5 % of a
+  core (measured on the 2-vCPU development VM under varying load: benchmarks/mq_overhead.py
+  --poll-cost).  A wait without a timeout is the kernel's blocking call and costs nothing.  (A thread
+  blocking in msgrcv on our behalf could steal a message after the caller gave up; a timer signal
+  would need a process-wide signal number.  Both were rejected.)
 * **Types are C ints** because sysv_ipc passes them as int: 1 .. 2**31-1.
 * **Sizes are checked before the kernel**: a message above msgmax would be EINVAL, and one above the
   queue's qbytes would block forever; both are MessageTooLarge naming the limit.
@@ -40,8 +43,10 @@ import sysv_ipc
 from .._errors import translated
 from .._names import DEFAULT_MODE
 from .._resource import Handle
-from ..errors import MessageTooLarge
+from ..errors import MessageTooLarge, Timeout
 from . import _mq_common as _common
+from ._mapping import open_or_create
+from ._timeouts import deadline_after, retry_until
 
 __all__ = ("SysVMessageQueue", "SysVMessageQueueStat", "ftok", "remove_message_queue", "IPC_PRIVATE",
            "TYPE_MAX")
@@ -202,20 +207,13 @@ class SysVMessageQueue(Handle):
         The handle is the ``owner`` only if it created the queue.  An explicit ``qbytes`` must match
         an existing queue's: a mismatch raises FileExistsError naming both (the handle is closed).
         """
-        while True:
-            try:
-                return cls.create(key, mode=mode, qbytes=qbytes)
-            except FileExistsError:
-                pass
-            try:
-                q = cls.open(key)
-            except FileNotFoundError:
-                continue
-            if qbytes is not None and q.qbytes != qbytes:
-                q.close()
-                raise FileExistsError(errno.EEXIST, f"the System V message queue for key {_hex(key)} "
-                                      f"exists with qbytes={q.qbytes}; asked for qbytes={qbytes}")
-            return q
+        q = open_or_create(lambda: cls.open(key), lambda: cls.create(key, mode=mode, qbytes=qbytes),
+                           f"the System V message queue for key {_hex(key)}")
+        if qbytes is not None and q.qbytes != qbytes:
+            q.close()
+            raise FileExistsError(errno.EEXIST, f"the System V message queue for key {_hex(key)} "
+                                  f"exists with qbytes={q.qbytes}; asked for qbytes={qbytes}")
+        return q
 
     # -- facts ---------------------------------------------------------------------------------------
 
@@ -383,12 +381,18 @@ class SysVMessageQueue(Handle):
                     if not isinstance(err, InterruptedError):
                         raise err
 
-        def attempt() -> _T:
+        def attempt() -> tuple[_T] | None:  # None: not now (retry_until's "try again")
             try:
-                return fn(False)
+                return (fn(False),)
             except Exception as exc:
-                raise translated(exc, describe(), remap=remap)
-        return _common.poll_with_backoff(attempt, _common.start_wait(timeout) + timeout)
+                err = translated(exc, describe(), remap=remap)
+                if isinstance(err, Timeout):
+                    return None
+                raise err
+        got = retry_until(attempt, deadline_after(timeout))
+        if got is None:
+            raise Timeout(f"{describe()}: timed out after {timeout} s")
+        return got[0]
 
     # -- removal and closing -------------------------------------------------------------------------
 

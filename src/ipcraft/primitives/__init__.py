@@ -1,0 +1,80 @@
+"""Primitives: one faithful wrapper per kernel facility, each usable on its own.
+
+==================  ==========================================  ==========================================
+module              classes                                     the kernel facility
+==================  ==========================================  ==========================================
+pipe                Pipe                                        pipe2, PIPE_BUF, F_GETPIPE_SZ/F_SETPIPE_SZ
+fifo                Fifo                                        mkfifo, blocking/O_NONBLOCK open, ENXIO
+sockets             UnixSocket, TcpSocket, UdpSocket            AF_UNIX stream/dgram/seqpacket, SCM_RIGHTS,
+                                                                SO_PEERCRED; AF_INET/AF_INET6
+shm                 PosixSharedMemory, SysVSharedMemory         shm_open + mmap; shmget/shmat
+mmap_file           MappedFile                                  mmap of a file, msync
+semaphore           PosixSemaphore, SysVSemaphoreSet            sem_open; semget/semtimedop with SEM_UNDO
+locks               FileLock, RecordLock                        flock; fcntl and OFD byte-range locks
+eventfd             EventFD                                     eventfd counter and semaphore modes
+sync                SharedMutex, SharedCondition                robust PTHREAD_PROCESS_SHARED mutex; futex
+signals             SignalReceiver, SignalFD, sigqueue          sigaction scopes, rt signals, signalfd
+==================  ==========================================  ==========================================
+
+Every handle has the same lifecycle (idempotent ``close()``, ``closed``, context manager,
+ResourceWarning when garbage-collected open); named objects are opened with the ``create`` / ``open``
+/ ``open_or_create`` classmethods, and only the creator (the owner) ever unlinks.
+"""
+
+from __future__ import annotations
+
+from .eventfd import EventFD as EventFD
+from .fifo import Fifo as Fifo
+from .locks import FileLock as FileLock, LockHolder as LockHolder, RecordLock as RecordLock
+from .mmap_file import MappedFile as MappedFile
+from .pipe import Pipe as Pipe
+from .semaphore import (
+    PosixSemaphore as PosixSemaphore,
+    SysVSemaphoreSet as SysVSemaphoreSet,
+    unlink_posix_semaphore as unlink_posix_semaphore,
+)
+from .shm import (
+    PosixSharedMemory as PosixSharedMemory,
+    SysVSharedMemory as SysVSharedMemory,
+    remove_sysv_shm as remove_sysv_shm,
+    unlink_posix_shm as unlink_posix_shm,
+)
+from .signals import (
+    SI_KERNEL as SI_KERNEL,
+    SI_QUEUE as SI_QUEUE,
+    SI_TKILL as SI_TKILL,
+    SI_USER as SI_USER,
+    SigInfo as SigInfo,
+    SignalFD as SignalFD,
+    SignalReceiver as SignalReceiver,
+    sigqueue as sigqueue,
+)
+from .sockets import (
+    TcpSocket as TcpSocket,
+    UdpSocket as UdpSocket,
+    UnixSocket as UnixSocket,
+    peer_credentials as peer_credentials,
+)
+from .sync import SharedCondition as SharedCondition, SharedMutex as SharedMutex
+
+__all__ = (
+    "Pipe", "Fifo", "UnixSocket", "TcpSocket", "UdpSocket", "peer_credentials",
+    "PosixSharedMemory", "SysVSharedMemory", "unlink_posix_shm", "remove_sysv_shm",
+    "MappedFile",
+    "PosixSemaphore", "SysVSemaphoreSet", "unlink_posix_semaphore",
+    "FileLock", "RecordLock", "LockHolder", "EventFD",
+    "SharedMutex", "SharedCondition",
+    "SignalReceiver", "SignalFD", "SigInfo", "sigqueue", "SI_USER", "SI_KERNEL", "SI_QUEUE", "SI_TKILL",
+)
+
+
+def _fixup_module_metadata() -> None:
+    """Tracebacks and reprs say ipcraft.primitives.X, not a private module's name."""
+    for name in __all__:
+        obj = globals()[name]
+        mod = getattr(obj, "__module__", "")
+        if mod.startswith("ipcraft.primitives._"):
+            obj.__module__ = __name__
+
+
+_fixup_module_metadata()

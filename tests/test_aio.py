@@ -1,0 +1,278 @@
+"""ipcraft.aio: the asyncio mirror over real sockets, pipes and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import ipcraft
+from ipcraft import aio
+from ipcraft._framing import frame_parts
+from ipcraft.errors import Busy, ChannelClosed, HandleClosed, Timeout
+from ipcraft.testing import Child
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def _pair(url: str) -> tuple[aio.Listener, aio.Channel, aio.Channel]:  # type: ignore[type-arg]
+    listener = await aio.listen(url)
+    server, client = await asyncio.gather(listener.accept(timeout=10), aio.connect(url, timeout=10))
+    return listener, server, client
+
+
+@pytest.mark.timeout(60)
+def test_unix_round_trip_iteration_and_context_managers(tmp_ipc_dir: str) -> None:
+    """unix://: objects and bytes both ways, async for until the peer closes, async with closes."""
+    url = f"unix://{tmp_ipc_dir}/a.sock"
+
+    async def main() -> None:
+        listener, server, client = await _pair(url)
+        async with listener, server, client:
+            await client.send({"n": 1})
+            await client.send_bytes(b"raw", 1)
+            assert await server.recv(timeout=5) == {"n": 1}
+            assert await server.recv_bytes(timeout=5) == b"aw"
+            await server.send([1, 2, 3])
+            buf = bytearray(64)
+            n = await client.recv_bytes_into(buf, timeout=5)
+            assert ipcraft.MSGPACK.loads(buf[:n]) == [1, 2, 3]
+            assert not await server.poll(0)
+            for i in range(3):
+                await client.send(i)
+            assert await server.poll(5)
+            client.close()
+            assert [m async for m in server] == [0, 1, 2]
+        assert server.closed and listener.closed
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_large_messages_both_ways_do_not_block_the_loop(tmp_ipc_dir: str) -> None:
+    """16 MiB each way at once: sends wait in add_writer between partial writes; frames stay whole."""
+    url = f"unix://{tmp_ipc_dir}/big.sock"
+    big = os.urandom(1 << 20) * 16
+
+    async def main() -> None:
+        listener, server, client = await _pair(url)
+        with listener, server, client:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.001)
+
+            t = asyncio.create_task(ticker())
+            _, _, got_s, got_c = await asyncio.gather(
+                client.send_bytes(big, timeout=20), server.send_bytes(big, timeout=20),
+                server.recv_bytes(timeout=20), client.recv_bytes(timeout=20))
+            t.cancel()
+            assert got_s == big and got_c == big
+            assert ticks > 1  # the loop kept running while the transfers waited
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_seqpacket_messages() -> None:
+    """unix+seqpacket:// (a message transport): send and recv whole messages."""
+    url = f"unix+seqpacket:@{ipcraft.testing.unique_name('aioseq')}"
+
+    async def main() -> None:
+        listener, server, client = await _pair(url)
+        with listener, server, client:
+            for i in range(50):
+                await client.send_bytes(bytes([i]) * (i * 1000))
+            for i in range(50):
+                assert await server.recv_bytes(timeout=5) == bytes([i]) * (i * 1000)
+            with pytest.raises(Timeout):
+                await server.recv(timeout=0.05)
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_pipe_with_a_forked_child() -> None:
+    """aio.pipe(): a forked child runs its own loop on its end and echoes what the parent sends."""
+    a, b = aio.pipe()
+
+    def child() -> int:
+        a.close()
+
+        async def echo() -> int:
+            n = 0
+            async for msg in b:
+                await b.send(msg)
+                n += 1
+            return n
+
+        return asyncio.run(echo())
+
+    c = Child(child)
+    b.close()
+
+    async def main() -> None:
+        for i in range(100):
+            await a.send({"i": i, "data": b"x" * i})
+            assert await a.recv(timeout=10) == {"i": i, "data": b"x" * i}
+        a.close()
+
+    run(main())
+    assert c.result(10) == 100
+
+
+@pytest.mark.timeout(60)
+def test_cancelled_recv_mid_frame_leaves_the_channel_usable() -> None:
+    """Cancelling a recv that holds half a frame keeps those bytes: the next recv gets the message."""
+    reader, writer = aio.pipe(duplex=False)
+    go_r, go_w = os.pipe()
+    frame = b"".join(bytes(p) for p in frame_parts(0, memoryview(b"m" * 500_000)))
+
+    def child() -> None:
+        reader.close()
+        fd = writer.fileno()
+        os.set_blocking(fd, True)
+        os.write(fd, frame[:200_000])
+        os.read(go_r, 1)
+        os.write(fd, frame[200_000:])
+
+    c = Child(child)
+
+    async def main() -> None:
+        task = asyncio.create_task(reader.recv_bytes())
+        deadline = time.monotonic() + 10
+        fr = reader._sync._reader  # type: ignore[attr-defined]
+        while fr.buffered < 150_000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert fr.in_frame  # the recv really holds half a frame when it is cancelled
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        os.write(go_w, b"g")
+        assert await reader.recv_bytes(timeout=10) == b"m" * 500_000
+        with pytest.raises(ChannelClosed):
+            await reader.recv(timeout=10)
+
+    try:
+        writer.close()
+        run(main())
+        c.result(10)
+    finally:
+        reader.close()
+        os.close(go_r)
+        os.close(go_w)
+
+
+@pytest.mark.timeout(60)
+def test_cancelled_recv_then_message_arrives() -> None:
+    """A cancelled pending recv consumes nothing: the next message goes to the next recv."""
+    async def main() -> None:
+        a, b = aio.pipe()
+        with a, b:
+            task = asyncio.create_task(b.recv())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await a.send("after")
+            assert await b.recv(timeout=5) == "after"
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_timeouts_busy_and_close_while_waiting() -> None:
+    """recv times out cleanly; a second concurrent recv is Busy; close() wakes a waiter with HandleClosed."""
+    async def main() -> None:
+        a, b = aio.pipe()
+        with a:
+            with pytest.raises(Timeout):
+                await b.recv(timeout=0.05)
+            first = asyncio.create_task(b.recv())
+            await asyncio.sleep(0.02)
+            with pytest.raises(Busy):
+                await b.recv(timeout=1)
+            b.close()
+            with pytest.raises(HandleClosed):
+                await first
+            with pytest.raises(HandleClosed):
+                await b.send(1)
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_stream_send_cut_mid_frame_closes_but_unsent_send_does_not() -> None:
+    """A send that timed out before any byte went out leaves the channel usable; mid-frame closes it."""
+    async def main() -> None:
+        reader, writer = aio.pipe(duplex=False)
+        with reader, writer:
+            cap = 1 << 20
+            await writer.send_bytes(b"f" * (cap - 100))  # fills the 1 MiB pipe (frame header + payload)
+            with pytest.raises(Timeout, match="timed out"):
+                await writer.send_bytes(b"g" * 1000, timeout=0.05)
+            assert not writer.closed
+            assert len(await reader.recv_bytes(timeout=5)) == cap - 100
+            with pytest.raises(Timeout, match="mid-frame"):
+                await writer.send_bytes(b"h" * (4 * cap), timeout=0.1)
+            assert writer.closed
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_worker_thread_path_for_fdless_mechanisms() -> None:
+    """In thread mode (mechanisms without an fd) recv waits in a worker; cancellation loses nothing."""
+    async def main() -> None:
+        a, b = aio.pipe()
+        with a, b:
+            b._thread_mode = True  # what a System V queue gets: no fd to hand to the loop
+            task = asyncio.create_task(b.recv())
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, a._sync.send, "late")
+            assert await b.recv(timeout=5) == "late"
+            with pytest.raises(Timeout):
+                await b.recv(timeout=0.1)
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_listener_timeout_close_and_iteration(tmp_ipc_dir: str) -> None:
+    """accept times out cleanly; async for over a listener ends when it is closed."""
+    url = f"unix://{tmp_ipc_dir}/l.sock"
+
+    async def main() -> None:
+        listener = await aio.listen(url)
+        with pytest.raises(Timeout):
+            await listener.accept(timeout=0.05)
+        got = []
+
+        async def serve() -> None:
+            async for ch in listener:
+                got.append(await ch.recv(timeout=5))
+                ch.close()
+
+        task = asyncio.create_task(serve())
+        for i in range(3):
+            async with await aio.connect(url, timeout=5) as c:
+                await c.send(i)
+        while len(got) < 3:
+            await asyncio.sleep(0.01)
+        listener.close()
+        await asyncio.wait_for(task, 5)
+        assert got == [0, 1, 2]
+        assert not os.path.exists(f"{tmp_ipc_dir}/l.sock")
+
+    run(main())
