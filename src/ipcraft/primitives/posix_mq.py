@@ -41,7 +41,7 @@ from .._names import DEFAULT_MODE, validate_name
 from .._resource import Handle
 from ..errors import MessageTooLarge
 from . import _mq_common as _common
-from ._mapping import open_or_create
+from ._mapping import Owned, open_or_create
 from ._timeouts import deadline_after, remaining
 
 __all__ = ("PosixMessageQueue", "unlink_message_queue", "PRIORITY_MAX")
@@ -58,7 +58,7 @@ def _kind_name(name: str) -> str:
     return "/" + validate_name(name, "POSIX message queue")
 
 
-class PosixMessageQueue(Handle):
+class PosixMessageQueue(Owned, Handle):
     """A POSIX message queue, from :meth:`create`, :meth:`open` or :meth:`open_or_create`.
 
     ``send(data, priority)`` appends a message; ``recv()`` returns ``(data, priority)`` for the oldest
@@ -71,16 +71,14 @@ class PosixMessageQueue(Handle):
     """
 
     _mq: Any = None
-    _owner_pid: int = 0  # the pid that owns the object; ownership never crosses fork()
     _notifying: bool = False
-    #: For the owner: whether close() also unlinks the name.
-    unlink_on_close: bool = True
 
     def __init__(self, mq: Any, owner: bool) -> None:
         """Wrap an open posix_ipc.MessageQueue; use the classmethods instead."""
         self._mq = mq
         self._name: str = mq.name
-        self._owner_pid = os.getpid() if owner else 0
+        if owner:
+            self._take_ownership()
         self._maxmsg: int = mq.max_messages
         self._msgsize: int = mq.max_message_size
 
@@ -178,15 +176,6 @@ class PosixMessageQueue(Handle):
     def mode(self) -> int:
         """The queue's permission bits as the kernel has them now (fstat of the descriptor)."""
         return os.fstat(self.fileno()).st_mode & 0o777
-
-    @property
-    def owner(self) -> bool:
-        """True if this handle created the queue and will unlink it on close()."""
-        return self._owner_pid == os.getpid()
-
-    def release_ownership(self) -> None:
-        """Stop being the owner: close() will no longer unlink the name (hand the duty on)."""
-        self._owner_pid = 0
 
     def fileno(self) -> int:
         """The queue descriptor, a file descriptor on Linux: readable (select/poll/epoll) while the
@@ -289,7 +278,7 @@ class PosixMessageQueue(Handle):
             FileNotFoundError: the name was already gone; the handle is usable.
         """
         self._live()
-        self._owner_pid = 0
+        self.release_ownership()
         _unlink(self._name)
 
     def _live(self) -> Any:
@@ -309,13 +298,13 @@ class PosixMessageQueue(Handle):
             with translating(f"closing {self!r}"):
                 mq.close()
         finally:
-            if self.owner and self.unlink_on_close:
-                self._owner_pid = 0
+            if self._unlinks_on_close():
+                self.release_ownership()
                 with contextlib.suppress(FileNotFoundError):
                     _unlink(self._name)
 
     def __repr__(self) -> str:
-        owner = " owner" if self._owner_pid == os.getpid() else ""
+        owner = " owner" if self.owner else ""
         state = "closed" if self._closed or self._mq is None else "open"
         return (f"<PosixMessageQueue {getattr(self, '_name', '?')!r} maxmsg={getattr(self, '_maxmsg', '?')} "
                 f"msgsize={getattr(self, '_msgsize', '?')}{owner} {state}>")

@@ -45,7 +45,7 @@ from .._names import DEFAULT_MODE
 from .._resource import Handle
 from ..errors import MessageTooLarge, Timeout
 from . import _mq_common as _common
-from ._mapping import open_or_create
+from ._mapping import Owned, open_or_create
 from ._timeouts import deadline_after, retry_until
 
 __all__ = ("SysVMessageQueue", "SysVMessageQueueStat", "ftok", "remove_message_queue", "IPC_PRIVATE",
@@ -116,7 +116,7 @@ class SysVMessageQueueStat:
     mode: int  #: permission bits
 
 
-class SysVMessageQueue(Handle):
+class SysVMessageQueue(Owned, Handle):
     """A System V message queue, from :meth:`create`, :meth:`open` or :meth:`open_or_create`.
 
     ``send(data, type=1)`` appends a message; ``recv(type=0)`` returns ``(data, type)``, choosing
@@ -129,10 +129,7 @@ class SysVMessageQueue(Handle):
     """
 
     _mq: Any = None
-    _owner_pid: int = 0  # the pid that owns the object; ownership never crosses fork()
     _limit: int = 0
-    #: For the owner: whether close() also removes the queue.
-    unlink_on_close: bool = True
 
     def __init__(self, mq: Any, owner: bool, msgmax: int) -> None:
         """Wrap an open sysv_ipc.MessageQueue made with max_message_size=msgmax; use the
@@ -140,7 +137,8 @@ class SysVMessageQueue(Handle):
         self._mq = mq
         self._key: int = mq.key
         self._id: int = mq.id
-        self._owner_pid = os.getpid() if owner else 0
+        if owner:
+            self._take_ownership()
         self._msgmax: int = msgmax  # the kernel's msgmax when opened
         self._qbytes: int = self._read_qbytes()
         self._limit = min(self._msgmax, self._qbytes)  # the largest message send() takes
@@ -226,15 +224,6 @@ class SysVMessageQueue(Handle):
     def id(self) -> int:
         """The kernel's identifier of the queue (msqid), as ``ipcs -q`` shows it."""
         return self._id
-
-    @property
-    def owner(self) -> bool:
-        """True if this handle created the queue and will remove it on close()."""
-        return self._owner_pid == os.getpid()
-
-    def release_ownership(self) -> None:
-        """Stop being the owner: close() will no longer remove the queue."""
-        self._owner_pid = 0
 
     @property
     def current_messages(self) -> int:
@@ -409,7 +398,7 @@ class SysVMessageQueue(Handle):
             mq.remove()
         except Exception as exc:
             raise translated(exc, f"removing {self!r}")
-        self._owner_pid = 0
+        self.release_ownership()
         self.close()
 
     def _live(self) -> Any:
@@ -430,8 +419,8 @@ class SysVMessageQueue(Handle):
 
     def _close(self) -> None:
         mq, self._mq = self._mq, None
-        if mq is not None and self.owner and self.unlink_on_close:
-            self._owner_pid = 0
+        if mq is not None and self._unlinks_on_close():
+            self.release_ownership()
             try:
                 mq.remove()
             except Exception as exc:
@@ -440,7 +429,7 @@ class SysVMessageQueue(Handle):
                     raise err
 
     def __repr__(self) -> str:
-        owner = " owner" if self._owner_pid == os.getpid() else ""
+        owner = " owner" if self.owner else ""
         state = "closed" if self._closed or self._mq is None else "open"
         return (f"<SysVMessageQueue key={_hex(getattr(self, '_key', 0))} id={getattr(self, '_id', '?')} "
                 f"qbytes={getattr(self, '_qbytes', '?')}{owner} {state}>")
