@@ -407,7 +407,7 @@ class Listener(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if self._closed:
             self._raise_closed()
         transport = self._impl.accept(deadline_after(timeout))
-        return Channel._create(transport, self.endpoint, **self._channel_options)  # type: ignore[attr-defined,no-any-return]
+        return Channel._create(transport, self.endpoint, **self._channel_options)  # type: ignore[no-any-return]
 
     def fileno(self) -> int:
         """Readable when a client is waiting to be accepted."""

@@ -34,7 +34,7 @@ _GENERIC_LIMITS: Mapping[int, str] = {
 
 
 def os_error(err: int, what: str, filename: str | None = None,
-             limits: Mapping[int, str] | None = None) -> OSError:
+             limits: Mapping[int, str] | None = None) -> Exception:
     """Build the exception for kernel error number ``err`` while doing ``what`` (a short phrase).
 
     ``limits`` maps errnos that mean "a kernel limit refused this" in the caller's context to the
