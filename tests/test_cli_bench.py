@@ -84,7 +84,7 @@ def test_cli_runner_writes_report_with_machine_info_targets_and_plot(tmp_path, m
     pytest.importorskip("matplotlib")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    result = CliRunner().invoke(cli, ["bench", *TINY, *PLACEMENT, "--only", "unix://", "--only", "bare AF_UNIX",
+    result = CliRunner().invoke(cli, ["bench", *TINY, *PLACEMENT, "--only", "unix://", "--only", "bare AF_UNIX loop",
                                       "--only", "mp.Pipe", "--idle", "0.2", "--json", str(out_json),
                                       "--plot", str(out_png)])
     assert result.exit_code == 0, result.output
@@ -168,7 +168,7 @@ def test_busy_polling_peer_is_not_run_on_one_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     out_json = tmp_path / "r.json"
     result = CliRunner().invoke(cli, ["bench", *TINY, "--placement", "same", "--only", "iceoryx2",
-                                      "--only", "bare AF_UNIX", "--json", str(out_json)])
+                                      "--only", "bare AF_UNIX loop", "--json", str(out_json)])
     assert result.exit_code == 0, result.output
     report = json.loads(out_json.read_text())
     statuses = {s["name"]: s["status"] for s in report["subjects"]}

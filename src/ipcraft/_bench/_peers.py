@@ -195,6 +195,35 @@ class BareUnix(_Pair):
         return _framed_socket_link(self._mine(side), self._max)
 
 
+class BareSeqpacket(_Pair):
+    name = "bare AF_UNIX seqpacket loop"
+    group = "baseline"
+    facts = {"kernel": "AF_UNIX SOCK_SEQPACKET socketpair, SO_SNDBUF raised to wmem_max"}
+
+    def __init__(self) -> None:
+        self._wmem_max = _proc_int("/proc/sys/net/core/wmem_max", 212992)
+
+    def skip_reason(self, size: int) -> str | None:
+        # A record must fit the send buffer (the kernel doubles SO_SNDBUF; keep ipcraft's margin).
+        return f"wmem_max {self._wmem_max}" if size > self._wmem_max - 32768 else None
+
+    def prepare(self, env: Env) -> None:
+        self._pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in self._pair:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._wmem_max)
+        self._max = env.max_size
+
+    def open(self, side: str, ctl: Ctl) -> Link:
+        sock = self._mine(side)
+        buf = memoryview(bytearray(self._max))
+        recv_into = sock.recv_into
+
+        def recv() -> memoryview:
+            return buf[:recv_into(buf)]
+
+        return _FuncLink(sock.send, recv)
+
+
 class MpPipe(_Pair):
     name = "mp.Pipe"
     group = "peer"
@@ -407,7 +436,7 @@ class Iceoryx2(_Optional):
 
 def peer_subjects() -> list[Subject]:
     """The baselines, then the peers, in table order."""
-    return [BarePipe(), BareUnix(), PosixIpcBare(), SysvIpcBare(), MpPipe(), MpQueue(), Zmq(),
+    return [BarePipe(), BareUnix(), BareSeqpacket(), PosixIpcBare(), SysvIpcBare(), MpPipe(), MpQueue(), Zmq(),
             FasterFifo(), Iceoryx2()]
 
 

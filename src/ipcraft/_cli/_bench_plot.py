@@ -23,10 +23,12 @@ def plot(report: dict[str, Any], path: str) -> None:
         s["rtt"].append(r["latency_us"]["p50"])
         s["mbps"].append(r["throughput"]["mb_per_s"])
     fig, (ax_rtt, ax_tput) = plt.subplots(1, 2, figsize=(14, 6.5))
-    for name, s in series.items():
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, s) in enumerate(series.items()):
+        kw = {"color": colors[i % len(colors)], "marker": "os^D"[i // len(colors) % 4], "label": name}
         style = _STYLE.get(s["group"], "-")
-        ax_rtt.plot(s["size"], s["rtt"], style, marker="o", label=name)
-        ax_tput.plot(s["size"], s["mbps"], style, marker="o", label=name)
+        ax_rtt.plot(s["size"], s["rtt"], style, **kw)
+        ax_tput.plot(s["size"], s["mbps"], style, **kw)
     from .._bench import format_size
 
     sizes = sorted({z for s in series.values() for z in s["size"]})
