@@ -341,7 +341,8 @@ def _child(side: str, subject: Subject, plan: Plan, skips: dict[int, str], ctl_s
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             os.close(devnull)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once; the runner cleans
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once; the runner cleans
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
         _run_side(side, subject, plan, skips, Ctl(ctl_sock), out)

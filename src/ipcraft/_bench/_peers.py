@@ -367,7 +367,7 @@ class FasterFifo(_Optional):
         from faster_fifo import Queue
 
         size = max(1 << 20, 8 * env.max_size)  # room for several messages of the largest size
-        self._qs = (Queue(max_size_bytes=size), Queue(max_size_bytes=size))
+        self._qs: tuple[Any, ...] = (Queue(max_size_bytes=size), Queue(max_size_bytes=size))
 
     def open(self, side: str, ctl: Ctl) -> Link:
         ab, ba = self._qs

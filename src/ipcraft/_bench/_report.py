@@ -45,7 +45,7 @@ def machine_info(plan: Plan) -> dict[str, Any]:
         if line.startswith("model name"):
             cpu_model = line.split(":", 1)[1].strip()
             break
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in _PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)

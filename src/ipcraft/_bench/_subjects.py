@@ -141,6 +141,8 @@ class SchemeSubject(Subject):
 
         opts = self._options()
         handles: list[Any]
+        tx: Any
+        rx: Any
         if self.info.family == "connection":
             if side == "b":
                 listener = ipcraft.listen(self._urls["b"], **opts)

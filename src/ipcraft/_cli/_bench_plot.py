@@ -23,7 +23,8 @@ def plot(report: dict[str, Any], path: str) -> None:
         s["rtt"].append(r["latency_us"]["p50"])
         s["mbps"].append(r["throughput"]["mb_per_s"])
     fig, (ax_rtt, ax_tput) = plt.subplots(1, 2, figsize=(14, 6.5))
-    colors = plt.get_cmap("tab20").colors
+    cmap = plt.get_cmap("tab20")
+    colors = [cmap(i) for i in range(20)]
     for i, (name, s) in enumerate(series.items()):
         kw = {"color": colors[i % len(colors)], "marker": "os^D"[i // len(colors) % 4], "label": name}
         style = _STYLE.get(s["group"], "-")
