@@ -19,6 +19,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import shutil
@@ -83,7 +84,8 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
     leftovers: dict[str, list[str]] = {}
     total, done = len(subjects) * plan.repeat, 0
     try:
-        for _ in range(plan.repeat):  # repetitions outermost, interleaved as in the reference
+        for rep in range(plan.repeat):  # repetitions outermost, interleaved as in the reference
+            trial_plan = plan if rep == 0 else dataclasses.replace(plan, idle=0.0)  # idle CPU: once
             for subject in subjects:
                 if subject.name not in status:
                     why = subject.unavailable()
@@ -98,7 +100,7 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
                     progress(done, total, subject.name)
                 skips = {size: r for size in plan.sizes if (r := subject.skip_reason(size)) is not None}
                 t0 = time.monotonic()
-                trial = run_trial(subject, plan, env, skips, tick)
+                trial = run_trial(subject, trial_plan, env, skips, tick)
                 trial["seconds"] = time.monotonic() - t0
                 for size, reason in skips.items():
                     trial["sizes"][size] = {"status": "skipped", "reason": reason}
