@@ -440,4 +440,3 @@ def peer_subjects() -> list[Subject]:
             FasterFifo(), Iceoryx2()]
 
 
-__all__ = ("peer_subjects", "Unavailable")
