@@ -440,3 +440,4 @@ def peer_subjects() -> list[Subject]:
             FasterFifo(), Iceoryx2()]
 
 
+__all__ = ("peer_subjects", "Unavailable")
