@@ -355,9 +355,8 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
 
 def _stream_writer(t: Transport) -> Callable[[list[memoryview]], int] | None:
     """A non-blocking 'write some of these buffers' for the fd under a stream transport, if known."""
-    if isinstance(t, FdStream) and not os.get_blocking(t.fileno()):
-        fd = t.fileno()
-        return lambda views: os.writev(fd, views)
+    if isinstance(t, FdStream):
+        return t.write_now
     if isinstance(t, SocketStream) and not hasattr(t.sock, "cipher"):
         sock = t.sock
         flags = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT  # the socket itself may be in blocking mode

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 from collections.abc import Sequence
 
@@ -18,22 +19,34 @@ from .._wait import deadline_after as deadline_after, remaining as remaining, wa
 from ..errors import HandleClosed, Timeout
 from . import Transport
 
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
 
 def timed_out(what: str) -> Timeout:
     return Timeout(f"{what}: timed out")
 
 
 class FdStream(Transport):
-    """A byte stream over a pipe or FIFO fd (os.readv/os.writev)."""
+    """A byte stream over a pipe or FIFO fd (os.readv/os.writev).
+
+    With ``blocking=False`` the fd is non-blocking and every wait is a poll(2).  With ``blocking=True``
+    (an anonymous pipe this process owns) the fd stays blocking, so a call without a deadline is one
+    system call that sleeps in the kernel, and a call with a deadline uses RWF_NOWAIT (this call only)
+    before polling.  Where the kernel refuses RWF_NOWAIT (EOPNOTSUPP), such calls poll first and then
+    read, or write at most PIPE_BUF bytes, which POLLOUT guarantees to fit.
+    """
 
     kind = "stream"
 
-    def __init__(self, fd: int, what: str, *, readable: bool = True, writable: bool = True) -> None:
+    def __init__(self, fd: int, what: str, *, readable: bool = True, writable: bool = True,
+                 blocking: bool = False) -> None:
         self._fd = fd
         self._what = what
         self.readable = readable
         self.writable = writable
-        os.set_blocking(fd, False)
+        self.blocking = blocking
+        self._nowait = blocking and bool(_RWF_NOWAIT)
+        os.set_blocking(fd, blocking)
 
     def fileno(self) -> int:
         if self._fd < 0:
@@ -52,12 +65,46 @@ class FdStream(Transport):
         fd = self._fd
         while True:
             try:
-                return os.readv(fd, [buf])
+                if deadline is None or not self.blocking:
+                    return os.readv(fd, [buf])
+                return self.read_now(buf)
             except BlockingIOError:
                 if not wait_fd(fd, _POLLIN, deadline):
                     raise timed_out(f"receiving on {self._what}") from None
             except OSError as exc:
                 raise os_error(exc.errno or errno.EIO, f"receiving on {self._what}") from exc
+
+    def read_now(self, buf: memoryview) -> int:
+        """One read that never blocks; BlockingIOError when nothing is there yet."""
+        fd = self._fd
+        if not self.blocking:
+            return os.readv(fd, [buf])
+        if self._nowait:
+            try:
+                return os.preadv(fd, [buf], -1, _RWF_NOWAIT)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._nowait = False
+        if not wait_fd(fd, _POLLIN, 0.0):
+            raise BlockingIOError(errno.EAGAIN, "no data yet")
+        return os.readv(fd, [buf])
+
+    def write_now(self, views: list[memoryview]) -> int:
+        """One write that never blocks; BlockingIOError when no byte fits yet."""
+        fd = self._fd
+        if not self.blocking:
+            return os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+        if self._nowait:
+            try:
+                return os.pwritev(fd, views, -1, _RWF_NOWAIT)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._nowait = False
+        if not wait_fd(fd, _POLLOUT, 0.0):
+            raise BlockingIOError(errno.EAGAIN, "no room yet")
+        return os.write(fd, views[0][:select.PIPE_BUF])
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         fd = self._fd
@@ -66,7 +113,10 @@ class FdStream(Transport):
         sent = 0
         while views:
             try:
-                n = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+                if deadline is None and self.blocking:
+                    n = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+                else:
+                    n = self.write_now(views)
             except BlockingIOError:
                 if not wait_fd(fd, _POLLOUT, deadline):
                     raise send_timeout(self, self._what, sent, total) from None

@@ -30,8 +30,8 @@ def pipe_pair(duplex: bool) -> tuple[FdStream | SocketStream, FdStream | SocketS
         return ta, tb
     r, w = os.pipe2(os.O_CLOEXEC)
     set_pipe_size(w, PIPE_SIZE)
-    reader = FdStream(r, "pipe (read end)", writable=False)
-    writer = FdStream(w, "pipe (write end)", readable=False)
+    reader = FdStream(r, "pipe (read end)", writable=False, blocking=True)
+    writer = FdStream(w, "pipe (write end)", readable=False, blocking=True)
     me = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
     reader.peer = writer.peer = me
     reader.authenticated = writer.authenticated = True

@@ -17,6 +17,7 @@ Decisions:
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import socket
 from collections.abc import Sequence
@@ -125,16 +126,22 @@ def _wrap(sock: socket.socket, endpoint: Endpoint, peer: Peer) -> Transport:
 
 
 class SeqpacketTransport(Transport):
-    """Messages over a connected SOCK_SEQPACKET socket: one send, one record, never merged or split."""
+    """Messages over a connected SOCK_SEQPACKET socket: one send, one record, never merged or split.
+
+    The socket stays blocking (MSG_DONTWAIT for calls with a deadline, as SocketStream does).  Records
+    are received in one system call into an anonymous mapping as large as any record the kernel lets a
+    peer send (twice wmem_max, plus room): its pages cost nothing until a large record touches them,
+    and it is reused, so a 1 MiB record is never a fresh allocation.
+    """
 
     kind = "message"
 
     def __init__(self, sock: socket.socket, what: str) -> None:
         self.sock = sock
         self._what = what
-        sock.setblocking(False)
-        self._scratch = bytearray(65536)
+        sock.setblocking(True)
         self.max_payload, self.limit_source = raise_sndbuf(sock)
+        self._buf: mmap.mmap | None = None
 
     def fileno(self) -> int:
         fd = self.sock.fileno()
@@ -144,15 +151,22 @@ class SeqpacketTransport(Transport):
 
     def close(self) -> None:
         self.sock.close()
+        buf, self._buf = self._buf, None
+        if buf is not None:
+            try:
+                buf.close()
+            except BufferError:
+                pass  # a view of the last record is still alive; the mapping goes with it
 
     def wait_readable(self, deadline: float | None) -> bool:
         return wait_fd(self.fileno(), 1, deadline)
 
     def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         sock = self.sock
+        flags = socket.MSG_NOSIGNAL if deadline is None else socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
         while True:
             try:
-                sock.sendmsg(parts, (), socket.MSG_NOSIGNAL)
+                sock.sendmsg(parts, (), flags)
                 return
             except BlockingIOError:
                 if not wait_fd(self.fileno(), 4, deadline):
@@ -167,9 +181,13 @@ class SeqpacketTransport(Transport):
 
     def recv_message(self, deadline: float | None) -> memoryview:
         sock = self.sock
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = mmap.mmap(-1, _record_room())
+        flags = 0 if deadline is None else socket.MSG_DONTWAIT
         while True:
             try:
-                n = sock.recv_into(self._scratch, len(self._scratch), socket.MSG_PEEK | socket.MSG_TRUNC)
+                n, _, msg_flags, _ = sock.recvmsg_into([buf], 0, flags)
                 break
             except BlockingIOError:
                 if not wait_fd(self.fileno(), 1, deadline):
@@ -178,11 +196,22 @@ class SeqpacketTransport(Transport):
                 raise os_error(exc.errno or errno.EIO, f"receiving on {self._what}") from exc
         if n == 0:
             # A zero-length record is impossible for ipcraft (every message has a header), so 0 is EOF.
-            sock.recv(1)
             raise ChannelClosed(f"the peer closed {self._what}")
-        buf = self._scratch if n <= len(self._scratch) else bytearray(n)
-        got = sock.recv_into(buf, n)
-        return memoryview(buf)[:got]
+        if msg_flags & socket.MSG_TRUNC:
+            raise MessageTooLarge(f"a record on {self._what} was larger than the {len(buf)}-byte receive "
+                                  "area (the peer raised its send buffer past net.core.wmem_max with "
+                                  "SO_SNDBUFFORCE); it was discarded", None, len(buf))
+        return memoryview(buf)[:n]
+
+
+def _record_room() -> int:
+    """Bytes that hold any seqpacket record a peer can send: the kernel doubles SO_SNDBUF values."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            wmem_max = int(f.read())
+    except OSError:
+        wmem_max = 4 * 1024 * 1024
+    return 2 * wmem_max + 65536
 
 
 class UnixListener:
