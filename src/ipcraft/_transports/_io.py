@@ -127,7 +127,23 @@ class FdStream(Transport):
             views = consume(views, n)
 
 
-class SocketStream(Transport):
+class SocketTransport(Transport):
+    """What every transport over one connected socket shares: its fd and its closing."""
+
+    sock: socket.socket
+    _what: str
+
+    def fileno(self) -> int:
+        fd = self.sock.fileno()
+        if fd < 0:
+            raise HandleClosed(f"{self._what} is closed")
+        return fd
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SocketStream(SocketTransport):
     """A byte stream over a connected stream socket (Unix or TCP, TLS included).
 
     Plain sockets stay in blocking mode: a call without a deadline blocks in the kernel (one system
@@ -143,15 +159,6 @@ class SocketStream(Transport):
         self._what = what
         self._tls = hasattr(sock, "cipher")
         sock.setblocking(self._tls is False)
-
-    def fileno(self) -> int:
-        fd = self.sock.fileno()
-        if fd < 0:
-            raise HandleClosed(f"{self._what} is closed")
-        return fd
-
-    def close(self) -> None:
-        self.sock.close()
 
     def wait_readable(self, deadline: float | None) -> bool:
         if self._tls and self.sock.pending():  # type: ignore[attr-defined]  # decrypted bytes waiting

@@ -29,7 +29,7 @@ from .._names import DEFAULT_MODE, validate_unix_path
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
 from ..primitives.sockets import _bind_path, peer_credentials
 from . import Transport
-from ._io import SocketStream, deadline_after, raise_sndbuf, send_timeout, timed_out, wait_fd
+from ._io import SocketStream, SocketTransport, deadline_after, raise_sndbuf, send_timeout, timed_out, wait_fd
 
 _SOCK_TYPES = {"unix": socket.SOCK_STREAM, "unix+seqpacket": socket.SOCK_SEQPACKET}
 _DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -125,7 +125,7 @@ def _wrap(sock: socket.socket, endpoint: Endpoint, peer: Peer) -> Transport:
     return t
 
 
-class SeqpacketTransport(Transport):
+class SeqpacketTransport(SocketTransport):
     """Messages over a connected SOCK_SEQPACKET socket: one send, one record, never merged or split.
 
     The socket stays blocking (MSG_DONTWAIT for calls with a deadline, as SocketStream does).  Records
@@ -143,14 +143,8 @@ class SeqpacketTransport(Transport):
         self.max_payload, self.limit_source = raise_sndbuf(sock)
         self._buf: mmap.mmap | None = None
 
-    def fileno(self) -> int:
-        fd = self.sock.fileno()
-        if fd < 0:
-            raise HandleClosed(f"{self._what} is closed")
-        return fd
-
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         buf, self._buf = self._buf, None
         if buf is not None:
             try:
