@@ -132,6 +132,20 @@ def test_subprocess_run_of_every_subject_leaves_nothing_behind(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_malloc_top_pad_is_applied_and_reported(tmp_path):
+    """--malloc-top-pad sets glibc's M_TOP_PAD for the subjects and says so in the header and JSON."""
+    out_json = tmp_path / "pad.json"
+    proc = subprocess.run([sys.executable, "-m", "ipcraft", "bench", *TINY, *PLACEMENT, "--only", "unix://",
+                           "--malloc-top-pad", "8388608", "--json", str(out_json)],
+                          env=_bench_env(tmp_path), capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "M_TOP_PAD=8388608" in proc.stdout
+    report = json.loads(out_json.read_text())
+    assert report["machine"]["malloc"] == "glibc M_TOP_PAD=8388608 in every subject process"
+    assert [s["status"] for s in report["subjects"]] == ["ok"]
+
+
+@pytest.mark.timeout(60)
 def test_scheme_without_transport_is_listed_not_available(tmp_path, monkeypatch):
     """A scheme whose transport module is missing is reported as not available, not as a crash."""
     from ipcraft._transports import REGISTRY

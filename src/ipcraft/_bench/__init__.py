@@ -67,6 +67,15 @@ def _tmp_root() -> str:
     return root if len(root) <= 60 else "/tmp"
 
 
+def _set_malloc_top_pad(pad: int) -> None:
+    """mallopt(M_TOP_PAD, pad) in this process: the heap keeps ``pad`` spare bytes instead of trimming."""
+    import ctypes
+
+    m_top_pad = -2  # <malloc.h>
+    if ctypes.CDLL(None).mallopt(m_top_pad, pad) != 1:
+        raise OSError(f"mallopt(M_TOP_PAD, {pad}) failed")
+
+
 def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
         tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """Measure ``subjects`` as ``plan`` says; return the report (JSON-ready).
@@ -76,6 +85,8 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
     returns (KeyboardInterrupt included).
     """
     started = time.monotonic()
+    if plan.malloc_top_pad:
+        _set_malloc_top_pad(plan.malloc_top_pad)  # the forked subject processes inherit it
     tmpdir = tempfile.mkdtemp(prefix="ipcraft-bench-", dir=_tmp_root())
     env = Env(tmpdir, f"b{os.getpid()}x{os.urandom(2).hex()}", max(plan.sizes))
     iox = IceoryxFiles()

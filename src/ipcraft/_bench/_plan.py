@@ -81,6 +81,10 @@ class Plan:
     idle: float = 0.0
     #: Seconds one process pair may take for all sizes before it is killed (None: from the counts).
     trial_timeout: float | None = None
+    #: glibc M_TOP_PAD for every subject process (0: glibc's default).  By default glibc hands the top
+    #: of the heap back to the kernel after each large free, so every fresh 1 MiB result faults its
+    #: pages in again; on this kind of VM that costs up to ~1 ms for a process that had gone idle.
+    malloc_top_pad: int = 0
     cpus: tuple[int | None, int | None] = field(default=(None, None))
 
     def __post_init__(self) -> None:
@@ -124,6 +128,11 @@ class Plan:
             n = self.round_trips(size) + self.warmup(size) + self.messages(size)
             budget += n * (0.001 + 0.02 * size / (1 << 20))
         return 30.0 + 4 * budget + self.idle
+
+    def describe_malloc(self) -> str:
+        if not self.malloc_top_pad:
+            return "glibc malloc defaults"
+        return f"glibc M_TOP_PAD={self.malloc_top_pad} in every subject process"
 
     def describe_placement(self) -> str:
         a, b = self.cpus

@@ -63,6 +63,7 @@ def machine_info(plan: Plan) -> dict[str, Any]:
         "placement": plan.placement,
         "placement_cpus": list(plan.cpus),
         "placement_text": plan.describe_placement(),
+        "malloc": plan.describe_malloc(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
 

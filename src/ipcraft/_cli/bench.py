@@ -59,13 +59,18 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
               help="Seconds a receiver idles in recv to measure its CPU use (0: skip).  [default: 0, --full 5]")
 @click.option("--timeout", "trial_timeout", type=click.FloatRange(min=1), default=None,
               help="Seconds one process pair may run before it is killed.")
+@click.option("--malloc-top-pad", type=click.IntRange(min=0), default=0, metavar="BYTES",
+              help="glibc M_TOP_PAD for every subject (e.g. 16777216): stops glibc returning the heap top "
+                   "to the kernel after each large message, which dominates 1 MiB copies on some VMs. "
+                   "[default: 0, glibc's own]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the machine-readable report here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG plot here (needs matplotlib).")
 def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[str] | None,
           sizes: tuple[int, ...], waits: tuple[str, ...], placement: str, iterations: int | None,
-          count: int | None, idle: float | None, trial_timeout: float | None, json_path: str | None,
+          count: int | None, idle: float | None, trial_timeout: float | None, malloc_top_pad: int,
+          json_path: str | None,
           plot_path: str | None) -> None:
     """Measure ipcraft's schemes beside bare Python loops and peer libraries.
 
@@ -84,7 +89,8 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
     try:
         plan = Plan(sizes=sizes, full=full, repeat=repeat or (3 if full else 1), placement=placement,
                     waits=tuple(dict.fromkeys(waits)) or WAITS, iterations=iterations, count=count,
-                    idle=idle if idle is not None else (5.0 if full else 0.0), trial_timeout=trial_timeout)
+                    idle=idle if idle is not None else (5.0 if full else 0.0), trial_timeout=trial_timeout,
+                    malloc_top_pad=malloc_top_pad)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     subjects = select_subjects(plan, only, schemes)
@@ -92,7 +98,7 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
         raise click.UsageError("no subject matches --only/--schemes")
     out, err = Console(), Console(stderr=True)
     out.print(f"[bold]ipcraft bench[/] · {'full' if full else 'quick'} · placement {plan.describe_placement()} · "
-              f"repeat {plan.repeat} · sizes {', '.join(format_size(z) for z in plan.sizes)}")
+              f"repeat {plan.repeat} · sizes {', '.join(format_size(z) for z in plan.sizes)} · {plan.describe_malloc()}")
     report = _run_with_progress(plan, subjects, err)
     _print_report(out, report)
     if json_path:
