@@ -12,6 +12,7 @@ serializer that can run code (pickle) is decoded only when the transport authent
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
@@ -57,6 +58,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     #: A channel that saw its peer close stays at end of stream; a queue has no end of stream (a
     #: vanished writer loses its message, and the next writer's messages still arrive).
     _latch_eof = True
+    # A message transport may offer a fast path in C (shm://): try_send(data, sid) -> bool and
+    # try_recv() -> bytes | None, which finish the common case at once and otherwise return
+    # False/None, leaving the general path below to do the same call with its full semantics.
+    _fast_send: Any = None
+    _fast_recv: Any = None
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
@@ -83,6 +89,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         self._sending = ConflictDetector("sending")
         self._receiving = ConflictDetector("receiving")
         self._eof = False
+        fast = getattr(transport, "fast_path", None)
+        if fast is not None:
+            self._fast_send, self._fast_recv = fast()
 
     # -- facts -------------------------------------------------------------------------------------
 
@@ -122,6 +131,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         return t
 
     def _close(self) -> None:
+        self._fast_send = self._fast_recv = None
         t, self._transport = self._transport, None
         if t is not None:
             t.close()
@@ -144,7 +154,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             HandleClosed: this channel was closed.
         """
         s = self.serializer
-        self._send_frame(s.id, s.dumps(obj), timeout, extra)
+        payload = s.dumps(obj)
+        push = self._fast_send
+        if push is not None and timeout is None and not extra and push(payload, s.id):
+            return
+        self._send_frame(s.id, payload, timeout, extra)
 
     def send_bytes(self, data: Any, offset: int = 0, size: int | None = None, *,
                    timeout: float | None = None, **extra: Any) -> None:
@@ -153,6 +167,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         The receiver gets exactly these bytes from ``recv_bytes`` (or from ``recv``, as ``bytes``).
         Raises as :meth:`send`.
         """
+        push = self._fast_send
+        if push is not None and offset == 0 and size is None and timeout is None and not extra and push(data):
+            return
         self._send_frame(0, bytes_view(data, offset, size), timeout, extra)
 
     def _outgoing(self, payload: Any) -> memoryview:
@@ -160,8 +177,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         mv = payload if isinstance(payload, memoryview) else memoryview(payload)
         n = mv.nbytes
         if n > self._send_limit:
-            raise MessageTooLarge(f"a {n}-byte message exceeds the limit of {self._send_limit} bytes "
-                                  f"({self._send_limit_source}) on {self!r}", n, self._send_limit)
+            raise self._too_large(n)
         return mv
 
     def _send_frame(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
@@ -181,6 +197,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 if exc.__class__ is Timeout and "channel was closed" in str(exc):
                     self.close()
                 raise
+
+    def _too_large(self, n: int) -> MessageTooLarge:
+        return MessageTooLarge(f"a {n}-byte message exceeds the limit of {self._send_limit} bytes "
+                               f"({self._send_limit_source}) on {self!r}", n, self._send_limit)
 
     # -- receiving ---------------------------------------------------------------------------------
 
@@ -210,6 +230,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         ``maxlength`` refuses longer messages with MessageTooLarge (the message is discarded, the
         channel stays usable).  Raises as :meth:`recv`.
         """
+        pop = self._fast_recv
+        if pop is not None and maxlength is None and timeout is None and not extra:
+            data = pop()
+            if data is not None:
+                return data  # type: ignore[no-any-return]
         with self._receiving:
             sid, view = self._recv_frame(timeout, extra)
             if maxlength is not None and view.nbytes > maxlength:
@@ -240,6 +265,74 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                                      view.tobytes(), len(dst) - offset)
             dst[offset:offset + n] = view
             return n
+
+    @contextlib.contextmanager
+    def recv_view(self, timeout: float | None = None) -> Iterator[memoryview]:
+        """Borrow the next message without copying: ``with ch.recv_view() as view: ...``.
+
+        ``view`` is a read-only memoryview of the message bytes (as ``recv_bytes`` would return them)
+        where they lie in shared memory; the message is consumed when the block exits, normally or
+        not.  Nothing from the view may be used after the block, including arrays made over it
+        (``np.frombuffer(view, dtype)``): the sender reuses that memory.  Copy what you keep.
+
+        Only shared-memory channels (shm://) can lend their buffer; others raise NotImplementedError.
+
+        Raises:
+            as :meth:`recv_bytes`.
+
+        .. versionadded:: 0.1
+        """
+        t = self._lender("recv_view", "recv_bytes_into for a reusable buffer")
+        deadline = deadline_after(timeout)
+        with self._receiving:
+            view, _ = t.borrow(deadline)  # type: ignore[attr-defined]
+            try:
+                yield view
+            finally:
+                _release(view)
+                t.end_borrow()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def send_view(self, n: int, *, timeout: float | None = None) -> Iterator[memoryview]:
+        """Loan ``n`` bytes of shared memory to fill in place: ``with ch.send_view(n) as view: ...``.
+
+        ``view`` is a writable memoryview of exactly ``n`` bytes inside the ring.  When the block
+        exits normally the bytes are published as one message (the receiver gets them from
+        ``recv_bytes``/``recv_view``, or as ``bytes`` from ``recv``); when it raises, nothing is sent.
+        The view must not be used after the block.
+
+        Only shared-memory channels (shm://) can lend their buffer; others raise NotImplementedError.
+
+        Raises:
+            MessageTooLarge: ``n`` exceeds the channel's limit (half the ring); the channel is usable.
+            Timeout: no room came in time; nothing was sent, the channel is usable.
+            ChannelClosed / PeerVanished: the peer is gone.
+
+        .. versionadded:: 0.1
+        """
+        t = self._lender("send_view", "send_bytes")
+        if n < 0:
+            raise ValueError(f"send_view() needs n >= 0, not {n}")
+        if n > self._send_limit:
+            raise self._too_large(n)
+        deadline = deadline_after(timeout)
+        with self._sending:
+            view = t.loan(n, deadline)  # type: ignore[attr-defined]
+            try:
+                yield view
+            except BaseException:
+                _release(view)
+                t.end_loan(publish=False)  # type: ignore[attr-defined]
+                raise
+            _release(view)
+            t.end_loan(publish=True)  # type: ignore[attr-defined]
+
+    def _lender(self, method: str, instead: str) -> Transport:
+        t = self._live()
+        if getattr(t, "borrow", None) is None:
+            raise NotImplementedError(f"{method}() lends shared memory and needs shm://; {self!r} has "
+                                      f"none (use {instead})")
+        return t
 
     def _recv_frame(self, timeout: float | None, extra: dict[str, Any]) -> tuple[int, memoryview]:
         t = self._live()
@@ -343,6 +436,13 @@ def bytes_view(data: Any, offset: int = 0, size: int | None = None) -> memoryvie
     return mv
 
 
+def _release(view: memoryview) -> None:
+    try:
+        view.release()
+    except BufferError:
+        pass  # an export of the view (np.frombuffer) outlives the block; the docstrings forbid its use
+
+
 def _no_extras(obj: object, extra: dict[str, Any]) -> None:
     raise TypeError(f"{obj!r} takes no mechanism options; got {', '.join(sorted(extra))}")
 
@@ -407,7 +507,7 @@ class Listener(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if self._closed:
             self._raise_closed()
         transport = self._impl.accept(deadline_after(timeout))
-        return Channel._create(transport, self.endpoint, **self._channel_options)  # type: ignore[attr-defined,no-any-return]
+        return Channel._create(transport, self.endpoint, **self._channel_options)  # type: ignore[no-any-return]
 
     def fileno(self) -> int:
         """Readable when a client is waiting to be accepted."""

@@ -47,7 +47,7 @@ def connect(url: str | Endpoint, timeout: float | None = None, **options: Any) -
     """
     ep = _endpoint(url, "connection", "connect", options)
     transport = module_for(ep.scheme).connect(ep, deadline_after(timeout))
-    return Channel._create(transport, ep, **_channel_options(ep))  # type: ignore[attr-defined,no-any-return]
+    return Channel._create(transport, ep, **_channel_options(ep))  # type: ignore[no-any-return]
 
 
 def listen(url: str | Endpoint, **options: Any) -> Listener[Any]:
@@ -61,7 +61,7 @@ def listen(url: str | Endpoint, **options: Any) -> Listener[Any]:
     """
     ep = _endpoint(url, "connection", "listen", options)
     impl = module_for(ep.scheme).listen(ep)
-    return Listener._create(impl, ep, _channel_options(ep))  # type: ignore[attr-defined,no-any-return]
+    return Listener._create(impl, ep, _channel_options(ep))  # type: ignore[no-any-return]
 
 
 def queue(url: str | Endpoint, create: bool | str = False, **options: Any) -> Queue[Any]:
@@ -79,7 +79,7 @@ def queue(url: str | Endpoint, create: bool | str = False, **options: Any) -> Qu
     ep = _endpoint(url, "queue", "queue", options)
     transport = module_for(ep.scheme).open_queue(ep, create)
     bound = getattr(transport, "endpoint", None)  # e.g. udp://host:0 with the port the kernel chose
-    return Queue._create(transport, bound or ep, **_channel_options(ep))  # type: ignore[attr-defined,no-any-return]
+    return Queue._create(transport, bound or ep, **_channel_options(ep))  # type: ignore[no-any-return]
 
 
 def pipe(duplex: bool = True, *, serializer: str | Serializer = MSGPACK,
@@ -95,4 +95,4 @@ def pipe(duplex: bool = True, *, serializer: str | Serializer = MSGPACK,
 
     a, b = pipe_pair(duplex)
     opts = {"serializer": by_name(serializer), "max_message_size": max_message_size}
-    return Channel._create(a, None, **opts), Channel._create(b, None, **opts)  # type: ignore[attr-defined]
+    return Channel._create(a, None, **opts), Channel._create(b, None, **opts)

@@ -7,6 +7,7 @@ Address forms::
     shm://name  ring://name  mq://name                   one path component
     fifo:///abs/path  file:///abs/path                   a file path
     sysvmq://1234  sysvmq://0x4d2                        a System V key
+    sysvmq:///path?proj_id=7                             the key ftok(path, proj_id) (default 1)
 
 Options follow ``?``; each scheme accepts a known set, converted to typed values.  Options that are
 secrets or objects (``authkey``, ``ssl_context``) are keyword arguments only, never in a URL.
@@ -152,8 +153,8 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            _COMMON | {"authkey", "insecure", "ssl_context", "server_hostname", "nodelay", "backlog",
                       "handshake_timeout"},
            "TCP + framing; authkey handshake, optional TLS"),
-    Scheme("shm", "connection", "name",
-           _COMMON | {"wait", "capacity", "mode", "allowed_uids", "backlog", "handshake_timeout"},
+    Scheme("shm", "connection", "name",  # no "mode": nothing named is created (memfd + abstract socket)
+           _COMMON | {"wait", "capacity", "allowed_uids", "backlog", "handshake_timeout"},
            "two shared-memory rings per connection (fastest)"),
     Scheme("fifo", "queue", "path", _COMMON | {"mode", "pipe_size"},
            "named pipe; messages never interleave"),
@@ -344,11 +345,15 @@ def _parse_address(info: Scheme, rest: str, url: str) -> str:
         except InvalidEndpoint as exc:
             raise InvalidEndpoint(f"{url!r}: {exc}") from None
     if kind == "key":
+        if rest.startswith("/"):  # sysvmq:///path?proj_id=N: the key is ftok(path, proj_id)
+            if rest.endswith("/") or "\0" in rest:
+                raise InvalidEndpoint(f"{url!r}: expected a file path such as {info.name}:///etc/app.conf")
+            return rest
         try:
             key = int(rest, 0)
         except ValueError:
             raise InvalidEndpoint(f"{url!r}: expected a System V key such as {info.name}://1234 or "
-                                  f"{info.name}://0x4d2") from None
+                                  f"{info.name}://0x4d2, or a file for ftok: {info.name}:///path") from None
         if not -(2**31) <= key < 2**32:
             raise InvalidEndpoint(f"{url!r}: a System V key is a 32-bit number")
         return str(key)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Mapping
 
 from .errors import (
+    Busy,
     ChannelClosed,
     HandleClosed,
     LimitExceeded,
@@ -34,7 +35,7 @@ _GENERIC_LIMITS: Mapping[int, str] = {
 
 
 def os_error(err: int, what: str, filename: str | None = None,
-             limits: Mapping[int, str] | None = None) -> OSError:
+             limits: Mapping[int, str] | None = None) -> Exception:
     """Build the exception for kernel error number ``err`` while doing ``what`` (a short phrase).
 
     ``limits`` maps errnos that mean "a kernel limit refused this" in the caller's context to the
@@ -58,12 +59,14 @@ def os_error(err: int, what: str, filename: str | None = None,
 
 @contextlib.contextmanager
 def translating(what: str, filename: str | None = None,
-                limits: Mapping[int, str] | None = None) -> Iterator[None]:
+                limits: Mapping[int, str] | None = None,
+                remap: Mapping[int, int] | None = None) -> Iterator[None]:
     """Translate foreign exceptions raised inside the block into ipcraft's.
 
     OSErrors are re-raised as :func:`os_error` builds them (so errno is kept); posix_ipc's and
     sysv_ipc's classes become the matching OSError subclass or ipcraft error.  ipcraft's own
-    exceptions pass through untouched.
+    exceptions pass through untouched.  ``remap`` replaces an errno that means something more
+    specific in the caller's context (msgsnd's EINVAL on a validated call: the queue was removed).
     """
     try:
         yield
@@ -75,10 +78,14 @@ def translating(what: str, filename: str | None = None,
         raise
     except OSError as exc:
         if exc.errno is None:
-            raise
-        raise os_error(exc.errno, what, filename, limits) from exc
+            mapped = _from_foreign(exc, what, filename, limits, remap)  # posix_ipc/sysv_ipc: no errno
+            if mapped is None:
+                raise
+            raise mapped from exc
+        err = remap.get(exc.errno, exc.errno) if remap else exc.errno
+        raise os_error(err, what, filename, limits) from exc
     except Exception as exc:
-        mapped = _from_foreign(exc, what, filename, limits)
+        mapped = _from_foreign(exc, what, filename, limits, remap)
         if mapped is None:
             raise
         raise mapped from exc
@@ -114,31 +121,136 @@ def lock_error(err: int, what: str, filename: str | None = None,
         return OSError(err, f"{what}: not recoverable: an owner died and the next holder released it "
                             "without make_consistent(); initialise it again with create()")
     return os_error(err, what, filename, limits)
+def ring_error(rc: int, what: str, *, size: int | None = None, limit: int | None = None,
+               limit_source: str = "") -> Exception:
+    """The exception for ``-errno`` ``rc`` from a shared-memory ring operation (_native.RingEnd).
+
+    The ring reports its own conditions with errnos: EPROTO (a corrupt header, cursor or record),
+    ESHUTDOWN (the other side closed cleanly), EPIPE (the other side died: a watched fd hung up),
+    EBUSY (another thread holds a loan, a borrowed record or a copy), EMSGSIZE (the record cannot fit).
+    """
+    err = -rc
+    if err == _errno.EPROTO:
+        return ProtocolError(f"{what}: the shared ring is corrupt (a header, cursor or record length is "
+                             "out of range); the channel cannot be trusted and should be closed")
+    if err == _errno.ESHUTDOWN:
+        return ChannelClosed(f"{what}: the peer closed the channel")
+    if err == _errno.EPIPE:
+        return PeerVanished(f"{what}: the peer vanished (its process ended without closing)", err)
+    if err == _errno.EBUSY:
+        return Busy(f"{what}: another thread is using this end of the ring (a loaned or borrowed "
+                    "record, or a copy in progress)")
+    if err == _errno.EMSGSIZE:
+        return MessageTooLarge(f"{what}: a {size}-byte message exceeds the limit of {limit} bytes "
+                               f"({limit_source})", size, limit)
+    if err == _errno.ETIMEDOUT:
+        return Timeout(f"{what}: timed out (nothing was transferred; still usable)")
+    return os_error(err, what)
+
+
+# posix_ipc and sysv_ipc drop errno: one ExistentialError stands for EEXIST, ENOENT, EIDRM and EBADF,
+# and some failures are builtins without errno (OSError, ValueError, MemoryError).  Their messages are
+# fixed strings in their C sources (checked against posix_ipc 1.3.2 and sysv_ipc 1.2.0; tests/
+# test_errors_foreign.py provokes each one for real, so a release that rewords them fails loudly).
+# First match wins: the specific phrases come before the general "does not exist".
+_EXISTENTIAL_TEXTS: tuple[tuple[str, int], ...] = (
+    ("already exists", _errno.EEXIST),
+    ("no longer exists", _errno.EIDRM),
+    ("was removed", _errno.EIDRM),
+    ("does not exist or is not open", _errno.EBADF),   # mq_send/mq_receive EBADF
+    ("the queue does not exist", _errno.EBADF),        # mq_getattr/mq_close/mq_notify on a bad mqd
+    ("has been closed", _errno.EBADF),
+    ("does not exist", _errno.ENOENT),
+    ("no ", _errno.ENOENT),                            # "No queue exists with the specified name"
+)
+
+# Builtin exceptions these modules raise with a fixed text and no errno; matched exactly.
+_BUILTIN_TEXTS: Mapping[str, int] = {
+    "Insufficient space for a new queue": _errno.ENOSPC,                       # mq_open
+    "The system limit for message queues has been reached": _errno.ENOSPC,     # msgget
+    "Not enough shared memory identifiers available (ENOSPC)": _errno.ENOSPC,  # shmget
+    "This process already has the maximum number of files open": _errno.EMFILE,
+    "The system limit on the total number of open files has been reached": _errno.ENFILE,
+    "Invalid parameter(s)": _errno.EINVAL,
+    "The name is too long": _errno.ENAMETOOLONG,
+    "The message is too long": _errno.EMSGSIZE,
+    "Not enough memory": _errno.ENOMEM,
+}
+
+
+def _foreign_errno(exc: BaseException) -> int | None:
+    """The errno a posix_ipc/sysv_ipc exception stands for, or None if ``exc`` is not one of theirs."""
+    text = str(exc)
+    module = type(exc).__module__
+    if module in ("posix_ipc", "sysv_ipc"):
+        name = type(exc).__name__
+        if name == "ExistentialError":
+            low = text.lower()
+            return next((err for phrase, err in _EXISTENTIAL_TEXTS if phrase in low), _errno.ENOENT)
+        if name == "PermissionsError":
+            return _errno.EACCES
+        if text == "Signaled while waiting":                                     # sysv_ipc.Error
+            return _errno.EINTR
+        return None
+    if isinstance(exc, (OSError, ValueError, MemoryError)) and getattr(exc, "errno", None) is None:
+        return _BUILTIN_TEXTS.get(text)
+    return None
 
 
 def _from_foreign(exc: Exception, what: str, filename: str | None,
-                  limits: Mapping[int, str] | None) -> Exception | None:
+                  limits: Mapping[int, str] | None,
+                  remap: Mapping[int, int] | None = None) -> Exception | None:
     """Map a posix_ipc or sysv_ipc exception; None if ``exc`` comes from neither."""
-    module = type(exc).__module__
-    if module not in ("posix_ipc", "sysv_ipc"):
-        return None
     name = type(exc).__name__
-    text = str(exc)
-    if name == "BusyError":
-        return Timeout(f"{what}: timed out")
-    if name == "PermissionsError":
-        return PermissionError(_errno.EACCES, f"{what}: {text}", filename)
-    if name == "ExistentialError":
-        # posix_ipc and sysv_ipc use one class for EEXIST and ENOENT; the text tells them apart.
-        err = _errno.EEXIST if "exist" in text.lower() and "no " not in text.lower() else _errno.ENOENT
-        return os_error(err, what, filename, limits)
-    if name == "NotAttachedError":
-        return HandleClosed(f"{what}: {text}")
-    if name == "SignalError":
+    if type(exc).__module__ in ("posix_ipc", "sysv_ipc"):
+        if name == "BusyError" and "notifications" in str(exc):  # mq_notify EBUSY
+            return Busy(f"{what}: another process is already registered for notification")
+        if name == "BusyError":
+            return Timeout(f"{what}: timed out")
+        if name == "NotAttachedError":
+            return HandleClosed(f"{what}: {exc}")
+        if name == "SignalError":
+            return InterruptedError(_errno.EINTR, f"{what}: interrupted by a signal")
+    err = _foreign_errno(exc)
+    if err is None:
+        if type(exc).__module__ not in ("posix_ipc", "sysv_ipc"):
+            return None
+        # The base Error (and sysv_ipc's InternalError) name no cause: keep the text, errno EIO, so
+        # that nothing of these modules escapes untranslated.
+        return OSError(_errno.EIO, f"{what}: {exc} ({type(exc).__module__}.{name})", filename)
+    if remap:
+        err = remap.get(err, err)
+    if err == _errno.EACCES:
+        return PermissionError(_errno.EACCES, f"{what}: {exc}", filename)
+    if err == _errno.EINTR:
         return InterruptedError(_errno.EINTR, f"{what}: interrupted by a signal")
-    # The base Error (and sysv_ipc's InternalError) name no cause: keep the text, errno EIO, so that
-    # nothing of these modules escapes untranslated.
-    return OSError(_errno.EIO, f"{what}: {text} ({module}.{name})", filename)
+    return os_error(err, what, filename, limits)
+
+
+def removed_as_vanished(exc: BaseException) -> BaseException:
+    """For queue transports: an object removed under a handle (EIDRM) ends the queue for everyone,
+    so it becomes :class:`PeerVanished` (an EOFError carrying errno); other exceptions are returned
+    unchanged.  Raise the result with a plain ``raise``."""
+    if isinstance(exc, OSError) and exc.errno == _errno.EIDRM:
+        vanished = PeerVanished(str(exc), exc.errno)
+        vanished.__cause__ = exc
+        return vanished
+    return exc
+
+
+def translated(exc: BaseException, what: str, filename: str | None = None,
+               limits: Mapping[int, str] | None = None,
+               remap: Mapping[int, int] | None = None) -> BaseException:
+    """The exception :func:`translating` would raise for ``exc`` (``exc`` itself if it needs none).
+
+    For hot paths that catch first and translate only on failure, so the happy path pays neither a
+    context manager nor the formatting of ``what``.  Raise the result with a plain ``raise``.
+    """
+    try:
+        with translating(what, filename, limits, remap):
+            raise exc
+    except BaseException as mapped:  # noqa: BLE001 - handed back to the caller, who raises it
+        return mapped
 
 
 # sysv_ipc raises some kernel errors as builtin exceptions without an errno; these exact texts (from

@@ -134,7 +134,8 @@ _packer_kwargs = {"default": _msgpack_default, "use_bin_type": True}
 
 
 def _msgpack_dumps(obj: Any) -> bytes:
-    return msgpack.packb(obj, **_packer_kwargs)
+    packed: bytes = msgpack.packb(obj, **_packer_kwargs)
+    return packed
 
 
 def _msgpack_loads(buf: Any) -> Any:

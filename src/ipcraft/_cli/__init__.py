@@ -5,12 +5,16 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
+from .bench import bench
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ipcraft")
 def cli() -> None:
     """Every classic Unix IPC mechanism, measured, listed and driven from the shell."""
+
+
+cli.add_command(bench)
 
 
 def main() -> None:

@@ -164,7 +164,7 @@ def _objects(make_pair: Pair, caps: Capabilities) -> None:
             import numpy as np
         except ImportError:
             return
-        arrays = [np.arange(10, dtype=np.float64), np.arange(12, dtype=np.int32).reshape(3, 4),
+        arrays: list[Any] = [np.arange(10, dtype=np.float64), np.arange(12, dtype=np.int32).reshape(3, 4),
                   np.zeros((2, 0, 3), dtype=np.uint8), np.array(7, dtype=np.int16),
                   np.array([True, False]), np.arange(6, dtype=">i4").reshape(2, 3),
                   np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.arange(20)[::3],

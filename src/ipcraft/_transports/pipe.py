@@ -13,7 +13,7 @@ import socket
 
 from .._auth import Peer
 from ._io import FdStream, SocketStream, raise_sndbuf
-from .unix import peer_credentials
+from ..primitives.sockets import peer_credentials
 
 PIPE_SIZE = 1024 * 1024
 

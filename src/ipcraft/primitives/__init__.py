@@ -5,6 +5,8 @@ module              classes                                     the kernel facil
 ==================  ==========================================  ==========================================
 pipe                Pipe                                        pipe2, PIPE_BUF, F_GETPIPE_SZ/F_SETPIPE_SZ
 fifo                Fifo                                        mkfifo, blocking/O_NONBLOCK open, ENXIO
+posix_mq            PosixMessageQueue                           mq_open: priorities, notification, fd
+sysv_mq             SysVMessageQueue                            msgget/msgsnd/msgrcv: types, MSG_EXCEPT
 sockets             UnixSocket, TcpSocket, UdpSocket            AF_UNIX stream/dgram/seqpacket, SCM_RIGHTS,
                                                                 SO_PEERCRED; AF_INET/AF_INET6
 shm                 PosixSharedMemory, SysVSharedMemory         shm_open + mmap; shmget/shmat
@@ -28,6 +30,11 @@ from .fifo import Fifo as Fifo
 from .locks import FileLock as FileLock, LockHolder as LockHolder, RecordLock as RecordLock
 from .mmap_file import MappedFile as MappedFile
 from .pipe import Pipe as Pipe
+from .posix_mq import (
+    PRIORITY_MAX as PRIORITY_MAX,
+    PosixMessageQueue as PosixMessageQueue,
+    unlink_message_queue as unlink_message_queue,
+)
 from .semaphore import (
     PosixSemaphore as PosixSemaphore,
     SysVSemaphoreSet as SysVSemaphoreSet,
@@ -56,11 +63,21 @@ from .sockets import (
     peer_credentials as peer_credentials,
 )
 from .sync import SharedCondition as SharedCondition, SharedMutex as SharedMutex
+from .sysv_mq import (
+    IPC_PRIVATE as IPC_PRIVATE,
+    TYPE_MAX as TYPE_MAX,
+    SysVMessageQueue as SysVMessageQueue,
+    SysVMessageQueueStat as SysVMessageQueueStat,
+    ftok as ftok,
+    remove_message_queue as remove_message_queue,
+)
 
 __all__ = (
     "Pipe", "Fifo", "UnixSocket", "TcpSocket", "UdpSocket", "peer_credentials",
     "PosixSharedMemory", "SysVSharedMemory", "unlink_posix_shm", "remove_sysv_shm",
     "MappedFile",
+    "PosixMessageQueue", "unlink_message_queue", "PRIORITY_MAX",
+    "SysVMessageQueue", "SysVMessageQueueStat", "ftok", "remove_message_queue", "IPC_PRIVATE", "TYPE_MAX",
     "PosixSemaphore", "SysVSemaphoreSet", "unlink_posix_semaphore",
     "FileLock", "RecordLock", "LockHolder", "EventFD",
     "SharedMutex", "SharedCondition",

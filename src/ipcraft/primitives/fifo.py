@@ -268,7 +268,7 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def _open_error(exc: OSError, what: str, path: str) -> OSError:
+def _open_error(exc: OSError, what: str, path: str) -> Exception:
     if exc.errno == errno.ENXIO:
         return OSError(errno.ENXIO, f"{what} without blocking: no process has it open for reading (ENXIO); "
                        "the kernel refuses a non-blocking write-open until a reader exists. Open the "

@@ -1,0 +1,242 @@
+"""ipcraft's own subjects: every scheme of the endpoint table through the public API, and ipcraft.pipe().
+
+A scheme joins the bench by existing: connection schemes run as ``listen`` in B and ``connect`` in A;
+queue schemes run as two queues, each process creating (and owning) the one it receives on and opening
+the other's, which suits every queue family including those where the creator is the receiver
+(fifo://, unix+dgram://, udp://).  A scheme whose transport module is missing, or whose transport
+raises NotImplementedError, is reported as not available.  Schemes with a ``wait`` option run once per
+wait mode, and once more with the zero-copy API (``send_view``/``recv_view``) when the channel has it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from .._endpoint import SCHEMES
+from .._transports import module_for
+from ._harness import Ctl, Env, Link, Subject, Unavailable
+
+_SETUP_TIMEOUT = 30.0
+
+
+class _ChannelLink(Link):
+    """send_bytes / recv_bytes: what the issues' targets are quoted for."""
+
+    may_refuse = True
+
+    def __init__(self, tx: Any, rx: Any, handles: list[Any]) -> None:
+        self._handles = handles
+        send, recv = tx.send_bytes, rx.recv_bytes
+        self.send = send  # type: ignore[method-assign]
+        self.recv = recv  # type: ignore[method-assign]
+
+        def echo() -> None:
+            send(recv())
+
+        self.echo = echo  # type: ignore[method-assign]
+        self._recv = recv
+
+    def recv_timeout(self, timeout: float) -> Any:
+        return self._recv(timeout=timeout)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.close()
+
+
+class _ViewLink(Link):
+    """Zero copy on both sides: the sender fills a loan in place, the receiver borrows the record."""
+
+    may_refuse = True
+
+    def __init__(self, tx: Any, rx: Any, handles: list[Any]) -> None:
+        self._handles = handles
+        if not (hasattr(tx, "send_view") and hasattr(rx, "recv_view")):
+            self.close()
+            raise Unavailable("this channel has no send_view()/recv_view() (zero-copy API)")
+        send_view, recv_view = tx.send_view, rx.recv_view
+
+        def send(data: Any) -> None:
+            with send_view(len(data)) as buf:
+                buf[:] = data
+
+        def recv() -> int:
+            with recv_view() as v:
+                return len(v)
+
+        def echo() -> None:
+            with recv_view() as v:
+                with send_view(len(v)) as buf:
+                    buf[:] = v
+
+        self.send, self.recv, self.echo = send, recv, echo  # type: ignore[method-assign]
+        self._recv_view = recv_view
+
+    def recv_timeout(self, timeout: float) -> Any:
+        with self._recv_view(timeout=timeout) as v:
+            return bytes(v)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.close()
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SchemeSubject(Subject):
+    """One ipcraft URL scheme (in one wait mode, with one API)."""
+
+    def __init__(self, scheme: str, wait: str | None = None, api: str = "bytes") -> None:
+        self.scheme, self.wait, self.api = scheme, wait, api
+        self.info = SCHEMES[scheme]
+        self.name = f"{scheme}://" + (f" {wait}" if wait else "") + (" zero-copy" if api == "view" else "")
+        self.spins = wait == "spin"
+        self.idle_ok = wait != "spin"
+        self.facts = {"scheme": scheme, "family": self.info.family, "wait": wait, "api": api}
+        self._urls: dict[str, str] = {}
+        self._authkey = b""
+
+    def unavailable(self) -> str | None:
+        try:
+            module_for(self.scheme)
+        except NotImplementedError as exc:
+            return str(exc)
+        return None
+
+    def _options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.wait:
+            opts["wait"] = self.wait
+        if "authkey" in self.info.options:
+            opts["authkey"] = self._authkey
+        elif "insecure" in self.info.options:
+            opts["insecure"] = True
+        return opts
+
+    def _url(self, env: Env) -> str:
+        kind = self.info.address
+        if kind in ("unix", "path"):
+            return f"{self.scheme}://{env.path('.' + self.scheme.replace('+', '-'))}"
+        if kind == "name":
+            return f"{self.scheme}://{env.name()}"
+        if kind == "key":
+            return f"{self.scheme}://{env.key()}"
+        if kind == "host_port":
+            udp = self.info.family == "queue"
+            return f"{self.scheme}://127.0.0.1:{_free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)}"
+        raise AssertionError(kind)
+
+    def prepare(self, env: Env) -> None:
+        self._authkey = os.urandom(16)
+        self._urls = {"a": self._url(env), "b": self._url(env)}
+
+    def open(self, side: str, ctl: Ctl) -> Link:
+        import ipcraft
+
+        opts = self._options()
+        handles: list[Any]
+        tx: Any
+        rx: Any
+        if self.info.family == "connection":
+            if side == "b":
+                listener = ipcraft.listen(self._urls["b"], **opts)
+                try:
+                    ctl.put({"url": str(listener.endpoint)})
+                    ch = listener.accept(timeout=_SETUP_TIMEOUT)
+                finally:
+                    listener.close()
+            else:
+                ch = ipcraft.connect(ctl.get(_SETUP_TIMEOUT)["url"], timeout=_SETUP_TIMEOUT, **opts)
+            tx = rx = ch
+            handles = [ch]
+        else:
+            rx = ipcraft.queue(self._urls[side], create=True, **opts)
+            handles = [rx]
+            try:
+                ctl.put({"url": str(rx.endpoint)})
+                tx = ipcraft.queue(ctl.get(_SETUP_TIMEOUT)["url"], create=False, **opts)
+            except BaseException:
+                rx.close()
+                raise
+            handles.append(tx)
+        return (_ViewLink if self.api == "view" else _ChannelLink)(tx, rx, handles)
+
+    def cleanup(self) -> None:
+        """Remove the queues a killed child could not (the sweep covers what this misses)."""
+        if self.info.family != "queue":
+            return
+        import ipcraft
+
+        for url in self._urls.values():
+            try:
+                q = ipcraft.queue(url, create=False, **self._options())
+            except Exception:  # noqa: BLE001 - gone already (the usual case) or never made
+                continue
+            try:
+                q.unlink()
+            except Exception:  # noqa: BLE001
+                pass
+            finally:
+                q.close()
+
+
+class PipeSubject(Subject):
+    """ipcraft.pipe(): a socketpair (duplex), or two one-way pipes of 1 MiB capacity."""
+
+    def __init__(self, duplex: bool) -> None:
+        self.duplex = duplex
+        self.name = "ipcraft.pipe()" if duplex else "ipcraft.pipe(duplex=False)"
+        self.idle_ok = True
+        self.facts = {"scheme": "pipe", "family": "pipe", "duplex": duplex, "api": "bytes"}
+        self._made: list[Any] = []
+
+    def prepare(self, env: Env) -> None:
+        import ipcraft
+
+        if self.duplex:
+            self._made = list(ipcraft.pipe())
+        else:
+            self._made = [*ipcraft.pipe(duplex=False), *ipcraft.pipe(duplex=False)]  # (r_ab, w_ab, r_ba, w_ba)
+
+    def open(self, side: str, ctl: Ctl) -> Link:
+        m = self._made
+        if self.duplex:
+            mine, other = (m[0], m[1]) if side == "a" else (m[1], m[0])
+            other.close()
+            return _ChannelLink(mine, mine, [mine])
+        r_ab, w_ab, r_ba, w_ba = m
+        tx, rx, unused = (w_ab, r_ba, (r_ab, w_ba)) if side == "a" else (w_ba, r_ab, (r_ba, w_ab))
+        for ch in unused:
+            ch.close()
+        return _ChannelLink(tx, rx, [tx, rx])
+
+    def cleanup(self) -> None:
+        for ch in self._made:
+            ch.close()
+        self._made = []
+
+
+#: Table order: connection schemes first, then queues, as the endpoint table lists them.
+def ipcraft_subjects(waits: tuple[str, ...], schemes: set[str] | None = None) -> list[Subject]:
+    """Every ipcraft subject, optionally only those of ``schemes`` (``pipe`` names ipcraft.pipe())."""
+    out: list[Subject] = []
+    ordered = sorted(SCHEMES.values(), key=lambda s: s.family != "connection")
+    for info in ordered:
+        if schemes is not None and info.name not in schemes:
+            continue
+        if "wait" in info.options:
+            for wait in waits:
+                out.append(SchemeSubject(info.name, wait))
+            for wait in waits:
+                out.append(SchemeSubject(info.name, wait, api="view"))
+        else:
+            out.append(SchemeSubject(info.name))
+    if schemes is None or "pipe" in schemes:
+        out += [PipeSubject(True), PipeSubject(False)]
+    return out

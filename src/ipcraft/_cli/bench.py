@@ -1,0 +1,235 @@
+"""``ipcraft bench``: measure every scheme beside bare loops and peer libraries; tables, JSON, plot.
+
+The measuring lives in ipcraft._bench (no click or rich there); this module parses options, shows
+progress, prints the tables and the issues' targets, and writes the JSON and the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any
+
+import click
+
+from .._bench import DEFAULT_SIZES, Plan, format_size, parse_size, run, select_subjects
+from .._bench._plan import PLACEMENTS, WAITS
+from .._endpoint import SCHEMES
+
+_GROUP_STYLE = {"ipcraft": "bold cyan", "baseline": "green", "peer": "magenta"}
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if not value:
+        return DEFAULT_SIZES
+    try:
+        return tuple(dict.fromkeys(parse_size(v) for v in value.split(",") if v.strip()))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> set[str] | None:
+    if not value:
+        return None
+    names = {v.strip().removesuffix("://") for v in value.split(",") if v.strip()}
+    valid = set(SCHEMES) | {"pipe"}
+    unknown = names - valid
+    if unknown:
+        raise click.BadParameter(f"unknown scheme {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}")
+    return names
+
+
+@click.command()
+@click.option("--full", is_flag=True, help="Reference iteration counts and 3 repetitions (several minutes).")
+@click.option("--repeat", type=click.IntRange(min=1), default=None,
+              help="Repetitions (fresh process pairs); cells show the median and min-max.  [default: 1, --full 3]")
+@click.option("--only", "only", multiple=True, metavar="PATTERN",
+              help="Measure only subjects whose name matches (glob, or substring); repeatable.")
+@click.option("--schemes", callback=_schemes, metavar="LIST",
+              help="ipcraft schemes to measure, e.g. unix,shm,pipe (baselines and peers still run).")
+@click.option("--sizes", callback=_sizes, metavar="LIST", help="Message sizes, e.g. 64,4K,64K,1M.  [default: 64,4K,64K,1M]")
+@click.option("--wait", "waits", multiple=True, type=click.Choice(WAITS),
+              help="Wait modes of the shared-memory schemes; repeatable.  [default: spin and block]")
+@click.option("--placement", type=click.Choice(PLACEMENTS), default="cross", show_default=True,
+              help="cross: A on CPU 0, B on CPU 1; same: both on CPU 0; none: not pinned.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Round trips per size (override).")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="One-way messages per size (override).")
+@click.option("--idle", type=click.FloatRange(min=0), default=None,
+              help="Seconds a receiver idles in recv to measure its CPU use (0: skip).  [default: 0, --full 5]")
+@click.option("--timeout", "trial_timeout", type=click.FloatRange(min=1), default=None,
+              help="Seconds one process pair may run before it is killed.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the machine-readable report here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write a PNG plot here (needs matplotlib).")
+def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[str] | None,
+          sizes: tuple[int, ...], waits: tuple[str, ...], placement: str, iterations: int | None,
+          count: int | None, idle: float | None, trial_timeout: float | None, json_path: str | None,
+          plot_path: str | None) -> None:
+    """Measure ipcraft's schemes beside bare Python loops and peer libraries.
+
+    Each subject runs in a fresh pair of forked processes (pinned as --placement says): ping-pong
+    round-trip latency (p50/p99), one-way throughput (msg/s, MB/s) and CPU time per message of both
+    processes.  Quick by default (under a minute on two cores); --full for the reference counts.
+    """
+    from rich.console import Console
+
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib, which is not installed "
+                                   "(pip install matplotlib, or pip install 'ipcraft[bench]')") from None
+    try:
+        plan = Plan(sizes=sizes, full=full, repeat=repeat or (3 if full else 1), placement=placement,
+                    waits=tuple(dict.fromkeys(waits)) or WAITS, iterations=iterations, count=count,
+                    idle=idle if idle is not None else (5.0 if full else 0.0), trial_timeout=trial_timeout)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    subjects = select_subjects(plan, only, schemes)
+    if not subjects:
+        raise click.UsageError("no subject matches --only/--schemes")
+    out, err = Console(), Console(stderr=True)
+    out.print(f"[bold]ipcraft bench[/] · {'full' if full else 'quick'} · placement {plan.describe_placement()} · "
+              f"repeat {plan.repeat} · sizes {', '.join(format_size(z) for z in plan.sizes)}")
+    report = _run_with_progress(plan, subjects, err)
+    _print_report(out, report)
+    if json_path:
+        report["config"]["argv"] = sys.argv[1:]
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+        out.print(f"JSON written to {json_path}")
+    if plot_path:
+        from ._bench_plot import plot
+
+        plot(report, plot_path)
+        out.print(f"plot written to {plot_path}")
+
+
+def _run_with_progress(plan: Plan, subjects: list[Any], err: Any) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # No refresh thread: the runner forks, and a fork must not copy a lock another thread holds.
+    progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True, auto_refresh=False)
+    task = progress.add_task("starting", total=len(subjects) * plan.repeat)
+
+    def on_progress(done: int, total: int, label: str) -> None:
+        progress.update(task, completed=done, description=label)
+        progress.refresh()
+
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        with progress:
+            return run(plan, subjects, on_progress, progress.refresh)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the bench's processes were killed and its IPC objects removed")
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+def _num(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _cell(r: dict[str, Any], metric: str) -> str:
+    if r["status"] != "ok":
+        return f"[dim]{r['reason'] if r['status'] == 'skipped' else r['status']}[/]"
+    if metric == "rtt":
+        lat = r["latency_us"]
+        text = f"{_num(lat['p50'])} ({_num(lat['p99'])})"
+        if r["runs"] > 1:
+            text += f"\n[dim]{_num(lat['p50_min'])}-{_num(lat['p50_max'])}[/]"
+        return text
+    tp = r["throughput"]
+    if metric == "tput":
+        text = f"{_num(tp['mb_per_s'])} · {_num(tp['msg_per_s'])}/s"
+        if r["runs"] > 1:
+            text += f"\n[dim]{_num(tp['mb_per_s_min'])}-{_num(tp['mb_per_s_max'])}[/]"
+        return text
+    return _num(tp["cpu_us_per_msg"])
+
+
+def _print_report(out: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    sizes = report["config"]["sizes"]
+    by_name: dict[str, dict[int, dict[str, Any]]] = {}
+    groups: dict[str, str] = {}
+    for r in report["results"]:
+        if r["status"] in ("unavailable", "n/a"):
+            continue
+        by_name.setdefault(r["name"], {})[r["size"]] = r
+        groups[r["name"]] = r["group"]
+    titles = {"rtt": "Round-trip latency, µs: p50 (p99)",
+              "tput": "One-way throughput: MB/s · messages/s",
+              "cpu": "CPU time per one-way message, µs (both processes)"}
+    for metric, title in titles.items():
+        table = Table(title=title, title_justify="left", show_lines=report["config"]["repeat"] > 1)
+        table.add_column("subject")
+        for z in sizes:
+            table.add_column(format_size(z), justify="right")
+        for name, cells in by_name.items():
+            table.add_row(f"[{_GROUP_STYLE.get(groups[name], '')}]{name}[/]",
+                          *(_cell(cells[z], metric) for z in sizes))
+        out.print(table)
+    absent = [s for s in report["subjects"] if s["status"] in ("unavailable", "n/a")]
+    if absent:
+        out.print("[bold]Not available[/]")
+        for s in absent:
+            out.print(f"  {s['name']}: {s['reason']}")
+    for e in report["errors"]:
+        out.print(f"[red]error[/] {e['name']}: {e['reason']}")
+    for who, items in report["leftovers_removed"].items():
+        out.print(f"[yellow]removed leftovers of {who}[/]: {', '.join(items)}")
+    if report["idle"]:
+        out.print("[bold]Idle receiver[/] (blocked in recv; CPU as % of one core): " + ", ".join(
+            f"{i['name']} {i['cpu_percent']:.2f} %" for i in report["idle"]))
+    _print_targets(out, report["targets"])
+    m = report["machine"]
+    out.print(f"[dim]{m['cpu_model']} · {m['cpus']} CPUs · kernel {m['kernel']} · {m['python']} · "
+              f"placement {m['placement_text']} · {report['duration_s']:.0f} s[/]")
+
+
+def _fmt_target(t: dict[str, Any], value: float) -> str:
+    if t["kind"] == "ratio":
+        return f"{value:.2f}×"
+    if t["kind"] == "rtt":
+        return f"{value:.2f} µs"
+    if t["kind"] == "msgps":
+        return f"{value / 1e6:.2f} M msg/s"
+    if t["kind"] == "mbps":
+        return f"{value:,.0f} MB/s"
+    return f"{value:.2f} %"
+
+
+def _print_targets(out: Any, targets: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Issue targets (ratios from this run)", title_justify="left")
+    for col in ("issue", "measure", "value", "target", ""):
+        table.add_column(col)
+    for t in targets:
+        goal = f"{t['op']} {_fmt_target(t, t['target'])}"
+        if t["value"] is None:
+            table.add_row(str(t["issue"]), t["label"], "[dim]—[/]", goal, f"[dim]{t['missing']}[/]")
+        else:
+            verdict = "[green]met[/]" if t["met"] else "[red]not met[/]"
+            table.add_row(str(t["issue"]), t["label"], _fmt_target(t, t["value"]), goal, verdict)
+    out.print(table)

@@ -1,0 +1,319 @@
+/* The single-producer single-consumer ring: push/pop with the copy, waits, wake-ups (see _ring.py).
+ *
+ * The layout (header page, cursor cache lines, record format) is described in _ring.py, which checks
+ * at import that the constants in ring.h match its own (ring_layout()).  A RingEnd is one side of one
+ * ring: the producer or the consumer.  It holds a buffer export on the mapping for its whole life, so
+ * the memory cannot be unmapped under it, and it copies the capacity out of the header once, at
+ * construction: every address it computes afterwards is bounded by that private copy.  Cursors and
+ * record headers read from shared memory are validated before any copy; a bad one is -EPROTO.
+ *
+ * Ordering: a record is written, then the producer's cursor (head) is published with a release
+ * store; the consumer reads head with an acquire load before reading the record, and publishes tail
+ * with a release store after it has copied the record out.  Wake-ups follow Dekker's pattern: the
+ * waiter stores its "waiting" flag, issues a full fence, then re-checks the ring before sleeping; the
+ * other side publishes its cursor, issues a full fence, then reads the flag.  One of the two must see
+ * the other's store, so a wake-up is never lost.  The side that finds the flag set clears it with an
+ * exchange and writes the waiter's eventfd once.
+ *
+ * Operations return 0, a value, or -errno.  Waits run without the GIL, in slices: the caller
+ * (ringend.c) takes the GIL between slices to run signal handlers (Ctrl-C interrupts a wait).
+ */
+#include "ring.h"
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+
+void ring_efd_signal(int fd)
+{
+    uint64_t one = 1;
+    if (fd >= 0 && write(fd, &one, 8) < 0) {
+        /* EAGAIN: the counter is saturated, the waiter will wake anyway. */
+    }
+}
+
+static void efd_drain(int fd)
+{
+    uint64_t v;
+    if (fd >= 0 && read(fd, &v, 8) < 0) {
+        /* EAGAIN: nothing pending. */
+    }
+}
+
+/* After publishing our cursor: wake the other side if it sleeps (Dekker: fence, then read its flag). */
+static inline void wake_other(RingEnd *r, uint32_t *flag)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST))
+        ring_efd_signal(r->signal_fd);
+}
+
+void ring_release_if_done(RingEnd *r)
+{
+    if (r->closed && r->inflight == 0 && r->has_view) {
+        r->has_view = 0;
+        PyBuffer_Release(&r->view);
+    }
+}
+
+/* ---- producer ------------------------------------------------------------------------------- */
+
+/* Where a record of n payload bytes goes: sets *pad (wrap padding first) and *adv (head advance).
+ * Returns 0, -EAGAIN (not enough room now) or -EPROTO (the consumer's cursor is impossible). */
+int ring_place(RingEnd *r, uint64_t n, uint64_t *pad, uint64_t *adv)
+{
+    uint64_t rec = rec_size(n), p = r->pos & r->mask;
+    *pad = p + rec > r->cap ? r->cap - p : 0;
+    *adv = *pad + rec;
+    if (r->pos - r->seen + *adv <= r->cap)
+        return 0;
+    uint64_t tail = ld_acq(r->tail_p);
+    if (r->pos - tail > r->cap || (tail & 7))
+        return -EPROTO;
+    r->seen = tail;
+    return r->pos - tail + *adv <= r->cap ? 0 : -EAGAIN;
+}
+
+void ring_put_header(char *rec, int sid, unsigned flags, uint32_t n)
+{
+    rec[0] = (char)REC_MAGIC;
+    rec[1] = (char)sid;
+    uint16_t f = (uint16_t)flags;
+    memcpy(rec + 2, &f, 2);
+    memcpy(rec + 4, &n, 4);
+}
+
+void ring_publish(RingEnd *r, uint64_t adv)
+{
+    r->pos += adv;
+    __atomic_store_n(r->head_p, r->pos, __ATOMIC_RELEASE);
+    wake_other(r, r->cwait_p);
+}
+
+int ring_producer_gate(RingEnd *r, uint64_t n)
+{
+    if (r->closed || !r->has_view)
+        return -EBADF;
+    if (!r->producer)
+        return -EINVAL;
+    if (r->busy)
+        return -EBUSY;
+    if (n > r->limit)
+        return -EMSGSIZE;
+    if (__atomic_load_n(r->cclosed_p, __ATOMIC_ACQUIRE))
+        return -ESHUTDOWN;
+    return 0;
+}
+
+/* Push one record; the copy runs without the GIL when it is large (busy keeps other threads out). */
+int ring_push(RingEnd *r, int sid, const char *src, uint64_t n)
+{
+    uint64_t pad, adv;
+    int rc = ring_producer_gate(r, n);
+    if (rc == 0)
+        rc = ring_place(r, n, &pad, &adv);
+    if (rc < 0)
+        return rc;
+    char *at = r->data + (r->pos & r->mask);
+    if (pad) {
+        ring_put_header(at, 0, REC_FLAG_WRAP, 0);
+        at = r->data;
+    }
+    ring_put_header(at, sid, 0, (uint32_t)n);
+    if (n >= GIL_FREE_COPY) {
+        r->busy = 1;
+        r->inflight++;
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(at + REC_HEADER, src, n);
+        Py_END_ALLOW_THREADS
+        r->inflight--;
+        r->busy = 0;
+        if (r->closed) { /* closed by another thread meanwhile: publish nothing */
+            ring_release_if_done(r);
+            return -EBADF;
+        }
+    } else {
+        memcpy(at + REC_HEADER, src, n);
+    }
+    ring_publish(r, adv);
+    return 0;
+}
+
+/* ---- consumer ------------------------------------------------------------------------------- */
+
+/* Locate the next record: *rec its header, *n its payload length, *total how far tail moves past it
+ * (a wrap marker before it included).  0, -EAGAIN (empty) or -EPROTO. */
+int ring_next_record(RingEnd *r, char **rec, uint64_t *n, uint64_t *total)
+{
+    if (r->pos == r->seen) {
+        uint64_t head = ld_acq(r->head_p);
+        if (head - r->pos > r->cap || (head & 7))
+            return -EPROTO;
+        r->seen = head;
+        if (head == r->pos)
+            return -EAGAIN;
+    }
+    uint64_t avail = r->seen - r->pos, p = r->pos & r->mask, skip = 0;
+    char *at = r->data + p;
+    uint16_t flags;
+    memcpy(&flags, at + 2, 2);
+    if ((unsigned char)at[0] == REC_MAGIC && flags == REC_FLAG_WRAP) {
+        skip = r->cap - p;
+        at = r->data;
+        p = 0;
+        memcpy(&flags, at + 2, 2);
+    }
+    if ((unsigned char)at[0] != REC_MAGIC || flags != 0)
+        return -EPROTO;
+    uint32_t len = __atomic_load_n((uint32_t *)(at + 4), __ATOMIC_RELAXED); /* read once */
+    uint64_t size = rec_size(len);
+    if (skip + size > avail || p + size > r->cap)
+        return -EPROTO;
+    *rec = at;
+    *n = len;
+    *total = skip + size;
+    return 0;
+}
+
+int ring_consumer_gate(RingEnd *r)
+{
+    if (r->closed || !r->has_view)
+        return -EBADF;
+    if (r->producer)
+        return -EINVAL;
+    return r->busy ? -EBUSY : 0;
+}
+
+/* Level-triggered mode: make "the eventfd is readable" equal "a record is pending".
+ * Invariant kept everywhere: consumer_waiting == 1 implies the eventfd counter is 0. */
+void ring_level_resync(RingEnd *r)
+{
+    efd_drain(r->wait_fd);
+    __atomic_store_n(r->cwait_p, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (!ring_empty(r) && __atomic_exchange_n(r->cwait_p, 0, __ATOMIC_SEQ_CST))
+        ring_efd_signal(r->wait_fd);
+}
+
+void ring_level_sync(RingEnd *r)
+{
+    if (r->level && ring_empty(r) && __atomic_load_n(r->cwait_p, __ATOMIC_SEQ_CST) != 1)
+        ring_level_resync(r);
+}
+
+void ring_consume(RingEnd *r, uint64_t total)
+{
+    r->pos += total;
+    __atomic_store_n(r->tail_p, r->pos, __ATOMIC_RELEASE);
+    wake_other(r, r->pwait_p);
+    ring_level_sync(r);
+}
+
+/* ---- waiting -------------------------------------------------------------------------------- */
+
+/* Whether the wait is over.  Runs without the GIL, so it reads the cursors but changes nothing. */
+static int ready(RingEnd *r, uint64_t n)
+{
+    if (!r->producer)
+        return !ring_empty(r);
+    uint64_t rec = rec_size(n), p = r->pos & r->mask, tail = ld_acq(r->tail_p);
+    uint64_t adv = (p + rec > r->cap ? r->cap - p : 0) + rec;
+    return r->pos - tail > r->cap || r->pos - tail + adv <= r->cap; /* a corrupt cursor: let send() say so */
+}
+
+int ring_other_closed(RingEnd *r)
+{
+    return __atomic_load_n(r->producer ? r->cclosed_p : r->pclosed_p, __ATOMIC_ACQUIRE) != 0;
+}
+
+static int watch_fired(RingEnd *r)
+{
+    struct pollfd fds[4];
+    for (int i = 0; i < r->nwatch; i++)
+        fds[i] = (struct pollfd){.fd = r->watch_fds[i], .events = POLLIN};
+    return r->nwatch && poll(fds, (nfds_t)r->nwatch, 0) > 0;
+}
+
+/* The other side is gone: clean close (-ESHUTDOWN) or death (-EPIPE); what it left is still served. */
+static int gone(RingEnd *r, uint64_t n)
+{
+    if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
+        return -EBADF; /* we closed, and the descriptors being watched went with it */
+    int closed = ring_other_closed(r); /* read before the cursors: a producer closes after its last push */
+    if (ready(r, n) && !(r->producer && closed))
+        return 0;
+    return closed ? -ESHUTDOWN : -EPIPE;
+}
+
+static int settle(RingEnd *r, uint64_t n)
+{
+    if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
+        return -EBADF;
+    int closed = ring_other_closed(r); /* read before the cursors: a producer closes after its last push */
+    if (r->producer && closed)
+        return -ESHUTDOWN;
+    if (ready(r, n))
+        return 0;
+    return closed ? -ESHUTDOWN : 1;
+}
+
+/* One slice of a wait, without the GIL: returns 0 (ready), WAIT_SIGNALS (take the GIL, run signal
+ * handlers, come back) or -errno.  *spin_until is when spinning stops and sleeping starts. */
+int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline, long long spin_until)
+{
+    uint32_t *flag = r->producer ? r->pwait_p : r->cwait_p;
+    long long now = now_ns(), slice_end = now + CHECK_SIGNALS_NS, next_watch = now;
+    for (unsigned i = 0; r->spin_ns < 0 || now < spin_until; i++) {
+        int s = settle(r, n);
+        if (s <= 0)
+            return s;
+        if ((i & 63) == 0) {
+            now = now_ns();
+            if (has_deadline && now >= deadline)
+                return -ETIMEDOUT;
+            if (now >= next_watch) {
+                if (watch_fired(r))
+                    return gone(r, n);
+                next_watch = now + WATCH_NS;
+            }
+            if (now >= slice_end)
+                return WAIT_SIGNALS;
+        }
+        cpu_relax();
+    }
+    for (;;) {
+        int s = settle(r, n);
+        if (s <= 0)
+            return s;
+        efd_drain(r->wait_fd);
+        __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        s = settle(r, n);
+        if (s <= 0) {
+            if (__atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST) && !r->producer && r->level)
+                ring_efd_signal(r->wait_fd);
+            return s;
+        }
+        struct pollfd fds[5];
+        fds[0] = (struct pollfd){.fd = r->wait_fd, .events = POLLIN};
+        for (int i = 0; i < r->nwatch; i++)
+            fds[i + 1] = (struct pollfd){.fd = r->watch_fds[i], .events = POLLIN};
+        struct timespec ts, *tsp = NULL;
+        if (has_deadline) {
+            long long left = deadline - now_ns();
+            if (left < 0)
+                left = 0;
+            ts.tv_sec = left / 1000000000LL;
+            ts.tv_nsec = left % 1000000000LL;
+            tsp = &ts;
+        }
+        int rc = ppoll(fds, (nfds_t)(r->nwatch + 1), tsp, NULL);
+        if (rc < 0)
+            return errno == EINTR ? WAIT_SIGNALS : -errno;
+        if (rc == 0)
+            return settle(r, n) == 0 ? 0 : -ETIMEDOUT;
+        for (int i = 1; i <= r->nwatch; i++)
+            if (fds[i].revents)
+                return gone(r, n);
+    }
+}

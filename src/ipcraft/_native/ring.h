@@ -1,0 +1,91 @@
+/* The SPSC ring shared by ring.c (the algorithms) and ringend.c (the RingEnd type): constants, the
+ * per-side state, and the core operations.  The layout is documented in ipcraft/_ring.py. */
+#ifndef IPCRAFT_RING_H
+#define IPCRAFT_RING_H
+
+#include "native.h"
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+#define RING_MAGIC 0x5254464152435049ULL /* b"IPCRAFTR" little-endian */
+#define RING_VERSION 1u
+#define RING_HEADER_SIZE 4096u
+#define RING_MIN_CAPACITY 64u
+#define OFF_MAGIC 0
+#define OFF_VERSION 8
+#define OFF_FLAGS 12
+#define OFF_CAPACITY 16
+#define OFF_DATA 24
+#define OFF_CREATOR_PID 32
+#define OFF_OPENER_PID 36
+#define OFF_HEAD 128             /* producer's cache line */
+#define OFF_PRODUCER_CLOSED 136
+#define OFF_TAIL 256             /* consumer's cache line */
+#define OFF_CONSUMER_CLOSED 264
+#define OFF_CONSUMER_WAITING 384 /* the consumer sleeps (or keeps its eventfd level-triggered) */
+#define OFF_PRODUCER_WAITING 512 /* the producer sleeps on a full ring */
+#define REC_HEADER 8u
+#define REC_MAGIC 0xA1u
+#define REC_FLAG_WRAP 0x8000u
+
+#define CHECK_SIGNALS_NS 10000000LL /* while spinning, take the GIL this often to run signal handlers */
+#define WATCH_NS 1000000LL          /* while spinning, poll the peer-liveness fds this often */
+#define FAST_SPIN_MAX_NS 1000000LL  /* the fast path spins at most this long before the general path */
+#define GIL_FREE_COPY 262144u       /* copies this large release the GIL */
+#define WAIT_SIGNALS 1
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int has_view;
+    char *base, *data;
+    uint64_t cap, mask, limit;
+    uint64_t *head_p, *tail_p;
+    uint32_t *pclosed_p, *cclosed_p, *cwait_p, *pwait_p;
+    int producer, signal_fd, wait_fd, nwatch, watch_fds[4];
+    long long spin_ns;   /* < 0: never sleep */
+    uint64_t pos;        /* producer: head, consumer: tail (this side is their only writer) */
+    uint64_t seen;       /* producer: the last tail read, consumer: the last head read */
+    uint64_t loan_off, loan_pad, loan_len, borrow_total;
+    int level, busy, loaned, borrowed, inflight, closed;
+    int spun; /* try_recv just spun in vain: the next wait() sleeps at once */
+} RingEnd;
+
+static inline uint64_t ld_acq(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline int ring_empty(RingEnd *r) { return ld_acq(r->head_p) == r->pos; }
+
+void ring_efd_signal(int fd);
+void ring_release_if_done(RingEnd *r);
+int ring_place(RingEnd *r, uint64_t n, uint64_t *pad, uint64_t *adv);
+void ring_put_header(char *rec, int sid, unsigned flags, uint32_t n);
+void ring_publish(RingEnd *r, uint64_t adv);
+int ring_producer_gate(RingEnd *r, uint64_t n);
+int ring_push(RingEnd *r, int sid, const char *src, uint64_t n);
+int ring_next_record(RingEnd *r, char **rec, uint64_t *n, uint64_t *total);
+int ring_consumer_gate(RingEnd *r);
+void ring_level_resync(RingEnd *r);
+void ring_level_sync(RingEnd *r);
+void ring_consume(RingEnd *r, uint64_t total);
+int ring_other_closed(RingEnd *r);
+int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline, long long spin_until);
+
+#endif

@@ -1,0 +1,539 @@
+/* The RingEnd type: Python's handle on one side of an SPSC ring (the algorithms are in ring.c).
+ *
+ * Argument parsing, buffer exports, the fast path and the general methods.  The try_* methods are the
+ * channel's fast path (METH_FASTCALL / METH_NOARGS): they return True/bytes when they completed the
+ * operation, and False/None whenever anything else has to happen (the general methods, which return
+ * 0 / -errno, then tell what).  See ring.c for the ordering and wake-up rules.
+ */
+#include "ring.h"
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the Python type ------------------------------------------------------------------------ */
+
+static int fd_arg(PyObject *o, int *fd)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < -1 || v > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a file descriptor is an int >= 0, or -1 for none");
+        return -1;
+    }
+    *fd = (int)v;
+    return 0;
+}
+
+static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buf", "offset", "producer", "signal_fd", "wait_fd", "watch_fds",
+                             "spin_ns", "limit", NULL};
+    PyObject *buf, *sig = NULL, *wfd = NULL, *watch = NULL;
+    Py_ssize_t offset;
+    int producer;
+    long long spin_ns = 100000, limit = -1;
+    if (self->has_view) {
+        PyErr_SetString(PyExc_TypeError, "RingEnd is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onp|OOOLL:RingEnd", kwlist, &buf, &offset, &producer,
+                                     &sig, &wfd, &watch, &spin_ns, &limit))
+        return -1;
+    self->signal_fd = self->wait_fd = -1;
+    if ((sig && fd_arg(sig, &self->signal_fd) < 0) || (wfd && fd_arg(wfd, &self->wait_fd) < 0))
+        return -1;
+    if (self->wait_fd >= 0) {
+        int fl = fcntl(self->wait_fd, F_GETFL);
+        if (fl < 0 || !(fl & O_NONBLOCK)) {
+            PyErr_SetString(PyExc_ValueError, "wait_fd must be an open, non-blocking eventfd");
+            return -1;
+        }
+    }
+    self->nwatch = 0;
+    if (watch && watch != Py_None) {
+        PyObject *seq = PySequence_Fast(watch, "watch_fds must be a sequence of file descriptors");
+        if (seq == NULL)
+            return -1;
+        Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+        int ok = k <= 4;
+        if (!ok)
+            PyErr_SetString(PyExc_ValueError, "at most 4 watch_fds");
+        for (Py_ssize_t i = 0; ok && i < k; i++) {
+            int fd;
+            ok = fd_arg(PySequence_Fast_GET_ITEM(seq, i), &fd) == 0;
+            if (ok && fd >= 0)
+                self->watch_fds[self->nwatch++] = fd;
+        }
+        Py_DECREF(seq);
+        if (!ok)
+            return -1;
+    }
+    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    char *base = ipc_buffer_at(&self->view, offset, RING_HEADER_SIZE);
+    uint64_t magic, cap, doff, head, tail;
+    uint32_t version, flags;
+    if (base == NULL || ((uintptr_t)base & 63) != 0) {
+        if (base != NULL)
+            PyErr_SetString(PyExc_ValueError, "a ring must start 64-byte aligned");
+        PyBuffer_Release(&self->view);
+        return -1;
+    }
+    memcpy(&magic, base + OFF_MAGIC, 8);
+    memcpy(&version, base + OFF_VERSION, 4);
+    memcpy(&flags, base + OFF_FLAGS, 4);
+    memcpy(&cap, base + OFF_CAPACITY, 8);
+    memcpy(&doff, base + OFF_DATA, 8);
+    head = ld_acq((uint64_t *)(base + OFF_HEAD));
+    tail = ld_acq((uint64_t *)(base + OFF_TAIL));
+    const char *bad = NULL;
+    if (magic != RING_MAGIC || version != RING_VERSION || flags != 0)
+        bad = "bad ring magic, version or flags (a variant this SPSC code cannot serve)";
+    else if (cap < RING_MIN_CAPACITY || (cap & (cap - 1)) || cap > (1ULL << 40) || doff != RING_HEADER_SIZE ||
+             (uint64_t)(self->view.len - offset) < RING_HEADER_SIZE + cap)
+        bad = "the ring capacity is not a power of two >= 64 that fits the buffer";
+    else if (head - tail > cap || (head & 7) || (tail & 7))
+        bad = "the ring cursors are out of range";
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        PyBuffer_Release(&self->view);
+        return -1;
+    }
+    self->has_view = 1;
+    self->base = base;
+    self->data = base + RING_HEADER_SIZE;
+    self->cap = cap;
+    self->mask = cap - 1;
+    uint64_t most = cap / 2 - REC_HEADER; /* a record of up to cap/2 bytes always fits an empty ring */
+    self->limit = limit < 0 || (uint64_t)limit > most ? most : (uint64_t)limit;
+    if (!producer && limit >= 0)
+        self->limit = (uint64_t)limit < UINT32_MAX ? (uint64_t)limit : UINT32_MAX;
+    self->head_p = (uint64_t *)(base + OFF_HEAD);
+    self->tail_p = (uint64_t *)(base + OFF_TAIL);
+    self->pclosed_p = (uint32_t *)(base + OFF_PRODUCER_CLOSED);
+    self->cclosed_p = (uint32_t *)(base + OFF_CONSUMER_CLOSED);
+    self->cwait_p = (uint32_t *)(base + OFF_CONSUMER_WAITING);
+    self->pwait_p = (uint32_t *)(base + OFF_PRODUCER_WAITING);
+    self->producer = producer;
+    self->spin_ns = spin_ns;
+    self->pos = producer ? head : tail;
+    self->seen = producer ? tail : head;
+    return 0;
+}
+
+static void RingEnd_dealloc(RingEnd *self)
+{
+    if (self->has_view)
+        PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int get_src(PyObject *data, Py_buffer *v, const char **src, Py_ssize_t *n)
+{
+    if (PyBytes_CheckExact(data)) {
+        *src = PyBytes_AS_STRING(data);
+        *n = PyBytes_GET_SIZE(data);
+        v->obj = NULL;
+        return 0;
+    }
+    if (PyObject_GetBuffer(data, v, PyBUF_SIMPLE) < 0)
+        return -1;
+    *src = v->buf;
+    *n = v->len;
+    return 0;
+}
+
+static int send_args(PyObject *const *args, Py_ssize_t nargs, const char *name, int *sid)
+{
+    *sid = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s(data, sid=0) takes 1 or 2 arguments", name);
+        return -1;
+    }
+    if (nargs == 2) {
+        long s = PyLong_AsLong(args[1]);
+        if (s == -1 && PyErr_Occurred())
+            return -1;
+        if (s < 0 || s > 255) {
+            PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
+            return -1;
+        }
+        *sid = (int)s;
+    }
+    return 0;
+}
+
+static PyObject *RingEnd_try_send(RingEnd *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int sid;
+    Py_buffer v;
+    const char *src;
+    Py_ssize_t n;
+    if (send_args(args, nargs, "try_send", &sid) < 0)
+        return NULL;
+    if (get_src(args[0], &v, &src, &n) < 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    int rc = ring_push(self, sid, src, (uint64_t)n);
+    if (v.obj)
+        PyBuffer_Release(&v);
+    return PyBool_FromLong(rc == 0);
+}
+
+static PyObject *RingEnd_send(RingEnd *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int sid;
+    Py_buffer v;
+    const char *src;
+    Py_ssize_t n;
+    if (send_args(args, nargs, "send", &sid) < 0 || get_src(args[0], &v, &src, &n) < 0)
+        return NULL;
+    int rc = ring_push(self, sid, src, (uint64_t)n);
+    if (v.obj)
+        PyBuffer_Release(&v);
+    return PyLong_FromLong(rc);
+}
+
+/* Spin (without the GIL) until a record is pending or `ns` pass; 1 if one is. */
+static int spin_for(RingEnd *r, long long ns)
+{
+    int got = 0;
+    r->inflight++;
+    Py_BEGIN_ALLOW_THREADS
+    long long until = now_ns() + ns;
+    for (unsigned i = 1;; i++) {
+        if (!ring_empty(r) || ring_other_closed(r)) {
+            got = 1;
+            break;
+        }
+        if ((i & 63) == 0 && now_ns() >= until)
+            break;
+        cpu_relax();
+    }
+    Py_END_ALLOW_THREADS
+    r->inflight--;
+    ring_release_if_done(r);
+    return got;
+}
+
+static PyObject *RingEnd_try_recv(RingEnd *self, PyObject *unused)
+{
+    (void)unused;
+    char *rec;
+    uint64_t n, total;
+    if (ring_consumer_gate(self) < 0)
+        Py_RETURN_NONE;
+    int rc = ring_next_record(self, &rec, &n, &total);
+    if (rc == -EAGAIN && self->spin_ns != 0 && !ring_other_closed(self)) {
+        long long ns = self->spin_ns < 0 || self->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : self->spin_ns;
+        if (spin_for(self, ns) && ring_consumer_gate(self) == 0)
+            rc = ring_next_record(self, &rec, &n, &total);
+        self->spun = rc == -EAGAIN && self->spin_ns >= 0; /* the general path goes straight to sleep */
+    }
+    if (rc < 0 || n > self->limit)
+        Py_RETURN_NONE;
+    PyObject *b = PyBytes_FromStringAndSize(n >= GIL_FREE_COPY ? NULL : rec + REC_HEADER, (Py_ssize_t)n);
+    if (b == NULL)
+        return NULL;
+    if (n >= GIL_FREE_COPY) {
+        self->busy = 1;
+        self->inflight++;
+        char *dst = PyBytes_AS_STRING(b);
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(dst, rec + REC_HEADER, n);
+        Py_END_ALLOW_THREADS
+        self->inflight--;
+        self->busy = 0;
+        if (self->closed) {
+            ring_release_if_done(self);
+            Py_DECREF(b);
+            Py_RETURN_NONE;
+        }
+    }
+    ring_consume(self, total);
+    return b;
+}
+
+static PyObject *RingEnd_peek(RingEnd *self, PyObject *unused)
+{
+    (void)unused;
+    char *rec;
+    uint64_t n, total;
+    int rc = ring_consumer_gate(self);
+    if (rc == 0)
+        rc = ring_next_record(self, &rec, &n, &total);
+    if (rc < 0)
+        return PyLong_FromLong(rc);
+    self->busy = self->borrowed = 1;
+    self->borrow_total = total;
+    Py_ssize_t off = rec + REC_HEADER - (char *)self->view.buf;
+    return Py_BuildValue("(nKi)", off, (unsigned long long)n, (int)(unsigned char)rec[1]);
+}
+
+static PyObject *RingEnd_consume(RingEnd *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->borrowed)
+        return PyLong_FromLong(-EINVAL);
+    self->busy = self->borrowed = 0;
+    if (self->closed)
+        return PyLong_FromLong(-EBADF);
+    ring_consume(self, self->borrow_total);
+    return PyLong_FromLong(0);
+}
+
+/* Give back a borrowed record (kept in the ring) or a loan (never published). */
+static PyObject *give_back(RingEnd *self, int *lent)
+{
+    if (!*lent)
+        return PyLong_FromLong(-EINVAL);
+    self->busy = *lent = 0;
+    return PyLong_FromLong(0);
+}
+
+static PyObject *RingEnd_unpeek(RingEnd *self, PyObject *unused)
+{
+    (void)unused;
+    return give_back(self, &self->borrowed);
+}
+
+static PyObject *RingEnd_reserve(RingEnd *self, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    uint64_t pad, adv;
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0)
+        return PyLong_FromLong(-EINVAL);
+    int rc = ring_producer_gate(self, (uint64_t)n);
+    if (rc == 0)
+        rc = ring_place(self, (uint64_t)n, &pad, &adv);
+    if (rc < 0)
+        return PyLong_FromLong(rc);
+    self->busy = self->loaned = 1;
+    self->loan_pad = pad;
+    self->loan_len = (uint64_t)n;
+    self->loan_off = pad ? 0 : (self->pos & self->mask);
+    return PyLong_FromSsize_t(self->data + self->loan_off + REC_HEADER - (char *)self->view.buf);
+}
+
+static PyObject *RingEnd_commit(RingEnd *self, PyObject *arg)
+{
+    long sid = PyLong_AsLong(arg);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    if (!self->loaned)
+        return PyLong_FromLong(-EINVAL);
+    self->busy = self->loaned = 0;
+    if (self->closed)
+        return PyLong_FromLong(-EBADF);
+    if (self->loan_pad)
+        ring_put_header(self->data + (self->pos & self->mask), 0, REC_FLAG_WRAP, 0);
+    ring_put_header(self->data + self->loan_off, (int)(sid & 255), 0, (uint32_t)self->loan_len);
+    ring_publish(self, self->loan_pad + rec_size(self->loan_len));
+    return PyLong_FromLong(0);
+}
+
+static PyObject *RingEnd_abort(RingEnd *self, PyObject *unused)
+{
+    (void)unused;
+    return give_back(self, &self->loaned);
+}
+
+static PyObject *RingEnd_wait(RingEnd *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct timespec ts = {0, 0};
+    int has_timeout;
+    long long n = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "wait(timeout, n=0) takes 1 or 2 arguments");
+        return NULL;
+    }
+    if (ipc_timeout_arg(args[0], &ts, &has_timeout) < 0)
+        return NULL;
+    if (nargs == 2 && (n = PyLong_AsLongLong(args[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || (self->producer && (uint64_t)n > self->cap / 2 - REC_HEADER))
+        return PyLong_FromLong(-EMSGSIZE);
+    if (self->closed || !self->has_view)
+        return PyLong_FromLong(-EBADF);
+    long long start = now_ns();
+    long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    long long spin_until = self->spun ? start : start + self->spin_ns;
+    if (has_timeout && deadline < spin_until)
+        spin_until = deadline;
+    self->spun = 0;
+    int rc;
+    self->inflight++;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = ring_wait_slice(self, (uint64_t)n, has_timeout, deadline, spin_until);
+        Py_END_ALLOW_THREADS
+        if (rc != WAIT_SIGNALS)
+            break;
+        if (PyErr_CheckSignals() < 0) {
+            self->inflight--;
+            ring_release_if_done(self);
+            return NULL;
+        }
+    }
+    self->inflight--;
+    if (!self->closed && !self->producer && rc != 0)
+        ring_level_sync(self);
+    ring_release_if_done(self);
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *RingEnd_set_level(RingEnd *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    if (self->closed || !self->has_view || self->producer || self->wait_fd < 0)
+        return PyLong_FromLong(self->closed || !self->has_view ? -EBADF : -EINVAL);
+    if (on && !self->level) {
+        self->level = 1;
+        ring_level_resync(self);
+    }
+    self->level = on;
+    return PyLong_FromLong(0);
+}
+
+static PyObject *RingEnd_shutdown(RingEnd *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->closed || !self->has_view)
+        return PyLong_FromLong(-EBADF);
+    __atomic_store_n(self->producer ? self->pclosed_p : self->cclosed_p, 1, __ATOMIC_SEQ_CST);
+    ring_efd_signal(self->signal_fd);
+    return PyLong_FromLong(0);
+}
+
+static PyObject *RingEnd_close(RingEnd *self, PyObject *unused)
+{
+    (void)unused;
+    int wake = !self->closed && self->inflight;
+    __atomic_store_n(&self->closed, 1, __ATOMIC_RELAXED);
+    if (wake)
+        ring_efd_signal(self->wait_fd); /* a thread of ours sleeping in wait() wakes, sees closed: -EBADF */
+    ring_release_if_done(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *RingEnd_pending(RingEnd *self, void *unused)
+{
+    (void)unused;
+    if (!self->has_view)
+        return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLongLong(ld_acq(self->head_p) - ld_acq(self->tail_p));
+}
+
+static PyObject *RingEnd_get_u64(RingEnd *self, void *which)
+{
+    uintptr_t w = (uintptr_t)which;
+    return PyLong_FromUnsignedLongLong(w == 0 ? self->cap : w == 1 ? self->limit : self->pos);
+}
+
+static PyObject *RingEnd_closed(RingEnd *self, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->closed);
+}
+
+static PyMethodDef RingEnd_methods[] = {
+    {"try_send", (PyCFunction)(void (*)(void))RingEnd_try_send, METH_FASTCALL,
+     "try_send(data, sid=0) -> bool: push one record now if possible (the channel's fast path)."},
+    {"send", (PyCFunction)(void (*)(void))RingEnd_send, METH_FASTCALL,
+     "send(data, sid=0) -> int: push one record; 0, -EAGAIN (full), -EMSGSIZE, -ESHUTDOWN (the "
+     "consumer closed), -EBUSY (a loan or copy in progress), -EPROTO (corrupt cursor), -EBADF."},
+    {"try_recv", (PyCFunction)RingEnd_try_recv, METH_NOARGS,
+     "try_recv() -> bytes | None: pop one record's payload, spinning briefly on an empty ring."},
+    {"peek", (PyCFunction)RingEnd_peek, METH_NOARGS,
+     "peek() -> (offset, length, sid) | int: borrow the next record (offset of its payload in the "
+     "buffer) until ring_consume() or unpeek(); -EAGAIN (empty), -EBUSY, -EPROTO, -EBADF."},
+    {"consume", (PyCFunction)RingEnd_consume, METH_NOARGS, "ring_consume() -> int: release and drop the borrowed record."},
+    {"unpeek", (PyCFunction)RingEnd_unpeek, METH_NOARGS, "unpeek() -> int: release the borrowed record, keeping it."},
+    {"reserve", (PyCFunction)RingEnd_reserve, METH_O,
+     "reserve(n) -> int: loan n bytes for a record (offset of its payload in the buffer) until "
+     "commit() or abort(); -EAGAIN (full), -EMSGSIZE, -EBUSY, -ESHUTDOWN, -EPROTO, -EBADF."},
+    {"commit", (PyCFunction)RingEnd_commit, METH_O, "commit(sid) -> int: publish the loaned record."},
+    {"abort", (PyCFunction)RingEnd_abort, METH_NOARGS, "abort() -> int: drop the loan unpublished."},
+    {"wait", (PyCFunction)(void (*)(void))RingEnd_wait, METH_FASTCALL,
+     "wait(timeout, n=0) -> int: until a record is pending (consumer) or n payload bytes fit "
+     "(producer): spin spin_ns, then sleep on wait_fd.  0, -ETIMEDOUT, -ESHUTDOWN (the other side "
+     "closed), -EPIPE (a watch fd fired: the other side died), -EBADF."},
+    {"set_level", (PyCFunction)RingEnd_set_level, METH_O,
+     "set_level(on) -> int: consumer: keep wait_fd readable exactly while a record is pending."},
+    {"shutdown", (PyCFunction)RingEnd_shutdown, METH_NOARGS,
+     "shutdown() -> int: mark this side closed in the header and wake the other side."},
+    {"close", (PyCFunction)RingEnd_close, METH_NOARGS, "close(): release the buffer (idempotent)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef RingEnd_getset[] = {
+    {"capacity", (getter)RingEnd_get_u64, NULL, "data area bytes", (void *)0},
+    {"limit", (getter)RingEnd_get_u64, NULL, "largest payload sent or received by the fast path", (void *)1},
+    {"position", (getter)RingEnd_get_u64, NULL, "this side's cursor", (void *)2},
+    {"pending", (getter)RingEnd_pending, NULL, "bytes between the cursors", NULL},
+    {"closed", (getter)RingEnd_closed, NULL, "True after close()", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RingEnd_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipcraft._native.RingEnd",
+    .tp_basicsize = sizeof(RingEnd),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RingEnd(buf, offset, producer, signal_fd=-1, wait_fd=-1, watch_fds=(), spin_ns=100000, "
+              "limit=-1): one side of a single-producer single-consumer ring in buf at offset.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RingEnd_init,
+    .tp_dealloc = (destructor)RingEnd_dealloc,
+    .tp_methods = RingEnd_methods,
+    .tp_getset = RingEnd_getset,
+};
+
+static PyObject *ring_layout(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    static const struct { const char *name; unsigned long long value; } k[] = {
+        {"MAGIC", RING_MAGIC}, {"VERSION", RING_VERSION}, {"HEADER_SIZE", RING_HEADER_SIZE},
+        {"MIN_CAPACITY", RING_MIN_CAPACITY}, {"OFF_MAGIC", OFF_MAGIC}, {"OFF_VERSION", OFF_VERSION},
+        {"OFF_FLAGS", OFF_FLAGS}, {"OFF_CAPACITY", OFF_CAPACITY}, {"OFF_DATA", OFF_DATA},
+        {"OFF_CREATOR_PID", OFF_CREATOR_PID}, {"OFF_OPENER_PID", OFF_OPENER_PID}, {"OFF_HEAD", OFF_HEAD},
+        {"OFF_PRODUCER_CLOSED", OFF_PRODUCER_CLOSED}, {"OFF_TAIL", OFF_TAIL},
+        {"OFF_CONSUMER_CLOSED", OFF_CONSUMER_CLOSED}, {"OFF_CONSUMER_WAITING", OFF_CONSUMER_WAITING},
+        {"OFF_PRODUCER_WAITING", OFF_PRODUCER_WAITING}, {"REC_HEADER", REC_HEADER},
+        {"REC_MAGIC", REC_MAGIC}, {"REC_FLAG_WRAP", REC_FLAG_WRAP},
+    };
+    PyObject *d = PyDict_New();
+    for (size_t i = 0; d != NULL && i < sizeof k / sizeof k[0]; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(k[i].value);
+        if (v == NULL || PyDict_SetItemString(d, k[i].name, v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+static PyMethodDef ring_methods[] = {
+    {"ring_layout", ring_layout, METH_NOARGS,
+     "ring_layout() -> dict: the ring layout constants compiled into this module (see _ring.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int ipc_ring_init(PyObject *m)
+{
+    if (PyType_Ready(&RingEnd_Type) < 0 || PyModule_AddFunctions(m, ring_methods) < 0)
+        return -1;
+    Py_INCREF(&RingEnd_Type);
+    if (PyModule_AddObject(m, "RingEnd", (PyObject *)&RingEnd_Type) < 0) {
+        Py_DECREF(&RingEnd_Type);
+        return -1;
+    }
+    return 0;
+}

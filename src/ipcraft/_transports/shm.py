@@ -1,0 +1,387 @@
+"""shm://name: two shared-memory rings per connection, handed over a Unix-socket rendezvous.
+
+Decisions:
+
+* **memfd + a rendezvous, not named segments.**  ``listen("shm://name")`` binds the abstract Unix
+  socket ``@ipcraft-shm.<name>`` (through unix.py, so peer credentials are checked both ways).  For
+  each client it creates one anonymous memfd holding two rings (client->server, server->client) and
+  four eventfds (data and room for each ring), and passes them with SCM_RIGHTS.  Nothing is ever
+  named in /dev/shm or on the file system, and an abstract name vanishes with its socket, so nothing
+  is left behind even after kill -9 of either side: the memory is freed when the last mapping goes.
+* **The memfd is sealed** (no shrink, no grow, no new seals) before it is passed, and the client
+  checks the seals, so neither side can truncate the mapping under the other (a SIGBUS).
+* **Liveness, with the semantics of a socket.**  The rendezvous socket stays open for the life of the
+  channel and is the rings' *watch* descriptor (see _ring.py): it hangs up when the last copy of the
+  peer's socket closes, whichever process held it, so a waiting side notices a dead peer within about
+  a millisecond and raises PeerVanished.  A clean close() sets the rings' closed flags, so the peer
+  gets ChannelClosed instead, after the messages still in the ring.  A sender whose peer died
+  succeeds while the ring has room (as a socket's send buffer would) and raises PeerVanished once it
+  would have to wait.  No pidfd: a forked child may legitimately carry on with an end its parent
+  created, as with any file descriptor.
+* **fork() copies an end, so close() counts.**  Closing a copy must not end the channel for the
+  other copies (the usual pattern: create a pair, fork, each process closes the end it does not
+  use).  Each end keeps a count of the processes holding it in its outgoing ring's header
+  (``OFF_HANDLES``), raised by an os.register_at_fork hook before each fork; only the close() that takes
+  it to zero sets the closed flags.  A copy that is never closed (a child that ends with os._exit)
+  keeps the count up, and the peer then sees PeerVanished (a ChannelClosed) instead of a plain
+  ChannelClosed when the last socket copy goes.
+* **Capacity** is the client's ``capacity=`` if given, else the listener's, else 4 MiB per direction,
+  rounded up to a power of two.  A message may use half a ring; a larger one is MessageTooLarge
+  naming the capacity (see _ring.py for why not streaming).  ``wait=`` is each side's own choice.
+
+Handshake on the rendezvous socket, after unix.py's credential verdict::
+
+    client -> server   REQUEST  <8sIQ   b"IPCSHM\\x00\\x01", version 1, requested capacity (0: server's)
+    server -> client   OFFER    <8sIQ   same magic, version, capacity; SCM_RIGHTS: memfd, then the
+                                        eventfds c2s-data, c2s-room, s2c-data, s2c-room
+    client -> server   ACK      1 byte  0x01 once it has mapped and validated both rings
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import socket
+import stat
+import struct
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from .. import _framing, _native
+from .._endpoint import Endpoint
+from .._errors import os_error
+from .._ring import OFF_HANDLES, REC_HEADER, RingPort, check_ring, format_ring, max_payload, ring_size, round_capacity
+from ..errors import HandleClosed, ProtocolError, Timeout
+from . import Transport, unix
+from ._io import timed_out, wait_fd
+
+DEFAULT_CAPACITY = 4 * 1024 * 1024
+_HELLO = struct.Struct("<8sIQ")
+_MAGIC = b"IPCSHM\x00\x01"
+_VERSION = 1
+_ACK = b"\x01"
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def _rendezvous(endpoint: Endpoint) -> Endpoint:
+    keep = {k: v for k, v in endpoint.options.items()
+            if k in ("allowed_uids", "backlog", "handshake_timeout")}
+    return Endpoint("unix", f"@ipcraft-shm.{endpoint.address}", keep)
+
+
+class ShmTransport(Transport):
+    """One end of an shm:// connection: a producer port on one ring, a consumer port on the other."""
+
+    kind = "message"
+
+    def __init__(self, sock: socket.socket, mm: mmap.mmap, capacity: int, server: bool,
+                 efds: Sequence[int], endpoint: Endpoint, peer: Any) -> None:
+        self._sock: socket.socket | None = sock
+        self._mm: mmap.mmap | None = mm
+        self._fds = list(efds)
+        self._what = f"{endpoint} ({'server' if server else 'client'} side)"
+        self.peer = peer
+        self.authenticated = True  # the kernel vouched for the peer's uid and the policy accepted it
+        self.capacity = capacity
+        self.spin = endpoint.options.get("wait", "block") == "spin"
+        watch = (sock.fileno(),)
+        c2s_data, c2s_room, s2c_data, s2c_room = efds
+        c2s, s2c = 0, ring_size(capacity)
+        tx_off, rx_off = (s2c, c2s) if server else (c2s, s2c)
+        tx_data, tx_room, rx_data, rx_room = ((s2c_data, s2c_room, c2s_data, c2s_room) if server
+                                              else (c2s_data, c2s_room, s2c_data, s2c_room))
+        max_message = endpoint.options.get("max_message_size", _framing.DEFAULT_MAX_MESSAGE_SIZE)
+        self.max_payload = max_payload(capacity) + REC_HEADER
+        self.limit_source = (f"half the {capacity}-byte shm:// ring, less its 8-byte header; pass "
+                             "capacity= to connect() or listen() for larger messages")
+        self.tx = RingPort(mm, tx_off, producer=True, what=self._what, signal_fd=tx_data, wait_fd=tx_room,
+                           watch_fds=watch, spin=self.spin, limit=min(max_message, max_payload(capacity)),
+                           limit_source=self.limit_source)
+        self.rx = RingPort(mm, rx_off, producer=False, what=self._what, signal_fd=rx_room,
+                           wait_fd=rx_data, watch_fds=watch, spin=self.spin, limit=max_message,
+                           limit_source="this channel's max_message_size")
+        self._handles = tx_off + OFF_HANDLES
+        _native.atomic_add_u64(mm, self._handles, 1)
+        _OPEN.add(self)
+
+    # -- the channel's fast path and zero copy -----------------------------------------------------
+
+    def fast_path(self) -> tuple[Any, Any]:
+        """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path."""
+        return self.tx.end.try_send, self.rx.end.try_recv
+
+    def borrow(self, deadline: float | None) -> tuple[memoryview, int]:
+        """Lend the next record (Channel.recv_view): ``(read-only payload view, serializer id)``."""
+        self._check_open()
+        return self.rx.borrow(deadline)
+
+    def end_borrow(self) -> None:
+        """The borrowed record has been used: drop it from the ring."""
+        self.rx.consume()
+
+    def loan(self, n: int, deadline: float | None) -> memoryview:
+        """Lend ``n`` bytes of the ring to fill in place (Channel.send_view)."""
+        self._check_open()
+        return self.tx.loan(n, deadline)
+
+    def end_loan(self, publish: bool) -> None:
+        """Publish the loaned record as a RAW message, or drop it."""
+        if publish:
+            self.tx.commit(0)
+        else:
+            self.tx.abort()
+
+    # -- the message transport contract ------------------------------------------------------------
+
+    def send_message(self, parts: Sequence[Any], deadline: float | None) -> None:
+        self._check_open()
+        head = parts[0]
+        payload = parts[1] if len(parts) == 2 else b"".join(bytes(p) for p in parts[1:])
+        self.tx.send(payload, head[1], deadline)
+
+    def recv_message(self, deadline: float | None) -> bytes:
+        self._check_open()
+        return self.rx.recv(deadline)
+
+    def wait_readable(self, deadline: float | None) -> bool:
+        self._check_open()
+        return self.rx.wait_readable(deadline)
+
+    def fileno(self) -> int:
+        """The eventfd that is readable exactly while a message is pending (level-triggered)."""
+        self._check_open()
+        self.rx.end.set_level(True)
+        return self.rx.wait_fd
+
+    def extra(self) -> dict[str, Any]:
+        return {"ring_capacity": self.capacity, "max_message": self.tx.limit,
+                "wait": "spin" if self.spin else "block", "peer_pid": self.peer.pid}
+
+    def _check_open(self) -> None:
+        if self._sock is None:
+            raise HandleClosed(f"{self._what} is closed")
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        _OPEN.discard(self)
+        mm, self._mm = self._mm, None
+        assert mm is not None
+        if _native.atomic_add_u64(mm, self._handles, -1) == 1:  # the last copy of this end
+            for port in (self.tx, self.rx):
+                port.shutdown()
+        for port in (self.tx, self.rx):
+            port.close()
+        sock.close()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        _unmap(mm)
+
+
+#: Open ends in this process, so that a fork() can count its copies.
+_OPEN: weakref.WeakSet[ShmTransport] = weakref.WeakSet()
+
+
+def _count_fork_copies() -> None:
+    for t in list(_OPEN):
+        if t._mm is not None:
+            _native.atomic_add_u64(t._mm, t._handles, 1)
+
+
+# Counted in the parent before the fork, so that neither process can close its copy first and take
+# the count to zero while the other still holds one.  (If fork() fails the count stays one too
+# high: the peer would see PeerVanished instead of ChannelClosed at the end.)
+os.register_at_fork(before=_count_fork_copies)
+
+
+def _unmap(mm: mmap.mmap | None) -> None:
+    try:
+        if mm is not None:
+            mm.close()
+    except BufferError:
+        pass  # a view (an escaped recv_view, a half-built port) still exports it: unmapped when it goes
+
+
+def _send_hello(sock: socket.socket, capacity: int, fds: Sequence[int] = ()) -> None:
+    data = _HELLO.pack(_MAGIC, _VERSION, capacity)
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None, what: str,
+                maxfds: int = 0) -> tuple[bytes, list[int]]:
+    data, fds = b"", []
+    while len(data) < n:
+        try:
+            if maxfds:
+                chunk, got, _, _ = socket.recv_fds(sock, n - len(data), maxfds, socket.MSG_CMSG_CLOEXEC)
+                fds += got
+            else:
+                chunk = sock.recv(n - len(data))
+        except BlockingIOError:
+            if not wait_fd(sock.fileno(), 1, deadline):
+                _close_all(fds)
+                raise timed_out(f"{what} (the handshake)") from None
+            continue
+        except OSError as exc:
+            _close_all(fds)
+            raise os_error(exc.errno or errno.EIO, what) from exc
+        if not chunk:
+            _close_all(fds)
+            raise ProtocolError(f"{what}: the other side closed during the shm:// handshake")
+        data += chunk
+    return data, fds
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _parse_hello(data: bytes, what: str) -> int:
+    magic, version, capacity = _HELLO.unpack(data)
+    if magic != _MAGIC or version != _VERSION:
+        raise ProtocolError(f"{what}: the other side does not speak the shm:// handshake version "
+                            f"{_VERSION} (got {magic!r} version {version})")
+    return int(capacity)
+
+
+def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
+    """Connect to an shm:// listener, receive the rings and map them."""
+    try:
+        rv = unix.connect(_rendezvous(endpoint), deadline)
+    except (ConnectionRefusedError, FileNotFoundError) as exc:
+        raise os_error(exc.errno or errno.ECONNREFUSED, f"connecting to {endpoint}: no listener (its "
+                       f"rendezvous is the abstract socket @ipcraft-shm.{endpoint.address})") from exc
+    sock: socket.socket = rv.sock  # type: ignore[attr-defined]
+    what = f"connecting to {endpoint}"
+    hs_deadline = unix._handshake_deadline(endpoint, deadline)
+    fds: list[int] = []
+    mm = None
+    try:
+        want = endpoint.options.get("capacity", 0)
+        _send_hello(sock, round_capacity(want) if want else 0)
+        data, fds = _recv_exact(sock, _HELLO.size, hs_deadline, what, maxfds=5)
+        capacity = _parse_hello(data, what)
+        if len(fds) != 5:
+            raise ProtocolError(f"{what}: the server passed {len(fds)} descriptors, expected 5")
+        mm = _map_offer(fds[0], capacity, what)
+        _check_eventfds(fds[1:], what)
+        transport = ShmTransport(sock, mm, capacity, False, fds[1:], endpoint, rv.peer)
+        os.close(fds[0])
+        fds = []
+        sock.sendall(_ACK)
+        return transport
+    except BaseException:
+        _close_all(fds)
+        _unmap(mm)
+        sock.close()
+        raise
+
+
+def _map_offer(fd: int, capacity: int, what: str) -> mmap.mmap:
+    size = 2 * ring_size(capacity)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        raise ProtocolError(f"{what}: the shared memory offered is not a {size}-byte memfd")
+    if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+        raise ProtocolError(f"{what}: the shared memory offered is not sealed against resizing")
+    mm = mmap.mmap(fd, size)
+    try:
+        for off in (0, ring_size(capacity)):
+            if check_ring(mm, off, what) != capacity:
+                raise ProtocolError(f"{what}: a ring's capacity differs from the one offered")
+    except BaseException:
+        _unmap(mm)
+        raise
+    return mm
+
+
+def _check_eventfds(fds: Sequence[int], what: str) -> None:
+    for fd in fds:
+        try:
+            kind = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # no /proc: trust the credential-checked server
+        if kind != "anon_inode:[eventfd]" or not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+            raise ProtocolError(f"{what}: descriptor {kind} offered where a non-blocking eventfd belongs")
+
+
+class ShmListener:
+    """Accepts shm:// clients on the abstract rendezvous socket and gives each a pair of rings."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._unix: unix.UnixListener | None = unix.UnixListener(_rendezvous(endpoint))
+        self._capacity = round_capacity(endpoint.options.get("capacity", DEFAULT_CAPACITY))
+
+    def fileno(self) -> int:
+        if self._unix is None:
+            raise HandleClosed(f"the listener on {self.endpoint} is closed")
+        return self._unix.fileno()
+
+    def accept(self, deadline: float | None) -> Transport:
+        while True:
+            if self._unix is None:
+                raise HandleClosed(f"the listener on {self.endpoint} is closed")
+            rv = self._unix.accept(deadline)
+            try:
+                return self._handshake(rv.sock, rv.peer, deadline)  # type: ignore[attr-defined]
+            except (ProtocolError, Timeout, OSError):
+                # A client that vanished or misbehaved during the handshake: serve the next one.
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                continue
+
+    def _handshake(self, sock: socket.socket, peer: Any, deadline: float | None) -> Transport:
+        what = f"accepting on {self.endpoint}"
+        hs_deadline = unix._handshake_deadline(self.endpoint, deadline)
+        efds: list[int] = []
+        mm: mmap.mmap | None = None
+        transport: ShmTransport | None = None
+        try:
+            data, _ = _recv_exact(sock, _HELLO.size, hs_deadline, what)
+            asked = _parse_hello(data, what)
+            capacity = round_capacity(asked) if asked else self._capacity
+            size = 2 * ring_size(capacity)
+            memfd = os.memfd_create("ipcraft-shm", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
+                os.ftruncate(memfd, size)
+                fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _SEALS)
+                mm = mmap.mmap(memfd, size)
+                for off in (0, ring_size(capacity)):
+                    format_ring(mm, off, capacity)
+                efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(4)]
+                transport = ShmTransport(sock, mm, capacity, True, efds, self.endpoint, peer)
+                _send_hello(sock, capacity, [memfd, *efds])
+            finally:
+                os.close(memfd)
+            ack, _ = _recv_exact(sock, 1, hs_deadline, what)
+            if ack != _ACK:
+                raise ProtocolError(f"{what}: the client refused the rings")
+            return transport
+        except BaseException:
+            if transport is not None:
+                transport.close()  # closes the socket, the eventfds and the mapping
+            else:
+                _close_all(efds)
+                _unmap(mm)
+                sock.close()
+            raise
+
+    def close(self) -> None:
+        lst, self._unix = self._unix, None
+        if lst is not None:
+            lst.close()
+
+
+def listen(endpoint: Endpoint) -> ShmListener:
+    return ShmListener(endpoint)
