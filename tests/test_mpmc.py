@@ -295,3 +295,49 @@ def test_lock_of_a_killed_holder_is_taken_over(side: str) -> None:
         assert r.recovered == 1 and r.pending() == 0
     finally:
         r.close()
+
+
+# -- the channel's fast path -----------------------------------------------------------------------
+
+def test_fast_path_frames_sends_and_takes_ordinary_frames(ring: tuple[mmap.mmap, _mpmc.MpmcRing]) -> None:
+    """try_send puts an ipcraft frame header (magic, serializer id, length) in front; try_recv returns the
+    payload of such a frame, and None on an empty ring."""
+    from ipcraft._framing import header
+
+    _, r = ring
+    try_send, try_recv = r.fast_path()
+    assert try_send(b"payload", 3) is True
+    assert bytes(r.recv(0)) == header(3, 7) + b"payload"
+    r.send([header(0, 5), b"hello"], 0)
+    assert try_recv() == b"hello"
+    assert try_recv() is None
+
+
+def test_fast_path_leaves_the_unusual_to_the_general_path() -> None:
+    """try_send refuses what is not bytes-like, over the limit, or does not fit now; try_recv leaves a
+    foreign message, one over the limit, and every message once fileno() was used; nothing is lost."""
+    from ipcraft._framing import header
+
+    m = mmap.mmap(-1, _mpmc.ring_size(CAP))
+    _mpmc.format_ring(memoryview(m), CAP, 0)
+    r = _mpmc.MpmcRing(memoryview(m), "test ring", limit=100)
+    try:
+        try_send, try_recv = r.fast_path()
+        assert try_send(object()) is False and try_send(bytes(101)) is False
+        while try_send(bytes(100)):
+            pass
+        assert r.pending() + _record(108) > CAP  # refused only because it was full
+        while r.pending():
+            r.recv(0)
+        r.send([b"not a frame"], 0)
+        r.send([header(0, 200), bytes(200)], 0)
+        assert try_recv() is None and bytes(r.recv(0)) == b"not a frame"
+        assert try_recv() is None and len(r.recv(0)) == 208
+        r.fileno()
+        r.send([header(0, 1), b"x"], 0)
+        assert try_recv() is None and bytes(r.recv(0)) == header(0, 1) + b"x"
+        with pytest.raises(ValueError):
+            try_send(b"x", 256)
+    finally:
+        r.close()
+    assert try_send(b"x") is False and try_recv() is None  # closed: the general path raises

@@ -57,7 +57,8 @@ Decisions:
 * **fileno() without an eventfd.**  An eventfd cannot be shared by processes that merely know a name.
   A handle asked for fileno() binds an *abstract* Unix datagram socket named after a random token,
   records the token in one of 32 slots of the header and *arms* it whenever it finds the ring empty.
-  A producer that sees armed slots after publishing disarms them and sends each a 1-byte datagram.
+  A producer that sees armed slots after publishing disarms them and sends each a 1-byte datagram
+  (in C, mpmc.c's wake_fd_slots).
   The socket is therefore readable when a message may be pending (readiness can be spurious: another
   consumer may take it first).  Abstract names vanish with their process, so a dead holder leaves a
   slot that the first failed wake-up frees; nothing named is created in the filesystem.  Handles that
@@ -90,7 +91,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from . import _native
+from . import _framing, _native
 from ._errors import mpmc_error
 from ._wait import remaining
 from .errors import LimitExceeded, ProtocolError
@@ -117,7 +118,10 @@ OFF_FD_ARMED: Final = 640
 OFF_FD_SLOTS: Final = 1024
 FD_SLOTS: Final = 32
 FD_SLOT_SIZE: Final = 16
+#: The abstract socket name of an fd user (mpmc.c's FD_NAME_FORMAT, which pokes it).
+FD_NAME: Final = b"\0ipcraft-mpmc-%016x"
 REC_HEADER: Final = 8
+FRAME_MAGIC: Final = _framing.MAGIC
 FLAG_DURABLE: Final = 1
 #: How long a waiter spins before it sleeps (wait="block").
 SPIN_NS: Final = 100_000
@@ -246,7 +250,7 @@ class FdWake:
 
     @staticmethod
     def _address(token: int) -> bytes:
-        return b"\0ipcraft-mpmc-%016x" % token
+        return FD_NAME % token
 
     def fileno(self, pending: Callable[[], int]) -> int:
         if self._sock is None:
@@ -320,15 +324,6 @@ class FdWake:
         if pending():
             self._poke(self._token)
 
-    def wake_all(self) -> None:
-        """After a send that saw armed slots: disarm each and poke its socket."""
-        for i in range(FD_SLOTS):
-            off = OFF_FD_SLOTS + i * FD_SLOT_SIZE
-            if _native.atomic_load_u64(self._buf, off + 8) and self._disarm(off):
-                token = _native.atomic_load_u64(self._buf, off)
-                if token and not self._poke(token):
-                    _native.atomic_cas_u64(self._buf, off, token, 0)  # its process died: free the slot
-
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -349,10 +344,11 @@ class MpmcRing:
     _port: _native.MpmcPort | None = None
     _fd: FdWake | None = None
 
-    def __init__(self, buf: memoryview, what: str, *, spin: bool = False, sync: bool = False) -> None:
+    def __init__(self, buf: memoryview, what: str, *, spin: bool = False, sync: bool = False,
+                 limit: int = -1) -> None:
         self.what = what
         self.capacity, self.flags = check_ring(buf, what)
-        self._port = _native.MpmcPort(buf, spin_ns=-1 if spin else SPIN_NS, sync=sync)
+        self._port = _native.MpmcPort(buf, spin_ns=-1 if spin else SPIN_NS, sync=sync, limit=limit)
         self._fd = FdWake(buf, what)
         self._scratch = bytearray(64 * 1024)
         self.limit_source = (f"the capacity of {what}: {self.capacity} bytes of ring, set by capacity= "
@@ -370,10 +366,7 @@ class MpmcRing:
         if len(parts) > 8:
             parts = [b"".join(parts)]
         rc = port.send(parts, remaining(deadline))
-        if rc == 1:
-            assert self._fd is not None
-            self._fd.wake_all()
-        elif rc < 0:
+        if rc < 0:
             size = sum(memoryview(p).nbytes for p in parts)
             raise mpmc_error(rc, f"sending on {self.what}", size=size, limit=max_message(self.capacity),
                              limit_source=self.limit_source)
@@ -408,7 +401,14 @@ class MpmcRing:
     def fileno(self) -> int:
         port = self._live()
         assert self._fd is not None
-        return self._fd.fileno(port.pending)
+        fd = self._fd.fileno(port.pending)
+        port.fd_user = True  # receive by the general path from now on: it re-arms the fd
+        return fd
+
+    def fast_path(self) -> tuple[object, object]:
+        """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for the channel."""
+        port = self._live()
+        return port.try_send, port.try_recv
 
     def pending(self) -> int:
         return self._live().pending()

@@ -219,26 +219,32 @@ def test_fileno_is_readable_when_another_process_sends(ring_url: str) -> None:
         assert q.recv_bytes(timeout=0) == b"sel"
         child.result(10)
         assert select.select([fd], [], [], 0.05)[0] == []
+        q.send_bytes(b"mine")
+        assert select.select([fd], [], [], 10)[0] == [fd]
+        assert q.recv_bytes() == b"mine"  # no timeout: the fast path would not re-arm, so it is skipped
+        assert select.select([fd], [], [], 0.05)[0] == []
 
 
 # -- many producers and consumers ------------------------------------------------------------------
 
 def _produce(url: str, tag: int, count: int, stops: int, seed: int) -> int:
+    """Send ``count`` messages; tag 0 without a timeout (the channel's fast path), others with one."""
     rnd = random.Random(seed)
+    timeout = None if tag == 0 else 30
     with ipcraft.queue(url) as q:
         for seq in range(count):
-            q.send_bytes(_message(tag, seq, rnd.randrange(0, 200)), timeout=30)
+            q.send_bytes(_message(tag, seq, rnd.randrange(0, 200)), timeout=timeout)
         for _ in range(stops):
             q.send_bytes(b"stop", timeout=30)
     return count
 
 
-def _consume(url: str) -> bytes:
+def _consume(url: str, timeout: float | None) -> bytes:
     """Receive until a stop; return the (tag, seq) pairs packed, having checked every checksum."""
     got = bytearray()
     with ipcraft.queue(url) as q:
         while True:
-            data = q.recv_bytes(timeout=30)
+            data = q.recv_bytes(timeout=timeout)
             if data == b"stop":
                 return bytes(got)
             got += struct.pack("<II", *_check(data))
@@ -249,7 +255,7 @@ def test_two_producers_two_consumers_deliver_each_message_exactly_once(ring_url:
     """2 producers x 2 consumers, 100 000 checksummed messages: each arrives intact at exactly one consumer."""
     per = 50_000
     with ipcraft.queue(ring_url, create=True, capacity=64 * 1024):
-        consumers = [Child(_consume, ring_url) for _ in range(2)]
+        consumers = [Child(_consume, ring_url, timeout) for timeout in (None, 30)]
         producers = [Child(_produce, ring_url, tag, per, 1, tag) for tag in range(2)]
         assert [p.result(50) for p in producers] == [per, per]
         pairs = [pair for c in consumers for pair in struct.iter_unpack("<II", c.result(50))]

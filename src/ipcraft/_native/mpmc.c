@@ -27,8 +27,12 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,6 +57,8 @@
 #define FD_SLOTS 32
 #define FD_SLOT_SIZE 16
 #define REC_HEADER 8u
+#define FRAME_MAGIC 0xA1u                   /* ipcraft's frame header (_framing.py), for the fast path */
+#define FD_NAME_FORMAT "ipcraft-mpmc-%016llx" /* abstract socket of an fd user (FdWake in _mpmc.py) */
 
 #define SLEEP_SLICE_NS 100000000LL  /* a sleeper re-checks this often (a wake lost with a killed process) */
 #define SIGNAL_SLICE_NS 10000000LL  /* a spinner takes the GIL this often to run signal handlers */
@@ -76,6 +82,9 @@ typedef struct {
     uint64_t *fdarm_p; /* how many fd users are armed (_mpmc.py keeps it) */
     long long spin_ns; /* < 0: never sleep (wait="spin") */
     long pagesize;
+    int sender, has_sender; /* an unbound datagram socket for wake_fd_slots, made on first use */
+    int fd_user;            /* this handle gave out a fileno(): receive by the general path (it rearms) */
+    uint64_t limit; /* the fast path's largest payload (the channel's max_message_size) */
     uint64_t seen_head, seen_tail; /* caches: head and tail only grow, so an old value is a safe bound */
     unsigned long long needed, recovered;
 } MpmcPort;
@@ -165,6 +174,19 @@ static int lock_wait(MpmcPort *p, pthread_mutex_t *m, int has_deadline, long lon
     return -rc;
 }
 
+/* Let go of the buffer and the socket once closed and no operation is running (GIL held). */
+static void release_if_done(MpmcPort *p, int force)
+{
+    if ((p->closed || force) && p->inflight == 0 && p->has_view) {
+        p->has_view = 0;
+        PyBuffer_Release(&p->view);
+    }
+    if ((p->closed || force) && p->inflight == 0 && p->has_sender) {
+        p->has_sender = 0;
+        close(p->sender);
+    }
+}
+
 /* ---- the copies ---------------------------------------------------------------------------- */
 
 static void copy_in(MpmcPort *p, uint64_t pos, const char *src, uint64_t n)
@@ -247,34 +269,74 @@ static int push_locked(MpmcPort *p, const Parts *parts)
     return 0;
 }
 
-/* Consumer, holding its lock: the message length (copied into out), -EAGAIN (empty), -ENOBUFS (out is
- * too small: p->needed), -EPROTO (corrupt cursors) or -EBADMSG (a corrupt record: everything pending
- * was discarded, since the next record boundary cannot be trusted). */
-static long long pop_locked(MpmcPort *p, char *out, uint64_t room)
+/* Consumer, holding its lock: the length of the next message, its position in *tail, or -EAGAIN
+ * (empty), -EPROTO (corrupt cursors), -EBADMSG (a corrupt record header).  Changes nothing shared. */
+static long long peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out)
 {
     uint64_t tail = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED), head = p->seen_head;
     if ((int64_t)(head - tail) <= 0) {
         head = ld_acq(p->head_p);
         p->seen_head = head;
     }
+    *tail_out = tail;
+    *head_out = head;
     if (head == tail)
         return -EAGAIN;
     if (head - tail > p->cap || ((head | tail) & 7))
         return -EPROTO;
     uint32_t hdr[2];
     memcpy(hdr, p->data + (tail & p->mask), REC_HEADER);
-    uint64_t n = hdr[0], size = rec_size(n);
-    if (hdr[1] != ~hdr[0] || size > head - tail) {
-        __atomic_store_n(p->tail_p, head, __ATOMIC_RELEASE);
+    if (hdr[1] != ~hdr[0] || rec_size(hdr[0]) > head - tail)
         return -EBADMSG;
-    }
-    if (n > room) {
-        p->needed = n;
+    return hdr[0];
+}
+
+/* Consumer, holding its lock: the message length (copied into out), -EAGAIN, -EPROTO, -ENOBUFS (out
+ * is too small: p->needed) or -EBADMSG (a corrupt record: everything pending was discarded, since the
+ * next record boundary cannot be trusted). */
+static long long pop_locked(MpmcPort *p, char *out, uint64_t room)
+{
+    uint64_t tail, head;
+    long long n = peek_locked(p, &tail, &head);
+    if (n == -EBADMSG)
+        __atomic_store_n(p->tail_p, head, __ATOMIC_RELEASE);
+    if (n < 0)
+        return n;
+    if ((uint64_t)n > room) {
+        p->needed = (uint64_t)n;
         return -ENOBUFS;
     }
-    copy_out(p, tail + REC_HEADER, out, n);
-    __atomic_store_n(p->tail_p, tail + size, __ATOMIC_RELEASE);
-    return (long long)n;
+    copy_out(p, tail + REC_HEADER, out, (uint64_t)n);
+    __atomic_store_n(p->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
+    return n;
+}
+
+/* Poke the sockets of the armed fd users (see FdWake in _mpmc.py); a name nobody binds any more
+ * frees its slot.  Runs after the producer's fence, so an arming consumer is never missed. */
+static void wake_fd_slots(MpmcPort *p)
+{
+    if (!p->has_sender) {
+        if ((p->sender = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
+            return;
+        p->has_sender = 1;
+    }
+    for (int i = 0; i < FD_SLOTS; i++) {
+        uint64_t *token_p = (uint64_t *)(p->base + OFF_FD_SLOTS + i * FD_SLOT_SIZE), *armed_p = token_p + 1;
+        uint64_t one = 1;
+        if (!__atomic_load_n(armed_p, __ATOMIC_RELAXED) ||
+            !__atomic_compare_exchange_n(armed_p, &one, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+            continue;
+        __atomic_sub_fetch(p->fdarm_p, 1, __ATOMIC_SEQ_CST);
+        uint64_t token = __atomic_load_n(token_p, __ATOMIC_ACQUIRE);
+        if (token == 0)
+            continue;
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        int len = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, FD_NAME_FORMAT, (unsigned long long)token);
+        socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len);
+        if (sendto(p->sender, "!", 1, 0, (struct sockaddr *)&a, alen) < 0 &&
+            (errno == ECONNREFUSED || errno == ENOENT))
+            __atomic_compare_exchange_n(token_p, &token, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+    }
 }
 
 static long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room)
@@ -286,6 +348,8 @@ static long long attempt(MpmcPort *p, int producer, const Parts *parts, char *ou
             if (p->sync && (rc = sync_header(p)) < 0)
                 return rc;
             wake_sleepers(p->csleep_p, p->head_p);
+            if (__atomic_load_n(p->fdarm_p, __ATOMIC_RELAXED))
+                wake_fd_slots(p);
         }
         return rc;
     }
@@ -419,10 +483,7 @@ static long long operate(MpmcPort *p, int op, const Parts *parts, char *out, uin
         }
     }
     p->inflight--;
-    if (p->closed && p->inflight == 0 && p->has_view) {
-        p->has_view = 0;
-        PyBuffer_Release(&p->view);
-    }
+    release_if_done(p, 0);
     return result;
 }
 
@@ -430,15 +491,15 @@ static long long operate(MpmcPort *p, int op, const Parts *parts, char *out, uin
 
 static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buf", "spin_ns", "sync", NULL};
+    static char *kwlist[] = {"buf", "spin_ns", "sync", "limit", NULL};
     PyObject *buf;
-    long long spin_ns = 100000;
+    long long spin_ns = 100000, limit = -1;
     int sync = 0;
     if (self->has_view || self->closed) {
         PyErr_SetString(PyExc_TypeError, "MpmcPort is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|Lp:MpmcPort", kwlist, &buf, &spin_ns, &sync))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|LpL:MpmcPort", kwlist, &buf, &spin_ns, &sync, &limit))
         return -1;
     if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE) < 0)
         return -1;
@@ -488,13 +549,15 @@ static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
     self->pagesize = pagesize;
     self->seen_head = head;
     self->seen_tail = tail;
+    uint64_t most = cap - 2 * REC_HEADER; /* a payload behind its frame header in a record */
+    self->limit = limit < 0 || (uint64_t)limit > most ? most : (uint64_t)limit;
     return 0;
 }
 
 static void MpmcPort_dealloc(MpmcPort *self)
 {
-    if (self->has_view)
-        PyBuffer_Release(&self->view);
+    self->inflight = 0;
+    release_if_done(self, 1);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -576,6 +639,66 @@ static PyObject *MpmcPort_wait(MpmcPort *self, PyObject *const *args, Py_ssize_t
     return result_of(operate(self, OP_WAIT, NULL, NULL, 0, args[0]));
 }
 
+/* ---- the channel's fast path: complete the common case at once, else leave it to the general path */
+
+static PyObject *MpmcPort_try_send(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long sid = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "try_send(data, sid=0) takes 1 or 2 arguments");
+        return NULL;
+    }
+    if (nargs == 2 && ((sid = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if (sid < 0 || sid > 255) {
+        PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
+        return NULL;
+    }
+    Py_buffer v;
+    if (!self->has_view || self->closed || PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    uint64_t n = (uint64_t)v.len;
+    unsigned char hdr[8] = {FRAME_MAGIC, (unsigned char)sid, 0, 0};
+    uint32_t n32 = (uint32_t)n;
+    memcpy(hdr + 4, &n32, 4);
+    Parts parts = {.src = {(const char *)hdr, v.buf}, .len = {8, n}, .nparts = 2, .total = n + 8};
+    int ok = !self->sync && n <= self->limit && n < GIL_FREE_BYTES && lock_try(self, self->plock) == 0 &&
+             attempt(self, 1, &parts, NULL, 0) == 0;
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    uint64_t tail, head;
+    unsigned char hdr[8];
+    uint32_t len;
+    if (!self->has_view || self->closed || self->sync || self->fd_user || lock_try(self, self->clock_) != 0)
+        Py_RETURN_NONE;
+    long long n = peek_locked(self, &tail, &head);
+    if (n >= 8) {
+        memcpy(hdr, self->data + ((tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
+        memcpy(&len, hdr + 4, 4);
+    }
+    /* Anything unusual (empty, corrupt, another frame format, too large) is the general path's. */
+    if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit) {
+        pthread_mutex_unlock(self->clock_);
+        Py_RETURN_NONE;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
+    if (b != NULL) {
+        copy_out(self, tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
+        __atomic_store_n(self->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(self->clock_);
+    if (b != NULL)
+        wake_sleepers(self->psleep_p, self->tail_p);
+    return b;
+}
+
 static PyObject *MpmcPort_pending(MpmcPort *self, PyObject *unused)
 {
     if (usable(self, 0, 0, "pending()") < 0)
@@ -588,10 +711,7 @@ static PyObject *MpmcPort_close(MpmcPort *self, PyObject *unused)
 {
     (void)unused;
     self->closed = 1;
-    if (self->has_view && self->inflight == 0) {
-        self->has_view = 0;
-        PyBuffer_Release(&self->view);
-    }
+    release_if_done(self, 0);
     Py_RETURN_NONE;
 }
 
@@ -625,6 +745,12 @@ static PyMethodDef MpmcPort_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))MpmcPort_wait, METH_FASTCALL,
      "wait(timeout) -> int: 0 once a message is pending (another consumer may take it first), "
      "-ETIMEDOUT, -EBADF."},
+    {"try_send", (PyCFunction)(void (*)(void))MpmcPort_try_send, METH_FASTCALL,
+     "try_send(data, sid=0) -> bool: append data behind an ipcraft frame header if that can be done at "
+     "once (lock free, room, size within limit); False leaves everything to the general path."},
+    {"try_recv", (PyCFunction)MpmcPort_try_recv, METH_NOARGS,
+     "try_recv() -> bytes | None: take the next message's payload if it is an ordinary ipcraft frame "
+     "within limit and can be taken at once; None leaves everything to the general path."},
     {"pending", (PyCFunction)MpmcPort_pending, METH_NOARGS,
      "pending() -> int: bytes of records waiting in the ring."},
     {"close", (PyCFunction)MpmcPort_close, METH_NOARGS,
@@ -632,7 +758,26 @@ static PyMethodDef MpmcPort_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *MpmcPort_get_fd_user(MpmcPort *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->fd_user);
+}
+
+static int MpmcPort_set_fd_user(MpmcPort *self, PyObject *value, void *c)
+{
+    (void)c;
+    int on = value == NULL ? 0 : PyObject_IsTrue(value);
+    if (on < 0)
+        return -1;
+    self->fd_user = on;
+    return 0;
+}
+
 static PyGetSetDef MpmcPort_getset[] = {
+    {"fd_user", (getter)MpmcPort_get_fd_user, (setter)MpmcPort_set_fd_user,
+     "set once this handle gave out a fileno(): try_recv() then leaves every receive to the general "
+     "path, which re-arms the fd", NULL},
     {"needed", (getter)MpmcPort_get_needed, NULL, "size of the message a too-small recv_into left", NULL},
     {"recovered", (getter)MpmcPort_get_recovered, NULL,
      "how many times this port took a lock whose holder had died", NULL},
@@ -645,7 +790,7 @@ static PyTypeObject MpmcPortType = {
     .tp_name = "ipcraft._native.MpmcPort",
     .tp_basicsize = sizeof(MpmcPort),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "MpmcPort(buf, spin_ns=100000, sync=False): one process's handle on a multi-producer "
+    .tp_doc = "MpmcPort(buf, spin_ns=100000, sync=False, limit=-1): one process's handle on a multi-producer "
               "multi-consumer ring formatted in buf (see ipcraft/_mpmc.py).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)MpmcPort_init,

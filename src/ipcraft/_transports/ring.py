@@ -32,6 +32,7 @@ from typing import Any
 from .. import _mpmc
 from .._endpoint import Endpoint
 from .._errors import translating
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE
 from .._names import DEFAULT_MODE
 from ..errors import HandleClosed
 from ..primitives.mmap_file import MappedFile
@@ -95,7 +96,8 @@ class MpmcQueue(Transport):
                 if self.durable:
                     self._attach_durable(what)
             self._ring = _mpmc.MpmcRing(self._view, what, spin=opts.get("wait", "block") == "spin",
-                                        sync=bool(opts.get("sync", False)))
+                                        sync=bool(opts.get("sync", False)),
+                                        limit=opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
         except BaseException:
             self.close()
             raise
@@ -153,6 +155,11 @@ class MpmcQueue(Transport):
 
     def wait_readable(self, deadline: float | None) -> bool:
         return self._live().wait(deadline)
+
+    def fast_path(self) -> tuple[Any, Any]:
+        """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)``: the channel's fast path in
+        C, which completes a send or receive that needs no wait and returns False/None otherwise."""
+        return self._live().fast_path()
 
     def fileno(self) -> int:
         """A datagram socket that becomes readable when a message may be pending (see _mpmc.py)."""
