@@ -194,19 +194,23 @@ def test_blocked_sender_wakes_when_room_is_made(ring_url: str) -> None:
 
 
 def test_ctrl_c_interrupts_a_blocked_receive(ring_url: str) -> None:
-    """SIGINT interrupts a receive sleeping on an empty queue with KeyboardInterrupt."""
-    def receive(url: str) -> str:
+    """SIGINT interrupts a receive waiting on an empty queue with KeyboardInterrupt, whether it arrives
+    while the receiver spins, sleeps, or is about to sleep."""
+    def receive(url: str) -> list[str]:
+        signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
+        out = []
         with ipcraft.queue(url) as q:
-            signal.setitimer(signal.ITIMER_REAL, 0.3)
-            signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
-            try:
-                q.recv(timeout=20)
-            except KeyboardInterrupt:
-                return "interrupted"
-            return "returned"
+            for delay in (0.0001, 0.0002, 0.0005, 0.01, 0.05, 0.13, 0.3):
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, delay)
+                    q.recv(timeout=5)
+                    out.append("returned")
+                except KeyboardInterrupt:
+                    out.append("interrupted")
+        return out
 
     with ipcraft.queue(ring_url, create=True):
-        assert Child(receive, ring_url).result(10) == "interrupted"
+        assert Child(receive, ring_url).result(20) == ["interrupted"] * 7
 
 
 def test_fileno_is_readable_when_another_process_sends(ring_url: str) -> None:

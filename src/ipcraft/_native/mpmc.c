@@ -408,7 +408,9 @@ static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long de
             left = deadline - now;
         struct timespec ts = {.tv_sec = left / 1000000000LL, .tv_nsec = left % 1000000000LL};
         long rc = syscall(SYS_futex, (uint32_t *)cursor, FUTEX_WAIT, seen, &ts, NULL, 0);
-        if (rc < 0 && errno == EINTR)
+        /* A signal that arrived just before the sleep did not interrupt it: a whole slice slept is
+         * the caller's cue to run the signal handlers (the spin phase is over, it comes back here). */
+        if (rc < 0 && (errno == EINTR || errno == ETIMEDOUT))
             return WAIT_SIGNALS;
     }
 }
