@@ -64,6 +64,7 @@
 #define SIGNAL_SLICE_NS 10000000LL  /* a spinner takes the GIL this often to run signal handlers */
 #define LOCK_SPIN_NS 50000LL        /* spin for a busy lock this long before sleeping on it */
 #define GIL_FREE_BYTES 65536u       /* copies this large run without the GIL */
+#define FAST_SPIN_MAX_NS 1000000LL  /* try_recv spins at most this long on an empty ring */
 #define MAX_PARTS 8
 #define WAIT_SIGNALS (-200000) /* internal: take the GIL, run signal handlers, carry on */
 #define PY_ERROR (-100000)      /* internal: a Python exception is set */
@@ -83,6 +84,7 @@ typedef struct {
     long long spin_ns; /* < 0: never sleep (wait="spin") */
     long pagesize;
     int sender, has_sender; /* an unbound datagram socket for wake_fd_slots, made on first use */
+    int spun;               /* try_recv spun in vain just now: the general receive sleeps at once */
     int fd_user;            /* this handle gave out a fileno(): receive by the general path (it rearms) */
     uint64_t limit; /* the fast path's largest payload (the channel's max_message_size) */
     uint64_t seen_head, seen_tail; /* caches: head and tail only grow, so an old value is a safe bound */
@@ -469,6 +471,9 @@ static long long operate(MpmcPort *p, int op, const Parts *parts, char *out, uin
     long long start = now_ns(), result;
     long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     long long spin_until = p->spin_ns < 0 ? LLONG_MAX : start + p->spin_ns;
+    if (op != OP_SEND && p->spun)
+        spin_until = start; /* try_recv just spun in vain: one spin phase per wait */
+    p->spun = 0;
     p->inflight++;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
@@ -672,13 +677,43 @@ static PyObject *MpmcPort_try_send(MpmcPort *self, PyObject *const *args, Py_ssi
     return PyBool_FromLong(ok);
 }
 
+/* Without the GIL: spin up to ns for a pending record (the fast receive's brief wait).  1 if one is. */
+static int spin_for(MpmcPort *p, long long ns)
+{
+    long long end = now_ns() + ns;
+    for (unsigned i = 1;; i++) {
+        if (ready(p, 0))
+            return 1;
+        if ((i & 63) == 0 && (now_ns() >= end || __atomic_load_n(&p->closed, __ATOMIC_RELAXED)))
+            return 0;
+        cpu_relax();
+    }
+}
+
 static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
 {
     (void)unused;
     uint64_t tail, head;
     unsigned char hdr[8];
     uint32_t len;
-    if (!self->has_view || self->closed || self->sync || self->fd_user || lock_try(self, self->clock_) != 0)
+    if (!self->has_view || self->closed || self->sync || self->fd_user)
+        Py_RETURN_NONE;
+    if (!ready(self, 0) && self->spin_ns != 0) {
+        /* An empty ring: spin here (a reply often comes within microseconds, and the general path
+         * costs more than that in Python); if in vain, the general path sleeps without spinning again. */
+        long long ns = self->spin_ns < 0 || self->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : self->spin_ns;
+        int got;
+        self->inflight++;
+        Py_BEGIN_ALLOW_THREADS
+        got = spin_for(self, ns);
+        Py_END_ALLOW_THREADS
+        self->inflight--;
+        release_if_done(self, 0);
+        self->spun = !got && self->spin_ns >= 0;
+        if (!got || self->closed)
+            Py_RETURN_NONE;
+    }
+    if (lock_try(self, self->clock_) != 0)
         Py_RETURN_NONE;
     long long n = peek_locked(self, &tail, &head);
     if (n >= 8) {
