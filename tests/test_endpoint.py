@@ -43,6 +43,7 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "insecure": st.booleans(),
     "server_hostname": st.text(st.characters(blacklist_categories=("Cs",))),
     "nodelay": st.booleans(),
+    "sync": st.booleans(),
     "pipe_size": _pos,
     "wait": st.sampled_from(["block", "spin"]),
     "capacity": _pos,

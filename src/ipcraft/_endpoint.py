@@ -119,6 +119,7 @@ OPTIONS: Mapping[str, _Option] = {
     "pipe_size": _Option(_pos_int, doc="pipe capacity via F_SETPIPE_SZ"),
     "wait": _Option(_choice("block", "spin"), doc="shared memory: block (spin, then sleep) or spin"),
     "capacity": _Option(_pos_int, doc="ring data capacity in bytes"),
+    "sync": _Option(_bool, doc="file://: msync every send and receive (survives an OS crash; slower)"),
     "maxmsg": _Option(_pos_int, doc="POSIX mq: messages the queue holds"),
     "msgsize": _Option(_pos_int, doc="POSIX mq: largest message"),
     "qbytes": _Option(_pos_int, doc="System V mq: bytes the queue holds"),
@@ -167,7 +168,7 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            "UDP datagrams (unauthenticated)"),
     Scheme("ring", "queue", "name", _COMMON | {"wait", "capacity", "mode"},
            "named multi-producer multi-consumer shared-memory ring"),
-    Scheme("file", "queue", "path", _COMMON | {"wait", "capacity", "mode"},
+    Scheme("file", "queue", "path", _COMMON | {"wait", "capacity", "mode", "sync"},
            "durable memory-mapped ring that survives crashes"),
 )}
 

@@ -279,3 +279,29 @@ def translating_sysv(what: str, filename: str | None = None,
         if err is None or getattr(exc, "errno", None) is not None:
             raise
         raise os_error(err, what, filename, limits) from exc
+
+
+def mpmc_error(rc: int, what: str, *, size: int | None = None, limit: int | None = None,
+               limit_source: str = "") -> Exception:
+    """The exception for ``-errno`` ``rc`` from a ring:// or file:// queue operation (_native.MpmcPort).
+
+    The queue reports its own conditions with errnos: EPROTO (the shared cursors are out of range: the
+    queue is corrupt), EBADMSG (a corrupt record: what was pending was discarded, the queue is usable
+    again), EMSGSIZE (a message that can never fit the ring), ETIMEDOUT, EBADF (closed meanwhile).
+    """
+    err = -rc
+    if err == _errno.EPROTO:
+        return ProtocolError(f"{what}: the queue's shared header is corrupt (its cursors are out of range); "
+                             "it cannot be used until it is created anew")
+    if err == _errno.EBADMSG:
+        return ProtocolError(f"{what}: a corrupt record (its length check failed); every message pending "
+                             "in the queue was discarded, since the next record boundary cannot be "
+                             "trusted; the queue is usable again")
+    if err == _errno.EMSGSIZE:
+        return MessageTooLarge(f"{what}: a {size}-byte message exceeds the limit of {limit} bytes "
+                               f"({limit_source})", size, limit)
+    if err == _errno.ETIMEDOUT:
+        return Timeout(f"{what}: timed out (nothing was transferred; still usable)")
+    if err == _errno.EBADF:
+        return HandleClosed(f"{what}: the queue was closed by another thread meanwhile")
+    return os_error(err, what)

@@ -1,0 +1,417 @@
+/* The multi-producer multi-consumer ring of ring:// and file:// (layout and reasons: ipcraft/_mpmc.py).
+ *
+ * Two robust process-shared pthread mutexes serialise the producers among themselves and the consumers
+ * among themselves; between the producer holding its lock and the consumer holding its lock the ring
+ * is an ordinary single-producer single-consumer ring.  A record is written completely, then `head`
+ * is published with one release store; a consumer reads `head` with an acquire load, copies the
+ * record out, then publishes `tail` with one release store.  Publication being a single store is what
+ * makes a crash at any instruction harmless: a producer killed before its store leaves bytes beyond
+ * head that the next producer overwrites; a consumer killed before its store leaves the record for
+ * the next consumer.  The kernel releases a dead holder's mutex (FUTEX_OWNER_DIED), the next locker
+ * gets EOWNERDEAD, marks it consistent and carries on: there is nothing to repair.
+ *
+ * Waiting: spin, then sleep in FUTEX_WAIT on the low 32 bits of the cursor the waiter needs to move
+ * (head for consumers, tail for producers), in slices of SLEEP_SLICE_NS so that a wake-up lost with
+ * a killed process costs at most one slice.  Dekker's pattern: the waiter stores its side's "sleeping"
+ * flag, fences, re-checks; the other side publishes its cursor, fences, reads the flag, and only then
+ * pays for FUTEX_WAKE (of every sleeper: one flag serves all of them).
+ *
+ * Every operation runs without the GIL when it has to wait or copy much; a port pins its buffer, and
+ * close() while another thread is inside an operation defers the release of the buffer until it
+ * leaves.  Returns are 0, a count, or -errno; the Python side (_mpmc.py) translates them.  The Python
+ * type and the fast path live in mpmcport.c, the shared declarations in mpmc.h.
+ */
+#include "mpmc.h"
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* A spinner's periodic check: 0 go on, or -EBADF (closed), -ETIMEDOUT, WAIT_SIGNALS (time to take the
+ * GIL for signal handlers).  Sets *now. */
+static int spin_check(MpmcPort *p, int has_deadline, long long deadline, long long slice_end,
+                      long long *now)
+{
+    *now = now_ns();
+    if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
+        return -EBADF;
+    if (has_deadline && *now >= deadline)
+        return -ETIMEDOUT;
+    return *now >= slice_end ? WAIT_SIGNALS : 0;
+}
+
+/* ---- locks --------------------------------------------------------------------------------- */
+
+/* 0 locked, 1 not now (EBUSY), or -errno.  EOWNERDEAD is repaired here: publication is one store, so
+ * whatever the dead holder left beyond the cursors is simply not there (see the file comment). */
+int lock_try(MpmcPort *p, pthread_mutex_t *m)
+{
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EBUSY)
+        return 1;
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(m);
+        __atomic_add_fetch(&p->recovered, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return -rc;
+}
+
+/* Without the GIL: lock `m` by the deadline.  0, -ETIMEDOUT, -EBADF (closed meanwhile), WAIT_SIGNALS
+ * (take the GIL, run handlers, call again) or -errno. */
+static int lock_wait(MpmcPort *p, pthread_mutex_t *m, int has_deadline, long long deadline)
+{
+    long long start = now_ns(), slice_end = start + SIGNAL_SLICE_NS;
+    for (unsigned i = 1;; i++) {
+        int rc = lock_try(p, m);
+        if (rc <= 0)
+            return rc;
+        if ((i & 63) == 0) {
+            long long now;
+            if ((rc = spin_check(p, has_deadline, deadline, slice_end, &now)) != 0)
+                return rc;
+            if (p->spin_ns >= 0 && now - start >= LOCK_SPIN_NS)
+                break;
+            sched_yield(); /* on 2 cores the holder may be waiting for this one */
+        }
+        cpu_relax();
+    }
+    long long end = now_ns() + SLEEP_SLICE_NS;
+    if (has_deadline && deadline < end)
+        end = deadline;
+    struct timespec ts = {.tv_sec = end / 1000000000LL, .tv_nsec = end % 1000000000LL};
+    int rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+    if (rc == 0)
+        return 0;
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(m);
+        __atomic_add_fetch(&p->recovered, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    if (rc == ETIMEDOUT)
+        return has_deadline && now_ns() >= deadline ? -ETIMEDOUT : WAIT_SIGNALS;
+    return -rc;
+}
+
+/* Let go of the buffer and the socket once closed and no operation is running (GIL held). */
+void release_if_done(MpmcPort *p, int force)
+{
+    if ((p->closed || force) && p->inflight == 0 && p->has_view) {
+        p->has_view = 0;
+        PyBuffer_Release(&p->view);
+    }
+    if ((p->closed || force) && p->inflight == 0 && p->has_sender) {
+        p->has_sender = 0;
+        close(p->sender);
+    }
+}
+
+/* ---- the copies ---------------------------------------------------------------------------- */
+
+static void copy_in(MpmcPort *p, uint64_t pos, const char *src, uint64_t n)
+{
+    uint64_t at = pos & p->mask, first = n < p->cap - at ? n : p->cap - at;
+    memcpy(p->data + at, src, first);
+    if (n > first)
+        memcpy(p->data, src + first, n - first);
+}
+
+void copy_out(MpmcPort *p, uint64_t pos, char *dst, uint64_t n)
+{
+    uint64_t at = pos & p->mask, first = n < p->cap - at ? n : p->cap - at;
+    memcpy(dst, p->data + at, first);
+    if (n > first)
+        memcpy(dst + first, p->data, n - first);
+}
+
+/* msync the ring bytes [pos, pos + n) (both pieces when they wrap), widened to whole pages. */
+static int sync_range(MpmcPort *p, uint64_t pos, uint64_t n)
+{
+    uint64_t at = pos & p->mask, first = n < p->cap - at ? n : p->cap - at;
+    uint64_t offs[2] = {MPMC_HEADER_SIZE + at, MPMC_HEADER_SIZE}, lens[2] = {first, n - first};
+    for (int i = 0; i < 2; i++) {
+        if (lens[i] == 0)
+            continue;
+        uint64_t lo = offs[i] & ~(uint64_t)(p->pagesize - 1), hi = offs[i] + lens[i];
+        if (msync(p->base + lo, hi - lo, MS_SYNC) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
+static int sync_header(MpmcPort *p)
+{
+    return msync(p->base, MPMC_HEADER_SIZE, MS_SYNC) < 0 ? -errno : 0;
+}
+
+
+/* After publishing a cursor: wake that side's sleepers if its flag says any sleep (Dekker: fence, read). */
+void wake_sleepers(uint32_t *flag, uint64_t *cursor)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, (uint32_t *)cursor, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* ---- one attempt, the lock taken ----------------------------------------------------------- */
+
+
+/* Producer, holding its lock: 0 (published), -EAGAIN (no room now) or -EPROTO. */
+static int push_locked(MpmcPort *p, const Parts *parts)
+{
+    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), need = rec_size(parts->total);
+    if (head - p->seen_tail > p->cap || head - p->seen_tail + need > p->cap) {
+        uint64_t tail = ld_acq(p->tail_p);
+        if (head - tail > p->cap || ((head | tail) & 7))
+            return -EPROTO;
+        p->seen_tail = tail;
+        if (head - tail + need > p->cap)
+            return -EAGAIN;
+    }
+    uint32_t hdr[2] = {(uint32_t)parts->total, ~(uint32_t)parts->total};
+    memcpy(p->data + (head & p->mask), hdr, REC_HEADER); /* 8-aligned: never split */
+    uint64_t pos = head + REC_HEADER;
+    for (int i = 0; i < parts->nparts; i++) {
+        copy_in(p, pos, parts->src[i], parts->len[i]);
+        pos += parts->len[i];
+    }
+    if (p->sync) {
+        int rc = sync_range(p, head, need);
+        if (rc < 0)
+            return rc; /* nothing published: the message is not sent */
+    }
+    __atomic_store_n(p->head_p, head + need, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Consumer, holding its lock: the length of the next message, its position in *tail, or -EAGAIN
+ * (empty), -EPROTO (corrupt cursors), -EBADMSG (a corrupt record header).  Changes nothing shared. */
+long long peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out)
+{
+    uint64_t tail = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED), head = p->seen_head;
+    if ((int64_t)(head - tail) <= 0) {
+        head = ld_acq(p->head_p);
+        p->seen_head = head;
+    }
+    *tail_out = tail;
+    *head_out = head;
+    if (head == tail)
+        return -EAGAIN;
+    if (head - tail > p->cap || ((head | tail) & 7))
+        return -EPROTO;
+    uint32_t hdr[2];
+    memcpy(hdr, p->data + (tail & p->mask), REC_HEADER);
+    if (hdr[1] != ~hdr[0] || rec_size(hdr[0]) > head - tail)
+        return -EBADMSG;
+    return hdr[0];
+}
+
+/* Consumer, holding its lock: the message length (copied into out), -EAGAIN, -EPROTO, -ENOBUFS (out
+ * is too small: p->needed) or -EBADMSG (a corrupt record: everything pending was discarded, since the
+ * next record boundary cannot be trusted). */
+static long long pop_locked(MpmcPort *p, char *out, uint64_t room)
+{
+    uint64_t tail, head;
+    long long n = peek_locked(p, &tail, &head);
+    if (n == -EBADMSG)
+        __atomic_store_n(p->tail_p, head, __ATOMIC_RELEASE);
+    if (n < 0)
+        return n;
+    if ((uint64_t)n > room) {
+        p->needed = (uint64_t)n;
+        return -ENOBUFS;
+    }
+    copy_out(p, tail + REC_HEADER, out, (uint64_t)n);
+    __atomic_store_n(p->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
+    return n;
+}
+
+/* Poke the sockets of the armed fd users (see FdWake in _mpmc.py); a name nobody binds any more
+ * frees its slot.  Runs after the producer's fence, so an arming consumer is never missed. */
+static void wake_fd_slots(MpmcPort *p)
+{
+    if (!p->has_sender) {
+        if ((p->sender = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
+            return;
+        p->has_sender = 1;
+    }
+    for (int i = 0; i < FD_SLOTS; i++) {
+        uint64_t *token_p = (uint64_t *)(p->base + OFF_FD_SLOTS + i * FD_SLOT_SIZE), *armed_p = token_p + 1;
+        uint64_t one = 1;
+        if (!__atomic_load_n(armed_p, __ATOMIC_RELAXED) ||
+            !__atomic_compare_exchange_n(armed_p, &one, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+            continue;
+        __atomic_sub_fetch(p->fdarm_p, 1, __ATOMIC_SEQ_CST);
+        uint64_t token = __atomic_load_n(token_p, __ATOMIC_ACQUIRE);
+        if (token == 0)
+            continue;
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        int len = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, FD_NAME_FORMAT, (unsigned long long)token);
+        socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len);
+        if (sendto(p->sender, "!", 1, 0, (struct sockaddr *)&a, alen) < 0 &&
+            (errno == ECONNREFUSED || errno == ENOENT))
+            __atomic_compare_exchange_n(token_p, &token, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+    }
+}
+
+long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room)
+{
+    if (producer) {
+        int rc = push_locked(p, parts);
+        pthread_mutex_unlock(p->plock);
+        if (rc == 0) {
+            if (p->sync && (rc = sync_header(p)) < 0)
+                return rc;
+            wake_sleepers(p->csleep_p, p->head_p);
+            if (__atomic_load_n(p->fdarm_p, __ATOMIC_RELAXED))
+                wake_fd_slots(p);
+        }
+        return rc;
+    }
+    long long n = pop_locked(p, out, room);
+    pthread_mutex_unlock(p->clock_);
+    if (n >= 0 || n == -EBADMSG) {
+        if (p->sync) {
+            int rc = sync_header(p);
+            if (rc < 0)
+                return rc;
+        }
+        wake_sleepers(p->psleep_p, p->tail_p);
+    }
+    return n;
+}
+
+/* ---- waiting ------------------------------------------------------------------------------- */
+
+/* Whether a producer with a record of `need` bytes (need == 0: a consumer) may stop waiting. */
+int ready(MpmcPort *p, uint64_t need)
+{
+    uint64_t head = ld_acq(p->head_p), tail = ld_acq(p->tail_p);
+    if (head - tail > p->cap)
+        return 1; /* corrupt (or torn between the two loads): let the locked attempt tell */
+    return need ? head - tail + need <= p->cap : head != tail;
+}
+
+/* Without the GIL: wait until ready().  0 ready, -ETIMEDOUT, -EBADF, WAIT_SIGNALS or -errno. */
+static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long deadline,
+                      long long spin_until)
+{
+    uint32_t *flag = need ? p->psleep_p : p->csleep_p;
+    uint64_t *cursor = need ? p->tail_p : p->head_p;
+    long long now = now_ns(), slice_end = now + SIGNAL_SLICE_NS;
+    for (unsigned i = 0; p->spin_ns < 0 || now < spin_until; i++) {
+        if (ready(p, need))
+            return 0;
+        int rc;
+        if ((i & 63) == 0 && (rc = spin_check(p, has_deadline, deadline, slice_end, &now)) != 0)
+            return rc;
+        cpu_relax();
+    }
+    for (;;) {
+        if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
+            return -EBADF;
+        __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        uint32_t seen = (uint32_t)__atomic_load_n(cursor, __ATOMIC_ACQUIRE);
+        if (ready(p, need))
+            return 0;
+        now = now_ns();
+        if (has_deadline && now >= deadline)
+            return -ETIMEDOUT;
+        long long left = SLEEP_SLICE_NS;
+        if (has_deadline && deadline - now < left)
+            left = deadline - now;
+        struct timespec ts = {.tv_sec = left / 1000000000LL, .tv_nsec = left % 1000000000LL};
+        long rc = syscall(SYS_futex, (uint32_t *)cursor, FUTEX_WAIT, seen, &ts, NULL, 0);
+        /* A signal that arrived just before the sleep did not interrupt it: a whole slice slept is
+         * the caller's cue to run the signal handlers (the spin phase is over, it comes back here). */
+        if (rc < 0 && (errno == EINTR || errno == ETIMEDOUT))
+            return WAIT_SIGNALS;
+    }
+}
+
+/* ---- the operation loop -------------------------------------------------------------------- */
+
+/* Without the GIL: lock, attempt, wait for the other side, until done.  >= 0, -errno or WAIT_SIGNALS. */
+static long long exchange(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room,
+                          int has_deadline, long long deadline, long long spin_until)
+{
+    int producer = op == OP_SEND;
+    pthread_mutex_t *m = producer ? p->plock : p->clock_;
+    uint64_t need = producer ? rec_size(parts->total) : 0;
+    for (;;) {
+        long long rc = lock_wait(p, m, has_deadline, deadline);
+        if (rc != 0)
+            return rc;
+        rc = attempt(p, producer, parts, out, room);
+        if (rc != -EAGAIN)
+            return rc;
+        if (has_deadline && now_ns() >= deadline)
+            return -ETIMEDOUT;
+        if ((rc = wait_slice(p, need, has_deadline, deadline, spin_until)) != 0)
+            return rc;
+    }
+}
+
+/* Run one send, receive or wait, as the port's mode says.  Called with the GIL; returns with it.
+ * Returns >= 0 on success, -errno, or PY_ERROR with a Python exception set. */
+long long operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room,
+                         PyObject *timeout_obj)
+{
+    struct timespec ts;
+    int has_deadline;
+    if (ipc_timeout_arg(timeout_obj, &ts, &has_deadline) < 0)
+        return PY_ERROR;
+    int zero = has_deadline && ts.tv_sec == 0 && ts.tv_nsec == 0;
+    if (op == OP_WAIT) {
+        if (ready(p, 0))
+            return 0;
+    } else if (op == OP_RECV || parts->total < GIL_FREE_BYTES) {
+        /* The fast path keeps the GIL: an uncontended lock and a copy of modest size cost less than
+         * releasing it.  (A consumer cannot know the size before it looks: it always tries.) */
+        int producer = op == OP_SEND;
+        int rc = lock_try(p, producer ? p->plock : p->clock_);
+        if (rc < 0)
+            return rc;
+        if (rc == 0) {
+            long long n = attempt(p, producer, parts, out, room);
+            if (n != -EAGAIN)
+                return n;
+            if (zero)
+                return -ETIMEDOUT;
+        }
+    }
+    long long start = now_ns(), result;
+    long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    long long spin_until = p->spin_ns < 0 ? LLONG_MAX : start + p->spin_ns;
+    if (op != OP_SEND && p->spun)
+        spin_until = start; /* try_recv just spun in vain: one spin phase per wait */
+    p->spun = 0;
+    p->inflight++;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        if (op == OP_WAIT)
+            result = wait_slice(p, 0, has_deadline, deadline, spin_until);
+        else
+            result = exchange(p, op, parts, out, room, has_deadline, deadline, spin_until);
+        Py_END_ALLOW_THREADS
+        if (result != WAIT_SIGNALS)
+            break;
+        if (PyErr_CheckSignals() < 0) {
+            result = PY_ERROR;
+            break;
+        }
+    }
+    p->inflight--;
+    release_if_done(p, 0);
+    return result;
+}
+

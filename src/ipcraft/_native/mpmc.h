@@ -1,0 +1,103 @@
+/* The MPMC ring of ring:// and file:// shared by mpmc.c (the algorithms) and mpmcport.c (the MpmcPort
+ * type and the channel's fast path): constants, the per-handle state, the core operations.  The layout
+ * and the reasons are in ipcraft/_mpmc.py, which checks these constants at import (mpmc_layout()). */
+#ifndef IPCRAFT_MPMC_H
+#define IPCRAFT_MPMC_H
+
+#include "native.h"
+#include <pthread.h>
+#include <stdint.h>
+#include <time.h>
+
+#define MPMC_MAGIC 0x5154464152435049ULL /* b"IPCRAFTQ" little-endian */
+#define MPMC_VERSION 1u
+#define MPMC_HEADER_SIZE 4096u
+#define MPMC_MIN_CAPACITY 4096u
+#define OFF_MAGIC 0
+#define OFF_VERSION 8
+#define OFF_FLAGS 12
+#define OFF_CAPACITY 16
+#define OFF_DATA 24
+#define OFF_CREATOR_PID 32
+#define OFF_PRODUCER_LOCK 128
+#define OFF_HEAD 192
+#define OFF_CONSUMER_LOCK 256
+#define OFF_TAIL 320
+#define OFF_CONSUMERS_SLEEPING 384
+#define OFF_PRODUCERS_SLEEPING 512
+#define OFF_FD_ARMED 640
+#define OFF_FD_SLOTS 1024
+#define FD_SLOTS 32
+#define FD_SLOT_SIZE 16
+#define REC_HEADER 8u
+#define FRAME_MAGIC 0xA1u                   /* ipcraft's frame header (_framing.py), for the fast path */
+#define FD_NAME_FORMAT "ipcraft-mpmc-%016llx" /* abstract socket of an fd user (FdWake in _mpmc.py) */
+
+#define SLEEP_SLICE_NS 100000000LL  /* a sleeper re-checks this often (a wake lost with a killed process) */
+#define SIGNAL_SLICE_NS 10000000LL  /* a spinner takes the GIL this often to run signal handlers */
+#define LOCK_SPIN_NS 50000LL        /* spin for a busy lock this long before sleeping on it */
+#define GIL_FREE_BYTES 65536u       /* copies this large run without the GIL */
+#define FAST_SPIN_MAX_NS 1000000LL  /* try_recv spins at most this long on an empty ring */
+#define MAX_PARTS 8
+#define WAIT_SIGNALS (-200000) /* internal: take the GIL, run signal handlers, carry on */
+#define PY_ERROR (-100000)      /* internal: a Python exception is set */
+
+enum { OP_RECV, OP_SEND, OP_WAIT };
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int has_view, closed, inflight, sync;
+    char *base, *data;
+    uint64_t cap, mask;
+    uint64_t *head_p, *tail_p;
+    pthread_mutex_t *plock, *clock_;
+    uint32_t *csleep_p, *psleep_p;
+    uint64_t *fdarm_p; /* how many fd users are armed (_mpmc.py keeps it) */
+    long long spin_ns; /* < 0: never sleep (wait="spin") */
+    long pagesize;
+    int sender, has_sender; /* an unbound datagram socket for wake_fd_slots, made on first use */
+    int spun;               /* try_recv spun in vain just now: the general receive sleeps at once */
+    int fd_user;            /* this handle gave out a fileno(): receive by the general path (it rearms) */
+    uint64_t limit; /* the fast path's largest payload (the channel's max_message_size) */
+    uint64_t seen_head, seen_tail; /* caches: head and tail only grow, so an old value is a safe bound */
+    unsigned long long needed, recovered;
+} MpmcPort;
+
+static inline uint64_t ld_acq(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+typedef struct {
+    const char *src[MAX_PARTS];
+    uint64_t len[MAX_PARTS];
+    int nparts;
+    uint64_t total;
+} Parts;
+
+
+void wake_sleepers(uint32_t *flag, uint64_t *cursor);
+int lock_try(MpmcPort *p, pthread_mutex_t *m);
+void release_if_done(MpmcPort *p, int force);
+void copy_out(MpmcPort *p, uint64_t pos, char *dst, uint64_t n);
+long long peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out);
+long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room);
+int ready(MpmcPort *p, uint64_t need);
+long long operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room, PyObject *timeout_obj);
+
+#endif

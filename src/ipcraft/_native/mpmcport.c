@@ -1,0 +1,388 @@
+/* The MpmcPort type: Python's handle on a ring:// or file:// queue (the algorithms are in mpmc.c).
+ *
+ * Argument parsing, buffer exports, the general methods (send, recv_into, wait: 0/count or -errno)
+ * and the channel's fast path (try_send, try_recv: True/bytes when done at once, else False/None).
+ */
+#include "mpmc.h"
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the Python type ----------------------------------------------------------------------- */
+
+static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buf", "spin_ns", "sync", "limit", NULL};
+    PyObject *buf;
+    long long spin_ns = 100000, limit = -1;
+    int sync = 0;
+    if (self->has_view || self->closed) {
+        PyErr_SetString(PyExc_TypeError, "MpmcPort is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|LpL:MpmcPort", kwlist, &buf, &spin_ns, &sync, &limit))
+        return -1;
+    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    char *base = ipc_buffer_at(&self->view, 0, MPMC_HEADER_SIZE);
+    long pagesize = sysconf(_SC_PAGESIZE);
+    const char *bad = NULL;
+    uint64_t magic, cap, doff, head, tail;
+    uint32_t version;
+    if (base == NULL) {
+        PyBuffer_Release(&self->view);
+        return -1;
+    }
+    memcpy(&magic, base + OFF_MAGIC, 8);
+    memcpy(&version, base + OFF_VERSION, 4);
+    memcpy(&cap, base + OFF_CAPACITY, 8);
+    memcpy(&doff, base + OFF_DATA, 8);
+    head = ld_acq((uint64_t *)(base + OFF_HEAD));
+    tail = ld_acq((uint64_t *)(base + OFF_TAIL));
+    if (((uintptr_t)base & (uintptr_t)(pagesize - 1)) != 0)
+        bad = "the ring must start page aligned";
+    else if (magic != MPMC_MAGIC || version != MPMC_VERSION)
+        bad = "bad ring magic or version";
+    else if (cap < MPMC_MIN_CAPACITY || (cap & (cap - 1)) || doff != MPMC_HEADER_SIZE ||
+             (uint64_t)self->view.len < MPMC_HEADER_SIZE + cap)
+        bad = "the ring capacity is not a power of two >= 4096 that fits the buffer";
+    else if (head - tail > cap || ((head | tail) & 7))
+        bad = "the ring cursors are out of range";
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        PyBuffer_Release(&self->view);
+        return -1;
+    }
+    self->has_view = 1;
+    self->base = base;
+    self->data = base + MPMC_HEADER_SIZE;
+    self->cap = cap;
+    self->mask = cap - 1;
+    self->head_p = (uint64_t *)(base + OFF_HEAD);
+    self->tail_p = (uint64_t *)(base + OFF_TAIL);
+    self->plock = (pthread_mutex_t *)(base + OFF_PRODUCER_LOCK);
+    self->clock_ = (pthread_mutex_t *)(base + OFF_CONSUMER_LOCK);
+    self->csleep_p = (uint32_t *)(base + OFF_CONSUMERS_SLEEPING);
+    self->psleep_p = (uint32_t *)(base + OFF_PRODUCERS_SLEEPING);
+    self->fdarm_p = (uint64_t *)(base + OFF_FD_ARMED);
+    self->spin_ns = spin_ns;
+    self->sync = sync;
+    self->pagesize = pagesize;
+    self->seen_head = head;
+    self->seen_tail = tail;
+    uint64_t most = cap - 2 * REC_HEADER; /* a payload behind its frame header in a record */
+    self->limit = limit < 0 || (uint64_t)limit > most ? most : (uint64_t)limit;
+    return 0;
+}
+
+static void MpmcPort_dealloc(MpmcPort *self)
+{
+    self->inflight = 0;
+    release_if_done(self, 1);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The arguments count and the port is open; else -1 with TypeError/ValueError set. */
+static int usable(MpmcPort *self, Py_ssize_t nargs, Py_ssize_t want, const char *usage)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd argument(s)", usage, want);
+        return -1;
+    }
+    if (!self->has_view || self->closed) {
+        PyErr_SetString(PyExc_ValueError, "the MpmcPort is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *result_of(long long rc)
+{
+    if (rc == PY_ERROR)
+        return NULL;
+    return PyLong_FromLongLong(rc);
+}
+
+static PyObject *MpmcPort_send(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (usable(self, nargs, 2, "send(parts, timeout)") < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[0], "parts must be a sequence of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    if (k > MAX_PARTS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d parts", MAX_PARTS);
+        return NULL;
+    }
+    Py_buffer views[MAX_PARTS];
+    Parts parts = {.nparts = 0, .total = 0};
+    long long rc = 0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &views[i], PyBUF_SIMPLE) < 0) {
+            rc = PY_ERROR;
+            break;
+        }
+        parts.src[i] = views[i].buf;
+        parts.len[i] = (uint64_t)views[i].len;
+        parts.total += parts.len[i];
+        parts.nparts++;
+    }
+    if (rc == 0) {
+        if (parts.total > UINT32_MAX || rec_size(parts.total) > self->cap)
+            rc = -EMSGSIZE;
+        else if ((rc = operate(self, OP_SEND, &parts, NULL, 0, args[1])) == 0)
+            rc = __atomic_load_n(self->fdarm_p, __ATOMIC_RELAXED) != 0; /* 1: wake the fd waiters */
+    }
+    for (int i = 0; i < parts.nparts; i++)
+        PyBuffer_Release(&views[i]);
+    Py_DECREF(seq);
+    return result_of(rc);
+}
+
+static PyObject *MpmcPort_recv_into(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (usable(self, nargs, 2, "recv_into(out, timeout)") < 0)
+        return NULL;
+    Py_buffer out;
+    if (PyObject_GetBuffer(args[0], &out, PyBUF_WRITABLE) < 0)
+        return NULL;
+    long long rc = operate(self, OP_RECV, NULL, out.buf, (uint64_t)out.len, args[1]);
+    PyBuffer_Release(&out);
+    return result_of(rc);
+}
+
+static PyObject *MpmcPort_wait(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (usable(self, nargs, 1, "wait(timeout)") < 0)
+        return NULL;
+    return result_of(operate(self, OP_WAIT, NULL, NULL, 0, args[0]));
+}
+
+/* ---- the channel's fast path: complete the common case at once, else leave it to the general path */
+
+static PyObject *MpmcPort_try_send(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long sid = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "try_send(data, sid=0) takes 1 or 2 arguments");
+        return NULL;
+    }
+    if (nargs == 2 && ((sid = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if (sid < 0 || sid > 255) {
+        PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
+        return NULL;
+    }
+    Py_buffer v;
+    if (!self->has_view || self->closed || PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    uint64_t n = (uint64_t)v.len;
+    unsigned char hdr[8] = {FRAME_MAGIC, (unsigned char)sid, 0, 0};
+    uint32_t n32 = (uint32_t)n;
+    memcpy(hdr + 4, &n32, 4);
+    Parts parts = {.src = {(const char *)hdr, v.buf}, .len = {8, n}, .nparts = 2, .total = n + 8};
+    int ok = !self->sync && n <= self->limit && n < GIL_FREE_BYTES && lock_try(self, self->plock) == 0 &&
+             attempt(self, 1, &parts, NULL, 0) == 0;
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(ok);
+}
+
+/* Without the GIL: spin up to ns for a pending record (the fast receive's brief wait).  1 if one is. */
+static int spin_for(MpmcPort *p, long long ns)
+{
+    long long end = now_ns() + ns;
+    for (unsigned i = 1;; i++) {
+        if (ready(p, 0))
+            return 1;
+        if ((i & 63) == 0 && (now_ns() >= end || __atomic_load_n(&p->closed, __ATOMIC_RELAXED)))
+            return 0;
+        cpu_relax();
+    }
+}
+
+static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    uint64_t tail, head;
+    unsigned char hdr[8];
+    uint32_t len;
+    if (!self->has_view || self->closed || self->sync || self->fd_user)
+        Py_RETURN_NONE;
+    if (!ready(self, 0) && self->spin_ns != 0) {
+        /* An empty ring: spin here (a reply often comes within microseconds, and the general path
+         * costs more than that in Python); if in vain, the general path sleeps without spinning again. */
+        long long ns = self->spin_ns < 0 || self->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : self->spin_ns;
+        int got;
+        self->inflight++;
+        Py_BEGIN_ALLOW_THREADS
+        got = spin_for(self, ns);
+        Py_END_ALLOW_THREADS
+        self->inflight--;
+        release_if_done(self, 0);
+        self->spun = !got && self->spin_ns >= 0;
+        if (!got || self->closed)
+            Py_RETURN_NONE;
+    }
+    if (lock_try(self, self->clock_) != 0)
+        Py_RETURN_NONE;
+    long long n = peek_locked(self, &tail, &head);
+    if (n >= 8) {
+        memcpy(hdr, self->data + ((tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
+        memcpy(&len, hdr + 4, 4);
+    }
+    /* Anything unusual (empty, corrupt, another frame format, too large) is the general path's. */
+    if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit) {
+        pthread_mutex_unlock(self->clock_);
+        Py_RETURN_NONE;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
+    if (b != NULL) {
+        copy_out(self, tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
+        __atomic_store_n(self->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(self->clock_);
+    if (b != NULL)
+        wake_sleepers(self->psleep_p, self->tail_p);
+    return b;
+}
+
+static PyObject *MpmcPort_pending(MpmcPort *self, PyObject *unused)
+{
+    if (usable(self, 0, 0, "pending()") < 0)
+        return NULL;
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(ld_acq(self->head_p) - ld_acq(self->tail_p));
+}
+
+static PyObject *MpmcPort_close(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    self->closed = 1;
+    release_if_done(self, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *MpmcPort_get_needed(MpmcPort *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->needed);
+}
+
+static PyObject *MpmcPort_get_recovered(MpmcPort *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->recovered, __ATOMIC_RELAXED));
+}
+
+static PyObject *MpmcPort_get_capacity(MpmcPort *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->cap);
+}
+
+static PyMethodDef MpmcPort_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))MpmcPort_send, METH_FASTCALL,
+     "send(parts, timeout) -> int: append one message made of the bytes-like parts (at most 8).  0 or "
+     "1 (sent; 1: fd waiters are armed and want a wake-up), -ETIMEDOUT, -EMSGSIZE (can never fit), "
+     "-EPROTO (corrupt cursors), -EBADF (closed meanwhile), -errno of msync."},
+    {"recv_into", (PyCFunction)(void (*)(void))MpmcPort_recv_into, METH_FASTCALL,
+     "recv_into(out, timeout) -> int: take one message into out; its length, -ETIMEDOUT, -ENOBUFS (out "
+     "is smaller than the next message, whose size is in .needed; nothing taken), -EPROTO, -EBADMSG "
+     "(a corrupt record: everything pending was discarded), -EBADF."},
+    {"wait", (PyCFunction)(void (*)(void))MpmcPort_wait, METH_FASTCALL,
+     "wait(timeout) -> int: 0 once a message is pending (another consumer may take it first), "
+     "-ETIMEDOUT, -EBADF."},
+    {"try_send", (PyCFunction)(void (*)(void))MpmcPort_try_send, METH_FASTCALL,
+     "try_send(data, sid=0) -> bool: append data behind an ipcraft frame header if that can be done at "
+     "once (lock free, room, size within limit); False leaves everything to the general path."},
+    {"try_recv", (PyCFunction)MpmcPort_try_recv, METH_NOARGS,
+     "try_recv() -> bytes | None: take the next message's payload if it is an ordinary ipcraft frame "
+     "within limit and can be taken at once; None leaves everything to the general path."},
+    {"pending", (PyCFunction)MpmcPort_pending, METH_NOARGS,
+     "pending() -> int: bytes of records waiting in the ring."},
+    {"close", (PyCFunction)MpmcPort_close, METH_NOARGS,
+     "close(): let go of the buffer (after any operation still running in another thread)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *MpmcPort_get_fd_user(MpmcPort *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->fd_user);
+}
+
+static int MpmcPort_set_fd_user(MpmcPort *self, PyObject *value, void *c)
+{
+    (void)c;
+    int on = value == NULL ? 0 : PyObject_IsTrue(value);
+    if (on < 0)
+        return -1;
+    self->fd_user = on;
+    return 0;
+}
+
+static PyGetSetDef MpmcPort_getset[] = {
+    {"fd_user", (getter)MpmcPort_get_fd_user, (setter)MpmcPort_set_fd_user,
+     "set once this handle gave out a fileno(): try_recv() then leaves every receive to the general "
+     "path, which re-arms the fd", NULL},
+    {"needed", (getter)MpmcPort_get_needed, NULL, "size of the message a too-small recv_into left", NULL},
+    {"recovered", (getter)MpmcPort_get_recovered, NULL,
+     "how many times this port took a lock whose holder had died", NULL},
+    {"capacity", (getter)MpmcPort_get_capacity, NULL, "data-area bytes, read once at construction", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MpmcPortType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipcraft._native.MpmcPort",
+    .tp_basicsize = sizeof(MpmcPort),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "MpmcPort(buf, spin_ns=100000, sync=False, limit=-1): one process's handle on a multi-producer "
+              "multi-consumer ring formatted in buf (see ipcraft/_mpmc.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)MpmcPort_init,
+    .tp_dealloc = (destructor)MpmcPort_dealloc,
+    .tp_methods = MpmcPort_methods,
+    .tp_getset = MpmcPort_getset,
+};
+
+static PyObject *mpmc_layout(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return Py_BuildValue(
+        "{sKsIsIsIsIsIsIsIsIsIsIsIsIsIsIsIsIsIsIsIsIsI}", "MAGIC", (unsigned long long)MPMC_MAGIC,
+        "VERSION", MPMC_VERSION, "HEADER_SIZE", MPMC_HEADER_SIZE, "MIN_CAPACITY", MPMC_MIN_CAPACITY,
+        "OFF_MAGIC", OFF_MAGIC, "OFF_VERSION", OFF_VERSION, "OFF_FLAGS", OFF_FLAGS, "OFF_CAPACITY",
+        OFF_CAPACITY, "OFF_DATA", OFF_DATA, "OFF_CREATOR_PID", OFF_CREATOR_PID, "OFF_PRODUCER_LOCK",
+        OFF_PRODUCER_LOCK, "OFF_HEAD", OFF_HEAD, "OFF_CONSUMER_LOCK", OFF_CONSUMER_LOCK, "OFF_TAIL",
+        OFF_TAIL, "OFF_CONSUMERS_SLEEPING", OFF_CONSUMERS_SLEEPING, "OFF_PRODUCERS_SLEEPING",
+        OFF_PRODUCERS_SLEEPING, "OFF_FD_ARMED", OFF_FD_ARMED, "OFF_FD_SLOTS", OFF_FD_SLOTS, "FD_SLOTS",
+        FD_SLOTS, "FD_SLOT_SIZE", FD_SLOT_SIZE, "REC_HEADER", REC_HEADER, "FRAME_MAGIC", FRAME_MAGIC);
+}
+
+static PyMethodDef mpmc_functions[] = {
+    {"mpmc_layout", mpmc_layout, METH_NOARGS,
+     "mpmc_layout() -> dict: the header offsets and constants this build of mpmc.c uses."},
+    {NULL, NULL, 0, NULL},
+};
+
+int ipc_mpmc_register(PyObject *m)
+{
+    if (sizeof(pthread_mutex_t) > OFF_HEAD - OFF_PRODUCER_LOCK) {
+        PyErr_SetString(PyExc_ImportError, "pthread_mutex_t does not fit the MPMC ring header");
+        return -1;
+    }
+    if (PyType_Ready(&MpmcPortType) < 0)
+        return -1;
+    Py_INCREF(&MpmcPortType);
+    if (PyModule_AddObject(m, "MpmcPort", (PyObject *)&MpmcPortType) < 0) {
+        Py_DECREF(&MpmcPortType);
+        return -1;
+    }
+    return PyModule_AddFunctions(m, mpmc_functions);
+}

@@ -1,0 +1,204 @@
+"""ring://name and file:///path — the multi-producer multi-consumer shared-memory queue (see _mpmc.py).
+
+Every handle may send and receive; each message goes to exactly one receiver.
+
+* ``ring://name`` is a POSIX shared memory segment /dev/shm/name.  ``create=True`` makes it
+  (exclusively, mode 0600 unless ``mode=``) and that handle is the owner: its close() removes the
+  name (handles already open keep working).  Openers never remove it.  A crashed owner leaves the
+  segment behind; ``ipcraft rm`` or unlink() removes it.
+* ``file:///path`` is the same ring in a regular file, durable (see _mpmc.py for exactly what
+  survives what).  **Decision: close() never deletes the file, not even the creator's**, because a
+  durable queue is kept for the next run; call ``Queue.unlink()`` to delete it.  Reopening after a
+  crash recovers it (the first opener that finds nobody else using it resets the locks and checks the
+  pending records).  ``sync=true`` msyncs every send and receive (survives an OS crash; costs a disk
+  flush per message).
+
+Options: ``capacity=`` (bytes of ring, rounded up to a power of two >= 4096, default 4 MiB; only at
+creation: an opener uses the ring's own), ``mode=`` (creation), ``wait=block|spin`` (each handle's
+own choice: spin 100 us then sleep, or never sleep), and ``sync=`` for file://.
+
+There is no end of stream and no dead-peer error: a queue has no single peer, producers and
+consumers come and go (a receiver on an empty queue waits for the next producer, like mq://).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .. import _mpmc
+from .._endpoint import Endpoint
+from .._errors import translating
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE
+from .._names import DEFAULT_MODE
+from ..errors import HandleClosed
+from ..primitives.mmap_file import MappedFile
+from ..primitives.shm import PosixSharedMemory
+from . import Transport
+
+_OPEN_RETRIES = 100  # create="if_missing": rounds of "missing -> create -> exists" before giving up
+
+
+def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
+    """Create (``create`` true), open (False) or open-else-create ("if_missing") the queue."""
+    if create != "if_missing":
+        return MpmcQueue(endpoint, bool(create))
+    for _ in range(_OPEN_RETRIES):
+        try:
+            return MpmcQueue(endpoint, False)
+        except FileNotFoundError:
+            pass
+        try:
+            return MpmcQueue(endpoint, True)
+        except FileExistsError:
+            pass
+    raise FileExistsError(errno.EEXIST, f"{endpoint}: it kept appearing and vanishing while being opened")
+
+
+class MpmcQueue(Transport):
+    """A ring:// or file:// queue handle: a mapping, its MpmcRing, and (file://) a shared flock."""
+
+    kind = "message"
+    _mem: PosixSharedMemory | MappedFile | None = None
+    _view: memoryview | None = None
+    _ring: _mpmc.MpmcRing | None = None
+    _ino: tuple[int, int] | None = None
+    _owner_pid = -1
+
+    @property  # type: ignore[override]
+    def owner(self) -> bool:
+        """The creating handle, in the creating process (a fork()ed copy is not the owner)."""
+        return self._owner_pid == os.getpid()
+
+    def __init__(self, endpoint: Endpoint, create: bool) -> None:
+        self.endpoint = endpoint
+        self.last_meta: dict[str, Any] = {}
+        self.durable = endpoint.scheme == "file"
+        self.discarded = 0  # bytes of damaged records cut by recovery when this handle opened
+        opts = endpoint.options
+        sep = "://" if endpoint.address.startswith("/") or not self.durable else ":"
+        what = f"{endpoint.scheme}{sep}{endpoint.address}"
+        try:
+            if create:
+                capacity = _mpmc.round_capacity(opts.get("capacity", _mpmc.DEFAULT_CAPACITY))
+                self._mem = self._create(_mpmc.ring_size(capacity), opts.get("mode", DEFAULT_MODE))
+                self._view = self._mem.buf
+                _mpmc.format_ring(self._view, capacity, _mpmc.FLAG_DURABLE if self.durable else 0)
+                self._owner_pid = os.getpid()
+                if self.durable:
+                    self._flock(fcntl.LOCK_SH)
+            else:
+                self._mem = self._open()
+                self._view = self._mem.buf
+                if self.durable:
+                    self._attach_durable(what)
+            self._ring = _mpmc.MpmcRing(self._view, what, spin=opts.get("wait", "block") == "spin",
+                                        sync=bool(opts.get("sync", False)),
+                                        limit=opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
+        except BaseException:
+            self.close()
+            raise
+        st = os.fstat(self._mem.fileno())
+        self._ino = (st.st_dev, st.st_ino)
+        # Whoever may write the queue may inject messages: pickle only if that is this uid (or root).
+        self.authenticated = st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
+        self.max_payload = _mpmc.max_message(self._ring.capacity)
+        self.limit_source = self._ring.limit_source
+
+    def _create(self, size: int, mode: int) -> PosixSharedMemory | MappedFile:
+        if self.durable:
+            return MappedFile.create(self.endpoint.address, size, mode)
+        return PosixSharedMemory.create(self.endpoint.address, size, mode)
+
+    def _open(self) -> PosixSharedMemory | MappedFile:
+        if self.durable:
+            return MappedFile.open(self.endpoint.address)
+        return PosixSharedMemory.open(self.endpoint.address)
+
+    def _flock(self, how: int) -> None:
+        assert self._mem is not None
+        with translating(f"flock {self.endpoint.address}", self.endpoint.address):
+            fcntl.flock(self._mem.fileno(), how)
+
+    def _attach_durable(self, what: str) -> None:
+        """Take the shared flock; if nobody else holds the file open, recover it first."""
+        assert self._view is not None
+        try:
+            self._flock(fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._flock(fcntl.LOCK_SH)  # waits only while another opener recovers it
+            return
+        capacity, _ = _mpmc.check_ring(self._view, what)
+        self.discarded = _mpmc.recover(self._view, capacity)
+        self._flock(fcntl.LOCK_SH)  # flock converts by unlock + lock: another opener may recover now too
+
+    # -- the transport contract --------------------------------------------------------------------
+
+    def _live(self) -> _mpmc.MpmcRing:
+        ring = self._ring
+        if ring is None:
+            raise HandleClosed(f"{self.endpoint} is closed")
+        return ring
+
+    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
+        if extra:
+            raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
+        self._live().send(parts, deadline)
+
+    def recv_message(self, deadline: float | None, **extra: Any) -> memoryview:
+        if extra:
+            raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
+        return self._live().recv(deadline)
+
+    def wait_readable(self, deadline: float | None) -> bool:
+        return self._live().wait(deadline)
+
+    def fast_path(self) -> tuple[Any, Any]:
+        """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)``: the channel's fast path in
+        C, which completes a send or receive that needs no wait and returns False/None otherwise."""
+        return self._live().fast_path()
+
+    def fileno(self) -> int:
+        """A datagram socket that becomes readable when a message may be pending (see _mpmc.py)."""
+        return self._live().fileno()
+
+    def unlink(self) -> None:
+        """Remove the name (ring://) or the file (file://) now; open handles keep working."""
+        self._live()
+        mem = self._mem
+        assert mem is not None
+        if isinstance(mem, PosixSharedMemory):
+            mem.unlink()
+            return
+        path = self.endpoint.address
+        with translating(f"unlink {self.endpoint}", path):
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) != self._ino:
+                raise FileNotFoundError(errno.ENOENT, f"unlink {self.endpoint}: the path now names another "
+                                                      "file; the queue's file was already removed", path)
+            os.unlink(path)
+
+    def extra(self) -> dict[str, Any]:
+        ring = self._live()
+        return {"ring_capacity": ring.capacity, "pending_bytes": ring.pending(), "durable": self.durable,
+                "sync": bool(self.endpoint.options.get("sync", False)),
+                "recovered_locks": ring.recovered, "discarded_bytes": self.discarded}
+
+    def close(self) -> None:
+        ring, self._ring = self._ring, None
+        view, self._view = self._view, None
+        mem, self._mem = self._mem, None
+        try:
+            if ring is not None:
+                ring.close()
+        finally:
+            if view is not None:
+                try:
+                    view.release()
+                except BufferError:
+                    pass  # another thread is still inside an operation: the mapping outlives it
+            if mem is not None:
+                mem.close()  # the ring:// owner's removes the name; closing the fd drops the flock
