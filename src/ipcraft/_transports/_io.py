@@ -108,9 +108,17 @@ class FdStream(Transport):
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         fd = self._fd
-        views = consume([memoryview(p).cast("B") for p in parts], 0)
-        total = sum(len(v) for v in views)
         sent = 0
+        if deadline is None and self.blocking and len(parts) == 1:
+            # The common case: one small frame into a blocking pipe is one system call.
+            try:
+                sent = os.write(fd, parts[0])
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EIO, f"sending on {self._what}") from exc
+            if sent == len(parts[0]):
+                return
+        views = consume([memoryview(p).cast("B") for p in parts], sent)
+        total = sent + sum(len(v) for v in views)
         while views:
             try:
                 if deadline is None and self.blocking:
