@@ -30,4 +30,25 @@ void *ipc_buffer_at(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size);
  * Returns 0 and sets *has_timeout; -1 with ValueError for a negative or non-finite value. */
 int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout);
 
+/* Small helpers the ring (ring.c) and the queue (mpmc.c) both spin and time with. */
+#include <time.h>
+
+static inline uint64_t ld_acq(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 #endif
