@@ -68,8 +68,8 @@ class MpmcQueue(Transport):
     _ino: tuple[int, int] | None = None
     _owner_pid = -1
 
-    @property  # type: ignore[override]
-    def owner(self) -> bool:
+    @property
+    def owner(self) -> bool:  # type: ignore[override]
         """The creating handle, in the creating process (a fork()ed copy is not the owner)."""
         return self._owner_pid == os.getpid()
 
