@@ -12,10 +12,9 @@ serializer that can run code (pickle) is decoded only when the transport authent
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, ContextManager, Generic, TypeVar
 
 from . import _framing
 from ._auth import Peer
@@ -266,8 +265,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             dst[offset:offset + n] = view
             return n
 
-    @contextlib.contextmanager
-    def recv_view(self, timeout: float | None = None) -> Iterator[memoryview]:
+    def recv_view(self, timeout: float | None = None) -> ContextManager[memoryview]:
         """Borrow the next message without copying: ``with ch.recv_view() as view: ...``.
 
         ``view`` is a read-only memoryview of the message bytes (as ``recv_bytes`` would return them)
@@ -282,18 +280,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         .. versionadded:: 0.1
         """
-        t = self._lender("recv_view", "recv_bytes_into for a reusable buffer")
-        deadline = deadline_after(timeout)
-        with self._receiving:
-            view, _ = t.borrow(deadline)  # type: ignore[attr-defined]
-            try:
-                yield view
-            finally:
-                _release(view)
-                t.end_borrow()  # type: ignore[attr-defined]
+        return _Borrow(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
+                       self._receiving, timeout)
 
-    @contextlib.contextmanager
-    def send_view(self, n: int, *, timeout: float | None = None) -> Iterator[memoryview]:
+    def send_view(self, n: int, *, timeout: float | None = None) -> ContextManager[memoryview]:
         """Loan ``n`` bytes of shared memory to fill in place: ``with ch.send_view(n) as view: ...``.
 
         ``view`` is a writable memoryview of exactly ``n`` bytes inside the ring.  When the block
@@ -315,17 +305,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             raise ValueError(f"send_view() needs n >= 0, not {n}")
         if n > self._send_limit:
             raise self._too_large(n)
-        deadline = deadline_after(timeout)
-        with self._sending:
-            view = t.loan(n, deadline)  # type: ignore[attr-defined]
-            try:
-                yield view
-            except BaseException:
-                _release(view)
-                t.end_loan(publish=False)  # type: ignore[attr-defined]
-                raise
-            _release(view)
-            t.end_loan(publish=True)  # type: ignore[attr-defined]
+        return _Loan(t, self._sending, n, timeout)
 
     def _lender(self, method: str, instead: str) -> Transport:
         t = self._live()
@@ -441,6 +421,63 @@ def _release(view: memoryview) -> None:
         view.release()
     except BufferError:
         pass  # an export of the view (np.frombuffer) outlives the block; the docstrings forbid its use
+
+
+class _Borrow:
+    """What recv_view() returns: borrows the next record on enter, consumes it on exit.
+
+    A small class rather than a @contextmanager generator: the zero-copy path is the fast path, and a
+    generator-based context manager costs several microseconds per message.
+    """
+
+    __slots__ = ("_t", "_guard", "_timeout", "_view")
+    _view: memoryview
+
+    def __init__(self, t: Any, guard: ConflictDetector, timeout: float | None) -> None:
+        self._t, self._guard, self._timeout = t, guard, timeout
+
+    def __enter__(self) -> memoryview:
+        self._guard.__enter__()
+        try:
+            self._view = self._t.borrow(deadline_after(self._timeout))[0]
+        except BaseException:
+            self._guard.__exit__()
+            raise
+        return self._view
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _release(self._view)
+            self._t.end_borrow()
+        finally:
+            self._guard.__exit__()
+
+
+class _Loan:
+    """What send_view() returns: reserves n bytes on enter; publishes them on a normal exit, drops
+    them when the block raised."""
+
+    __slots__ = ("_t", "_guard", "_n", "_timeout", "_view")
+    _view: memoryview
+
+    def __init__(self, t: Any, guard: ConflictDetector, n: int, timeout: float | None) -> None:
+        self._t, self._guard, self._n, self._timeout = t, guard, n, timeout
+
+    def __enter__(self) -> memoryview:
+        self._guard.__enter__()
+        try:
+            self._view = self._t.loan(self._n, deadline_after(self._timeout))
+        except BaseException:
+            self._guard.__exit__()
+            raise
+        return self._view
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            _release(self._view)
+            self._t.end_loan(publish=exc_type is None)
+        finally:
+            self._guard.__exit__()
 
 
 def _no_extras(obj: object, extra: dict[str, Any]) -> None:
