@@ -118,6 +118,7 @@ static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
     self->pwait_p = (uint32_t *)(base + OFF_PRODUCER_WAITING);
     self->producer = producer;
     self->spin_ns = spin_ns;
+    self->spin_cur = spin_ns;
     self->pos = producer ? head : tail;
     self->seen = producer ? tail : head;
     return 0;
@@ -228,7 +229,8 @@ static PyObject *RingEnd_try_recv(RingEnd *self, PyObject *unused)
         Py_RETURN_NONE;
     int rc = ring_next_record(self, &rec, &n, &total);
     if (rc == -EAGAIN && self->spin_ns != 0 && !ring_other_closed(self)) {
-        long long ns = self->spin_ns < 0 || self->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : self->spin_ns;
+        long long ns = self->spin_ns < 0 || self->spin_cur > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : self->spin_cur;
+        self->wait_t0 = now_ns();
         if (spin_for(self, ns) && ring_consumer_gate(self) == 0)
             rc = ring_next_record(self, &rec, &n, &total);
         self->spun = rc == -EAGAIN && self->spin_ns >= 0; /* the general path goes straight to sleep */
@@ -362,7 +364,8 @@ static PyObject *RingEnd_wait(RingEnd *self, PyObject *const *args, Py_ssize_t n
         return PyLong_FromLong(-EBADF);
     long long start = now_ns();
     long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    long long spin_until = self->spun ? start : start + self->spin_ns;
+    long long spin_until = self->spun ? start : start + self->spin_cur;
+    long long began = self->spun ? self->wait_t0 : start;
     if (has_timeout && deadline < spin_until)
         spin_until = deadline;
     self->spun = 0;
@@ -378,6 +381,15 @@ static PyObject *RingEnd_wait(RingEnd *self, PyObject *const *args, Py_ssize_t n
             self->inflight--;
             ring_release_if_done(self);
             return NULL;
+        }
+    }
+    if (rc == 0 && self->spin_ns >= 0) {
+        long long waited = now_ns() - began;
+        if (waited <= SPIN_ADAPT_RESET_NS) {
+            long long next = 2 * waited;
+            self->spin_cur = next < self->spin_ns ? self->spin_ns : next > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : next;
+        } else {
+            self->spin_cur = self->spin_ns;
         }
     }
     self->inflight--;
