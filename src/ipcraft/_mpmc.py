@@ -99,6 +99,7 @@ from typing import Final
 
 from . import _framing, _native
 from ._errors import mpmc_error
+from ._ring import check_native_layout, pow2_capacity
 from ._wait import remaining
 from .errors import LimitExceeded, ProtocolError
 
@@ -138,22 +139,12 @@ _FIXED = struct.Struct("<QIIQQI")  # magic, version, flags, capacity, data offse
 _REC = struct.Struct("<II")
 
 
-def _check_native_layout() -> None:
-    compiled = _native.mpmc_layout()
-    mine = {k: globals()[k] for k in compiled}
-    if mine != compiled:
-        raise ImportError(f"ipcraft._native was built with another MPMC ring layout: {compiled} != {mine}; "
-                          "rebuild it (pip install -e .)")
-
-
-_check_native_layout()
+check_native_layout(_native.mpmc_layout(), globals(), "MPMC ring")
 
 
 def round_capacity(n: int) -> int:
     """The data-area size used for a requested ``capacity``: the next power of two, at least 4096."""
-    if n > MAX_CAPACITY:
-        raise ValueError(f"a ring capacity of {n} bytes exceeds ipcraft's maximum of {MAX_CAPACITY}")
-    return max(MIN_CAPACITY, 1 << (max(n, 1) - 1).bit_length())
+    return pow2_capacity(n, MIN_CAPACITY, MAX_CAPACITY)
 
 
 def ring_size(capacity: int) -> int:

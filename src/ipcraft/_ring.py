@@ -125,22 +125,29 @@ SPIN_NS: Final = 100_000
 _FIXED = struct.Struct("<QIIQQII")  # magic, version, flags, capacity, data offset, creator, opener
 
 
-def _check_native_layout() -> None:
-    compiled = _native.ring_layout()
-    mine = {k: v for k, v in globals().items() if k in compiled}
+def check_native_layout(compiled: dict[str, int], namespace: dict[str, object], what: str) -> None:
+    """Refuse to run when the constants compiled into _native differ from ``namespace``'s (a stale build
+    would misread every shared header)."""
+    mine = {k: v for k, v in namespace.items() if k in compiled}
     if mine != compiled:
-        raise ImportError(f"ipcraft._native was built with another ring layout: {compiled} != {mine}; "
+        raise ImportError(f"ipcraft._native was built with another {what} layout: {compiled} != {mine}; "
                           "rebuild it (pip install -e .)")
 
 
-_check_native_layout()
+check_native_layout(_native.ring_layout(), globals(), "ring")
+
+
+def pow2_capacity(n: int, minimum: int, maximum: int) -> int:
+    """The data-area size used for a requested capacity ``n``: the next power of two, at least
+    ``minimum``; ValueError beyond ``maximum``."""
+    if n > maximum:
+        raise ValueError(f"a ring capacity of {n} bytes exceeds ipcraft's maximum of {maximum}")
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
 
 
 def round_capacity(n: int) -> int:
     """The data-area size used for a requested ``capacity``: the next power of two, at least 4096."""
-    if n > MAX_CAPACITY:
-        raise ValueError(f"a ring capacity of {n} bytes exceeds ipcraft's maximum of {MAX_CAPACITY}")
-    return max(4096, 1 << (max(n, 1) - 1).bit_length())
+    return pow2_capacity(n, 4096, MAX_CAPACITY)
 
 
 def ring_size(capacity: int) -> int:
