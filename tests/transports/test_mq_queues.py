@@ -231,3 +231,21 @@ def test_queue_removed_while_a_process_waits(url):
     time.sleep(0.1)
     q.close()
     assert child.result(timeout=10).startswith("vanished")
+
+
+@pytest.mark.timeout(20)
+def test_plain_recv_bytes_reports_meta_and_refuses_foreign_messages(url):
+    """The common recv_bytes() (the fast path) still fills last_meta, and a message that is not an
+    ipcraft frame is a ProtocolError, not a misread; the queue then delivers the next message."""
+    from ipcraft.errors import ProtocolError
+
+    with ipcraft.queue(url, create=True) as q:
+        q.send_bytes(b"framed")
+        assert q.recv_bytes() == b"framed"
+        assert q.last_meta == ({"priority": 0} if url.startswith("mq:") else {"type": 1})
+        raw = q.extra("queue")  # the primitive underneath: it sends bytes without ipcraft's header
+        raw.send(b"\x00not a frame")
+        with pytest.raises(ProtocolError):
+            q.recv_bytes()
+        q.send_bytes(b"after")
+        assert q.recv_bytes() == b"after"

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
+from .._framing import HEADER_SIZE, check_message_header, header
 from .._names import DEFAULT_MODE
 from ..errors import InvalidEndpoint, PeerVanished, Timeout
 from ..primitives import _mq_common as _common
@@ -76,6 +77,38 @@ class MqTransport(Transport):
     def extra(self) -> dict[str, Any]:
         q = self._q
         return {"name": q.name, "maxmsg": q.maxmsg, "msgsize": q.msgsize, "queue": q}
+
+    def fast_path(self) -> tuple[Any, Any]:
+        """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path.
+
+        They cover the common call (no timeout, no priority) in one slice of the wait and give up
+        (False / None, nothing sent or taken) on anything else, so the general path below does the
+        same call with its full semantics and error reports.
+        """
+        q = self._q
+        limit = (self.max_payload or 0) - HEADER_SIZE
+
+        def try_send(data: Any, sid: int = 0) -> bool:
+            n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+            if n > limit or self._gone:
+                return False
+            try:
+                q.send(header(sid, n) + data, 0, _SLICE)
+            except Exception:  # noqa: BLE001 - nothing was sent; the general path retries and reports
+                return False
+            return True
+
+        def try_recv() -> bytes | None:
+            if self._gone:
+                return None
+            try:
+                data, priority = q.recv(_SLICE)
+            except Exception:  # noqa: BLE001 - nothing was taken; the general path retries and reports
+                return None
+            self.last_meta = {"priority": priority}
+            return check_message_header(memoryview(data), len(data))[1].tobytes()
+
+        return try_send, try_recv
 
     def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None,
                      priority: int = 0) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
+from .._framing import HEADER_SIZE, check_message_header, header
 from .._errors import removed_as_vanished
 from .._names import DEFAULT_MODE
 from ..errors import InvalidEndpoint
@@ -77,6 +78,36 @@ class SysVMqTransport(Transport):
     def extra(self) -> dict[str, Any]:
         q = self._q
         return {"key": q.key, "id": q.id, "qbytes": q.qbytes, "queue": q}
+
+    def fast_path(self) -> tuple[Any, Any]:
+        """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path.
+
+        They cover the common call (no timeout, type 1 out, any type in) and give up (False / None,
+        nothing sent or taken) on any error, so the general path below does the same call with its
+        full semantics and error reports.
+        """
+        q = self._q
+        limit = (self.max_payload or 0) - HEADER_SIZE
+
+        def try_send(data: Any, sid: int = 0) -> bool:
+            n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+            if n > limit:
+                return False
+            try:
+                q.send(header(sid, n) + data, 1, None)
+            except Exception:  # noqa: BLE001 - nothing was sent; the general path retries and reports
+                return False
+            return True
+
+        def try_recv() -> bytes | None:
+            try:
+                data, got = q.recv(0, None)
+            except Exception:  # noqa: BLE001 - nothing was taken; the general path retries and reports
+                return None
+            self.last_meta = {"type": got}
+            return check_message_header(memoryview(data), len(data))[1].tobytes()
+
+        return try_send, try_recv
 
     def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None,
                      type: int = 1) -> None:  # noqa: A002
