@@ -38,7 +38,7 @@ from .errors import (
     ProtocolError as ProtocolError,
     Timeout as Timeout,
 )
-from ._auth import Peer as Peer
+from ._peer import Peer as Peer
 from .serializers import JSON as JSON, MSGPACK as MSGPACK, PICKLE as PICKLE, RAW as RAW, Serializer as Serializer
 
 __all__ = (

@@ -29,7 +29,6 @@ import os
 import struct
 from typing import Final
 
-from ._peer import Peer as Peer
 from .errors import AuthenticationError, ProtocolError
 
 _MAGIC: Final = b"IPCRAFT"

@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from typing import Any, ContextManager, Generic, TypeVar
 
 from . import _framing
-from ._auth import Peer
+from ._peer import Peer
 from ._endpoint import Endpoint
 from ._framing import END, NEED_DATA, FrameReader, frame_parts, header
 from ._resource import ConflictDetector, Handle
 from ._transports import Transport
 from ._transports._io import deadline_after
+from ._zerocopy import Borrow, Loan
 from .errors import (
     AuthenticationError,
     BufferTooSmall,
@@ -32,7 +33,7 @@ from .errors import (
     ProtocolError,
     Timeout,
 )
-from .serializers import MSGPACK, RAW, Serializer, by_id
+from .serializers import MSGPACK, Serializer, by_id
 
 T = TypeVar("T")
 
@@ -280,7 +281,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         .. versionadded:: 0.1
         """
-        return _Borrow(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
+        return Borrow(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
                        self._receiving, timeout)
 
     def send_view(self, n: int, *, timeout: float | None = None) -> ContextManager[memoryview]:
@@ -305,7 +306,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             raise ValueError(f"send_view() needs n >= 0, not {n}")
         if n > self._send_limit:
             raise self._too_large(n)
-        return _Loan(t, self._sending, n, timeout)
+        return Loan(t, self._sending, n, timeout)
 
     def _lender(self, method: str, instead: str) -> Transport:
         t = self._live()
@@ -414,70 +415,6 @@ def bytes_view(data: Any, offset: int = 0, size: int | None = None) -> memoryvie
             raise ValueError(f"size {size} at offset {offset} leaves the {n}-byte buffer")
         mv = mv[offset:end]
     return mv
-
-
-def _release(view: memoryview) -> None:
-    try:
-        view.release()
-    except BufferError:
-        pass  # an export of the view (np.frombuffer) outlives the block; the docstrings forbid its use
-
-
-class _Borrow:
-    """What recv_view() returns: borrows the next record on enter, consumes it on exit.
-
-    A small class rather than a @contextmanager generator: the zero-copy path is the fast path, and a
-    generator-based context manager costs several microseconds per message.
-    """
-
-    __slots__ = ("_t", "_guard", "_timeout", "_view")
-    _view: memoryview
-
-    def __init__(self, t: Any, guard: ConflictDetector, timeout: float | None) -> None:
-        self._t, self._guard, self._timeout = t, guard, timeout
-
-    def __enter__(self) -> memoryview:
-        self._guard.__enter__()
-        try:
-            self._view = self._t.borrow(deadline_after(self._timeout))[0]
-        except BaseException:
-            self._guard.__exit__()
-            raise
-        return self._view
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            _release(self._view)
-            self._t.end_borrow()
-        finally:
-            self._guard.__exit__()
-
-
-class _Loan:
-    """What send_view() returns: reserves n bytes on enter; publishes them on a normal exit, drops
-    them when the block raised."""
-
-    __slots__ = ("_t", "_guard", "_n", "_timeout", "_view")
-    _view: memoryview
-
-    def __init__(self, t: Any, guard: ConflictDetector, n: int, timeout: float | None) -> None:
-        self._t, self._guard, self._n, self._timeout = t, guard, n, timeout
-
-    def __enter__(self) -> memoryview:
-        self._guard.__enter__()
-        try:
-            self._view = self._t.loan(self._n, deadline_after(self._timeout))
-        except BaseException:
-            self._guard.__exit__()
-            raise
-        return self._view
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        try:
-            _release(self._view)
-            self._t.end_loan(publish=exc_type is None)
-        finally:
-            self._guard.__exit__()
 
 
 def _no_extras(obj: object, extra: dict[str, Any]) -> None:

@@ -39,14 +39,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
-import os
 import socket
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import _connect, _framing
-from ._auth import Peer
+from ._peer import Peer
 from ._channel import Listener as _SyncListener
 from ._channel import _no_extras, _NoPublicConstructor, bytes_view
 from ._endpoint import Endpoint

@@ -24,7 +24,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from .._auth import Peer
+from .._peer import Peer
 
 #: scheme -> module (relative to this package) implementing it.
 REGISTRY: dict[str, str] = {

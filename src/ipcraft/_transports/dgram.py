@@ -38,7 +38,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from .._auth import Peer, uid_allowed
+from .._auth import uid_allowed
+from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE

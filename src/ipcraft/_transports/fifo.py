@@ -48,7 +48,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._auth import Peer
+from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error, translating
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, SCRATCH_SIZE, parse_header

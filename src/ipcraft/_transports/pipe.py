@@ -11,7 +11,7 @@ import fcntl
 import os
 import socket
 
-from .._auth import Peer
+from .._peer import Peer
 from ._io import FdStream, SocketStream, raise_sndbuf
 from ..primitives.sockets import peer_credentials
 

@@ -29,7 +29,8 @@ import socket
 import ssl
 from typing import Any
 
-from .._auth import HELLO_SIZE, PROOF_SIZE, Handshake, Peer
+from .._auth import HELLO_SIZE, PROOF_SIZE, Handshake
+from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error
 from ..errors import AuthenticationError, InvalidEndpoint, IPCError, PeerVanished, Timeout

@@ -22,7 +22,8 @@ import os
 import socket
 from collections.abc import Sequence
 
-from .._auth import VERDICT_OK, VERDICT_REFUSED, Peer, uid_allowed
+from .._auth import VERDICT_OK, VERDICT_REFUSED, uid_allowed
+from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path

@@ -1,0 +1,73 @@
+"""The context managers behind Channel.recv_view() and send_view(): zero-copy loans of shared memory.
+
+Small classes rather than @contextmanager generators: the zero-copy path is the fast path, and a
+generator-based context manager costs several microseconds per message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._resource import ConflictDetector
+from ._transports._io import deadline_after
+
+
+def release_view(view: memoryview) -> None:
+    """Release a lent view so that nothing reads the ring through it after the block."""
+    try:
+        view.release()
+    except BufferError:
+        pass  # an export of the view (np.frombuffer) outlives the block; the docstrings forbid its use
+
+
+class Borrow:
+    """What recv_view() returns: borrows the next record on enter, consumes it on exit."""
+
+    __slots__ = ("_t", "_guard", "_timeout", "_view")
+    _view: memoryview
+
+    def __init__(self, t: Any, guard: ConflictDetector, timeout: float | None) -> None:
+        self._t, self._guard, self._timeout = t, guard, timeout
+
+    def __enter__(self) -> memoryview:
+        self._guard.__enter__()
+        try:
+            self._view = self._t.borrow(deadline_after(self._timeout))[0]
+        except BaseException:
+            self._guard.__exit__()
+            raise
+        return self._view
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            release_view(self._view)
+            self._t.end_borrow()
+        finally:
+            self._guard.__exit__()
+
+
+class Loan:
+    """What send_view() returns: reserves n bytes on enter; publishes them on a normal exit, drops
+    them when the block raised."""
+
+    __slots__ = ("_t", "_guard", "_n", "_timeout", "_view")
+    _view: memoryview
+
+    def __init__(self, t: Any, guard: ConflictDetector, n: int, timeout: float | None) -> None:
+        self._t, self._guard, self._n, self._timeout = t, guard, n, timeout
+
+    def __enter__(self) -> memoryview:
+        self._guard.__enter__()
+        try:
+            self._view = self._t.loan(self._n, deadline_after(self._timeout))
+        except BaseException:
+            self._guard.__exit__()
+            raise
+        return self._view
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            release_view(self._view)
+            self._t.end_loan(publish=exc_type is None)
+        finally:
+            self._guard.__exit__()
