@@ -276,3 +276,62 @@ def test_listener_timeout_close_and_iteration(tmp_ipc_dir: str) -> None:
         assert not os.path.exists(f"{tmp_ipc_dir}/l.sock")
 
     run(main())
+
+
+def _echo_shm(url: str) -> str:
+    with ipcraft.connect(url) as c:
+        for m in c:
+            c.send(m)
+    return "done"
+
+
+@pytest.mark.timeout(60)
+def test_shm_channel_round_trips_through_its_eventfd() -> None:
+    """aio over shm://: objects round-trip through the ring while the event loop waits on its fd."""
+    from ipcraft.testing import unique_name
+
+    url = f"shm://{unique_name('aio')}"
+
+    async def main() -> None:
+        listener = await aio.listen(url)
+        try:
+            child = Child(_echo_shm, url)
+            ch = await listener.accept(timeout=10)
+            for i in range(200):
+                await ch.send({"i": i, "b": b"x" * i})
+                assert await ch.recv(timeout=10) == {"i": i, "b": b"x" * i}
+            ch.close()
+            assert child.result(10) == "done"
+        finally:
+            listener.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme", ["mq", "sysvmq", "ring"])
+def test_queues_send_and_a_pending_recv_completes(scheme: str) -> None:
+    """aio.queue for the kernel and shared-memory queues: a recv awaiting an empty queue completes
+    when a message arrives, and a timed one raises Timeout with the queue still usable."""
+    from ipcraft.testing import unique_key, unique_name
+
+    url = f"sysvmq://{unique_key()}" if scheme == "sysvmq" else f"{scheme}://{unique_name('aq')}"
+
+    async def main() -> None:
+        q = await aio.queue(url, create=True)
+        try:
+            await q.send_bytes(b"first")
+            assert await q.recv_bytes(timeout=5) == b"first"
+            pending = asyncio.create_task(q.recv_bytes(timeout=5))
+            await asyncio.sleep(0.05)
+            assert not pending.done()
+            await q.send_bytes(b"later")
+            assert await pending == b"later"
+            with pytest.raises(Timeout):
+                await q.recv_bytes(timeout=0.05)
+            await q.send(["still", "usable"])
+            assert await q.recv(timeout=5) == ["still", "usable"]
+        finally:
+            q.close()
+
+    asyncio.run(main())
