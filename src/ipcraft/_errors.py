@@ -121,6 +121,8 @@ def lock_error(err: int, what: str, filename: str | None = None,
         return OSError(err, f"{what}: not recoverable: an owner died and the next holder released it "
                             "without make_consistent(); initialise it again with create()")
     return os_error(err, what, filename, limits)
+
+
 def ring_error(rc: int, what: str, *, size: int | None = None, limit: int | None = None,
                limit_source: str = "") -> Exception:
     """The exception for ``-errno`` ``rc`` from a shared-memory ring operation (_native.RingEnd).
