@@ -21,8 +21,11 @@ Each scheme's module is imported only when first used, through ``REGISTRY``.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+
+from .._framing import HEADER_SIZE, check_message_header, header
 
 from .._peer import Peer
 
@@ -81,3 +84,38 @@ class Transport:
     def extra(self) -> dict[str, Any]:
         """Transport-specific facts for Channel.extra (typed attributes, anyio style)."""
         return {}
+
+
+def framed_fast_path(t: Transport, send: Callable[[bytes], object], recv: Callable[[], tuple[Any, Any]],
+                     meta_key: str, usable: Callable[[], bool] = lambda: True) -> tuple[Any, Any]:
+    """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path over a
+    kernel message queue: one primitive call each, framing included.
+
+    ``send(frame)`` and ``recv() -> (frame, meta)`` make the common call; ``t.last_meta[meta_key]``
+    gets ``meta``.  On any error (or when ``usable()`` is false) they give up, having sent or taken
+    nothing, so the channel's general path does the same call with its full semantics and reports.
+    A frame taken that is not ipcraft's is a ProtocolError: it cannot be put back.
+    """
+    limit = (t.max_payload or 0) - HEADER_SIZE
+
+    def try_send(data: Any, sid: int = 0) -> bool:
+        n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+        if n > limit or not usable():
+            return False
+        try:
+            send(header(sid, n) + data)
+        except Exception:  # noqa: BLE001 - nothing was sent; the general path retries and reports
+            return False
+        return True
+
+    def try_recv() -> bytes | None:
+        if not usable():
+            return None
+        try:
+            data, meta = recv()
+        except Exception:  # noqa: BLE001 - nothing was taken; the general path retries and reports
+            return None
+        t.last_meta = {meta_key: meta}  # type: ignore[attr-defined]
+        return check_message_header(memoryview(data), len(data))[1].tobytes()
+
+    return try_send, try_recv

@@ -31,12 +31,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
-from .._framing import HEADER_SIZE, check_message_header, header
 from .._names import DEFAULT_MODE
 from ..errors import InvalidEndpoint, PeerVanished, Timeout
 from ..primitives import _mq_common as _common
 from ..primitives.posix_mq import PosixMessageQueue
-from . import Transport
+from . import Transport, framed_fast_path
 from ._io import wait_fd
 
 #: Longest single sleep of a wait before the name is checked again, in seconds.
@@ -86,29 +85,8 @@ class MqTransport(Transport):
         same call with its full semantics and error reports.
         """
         q = self._q
-        limit = (self.max_payload or 0) - HEADER_SIZE
-
-        def try_send(data: Any, sid: int = 0) -> bool:
-            n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
-            if n > limit or self._gone:
-                return False
-            try:
-                q.send(header(sid, n) + data, 0, _SLICE)
-            except Exception:  # noqa: BLE001 - nothing was sent; the general path retries and reports
-                return False
-            return True
-
-        def try_recv() -> bytes | None:
-            if self._gone:
-                return None
-            try:
-                data, priority = q.recv(_SLICE)
-            except Exception:  # noqa: BLE001 - nothing was taken; the general path retries and reports
-                return None
-            self.last_meta = {"priority": priority}
-            return check_message_header(memoryview(data), len(data))[1].tobytes()
-
-        return try_send, try_recv
+        return framed_fast_path(self, lambda frame: q.send(frame, 0, _SLICE), lambda: q.recv(_SLICE),
+                                "priority", lambda: not self._gone)
 
     def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None,
                      priority: int = 0) -> None:

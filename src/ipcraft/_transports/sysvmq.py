@@ -32,14 +32,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
-from .._framing import HEADER_SIZE, check_message_header, header
 from .._errors import removed_as_vanished
 from .._names import DEFAULT_MODE
 from ..errors import InvalidEndpoint
 from ..primitives import _mq_common as _common
 from ..primitives._timeouts import retry_until
 from ..primitives.sysv_mq import SysVMessageQueue, ftok
-from . import Transport
+from . import Transport, framed_fast_path
 from ._io import remaining
 
 
@@ -87,27 +86,7 @@ class SysVMqTransport(Transport):
         full semantics and error reports.
         """
         q = self._q
-        limit = (self.max_payload or 0) - HEADER_SIZE
-
-        def try_send(data: Any, sid: int = 0) -> bool:
-            n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
-            if n > limit:
-                return False
-            try:
-                q.send(header(sid, n) + data, 1, None)
-            except Exception:  # noqa: BLE001 - nothing was sent; the general path retries and reports
-                return False
-            return True
-
-        def try_recv() -> bytes | None:
-            try:
-                data, got = q.recv(0, None)
-            except Exception:  # noqa: BLE001 - nothing was taken; the general path retries and reports
-                return None
-            self.last_meta = {"type": got}
-            return check_message_header(memoryview(data), len(data))[1].tobytes()
-
-        return try_send, try_recv
+        return framed_fast_path(self, lambda frame: q.send(frame, 1, None), lambda: q.recv(0, None), "type")
 
     def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None,
                      type: int = 1) -> None:  # noqa: A002
