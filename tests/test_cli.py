@@ -18,7 +18,7 @@ from ipcraft.inventory import list_objects
 from ipcraft.testing import Child, run_in_child, unique_key, unique_name
 
 
-def invoke(*args: str, input: bytes | str | None = None):
+def invoke(*args: str, input: bytes | str | None = None):  # noqa: A002 (CliRunner's own name)
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
@@ -292,7 +292,7 @@ def test_relay_moves_messages_both_ways_until_one_side_closes(tmp_ipc_dir, spawn
             ca.close()
             with pytest.raises(ipcraft.ChannelClosed):
                 cb.recv(timeout=10)
-    rc, out, err = finish(p)
+    rc, _out, err = finish(p)
     assert rc == 0, err
 
 

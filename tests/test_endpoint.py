@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipcraft._endpoint import OPTIONS, SCHEMES, Endpoint
 from ipcraft.errors import InvalidEndpoint

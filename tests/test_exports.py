@@ -144,7 +144,7 @@ def test_each_public_name_has_one_home() -> None:
             if isinstance(obj, (str, int, float, tuple)):
                 continue
             exporters.setdefault(id(obj), set()).add(mod.__name__)
-    for key, mods in exporters.items():
+    for _key, mods in exporters.items():
         leaves = mods - FACADES
         assert len(leaves) <= 1, f"one object is exported by several public modules: {sorted(mods)}"
     for module in module_files():

@@ -11,7 +11,8 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ipcraft import _mpmc, _native
@@ -127,7 +128,7 @@ def test_whole_capacity_is_usable_and_one_more_byte_is_too_large(ring: tuple[mma
 
 def test_full_ring_times_out_then_drains() -> None:
     """send on a full ring raises Timeout after its timeout; room made by a receive lets it through."""
-    m, r = _new_ring()
+    _m, r = _new_ring()
     try:
         while r.pending() + _record(1000) <= CAP:
             r.send([b"a" * 1000], 0)
@@ -141,7 +142,7 @@ def test_full_ring_times_out_then_drains() -> None:
 
 def test_recv_grows_its_buffer_for_large_messages() -> None:
     """A message larger than the receive buffer is taken whole on the retry, never truncated."""
-    m, r = _new_ring(1 << 20)
+    _m, r = _new_ring(1 << 20)
     try:
         msg = os.urandom(300_000)
         r.send([msg], 0)

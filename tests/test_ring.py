@@ -109,7 +109,7 @@ class RingModel(RuleBasedStateMachine):
         if not self.model:
             assert got is None
             return
-        data, sid = self._popped()
+        data, _sid = self._popped()
         assert got == data
 
     @precondition(lambda self: not self.borrowed)
@@ -375,7 +375,7 @@ def test_level_triggered_eventfd():
     assert readable()
     assert c.end.try_recv() == b"early"
     assert not readable()
-    for k in range(3):
+    for _k in range(3):
         assert p.end.send(b"a") == 0
         assert p.end.send(b"b") == 0
         assert readable()

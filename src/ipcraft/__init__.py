@@ -19,27 +19,60 @@ Layers (send flows down, receive flows up; imports only point down)::
 
 from __future__ import annotations
 
-from ._channel import Channel as Channel, Listener as Listener, Queue as Queue
-from ._connect import connect as connect, listen as listen, pipe as pipe, queue as queue
+from ._channel import Channel as Channel
+from ._channel import Listener as Listener
+from ._channel import Queue as Queue
+from ._connect import connect as connect
+from ._connect import listen as listen
+from ._connect import pipe as pipe
+from ._connect import queue as queue
 from ._endpoint import Endpoint as Endpoint
+from ._peer import Peer as Peer
 from ._version import __version__ as __version__
 from .errors import (
     AuthenticationError as AuthenticationError,
+)
+from .errors import (
     BufferTooSmall as BufferTooSmall,
+)
+from .errors import (
     Busy as Busy,
+)
+from .errors import (
     ChannelClosed as ChannelClosed,
+)
+from .errors import (
     HandleClosed as HandleClosed,
+)
+from .errors import (
     InvalidEndpoint as InvalidEndpoint,
+)
+from .errors import (
     IPCError as IPCError,
+)
+from .errors import (
     LimitExceeded as LimitExceeded,
+)
+from .errors import (
     MessageTooLarge as MessageTooLarge,
+)
+from .errors import (
     OwnerDied as OwnerDied,
+)
+from .errors import (
     PeerVanished as PeerVanished,
+)
+from .errors import (
     ProtocolError as ProtocolError,
+)
+from .errors import (
     Timeout as Timeout,
 )
-from ._peer import Peer as Peer
-from .serializers import JSON as JSON, MSGPACK as MSGPACK, PICKLE as PICKLE, RAW as RAW, Serializer as Serializer
+from .serializers import JSON as JSON
+from .serializers import MSGPACK as MSGPACK
+from .serializers import PICKLE as PICKLE
+from .serializers import RAW as RAW
+from .serializers import Serializer as Serializer
 
 __all__ = (
     "connect", "listen", "queue", "pipe",

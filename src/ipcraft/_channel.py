@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any, ContextManager, Generic, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, Generic, TypeVar
 
 from . import _framing
-from ._peer import Peer
 from ._endpoint import Endpoint
 from ._framing import END, NEED_DATA, FrameReader, frame_parts, header
+from ._peer import Peer
 from ._resource import ConflictDetector, Handle
 from ._transports import Transport
 from ._transports._io import deadline_after
@@ -236,7 +237,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             if data is not None:
                 return data  # type: ignore[no-any-return]
         with self._receiving:
-            sid, view = self._recv_frame(timeout, extra)
+            _sid, view = self._recv_frame(timeout, extra)
             if maxlength is not None and view.nbytes > maxlength:
                 raise MessageTooLarge(f"a {view.nbytes}-byte message exceeds maxlength={maxlength}; it was "
                                       "discarded", view.nbytes, maxlength)
@@ -257,7 +258,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if not 0 <= offset <= len(dst):
             raise ValueError(f"offset {offset} is outside the {len(dst)}-byte buffer")
         with self._receiving:
-            sid, view = self._recv_frame(timeout, extra)
+            _sid, view = self._recv_frame(timeout, extra)
             n = view.nbytes
             if n > len(dst) - offset:
                 raise BufferTooSmall(f"a {n}-byte message does not fit the {len(dst) - offset} bytes left "
@@ -266,7 +267,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             dst[offset:offset + n] = view
             return n
 
-    def recv_view(self, timeout: float | None = None) -> ContextManager[memoryview]:
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Borrow the next message without copying: ``with ch.recv_view() as view: ...``.
 
         ``view`` is a read-only memoryview of the message bytes (as ``recv_bytes`` would return them)
@@ -284,7 +285,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         return Borrow(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
                        self._receiving, timeout)
 
-    def send_view(self, n: int, *, timeout: float | None = None) -> ContextManager[memoryview]:
+    def send_view(self, n: int, *, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Loan ``n`` bytes of shared memory to fill in place: ``with ch.send_view(n) as view: ...``.
 
         ``view`` is a writable memoryview of exactly ``n`` bytes inside the ring.  When the block

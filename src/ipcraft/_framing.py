@@ -25,7 +25,7 @@ too large for the scratch gets its own buffer of exactly its size and is read st
 from __future__ import annotations
 
 import struct
-from typing import Final, Union
+from typing import Final
 
 from .errors import MessageTooLarge, PeerVanished, ProtocolError
 
@@ -57,7 +57,7 @@ NEED_DATA: Final = _Sentinel("NEED_DATA")
 END: Final = _Sentinel("END")
 
 Frame = tuple[int, memoryview]
-NextFrame = Union[Frame, _Sentinel]
+NextFrame = Frame | _Sentinel
 
 
 def header(sid: int, length: int) -> bytes:

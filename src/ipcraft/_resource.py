@@ -59,11 +59,11 @@ class Handle:
             return
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
-        except Exception:
+        except Exception:  # noqa: BLE001 (a finalizer must not raise; warnings may be errors)
             pass
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 (a finalizer must not raise)
             pass
 
 

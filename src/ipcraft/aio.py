@@ -45,12 +45,12 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import _connect, _framing
-from ._peer import Peer
 from ._channel import Listener as _SyncListener
 from ._channel import _no_extras, _NoPublicConstructor, bytes_view
 from ._endpoint import Endpoint
 from ._errors import os_error
 from ._framing import frame_parts
+from ._peer import Peer
 from ._resource import ConflictDetector
 from ._transports import Transport
 from ._transports._io import FdStream, SocketStream, consume

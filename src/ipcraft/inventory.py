@@ -364,7 +364,7 @@ def _sysv(kind: str) -> list[IPCObject]:
     try:
         with open(path) as f:
             header = f.readline().split()
-            rows = [dict(zip(header, map(int, line.split()))) for line in f if line.strip()]
+            rows = [dict(zip(header, map(int, line.split()), strict=False)) for line in f if line.strip()]
     except FileNotFoundError:
         return []
     out = []

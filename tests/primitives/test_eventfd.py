@@ -6,11 +6,12 @@ import select
 import time
 
 import pytest
-from ._lockcheck import ROUNDS, count_in_two_processes
 
 from ipcraft.errors import HandleClosed, Timeout
 from ipcraft.primitives.eventfd import EventFD
 from ipcraft.testing import Child
+
+from ._lockcheck import ROUNDS, count_in_two_processes
 
 
 def test_counter_mode_coalesces():

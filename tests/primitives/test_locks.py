@@ -8,11 +8,12 @@ import select
 import time
 
 import pytest
-from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 from ipcraft.errors import HandleClosed, Timeout
 from ipcraft.primitives.locks import FileLock, LockHolder, RecordLock
 from ipcraft.testing import Child, run_in_child
+
+from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 
 @pytest.fixture()

@@ -120,7 +120,7 @@ def test_records_of_pipe_buf_bytes_never_interleave() -> None:
     with Pipe() as p:
         def writer(k: int) -> None:
             p.close_read()
-            for i in range(records):
+            for _i in range(records):
                 p.write(bytes([k]) * Pipe.PIPE_BUF)
 
         children = [Child(writer, k + 1) for k in range(writers)]

@@ -7,11 +7,12 @@ import os
 import time
 
 import pytest
-from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 from ipcraft.errors import HandleClosed, InvalidEndpoint, LimitExceeded, Timeout
 from ipcraft.primitives.semaphore import PosixSemaphore, SysVSemaphoreSet
 from ipcraft.testing import Child, run_in_child, unique_key, unique_name
+
+from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 
 @pytest.fixture()

@@ -8,11 +8,12 @@ import threading
 import time
 
 import pytest
-from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 from ipcraft.errors import HandleClosed, OwnerDied, ProtocolError, Timeout
 from ipcraft.primitives.sync import SharedCondition, SharedMutex
 from ipcraft.testing import Child, run_in_child
+
+from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 
 @pytest.fixture()

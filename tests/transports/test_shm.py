@@ -499,7 +499,7 @@ def test_last_message_before_close_is_never_lost(wait):
     """A message sent just before close() is always delivered before ChannelClosed (race check)."""
     for i in range(100):
         with shm_pair(wait=wait, capacity=4096) as (c, s):
-            t = threading.Thread(target=lambda: (c.send_bytes(b"last %d" % i), c.close()))
+            t = threading.Thread(target=lambda i=i: (c.send_bytes(b"last %d" % i), c.close()))
             t.start()
             assert s.recv_bytes(timeout=5) == b"last %d" % i
             with pytest.raises(ChannelClosed):
@@ -538,7 +538,7 @@ def test_close_from_another_thread_wakes_a_blocked_recv(wait):
     """close() while another thread is blocked in recv wakes it with HandleClosed (no hang, no crash)."""
     from ipcraft.errors import HandleClosed
 
-    with shm_pair(wait=wait) as (c, s):
+    with shm_pair(wait=wait) as (_c, s):
         errors: list = []
 
         def blocked():

@@ -14,13 +14,13 @@ the library has works here, including those added later.
 from __future__ import annotations
 
 import json
-from typing import Any, Union
+from typing import Any
 
 import click
 
 from .. import Channel, Endpoint, Queue, connect, listen, queue
 
-Handle = Union[Channel[Any], Queue[Any]]
+Handle = Channel[Any] | Queue[Any]
 
 ENDPOINT_HELP = """\b
 Endpoints:

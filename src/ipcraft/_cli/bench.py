@@ -48,7 +48,8 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
               help="Measure only subjects whose name matches (glob, or substring); repeatable.")
 @click.option("--schemes", callback=_schemes, metavar="LIST",
               help="ipcraft schemes to measure, e.g. unix,shm,pipe (baselines and peers still run).")
-@click.option("--sizes", callback=_sizes, metavar="LIST", help="Message sizes, e.g. 64,4K,64K,1M.  [default: 64,4K,64K,1M]")
+@click.option("--sizes", callback=_sizes, metavar="LIST",
+              help="Message sizes, e.g. 64,4K,64K,1M.  [default: 64,4K,64K,1M]")
 @click.option("--wait", "waits", multiple=True, type=click.Choice(WAITS),
               help="Wait modes of the shared-memory schemes; repeatable.  [default: spin and block]")
 @click.option("--placement", type=click.Choice(PLACEMENTS), default="cross", show_default=True,
@@ -97,8 +98,9 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
     if not subjects:
         raise click.UsageError("no subject matches --only/--schemes")
     out, err = Console(), Console(stderr=True)
-    out.print(f"[bold]ipcraft bench[/] · {'full' if full else 'quick'} · placement {plan.describe_placement()} · "
-              f"repeat {plan.repeat} · sizes {', '.join(format_size(z) for z in plan.sizes)} · {plan.describe_malloc()}")
+    out.print(f"[bold]ipcraft bench[/] · {'full' if full else 'quick'} · "
+              f"placement {plan.describe_placement()} · repeat {plan.repeat} · "
+              f"sizes {', '.join(format_size(z) for z in plan.sizes)} · {plan.describe_malloc()}")
     report = _run_with_progress(plan, subjects, err)
     _print_report(out, report)
     if json_path:
@@ -215,7 +217,7 @@ def _print_report(out: Any, report: dict[str, Any]) -> None:
 
 def _fmt_target(t: dict[str, Any], value: float) -> str:
     if t["kind"] == "ratio":
-        return f"{value:.2f}×"
+        return f"{value:.2f}×"  # noqa: RUF001 (the multiplication sign is meant)
     if t["kind"] == "rtt":
         return f"{value:.2f} µs"
     if t["kind"] == "msgps":

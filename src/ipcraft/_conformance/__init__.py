@@ -27,4 +27,6 @@ Decisions:
 from __future__ import annotations
 
 from . import data, lifecycle  # noqa: F401  (importing them registers their checks in CHECKS)
-from ._core import CHECKS as CHECKS, Capabilities as Capabilities, run_conformance as run_conformance
+from ._core import CHECKS as CHECKS
+from ._core import Capabilities as Capabilities
+from ._core import run_conformance as run_conformance

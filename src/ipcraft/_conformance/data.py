@@ -41,7 +41,7 @@ def _order(make_pair: Pair, caps: Capabilities) -> None:
 
         child = fork(send, s, r, caps)
         got = []
-        for i in range(1000):
+        for _i in range(1000):
             got.append(r.recv(timeout=WAIT))
             flow.received()
         child.result(WAIT * 3)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import Busy, ChannelClosed, HandleClosed, PeerVanished, Timeout
-from ._core import MiB, WAIT, Capabilities, Pair, check, expect, fork, limit, pair, payload
+from ._core import WAIT, Capabilities, MiB, Pair, check, expect, fork, limit, pair, payload
 
 
 @check()
@@ -76,6 +76,17 @@ def _fileno_select(make_pair: Pair, caps: Capabilities) -> None:
         child.result(WAIT)
 
 
+def _closed_ops(h: Any) -> list[tuple[str, Callable[[], Any]]]:
+    """Every operation of a handle, as (name, call), for the closed-handle check."""
+    return [
+        ("send", lambda: h.send(1)), ("send_bytes", lambda: h.send_bytes(b"x")),
+        ("recv", lambda: h.recv(timeout=0)), ("recv_bytes", lambda: h.recv_bytes(timeout=0)),
+        ("recv_bytes_into", lambda: h.recv_bytes_into(bytearray(4), timeout=0)),
+        ("poll", lambda: h.poll(0)), ("fileno", h.fileno), ("iter", lambda: next(iter(h))),
+        ("peer", lambda: h.peer),
+    ]
+
+
 @check()
 def _own_close(make_pair: Pair, caps: Capabilities) -> None:
     """After close() (idempotent) every operation raises HandleClosed; with-blocks close too."""
@@ -85,14 +96,7 @@ def _own_close(make_pair: Pair, caps: Capabilities) -> None:
             h.close()
             assert h.closed, "closed is False after close()"
             assert "closed" in repr(h), f"repr does not show the closed state: {h!r}"
-            ops: list[tuple[str, Callable[[], Any]]] = [
-                ("send", lambda: h.send(1)), ("send_bytes", lambda: h.send_bytes(b"x")),
-                ("recv", lambda: h.recv(timeout=0)), ("recv_bytes", lambda: h.recv_bytes(timeout=0)),
-                ("recv_bytes_into", lambda: h.recv_bytes_into(bytearray(4), timeout=0)),
-                ("poll", lambda: h.poll(0)), ("fileno", h.fileno), ("iter", lambda: next(iter(h))),
-                ("peer", lambda: h.peer),
-            ]
-            for name, op in ops:
+            for name, op in _closed_ops(h):
                 expect(HandleClosed, op, f"{name} after close()")
     a, b = make_pair()
     with a, b:

@@ -26,7 +26,6 @@ from types import ModuleType
 from typing import Any
 
 from .._framing import HEADER_SIZE, check_message_header, header
-
 from .._peer import Peer
 
 #: scheme -> module (relative to this package) implementing it.

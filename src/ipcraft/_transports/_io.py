@@ -14,8 +14,11 @@ import socket
 from collections.abc import Sequence
 
 from .._errors import os_error
-from .._wait import POLLIN as _POLLIN, POLLOUT as _POLLOUT
-from .._wait import deadline_after as deadline_after, remaining as remaining, wait_fd as wait_fd
+from .._wait import POLLIN as _POLLIN
+from .._wait import POLLOUT as _POLLOUT
+from .._wait import deadline_after as deadline_after
+from .._wait import remaining as remaining
+from .._wait import wait_fd as wait_fd
 from ..errors import HandleClosed, Timeout
 from . import Transport
 

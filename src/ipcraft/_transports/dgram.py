@@ -39,15 +39,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._auth import uid_allowed
-from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE
+from .._peer import Peer
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
 from ..primitives.sockets import _bind_path, _inet
 from . import Transport
-from ._io import timed_out, wait_fd
-from ._io import raise_sndbuf
+from ._io import raise_sndbuf, timed_out, wait_fd
 from .tcp import bound_endpoint
 from .unix import _bind, sockaddr
 

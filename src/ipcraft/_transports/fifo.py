@@ -48,11 +48,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error, translating
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, SCRATCH_SIZE, parse_header
 from .._names import DEFAULT_MODE
+from .._peer import Peer
 from ..errors import HandleClosed, MessageTooLarge, PeerVanished, ProtocolError, Timeout
 from ..primitives.fifo import Fifo
 from . import Transport

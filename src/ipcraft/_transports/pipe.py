@@ -12,8 +12,8 @@ import os
 import socket
 
 from .._peer import Peer
-from ._io import FdStream, SocketStream, raise_sndbuf
 from ..primitives.sockets import peer_credentials
+from ._io import FdStream, SocketStream, raise_sndbuf
 
 PIPE_SIZE = 1024 * 1024
 

@@ -54,7 +54,16 @@ from typing import Any
 from .. import _framing, _native
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._ring import OFF_HANDLES, REC_HEADER, RingPort, check_ring, format_ring, max_payload, ring_size, round_capacity
+from .._ring import (
+    OFF_HANDLES,
+    REC_HEADER,
+    RingPort,
+    check_ring,
+    format_ring,
+    max_payload,
+    ring_size,
+    round_capacity,
+)
 from ..errors import HandleClosed, ProtocolError, Timeout
 from . import Transport, unix
 from ._io import timed_out, wait_fd

@@ -93,7 +93,7 @@ class SysVMqTransport(Transport):
         try:
             self._q.send(b"".join(parts), type, None if deadline is None else remaining(deadline))
         except OSError as exc:
-            raise removed_as_vanished(exc)
+            raise removed_as_vanished(exc) from exc
 
     def recv_message(self, deadline: float | None, type: int = 0,  # noqa: A002
                      except_type: bool = False) -> bytes:
@@ -101,7 +101,7 @@ class SysVMqTransport(Transport):
             data, got = self._q.recv(type, None if deadline is None else remaining(deadline),
                                     except_type=except_type)
         except OSError as exc:
-            raise removed_as_vanished(exc)
+            raise removed_as_vanished(exc) from exc
         self.last_meta = {"type": got}
         return data
 
@@ -110,7 +110,7 @@ class SysVMqTransport(Transport):
         try:
             return retry_until(lambda: True if q.current_messages else None, deadline) is not None
         except OSError as exc:
-            raise removed_as_vanished(exc)
+            raise removed_as_vanished(exc) from exc
 
 
 def key_of(endpoint: Endpoint) -> int:

@@ -30,14 +30,14 @@ import ssl
 from typing import Any
 
 from .._auth import HELLO_SIZE, PROOF_SIZE, Handshake
-from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error
+from .._peer import Peer
 from ..errors import AuthenticationError, InvalidEndpoint, IPCError, PeerVanished, Timeout
 from ..primitives.sockets import _inet
 from . import Transport
-from .unix import UnixListener
 from ._io import SocketStream, deadline_after, timed_out, wait_fd
+from .unix import UnixListener
 
 _POLLIN, _POLLOUT = 1, 4
 _DEFAULT_HANDSHAKE_TIMEOUT = 10.0

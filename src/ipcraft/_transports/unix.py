@@ -23,10 +23,10 @@ import socket
 from collections.abc import Sequence
 
 from .._auth import VERDICT_OK, VERDICT_REFUSED, uid_allowed
-from .._peer import Peer
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
+from .._peer import Peer
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
 from ..primitives.sockets import _bind_path, peer_credentials
 from . import Transport

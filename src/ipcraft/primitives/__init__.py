@@ -27,48 +27,95 @@ from __future__ import annotations
 
 from .eventfd import EventFD as EventFD
 from .fifo import Fifo as Fifo
-from .locks import FileLock as FileLock, LockHolder as LockHolder, RecordLock as RecordLock
+from .locks import FileLock as FileLock
+from .locks import LockHolder as LockHolder
+from .locks import RecordLock as RecordLock
 from .mmap_file import MappedFile as MappedFile
 from .pipe import Pipe as Pipe
 from .posix_mq import (
     PRIORITY_MAX as PRIORITY_MAX,
+)
+from .posix_mq import (
     PosixMessageQueue as PosixMessageQueue,
+)
+from .posix_mq import (
     unlink_message_queue as unlink_message_queue,
 )
 from .semaphore import (
     PosixSemaphore as PosixSemaphore,
+)
+from .semaphore import (
     SysVSemaphoreSet as SysVSemaphoreSet,
+)
+from .semaphore import (
     unlink_posix_semaphore as unlink_posix_semaphore,
 )
 from .shm import (
     PosixSharedMemory as PosixSharedMemory,
+)
+from .shm import (
     SysVSharedMemory as SysVSharedMemory,
+)
+from .shm import (
     remove_sysv_shm as remove_sysv_shm,
+)
+from .shm import (
     unlink_posix_shm as unlink_posix_shm,
 )
 from .signals import (
     SI_KERNEL as SI_KERNEL,
+)
+from .signals import (
     SI_QUEUE as SI_QUEUE,
+)
+from .signals import (
     SI_TKILL as SI_TKILL,
+)
+from .signals import (
     SI_USER as SI_USER,
+)
+from .signals import (
     SigInfo as SigInfo,
+)
+from .signals import (
     SignalFD as SignalFD,
+)
+from .signals import (
     SignalReceiver as SignalReceiver,
+)
+from .signals import (
     sigqueue as sigqueue,
 )
 from .sockets import (
     TcpSocket as TcpSocket,
+)
+from .sockets import (
     UdpSocket as UdpSocket,
+)
+from .sockets import (
     UnixSocket as UnixSocket,
+)
+from .sockets import (
     peer_credentials as peer_credentials,
 )
-from .sync import SharedCondition as SharedCondition, SharedMutex as SharedMutex
+from .sync import SharedCondition as SharedCondition
+from .sync import SharedMutex as SharedMutex
 from .sysv_mq import (
     IPC_PRIVATE as IPC_PRIVATE,
+)
+from .sysv_mq import (
     TYPE_MAX as TYPE_MAX,
+)
+from .sysv_mq import (
     SysVMessageQueue as SysVMessageQueue,
+)
+from .sysv_mq import (
     SysVMessageQueueStat as SysVMessageQueueStat,
+)
+from .sysv_mq import (
     ftok as ftok,
+)
+from .sysv_mq import (
     remove_message_queue as remove_message_queue,
 )
 

@@ -355,7 +355,7 @@ class FileMapping(FdHandle, MemoryHandle):
         except BaseException:
             try:  # the length is unchanged after a failed _set_length: map the old size again
                 self._mmap = self._map(old, what)
-            except BaseException:
+            except BaseException:  # noqa: BLE001 (closed, then the first error re-raised below)
                 self.close()
             raise
 

@@ -17,6 +17,7 @@ Decisions:
 from __future__ import annotations
 
 import errno
+import functools
 import select
 import socket
 from collections.abc import Callable
@@ -151,7 +152,7 @@ class SocketBase(Handle):
         sent = 0
         while True:
             try:
-                sent += self._io(lambda f: op(view[sent:], f), POLLOUT, remaining(deadline), "sending on")
+                sent += self._io(functools.partial(op, view[sent:]), POLLOUT, remaining(deadline), "sending on")
             except Timeout as exc:
                 exc.written = sent  # type: ignore[attr-defined]
                 raise

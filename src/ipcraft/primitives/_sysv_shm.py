@@ -89,7 +89,7 @@ class _Segment(sysv_ipc.SharedMemory):  # type: ignore[misc]
         try:
             if self.attached:
                 self.detach()
-        except Exception:
+        except Exception:  # noqa: BLE001 (a finalizer must not raise)
             pass
 
 

@@ -108,7 +108,7 @@ class PosixMessageQueue(Owned, Handle):
                                         max_message_size=msgsize)
         except Exception as exc:
             raise translated(exc, f"creating POSIX message queue {path!r} (maxmsg={maxmsg}, "
-                             f"msgsize={msgsize})", path, _create_limits(maxmsg, msgsize))
+                             f"msgsize={msgsize})", path, _create_limits(maxmsg, msgsize)) from exc
         return cls(mq, owner=True)
 
     @classmethod
@@ -124,7 +124,7 @@ class PosixMessageQueue(Owned, Handle):
         try:
             mq = posix_ipc.MessageQueue(path, 0)
         except Exception as exc:
-            raise translated(exc, f"opening POSIX message queue {path!r}", path)
+            raise translated(exc, f"opening POSIX message queue {path!r}", path) from exc
         return cls(mq, owner=False)
 
     @classmethod
@@ -170,7 +170,7 @@ class PosixMessageQueue(Owned, Handle):
         try:
             return int(mq.current_messages)
         except Exception as exc:
-            raise translated(exc, f"reading the attributes of {self!r}")
+            raise translated(exc, f"reading the attributes of {self!r}") from exc
 
     @property
     def mode(self) -> int:
@@ -207,7 +207,7 @@ class PosixMessageQueue(Owned, Handle):
         deadline = deadline_after(timeout)
         try:
             mq.send(data, timeout, priority)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (posix_ipc's classes; _after_failure translates)
             self._after_failure(exc, lambda left: mq.send(data, left, priority), deadline,
                                 f"sending a {n}-byte message to", f" (full at maxmsg={self._maxmsg})")
 
@@ -225,7 +225,7 @@ class PosixMessageQueue(Owned, Handle):
         deadline = deadline_after(timeout)
         try:
             return mq.receive(timeout)  # type: ignore[no-any-return]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (posix_ipc's classes; _after_failure translates)
             return self._after_failure(exc, mq.receive, deadline, "receiving from")  # type: ignore[no-any-return]
 
     def _after_failure(self, exc: Exception, retry: Callable[[float | None], Any], deadline: float | None,

@@ -296,6 +296,6 @@ class SignalFD(FdHandle):
 
 
 def _siginfo(data: bytes, offset: int) -> SigInfo:
-    (signo, _errno_, code, pid, uid, _fd, _tid, _band, _overrun, _trapno, status, value, ptr,
+    (signo, _errno, code, pid, uid, _fd, _tid, _band, _overrun, _trapno, status, value, ptr,
      *_rest) = _SIGINFO.unpack_from(data, offset)
     return SigInfo(signo=signo, code=code, pid=pid, uid=uid, value=value, ptr=ptr, status=status)

@@ -29,9 +29,9 @@ import stat
 import struct
 from typing import Any, Final
 
-from .._peer import Peer
 from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
+from .._peer import Peer
 from .._wait import POLLIN, POLLOUT, deadline_after, wait_fd
 from ..errors import ChannelClosed, LimitExceeded, MessageTooLarge, Timeout
 from ._sockio import SocketBase, sock_type

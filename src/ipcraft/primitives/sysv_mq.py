@@ -166,7 +166,7 @@ class SysVMessageQueue(Owned, Handle):
             mq = sysv_ipc.MessageQueue(k, sysv_ipc.IPC_CREX, mode & 0o777, msgmax)
         except Exception as exc:
             raise translated(exc, f"creating a System V message queue for key {_hex(k)}", limits={
-                errno.ENOSPC: f"{_common.describe(_common.MSGMNI)} message queues on the system"})
+                errno.ENOSPC: f"{_common.describe(_common.MSGMNI)} message queues on the system"}) from exc
         q = cls.__new__(cls)
         try:
             q.__init__(mq, owner=True, msgmax=msgmax)  # type: ignore[misc]
@@ -194,7 +194,7 @@ class SysVMessageQueue(Owned, Handle):
             msgmax = _common.read(_common.MSGMAX)
             mq = sysv_ipc.MessageQueue(k, 0, 0o600, msgmax)
         except Exception as exc:
-            raise translated(exc, f"opening the System V message queue for key {_hex(k)}")
+            raise translated(exc, f"opening the System V message queue for key {_hex(k)}") from exc
         return cls(mq, owner=False, msgmax=msgmax)
 
     @classmethod
@@ -249,7 +249,7 @@ class SysVMessageQueue(Owned, Handle):
         except Exception as exc:
             raise translated(exc, f"setting qbytes of {self!r} to {value} (changing it needs the owner's "
                              f"or creator's uid; above {_common.describe(_common.MSGMNB)} it needs "
-                             "CAP_SYS_RESOURCE)")
+                             "CAP_SYS_RESOURCE)") from exc
         self._qbytes = self._read_qbytes()
         self._limit = min(self._msgmax, self._qbytes)
 
@@ -368,7 +368,7 @@ class SysVMessageQueue(Owned, Handle):
                 except Exception as exc:
                     err = translated(exc, describe(), remap=remap)
                     if not isinstance(err, InterruptedError):
-                        raise err
+                        raise err from exc
 
         def attempt() -> tuple[_T] | None:  # None: not now (retry_until's "try again")
             try:
@@ -377,7 +377,7 @@ class SysVMessageQueue(Owned, Handle):
                 err = translated(exc, describe(), remap=remap)
                 if isinstance(err, Timeout):
                     return None
-                raise err
+                raise err from exc
         got = retry_until(attempt, deadline_after(timeout))
         if got is None:
             raise Timeout(f"{describe()}: timed out after {timeout} s")
@@ -397,7 +397,7 @@ class SysVMessageQueue(Owned, Handle):
         try:
             mq.remove()
         except Exception as exc:
-            raise translated(exc, f"removing {self!r}")
+            raise translated(exc, f"removing {self!r}") from exc
         self.release_ownership()
         self.close()
 
@@ -412,7 +412,7 @@ class SysVMessageQueue(Owned, Handle):
         try:
             return getattr(mq, name)
         except Exception as exc:
-            raise translated(exc, f"reading {name} of {self!r}")
+            raise translated(exc, f"reading {name} of {self!r}") from exc
 
     def _read_qbytes(self) -> int:
         return int(self._attr("max_size"))
@@ -426,7 +426,7 @@ class SysVMessageQueue(Owned, Handle):
             except Exception as exc:
                 err = translated(exc, f"removing {self!r}")
                 if getattr(err, "errno", None) != errno.EIDRM:  # already removed by someone else
-                    raise err
+                    raise err from exc
 
     def __repr__(self) -> str:
         owner = " owner" if self.owner else ""
