@@ -3,7 +3,8 @@
 A run measures *subjects* (ipcraft's schemes through the public API, bare Python loops over the
 kernel, and peer libraries) at a few message sizes, each in a fresh pair of forked, pinned processes:
 round-trip latency (p50/p99), one-way throughput (msg/s, MB/s) and CPU time per message.  The method
-copies shared/reference/peers-measured.md so that figures can be set beside those.
+is the one the peer libraries' published figures use (ping-pong p50/p99, back-to-back one-way runs,
+medians of repetitions), so that figures can be set beside those.
 
 Decisions:
 
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._harness import Env, Subject, run_trial
+from ._load import BUSY_CPUS, LoadMeter, Neighbours, sample_before, verdict
 from ._peers import peer_subjects
 from ._plan import DEFAULT_SIZES, Plan, format_size, parse_size
 from ._report import SCHEMA, aggregate, check_targets, machine_info
@@ -85,6 +87,7 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
     returns (KeyboardInterrupt included).
     """
     started = time.monotonic()
+    before = sample_before()  # before any process of ours runs
     if plan.malloc_top_pad:
         _set_malloc_top_pad(plan.malloc_top_pad)  # the forked subject processes inherit it
     tmpdir = tempfile.mkdtemp(prefix="ipcraft-bench-", dir=_tmp_root())
@@ -94,6 +97,8 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
     status: dict[str, tuple[str, str]] = {}
     leftovers: dict[str, list[str]] = {}
     total, done = len(subjects) * plan.repeat, 0
+    neighbours = Neighbours(plan.load)
+    meter = LoadMeter(exclude=neighbours.pids)
     try:
         for rep in range(plan.repeat):  # repetitions outermost, interleaved as in the reference
             trial_plan = plan if rep == 0 else dataclasses.replace(plan, idle=0.0)  # idle CPU: once
@@ -125,17 +130,22 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
                 if progress:
                     progress(done, total, subject.name)
     finally:
+        neighbour_cpu = neighbours.stop()
+        during = meter.stop()
         found = sweep(env)
         if found:
             leftovers.setdefault("(end of run)", []).extend(found)
         shutil.rmtree(tmpdir, ignore_errors=True)
         iox.cleanup()
-    return _report(plan, subjects, trials, status, leftovers, time.monotonic() - started)
+    load = {"neighbours": plan.load, "neighbour_cpus": round(neighbour_cpu / max(during["seconds"], 1e-9), 3),
+            "before": before, "during": during, "busy_threshold_cpus": BUSY_CPUS,
+            "warning": verdict(before, during, plan.load)}
+    return _report(plan, subjects, trials, status, leftovers, time.monotonic() - started, load)
 
 
 def _report(plan: Plan, subjects: list[Subject], trials: dict[str, list[dict[str, Any]]],
             status: dict[str, tuple[str, str]], leftovers: dict[str, list[str]],
-            seconds: float) -> dict[str, Any]:
+            seconds: float, load: dict[str, Any]) -> dict[str, Any]:
     results, idle, errors = [], [], []
     for s in subjects:
         runs = trials[s.name]
@@ -160,7 +170,8 @@ def _report(plan: Plan, subjects: list[Subject], trials: dict[str, list[dict[str
                    "placement": plan.placement, "waits": list(plan.waits),
                    "round_trips": {str(z): plan.round_trips(z) for z in plan.sizes},
                    "messages": {str(z): plan.messages(z) for z in plan.sizes},
-                   "idle_seconds": plan.idle},
+                   "idle_seconds": plan.idle, "load": plan.load},
+        "load": load,
         "subjects": [{"name": s.name, "group": s.group, **s.facts,
                       "status": status.get(s.name, ("ok", ""))[0],
                       "reason": status.get(s.name, ("ok", ""))[1],
