@@ -333,12 +333,16 @@ def test_load_runs_cpu_bound_neighbours_and_reports_them(tmp_path):
                             env=_bench_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         spinners: set[int] = set()
+        running = False  # a neighbour seen running or runnable (state R), not asleep
         while proc.poll() is None:  # the bench's children that run the neighbours' code
             for kid in _children_of(proc.pid):
                 try:
                     with open(f"/proc/{kid}/cmdline", "rb") as f:
-                        if b"while True: pass" in f.read():
-                            spinners.add(kid)
+                        if b"while True: pass" not in f.read():
+                            continue
+                    spinners.add(kid)
+                    with open(f"/proc/{kid}/stat") as f:
+                        running |= f.read().rsplit(")", 1)[1].split()[0] == "R"
                 except OSError:
                     pass
             time.sleep(0.05)
@@ -353,7 +357,7 @@ def test_load_runs_cpu_bound_neighbours_and_reports_them(tmp_path):
     assert "--load 2: 2 CPU-bound neighbour process(es)" in " ".join(out.split())
     report = json.loads(out_json.read_text())
     assert report["config"]["load"] == 2 and report["load"]["neighbours"] == 2
-    assert report["load"]["neighbour_cpus"] > 0.3  # they did spin (two of them, on a busy 2-CPU machine)
+    assert running and report["load"]["neighbour_cpus"] > 0.05  # they spun (how much depends on the machine)
     for when in ("before", "during"):
         assert report["load"][when]["seconds"] > 0 and report["load"][when]["other_cpus"] >= 0
 

@@ -149,3 +149,29 @@ def test_tour_on_a_terminal_is_rich():
     assert os.waitstatus_to_exitcode(status) == 0, out
     text = out.decode()
     assert "\x1b[" in text and "╭" in text and "msgrcv(type=-3)" in text
+
+
+@pytest.mark.timeout(60)
+def test_posix_messages_come_out_highest_priority_first():
+    step = _tour.run("mq")
+    assert step.facts["order"] == [["high", 9], ["middle", 5], ["low", 1]]
+    assert not os.path.exists("/dev/mqueue" + step.facts["mq_name"])
+
+
+@pytest.mark.timeout(60)
+def test_unix_stream_merges_writes_seqpacket_keeps_them_and_peercred_names_the_writer():
+    step = _tour.run("unix")
+    assert step.facts["reads"] == {"stream": ["firstsecond"], "seqpacket": ["first", "second"]}
+    assert step.facts["peer_pid"] == step.facts["writer_pid"] != os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_eventfd_coalesces_posts_in_counter_mode_and_not_in_semaphore_mode():
+    step = _tour.run("eventfd")
+    assert step.facts["taken"] == {"counter mode": [3], "semaphore mode": [1, 1, 1]}
+
+
+@pytest.mark.timeout(60)
+def test_a_robust_mutex_reports_its_dead_owner_instead_of_deadlocking():
+    step = _tour.run("mutex")
+    assert step.facts["held_by_owner"] is True and step.facts["owner_died"] is True

@@ -19,6 +19,7 @@ import json
 import os
 import select
 import signal
+import struct
 import tempfile
 import time
 import zlib
@@ -95,6 +96,28 @@ class _Recorder:
                 self.say(who, f"failed: {type(exc).__name__}: {exc}", error=f"{who}: {exc}")
             finally:
                 os._exit(status)
+        return pid
+
+    def fork_holder(self, who: str, take: Callable[[], Any]) -> int:
+        """Fork a child that runs ``take`` (it takes a lock), then hangs until killed; return its pid
+        once ``take`` has returned.  What ``take`` returns stays referenced while the child hangs."""
+        ready_r, ready_w = os.pipe()
+
+        def body() -> None:
+            held = take()
+            os.write(ready_w, b"!")
+            time.sleep(_CHILD_DEADLINE)
+            del held
+
+        try:
+            pid = self.fork(who, body)
+            if not select.select([ready_r], [], [], 10)[0]:
+                os.kill(pid, signal.SIGKILL)
+                self.reap(pid)
+                raise TimeoutError(f"the {who} did not take its lock within 10 s")
+        finally:
+            os.close(ready_r)
+            os.close(ready_w)
         return pid
 
     def reap(self, pid: int, timeout: float = _CHILD_DEADLINE) -> int:
@@ -346,20 +369,13 @@ def lock() -> Step:
         path = os.path.join(d, "lockfile")
         # contextlib.closing: ``with`` on a lock handle would take the lock.
         with contextlib.closing(RecordLock.open_or_create(path)) as lk:
-            ready_r, ready_w = os.pipe()
-
-            def holder() -> None:
+            def holder() -> RecordLock:
                 mine = RecordLock.open(path)  # kept open: closing any fd of the file drops a classic lock
                 mine.acquire(timeout=5)
                 rec.say("holder", "holds the lock (fcntl F_SETLK, whole file) and hangs")
-                os.write(ready_w, b"!")
-                time.sleep(_CHILD_DEADLINE)
-                mine.close()
+                return mine
 
-            pid = rec.fork("holder", holder)
-            select.select([ready_r], [], [], 10)
-            os.close(ready_r)
-            os.close(ready_w)
+            pid = rec.fork_holder("holder", holder)
             who = lk.holder()
             holder_pid = who.pid if who else None
             rec.say("other", f"F_GETLK says process {holder_pid} holds it", holder_pid=holder_pid, holder_child=pid)
@@ -415,10 +431,157 @@ def signals() -> Step:
     return out
 
 
+def mq() -> Step:
+    """POSIX messages come out by priority, highest first, whatever the order they were sent in."""
+    from .primitives import PosixMessageQueue
+
+    step = Step("mq", "POSIX message queue: the highest priority first",
+                "A POSIX message queue has a name (it shows in /dev/mqueue) and keeps whole messages, "
+                "each with a priority: mq_receive() always takes the oldest message of the highest "
+                "priority.  The queue holds a fixed number of messages; a sender blocks when it is full.")
+    rec = _Recorder().start()
+    name = f"/ipcraft-tour-{os.getpid()}-{os.urandom(3).hex()}"
+    with PosixMessageQueue.create(name) as q:
+        rec.say("receiver", f"made the queue {name} (mq_open O_CREAT|O_EXCL)", mq_name=name)
+
+        def sender() -> None:
+            with PosixMessageQueue.open(name) as mine:
+                for data, prio in ((b"low", 1), (b"high", 9), (b"middle", 5)):
+                    mine.send(data, priority=prio)
+                    rec.say("sender", f"sent {data.decode()!r} with priority {prio}")
+
+        rec.reap(rec.fork("sender", sender))
+        order = []
+        for _ in range(3):
+            data, prio = q.recv(timeout=5)
+            order.append([data.decode(), prio])
+            rec.say("receiver", f"mq_receive -> {data.decode()!r} (priority {prio})")
+        rec.say("receiver", "highest priority first, whatever the order of sending", order=order)
+    return rec.finish(step)
+
+
+def unix() -> Step:
+    """A stream socket merges writes, a seqpacket socket keeps them; SO_PEERCRED names the peer."""
+    import socket
+
+    step = Step("unix", "Unix sockets: bytes or messages, and who is on the other end",
+                "A Unix socket connects two processes both ways.  SOCK_STREAM carries bytes: two "
+                "writes may arrive as one read, so a program must frame its messages.  SOCK_SEQPACKET "
+                "keeps each write a message.  The kernel tells each side the other's pid, uid and gid "
+                "(SO_PEERCRED), which no peer can forge.")
+    rec = _Recorder().start()
+    reads: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="ipcraft-tour-") as d:
+        for kind, name in ((socket.SOCK_STREAM, "stream"), (socket.SOCK_SEQPACKET, "seqpacket")):
+            path = os.path.join(d, f"{name}.sock")
+            with socket.socket(socket.AF_UNIX, kind) as listener:
+                listener.bind(path)
+                listener.listen(1)
+
+                def writer(label: str = name, kind: int = kind, path: str = path) -> None:
+                    with socket.socket(socket.AF_UNIX, kind) as sock:
+                        sock.connect(path)
+                        for part in (b"first", b"second"):
+                            sock.sendall(part)
+                    rec.say("writer", f"{label}: connected, wrote 'first' and 'second' (two writes), closed")
+
+                pid = rec.fork("writer", writer)
+                listener.settimeout(10)
+                conn, _ = listener.accept()
+            with conn:
+                rec.reap(pid)  # both writes are in the socket before the first read
+                got = []
+                while data := conn.recv(4096):
+                    got.append(data.decode())
+                reads[name] = got
+                rec.say("reader", f"{name}: {len(got)} read(s): {got}")
+                if name == "stream":
+                    cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                    peer_pid, uid, gid = struct.unpack("3i", cred)
+                    rec.say("reader", f"SO_PEERCRED: the peer is pid {peer_pid} (uid {uid}, gid {gid}), the writer",
+                            peer_pid=peer_pid, writer_pid=pid)
+    rec.say("reader", "stream: bytes, boundaries lost; seqpacket: one read per write", reads=reads)
+    return rec.finish(step)
+
+
+def eventfd() -> Step:
+    """An eventfd counter: several posts wake one read that takes them all, or one each in semaphore mode."""
+    from .primitives import EventFD
+
+    step = Step("eventfd", "eventfd: a counter that wakes",
+                "An eventfd is a 64-bit counter in the kernel behind a file descriptor.  write() adds to "
+                "it and wakes readers; read() waits while it is 0, then returns it and resets it to 0, so "
+                "many posts coalesce into one wake-up.  In semaphore mode each read takes just 1.")
+    rec = _Recorder().start()
+    taken: dict[str, list[int]] = {}
+    for semaphore_mode in (False, True):
+        label = "semaphore mode" if semaphore_mode else "counter mode"
+        with EventFD(semaphore=semaphore_mode) as efd:
+            def poster(e: EventFD = efd, what: str = label) -> None:
+                for _ in range(3):
+                    e.send(1)
+                rec.say("poster", f"{what}: posted 1, three times")
+
+            rec.reap(rec.fork("poster", poster))
+            got = []
+            while select.select([efd.fileno()], [], [], 0)[0]:  # readable while the counter is above 0
+                got.append(efd.recv(timeout=0))
+            taken[label] = got
+            rec.say("reader", f"{label}: the reads returned {got}")
+    rec.say("reader", "counter mode: one wake-up for three posts; semaphore mode: one per post", taken=taken)
+    return rec.finish(step)
+
+
+def mutex() -> Step:
+    """A process dies holding a robust mutex in shared memory; the next locker is told, not deadlocked."""
+    import mmap
+
+    from .errors import OwnerDied
+    from .primitives import SharedMutex
+
+    step = Step("mutex", "Process-shared mutex: a dead owner is reported, never a deadlock",
+                "A pthread mutex placed in shared memory can be locked by any process that maps it.  "
+                "A robust one is tracked by the kernel: if its owner dies holding it, the kernel "
+                "unlocks it and the next locker gets EOWNERDEAD (ipcraft's OwnerDied), holding the "
+                "lock, so that it can repair the data the dead owner was changing.")
+    rec = _Recorder().start()
+    with mmap.mmap(-1, 4096) as buf:  # MAP_SHARED|MAP_ANONYMOUS: shared with the children we fork
+        mtx = SharedMutex.create(buf)
+        try:
+            def owner() -> None:
+                mtx.acquire(timeout=5)
+                rec.say("owner", "locked the mutex and hangs")
+
+            pid = rec.fork_holder("owner", owner)
+            try:
+                mtx.acquire(timeout=HOLD)
+                waited = False
+            except Timeout:
+                waited = True
+            rec.say("other", f"tried for {_ms(HOLD)}: {'still held' if waited else 'got it (unexpected)'}",
+                    held_by_owner=waited)
+            os.kill(pid, signal.SIGKILL)
+            rec.say("other", "killed the owner with SIGKILL; locks again")
+            rec.reap(pid)
+            try:
+                mtx.acquire(timeout=5)
+                died = False
+            except OwnerDied:
+                died = True
+            rec.say("other", f"{'OwnerDied: the lock is mine, the data may be half-updated' if died else 'no report'}",
+                    owner_died=died)
+            mtx.make_consistent()
+            mtx.release()
+            rec.say("other", "repaired, marked consistent, released: the mutex works on")
+        finally:
+            mtx.close()
+    return rec.finish(step)
+
+
 #: The tour in teaching order: name -> step.
 STEPS: dict[str, Callable[[], Step]] = {
-    "pipe": pipe, "fifo": fifo, "sysvmq": sysvmq, "semaphore": semaphore, "shm": shm, "lock": lock,
-    "signal": signals,
+    "pipe": pipe, "fifo": fifo, "sysvmq": sysvmq, "mq": mq, "semaphore": semaphore, "shm": shm,
+    "unix": unix, "signal": signals, "lock": lock, "eventfd": eventfd, "mutex": mutex,
 }
 
 

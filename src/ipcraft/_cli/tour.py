@@ -25,8 +25,9 @@ def tour(mechanism: str | None) -> None:
     Each step says what the kernel does, then runs it (forked processes, real kernel objects,
     removed at the end) and narrates what each process saw, with the times measured on this
     machine: a writer asleep on a full pipe, a FIFO open failing with ENXIO, System V messages
-    fetched by type, a process asleep on a semaphore, readers sharing memory, a dead process's
-    lock freed by the kernel, a signal carrying a payload.
+    fetched by type, POSIX ones by priority, a process asleep on a semaphore, readers sharing
+    memory, stream and seqpacket sockets, a signal carrying a payload, a dead process's lock freed
+    by the kernel, eventfd's counter, a robust mutex reporting its dead owner.
     """
     names = [mechanism] if mechanism else list(STEPS)
     rich = sys.stdout.isatty()
