@@ -33,12 +33,12 @@ LAYERS = {
     "_transports": 2, "_rings": 2,
     "_channel": 3, "_zerocopy": 3,
     "_connect": 4,
-    "": 5, "__main__": 5, "aio": 5, "testing": 5, "_conformance": 5, "_cli": 5, "_bench": 5,
+    "": 5, "__main__": 5, "aio": 5, "testing": 5, "_conformance": 5, "_cli": 5, "_bench": 5, "_tour": 5,
     "inventory": 5, "limits": 5,
 }
 #: Private packages behind the `ipcraft` command: their __all__ is their interface to _cli, not names
 #: the library promises (they are still bound by the layering).
-COMMAND_MACHINERY = {"_bench", "_cli"}
+COMMAND_MACHINERY = {"_bench", "_cli", "_tour"}
 #: Public packages whose __init__ re-exports (the others are leaf modules).
 FACADES = {"ipcraft", "ipcraft.primitives"}
 

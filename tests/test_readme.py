@@ -30,7 +30,7 @@ mount --make-rprivate /
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /dev/shm
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue
-ip link set lo up
+if command -v ip >/dev/null; then ip link set lo up; fi  # loopback, for tcp:// blocks
 cd /tmp
 """
 _AFTER = f"""
