@@ -16,12 +16,15 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-_FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(r"^([ \t]*)```([^\n`]*)\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
+#: Info-string languages run as python or as sh (a block in another language, e.g. C, is not run).
+_LANGS = {"python": "python", "py": "python", "sh": "sh", "bash": "sh", "shell": "sh"}
 _LEFTOVERS = "__README_LEFTOVERS__"
 
 # Runs inside the namespaces: private mounts, then the block, then a look for what it left behind.
@@ -32,6 +35,15 @@ mount -t tmpfs tmpfs /dev/shm
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue
 if command -v ip >/dev/null; then ip link set lo up; fi  # loopback, for tcp:// blocks
 cd /tmp
+"""
+# sh blocks run under bash --posix (a POSIX shell whose `jobs` works inside $(...)).  Any failing
+# command fails the block (set -e), and so does a background job: ``wait`` without
+# arguments (which the shell makes always succeed) waits for each job and fails with the first failure.
+_SH_STRICT = """set -e
+wait() {
+  if [ $# -gt 0 ]; then command wait "$@"; return; fi
+  for job in $(jobs -p); do command wait "$job" || { echo "background job $job failed" >&2; exit 98; }; done
+}
 """
 _AFTER = f"""
 left="$(ls -A /dev/shm /dev/mqueue | grep -v -e '^/dev' -e '^$' || true)"
@@ -45,12 +57,12 @@ def readme_blocks() -> list[tuple[str, str, str]]:
     text = README.read_text()
     blocks = []
     for m in _FENCE.finditer(text):
-        info = m.group(1).split()
-        if not info or info[0] not in ("python", "sh"):
+        info = m.group(2).split()
+        if not info or info[0] not in _LANGS:
             continue
         line = text.count("\n", 0, m.start()) + 1
-        kind = "illustrative" if "illustrative" in info[1:] else info[0]
-        blocks.append((f"line{line}-{kind}", kind, m.group(2)))
+        kind = "illustrative" if "illustrative" in info[1:] else _LANGS[info[0]]
+        blocks.append((f"line{line}-{kind}", kind, textwrap.dedent(m.group(3))))
     return blocks
 
 
@@ -59,12 +71,12 @@ def run_block(lang: str, code: str, timeout: float = 150) -> subprocess.Complete
     if lang == "python":
         body = f'"{sys.executable}" - <<\'__README_PY__\'\n{code}__README_PY__\n'
     else:
-        body = "set +e\n" + code + "\nstatus=$?\n[ $status = 0 ] || exit $status\n"
+        body = _SH_STRICT + code + "\n"
     script = _PRELUDE + body + _AFTER
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "TMPDIR": "/tmp", "COLUMNS": "160"}
     env.pop("IPCRAFT_SESSION_TOKEN", None)
-    return subprocess.run(["unshare", "--mount", "--ipc", "--net", "--fork", "sh", "-c", script],
+    return subprocess.run(["unshare", "--mount", "--ipc", "--net", "--fork", "bash", "--posix", "-c", script],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -99,12 +111,13 @@ def test_readme_example_runs_over_shm_as_the_readme_says() -> None:
     assert "child got {'done': 42, 'peer_pid': " in proc.stdout
 
 
-def test_every_block_is_run_or_marked_illustrative() -> None:
-    """Blocks in other languages would escape the test: README.md uses only python and sh."""
-    fences = [m.group(1).split()[0] if m.group(1).split() else "" for m in _FENCE.finditer(README.read_text())]
-    assert fences, "README.md has no code block"
-    assert set(fences) <= {"python", "sh"}, fences
+def test_readme_blocks_are_found_wherever_they_are() -> None:
+    """The parser sees indented fences and bash/shell/py spellings, and the README's own blocks."""
+    sample = "x\n  ```bash\n  echo hi\n  ```\n```py illustrative\nimport nothing\n```\n```c\nint x;\n```\n"
+    found = [(m.group(2).split()[0], textwrap.dedent(m.group(3))) for m in _FENCE.finditer(sample)]
+    assert found == [("bash", "echo hi\n"), ("py", "import nothing\n"), ("c", "int x;\n")]
     assert sum(1 for _, lang, _ in BLOCKS if lang != "illustrative") >= 2
+    assert any(lang == "illustrative" for _, lang, _ in BLOCKS)
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare(1) and root")
@@ -113,3 +126,13 @@ def test_a_leftover_object_fails_the_block() -> None:
     """The leak check of run_block sees an object a block forgets (so a passing block means clean)."""
     proc = run_block("python", "import posix_ipc\nposix_ipc.MessageQueue('/forgotten', posix_ipc.O_CREX)\n")
     assert proc.returncode == 99 and "forgotten" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare(1) and root")
+@pytest.mark.timeout(60)
+def test_a_failing_command_fails_an_sh_block_even_in_the_background() -> None:
+    """set -e for the foreground, and the runner's wait for background jobs."""
+    assert run_block("sh", "false\necho after\n").returncode != 0
+    proc = run_block("sh", "sh -c 'sleep 0.2; exit 3' &\ntrue &\nwait\necho after\n")
+    assert proc.returncode == 98 and "after" not in proc.stdout, proc.stderr
+    assert run_block("sh", "true &\nwait\necho after\n").stdout == "after\n"
