@@ -37,7 +37,8 @@ from ._report import SCHEMA, aggregate, check_targets, machine_info
 from ._subjects import ipcraft_subjects
 from ._sweep import IceoryxFiles, sweep
 
-__all__ = ("Plan", "Subject", "DEFAULT_SIZES", "parse_size", "format_size", "select_subjects", "run")
+__all__ = ("Plan", "Subject", "DEFAULT_SIZES", "parse_size", "format_size", "select_subjects", "sample_before",
+           "BUSY_CPUS", "run")
 
 Progress = Callable[[int, int, str], None]
 
@@ -79,15 +80,17 @@ def _set_malloc_top_pad(pad: int) -> None:
 
 
 def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
-        tick: Callable[[], None] | None = None) -> dict[str, Any]:
+        tick: Callable[[], None] | None = None, before: dict[str, float] | None = None) -> dict[str, Any]:
     """Measure ``subjects`` as ``plan`` says; return the report (JSON-ready).
 
     ``progress(done, total, label)`` is called before and after each trial; ``tick()`` about ten times
-    a second while a trial runs.  Every child is reaped and every IPC object removed however this
+    a second while a trial runs.  ``before`` is the load sampled by ``sample_before()`` (taken here
+    when None).  Every child is reaped and every IPC object removed however this
     returns (KeyboardInterrupt included).
     """
     started = time.monotonic()
-    before = sample_before()  # before any process of ours runs
+    if before is None:
+        before = sample_before()  # the machine's load before any process of ours runs
     if plan.malloc_top_pad:
         _set_malloc_top_pad(plan.malloc_top_pad)  # the forked subject processes inherit it
     tmpdir = tempfile.mkdtemp(prefix="ipcraft-bench-", dir=_tmp_root())

@@ -9,13 +9,14 @@ targets and why each absent subject is absent are printed only with --details.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from typing import Any
 
 import click
 
-from .._bench import DEFAULT_SIZES, Plan, format_size, parse_size, run, select_subjects
+from .._bench import BUSY_CPUS, DEFAULT_SIZES, Plan, format_size, parse_size, run, sample_before, select_subjects
 from .._bench._plan import PLACEMENTS, WAITS
 from .._endpoint import SCHEMES
 
@@ -107,7 +108,11 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
               f"placement {plan.describe_placement()} · repeat {plan.repeat} · "
               f"sizes {', '.join(format_size(z) for z in plan.sizes)} · {plan.describe_malloc()}"
               + (f" · [bold]--load {load}[/]: {load} CPU-bound neighbour process(es), not pinned" if load else ""))
-    report = _run_with_progress(plan, subjects, err)
+    before = sample_before()
+    if before["other_cpus"] + before["steal_cpus"] > BUSY_CPUS:
+        err.print(f"[yellow]The machine is busy[/]: other processes use {before['other_cpus']:.2f} of "
+                  f"{os.cpu_count()} CPUs right now, so these figures will be unreliable (Ctrl-C to stop).")
+    report = _run_with_progress(plan, subjects, err, before)
     _print_report(out, report, details)
     if json_path:
         report["config"]["argv"] = sys.argv[1:]
@@ -137,7 +142,7 @@ def _select(plan: Plan, only: tuple[str, ...], schemes: set[str] | None) -> list
     return subjects
 
 
-def _run_with_progress(plan: Plan, subjects: list[Any], err: Any) -> dict[str, Any]:
+def _run_with_progress(plan: Plan, subjects: list[Any], err: Any, before: dict[str, float]) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # No refresh thread: the runner forks, and a fork must not copy a lock another thread holds.
@@ -152,7 +157,7 @@ def _run_with_progress(plan: Plan, subjects: list[Any], err: Any) -> dict[str, A
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         with progress:
-            return run(plan, subjects, on_progress, progress.refresh)
+            return run(plan, subjects, on_progress, progress.refresh, before)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the bench's processes were killed and its IPC objects removed")
         sys.exit(130)
