@@ -195,7 +195,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 else:
                     t.send_message([header(sid, n), mv], deadline, **extra)  # type: ignore[attr-defined]
             except Timeout as exc:
-                if exc.__class__ is Timeout and "channel was closed" in str(exc):
+                if exc.closed:  # the stream was cut mid-frame and its transport closed
                     self.close()
                 raise
 
@@ -346,8 +346,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                     self._eof = self._latch_eof
                     raise ChannelClosed(f"the peer closed {self!r}")
                 return frame  # type: ignore[return-value]
-        except ProtocolError:
-            self.close()
+        except ProtocolError as exc:
+            self.close()  # a byte stream cannot be resynchronised after a bad frame
+            exc.closed = True
             raise
         except ChannelClosed:
             self._eof = self._latch_eof

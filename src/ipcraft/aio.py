@@ -348,7 +348,8 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
             self.close()
             if isinstance(exc, Timeout):
                 raise Timeout(f"sending on {self!r}: timed out after {sent} of {total} bytes of a frame; "
-                              "the byte stream cannot be resumed mid-frame, so the channel was closed") from None
+                              "the byte stream cannot be resumed mid-frame, so the channel was closed",
+                              written=sent, closed=True) from None
             raise
 
 

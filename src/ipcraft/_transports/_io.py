@@ -281,9 +281,10 @@ def consume(views: list[memoryview], n: int) -> list[memoryview]:
 
 
 def send_timeout(transport: Transport, what: str, sent: int, total: int) -> Timeout:
-    """The Timeout for a send that could not finish.  Mid-frame, the stream is cut, so close it."""
+    """The Timeout for a send that could not finish.  Mid-frame, the stream is cut, so close it: the
+    Timeout then says ``closed=True`` and how much was ``written``."""
     if sent == 0:
         return Timeout(f"sending on {what}: timed out (nothing was sent; still usable)")
     transport.close()
     return Timeout(f"sending on {what}: timed out after {sent} of {total} bytes of a frame; the byte "
-                   "stream cannot be resumed mid-frame, so the channel was closed")
+                   "stream cannot be resumed mid-frame, so the channel was closed", written=sent, closed=True)

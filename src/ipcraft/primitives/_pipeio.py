@@ -155,10 +155,8 @@ class PipeIO:
                 if deadline is None:
                     deadline = deadline_after(timeout)
                 if not wait_fd(fd, POLLOUT, deadline):
-                    exc = Timeout(f"writing to {self!r}: the reader made no room within {timeout} s; "
-                                  f"{sent} of {total} bytes were written")
-                    exc.written = sent  # type: ignore[attr-defined]
-                    raise exc from None
+                    raise Timeout(f"writing to {self!r}: the reader made no room within {timeout} s; "
+                                  f"{sent} of {total} bytes were written", written=sent) from None
                 continue
             except OSError as exc:
                 if exc.errno == errno.EPIPE:
