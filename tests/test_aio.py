@@ -148,7 +148,7 @@ def test_cancelled_recv_mid_frame_leaves_the_channel_usable() -> None:
     async def main() -> None:
         task = asyncio.create_task(reader.recv_bytes())
         deadline = time.monotonic() + 10
-        fr = reader._sync._reader  # type: ignore[attr-defined]
+        fr = reader._sync._port.reader  # the FramedStream over the pipe
         while fr.buffered < 150_000 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert fr.in_frame  # the recv really holds half a frame when it is cancelled

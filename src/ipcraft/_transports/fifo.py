@@ -45,7 +45,6 @@ import os
 import select
 import struct
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
@@ -53,10 +52,12 @@ from .._errors import os_error, translating
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, SCRATCH_SIZE, parse_header
 from .._names import DEFAULT_MODE
 from .._peer import Peer
+from .._wait import wait_fd
 from ..errors import HandleClosed, MessageTooLarge, PeerVanished, ProtocolError, Timeout
 from ..primitives.fifo import Fifo
-from . import Transport
-from ._io import FdStream, timed_out, wait_fd
+from . import framed, unframe
+from ._contract import Message, Transport
+from ._io import FdStream, timed_out
 from .pipe import PIPE_SIZE, set_pipe_size
 
 PIPE_BUF: int = select.PIPE_BUF
@@ -113,7 +114,6 @@ class _FifoBase(Transport):
     create, exact mode, ENXIO explained, unlink only of the FIFO it made), a stream over a dup of that
     end, and the mmapped lock file."""
 
-    kind = "message"
     _lockfd = -1
     _map: mmap.mmap | None = None
     _stream: FdStream | None = None
@@ -213,17 +213,17 @@ class FifoWriter(_FifoBase):
     def wait_readable(self, deadline: float | None) -> bool:
         raise self._unsupported("receive")
 
-    def recv_message(self, deadline: float | None, **extra: Any) -> memoryview:
+    def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         raise self._unsupported("receive")
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
         """Write one frame without interleaving (see the module docstring)."""
         if extra:
             raise TypeError(f"fifo:// takes no per-message options; got {', '.join(extra)}")
         stream, m = self._stream, self._map
         if stream is None or m is None:
             raise HandleClosed(f"{self.endpoint} is closed")
-        parts = [p for p in parts if memoryview(p).nbytes]  # FdStream.send_all spins on an empty tail
+        parts = [p for p in framed(sid, payload) if memoryview(p).nbytes]  # send_all spins on an empty tail
         total = sum(memoryview(p).nbytes for p in parts)
         self._lock(deadline)
         try:
@@ -328,7 +328,7 @@ class FifoReader(_FifoBase):
         except OSError:
             pass
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
         raise self._unsupported("send")
 
     def _live(self) -> tuple[FdStream, mmap.mmap]:
@@ -358,7 +358,11 @@ class FifoReader(_FifoBase):
         stream, _ = self._live()
         return self._frame_ready() or wait_fd(stream.fileno(), _POLLIN, deadline)
 
-    def recv_message(self, deadline: float | None, **extra: Any) -> memoryview:
+    def recv_message(self, deadline: float | None, **extra: Any) -> Message:
+        """One whole message."""
+        return unframe(self._recv_frame(deadline, **extra))
+
+    def _recv_frame(self, deadline: float | None, **extra: Any) -> memoryview:
         """One whole frame, header included."""
         if extra:
             raise TypeError(f"fifo:// takes no per-message options; got {', '.join(extra)}")

@@ -17,8 +17,8 @@ from typing import TypeVar
 
 from .._errors import translating
 from .._resource import FdHandle
+from .._wait import deadline_after, wait_fd
 from ..errors import Timeout
-from ._timeouts import deadline_after, wait_fd
 
 __all__ = ("EventFD",)
 

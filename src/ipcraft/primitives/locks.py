@@ -43,8 +43,8 @@ from typing import NamedTuple
 
 from .._errors import lock_error, translating
 from .._names import DEFAULT_MODE
-from .._resource import FdHandle
-from ._timeouts import LockLike, deadline_after, retry_until
+from .._resource import FdHandle, LockLike
+from .._wait import deadline_after, retry_until
 
 __all__ = ("FileLock", "RecordLock", "LockHolder")
 

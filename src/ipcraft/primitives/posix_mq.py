@@ -39,10 +39,10 @@ import posix_ipc
 from .._errors import translated, translating
 from .._names import DEFAULT_MODE, validate_name
 from .._resource import Handle
+from .._wait import deadline_after, remaining
 from ..errors import MessageTooLarge
 from . import _mq_common as _common
 from ._mapping import Owned, open_or_create
-from ._timeouts import deadline_after, remaining
 
 __all__ = ("PosixMessageQueue", "unlink_message_queue", "PRIORITY_MAX")
 

@@ -31,8 +31,8 @@ import posix_ipc
 
 from .._errors import lock_error, os_error, translating
 from .._names import DEFAULT_MODE, NAME_MAX, validate_name
-from .._resource import Handle
-from ._timeouts import LockLike, deadline_after, remaining
+from .._resource import Handle, LockLike
+from .._wait import deadline_after, remaining
 
 __all__ = ("PosixSemaphore", "SysVSemaphoreSet", "unlink_posix_semaphore")
 

@@ -42,8 +42,8 @@ from typing import Any, NamedTuple
 
 from .._errors import os_error, translating
 from .._resource import FdHandle, Handle
+from .._wait import deadline_after, wait_fd
 from ..errors import Timeout
-from ._timeouts import deadline_after, wait_fd
 
 __all__ = ("SignalReceiver", "SignalFD", "SigInfo", "sigqueue", "SI_USER", "SI_KERNEL", "SI_QUEUE", "SI_TKILL")
 
