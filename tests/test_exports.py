@@ -184,7 +184,7 @@ def test_layering_test_sees_upward_imports(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mod", public_modules(), ids=lambda m: m.__name__)
 def test_public_module_has_a_tuple_all(mod: ModuleType) -> None:
     """Every public module has a tuple __all__ whose names exist, and lists every public class and
-    function it defines (R2)."""
+    function it defines."""
     assert isinstance(getattr(mod, "__all__", None), tuple), f"{mod.__name__}.__all__ is not a tuple"
     for name in mod.__all__:
         assert hasattr(mod, name), f"{mod.__name__}.__all__ names {name!r}, which does not exist"
@@ -196,7 +196,7 @@ def test_public_module_has_a_tuple_all(mod: ModuleType) -> None:
 
 def test_each_public_name_has_one_home() -> None:
     """Each public object is exported by at most one leaf public module (the facades may re-export it),
-    and every name a private module lists in __all__ is exported by some public module (R2)."""
+    and every name a private module lists in __all__ is exported by some public module."""
     exporters: dict[int, set[str]] = {}
     for mod in public_modules():
         for name in mod.__all__:
@@ -218,13 +218,13 @@ def test_each_public_name_has_one_home() -> None:
 
 
 def test_no_module_shadows_a_facade_function() -> None:
-    """No public submodule shares a name with something the facade exports (R3: ipcraft.pipe)."""
+    """No public submodule shares a name with something the facade exports (ipcraft.pipe must stay the function)."""
     subs = {m.name for m in pkgutil.iter_modules(ipcraft.__path__)}
     assert not subs & set(ipcraft.__all__), sorted(subs & set(ipcraft.__all__))
 
 
 def test_import_ipcraft_loads_neither_click_nor_rich() -> None:
-    """`import ipcraft` (and every public module) costs nothing of the command line's dependencies (R25)."""
+    """`import ipcraft` (and every public module) costs nothing of the command line's dependencies."""
     code = ("import sys, importlib, ipcraft, ipcraft.errors, ipcraft.serializers, ipcraft.testing\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich'))\n"
             "print(','.join(bad))\n")

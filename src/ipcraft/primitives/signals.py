@@ -1,6 +1,6 @@
 """Signals: scoped handlers, real-time signals with a payload (sigqueue), and signalfd.
 
-Decisions (STYLE.md R20) — handlers vs signalfd vs sigwaitinfo, the three ways to receive a signal:
+Decisions — handlers vs signalfd vs sigwaitinfo, the three ways to receive a signal:
 
 * **Python handlers (signal.signal)** run only in the main thread, later, between bytecodes, and get
   only the signal number: no sender pid, no payload.  Python's C-level handler just sets a flag, so
