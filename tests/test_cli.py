@@ -301,7 +301,7 @@ def test_relay_moves_messages_both_ways_until_one_side_closes(tmp_ipc_dir, spawn
 
 
 def test_import_ipcraft_loads_neither_click_nor_rich():
-    """The library, inventory and limits included, costs nothing of the command line (R25)."""
+    """The library, inventory and limits included, costs nothing of the command line."""
     code = ("import sys, ipcraft, ipcraft.inventory, ipcraft.limits; "
             "print(sorted(m for m in ('click', 'rich') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
@@ -330,7 +330,8 @@ def test_send_whose_messages_the_peer_never_read_exits_nonzero(tmp_ipc_dir):
         path = os.path.join(tmp_ipc_dir, f"drop-{scheme}.sock")
         child = Child(_accept_and_drop_unread, f"{scheme}://{path}", 0.0)
         wait_listening(path)
-        result = invoke("send", f"{scheme}://{path}", "--timeout", "10", "lost", "too")
+        # One message: the peer closes only once it is in its socket, so send is past sending by then.
+        result = invoke("send", f"{scheme}://{path}", "--timeout", "10", "lost")
         child.result(20)
         assert result.exit_code == 1, result.output
         assert "before reading everything" in result.stderr and "lost" in result.stderr

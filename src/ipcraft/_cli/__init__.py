@@ -1,5 +1,4 @@
-"""The ``ipcraft`` command.  The only place click and rich are imported (the library itself never
-imports them)."""
+"""The ``ipcraft`` command.  The only place click and rich are imported."""
 
 from __future__ import annotations
 
