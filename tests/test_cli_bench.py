@@ -380,3 +380,36 @@ def test_load_meter_sees_another_process_burning_cpu_and_the_verdict_says_so():
     warning = verdict({"other_cpus": 0.0, "steal_cpus": 0.0}, during, 0)
     assert warning is not None and "unreliable" in warning and "busy" in warning
     assert verdict({"other_cpus": 0.0}, {"other_cpus": BUSY_CPUS / 2, "steal_cpus": 0.0}, 0) is None
+
+
+def test_plot_panels_say_which_way_is_better_and_tell_spin_from_block_with_spread():
+    """The figure: titled panels, spin dashed and block solid, a min-max band where runs differ."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from ipcraft._cli._bench_plot import figure
+
+    def cell(name: str, size: int, p50: tuple[float, float, float], mbps: tuple[float, float, float]) -> dict:
+        return {"name": name, "group": "ipcraft", "size": size, "status": "ok", "runs": 3,
+                "latency_us": {"p50": p50[1], "p50_min": p50[0], "p50_max": p50[2]},
+                "throughput": {"mb_per_s": mbps[1], "mb_per_s_min": mbps[0], "mb_per_s_max": mbps[2]}}
+
+    results = [cell(n, z, (1.0, 2.0, 3.0), (10.0, 20.0, 30.0)) for n in ("shm:// spin", "shm:// block")
+               for z in (64, 4096)]
+    report = {"results": results, "load": {"neighbours": 1, "warning": "busy"},
+              "machine": {"cpu_model": "cpu", "cpus": 2, "kernel": "k", "python": "py", "placement_text": "none"}}
+    fig = figure(report)
+    try:
+        rtt, tput = fig.axes[:2]
+        assert "lower is better" in rtt.get_title() and "higher is better" in tput.get_title()
+        styles = {line.get_label(): (line.get_linestyle(), line.get_markerfacecolor()) for line in rtt.get_lines()}
+        assert styles["shm:// spin"][0] == "--" and styles["shm:// spin"][1] == "none"
+        assert styles["shm:// block"][0] == "-" and styles["shm:// block"][1] != "none"
+        assert sum(isinstance(c, PolyCollection) for c in rtt.collections) == 2  # one band per subject
+        assert "--load 1" in fig._suptitle.get_text() and "unreliable" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)

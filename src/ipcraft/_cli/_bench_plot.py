@@ -27,6 +27,15 @@ def plot(report: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = figure(report)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(report: dict[str, Any]) -> Any:
+    """The matplotlib Figure of :func:`plot` (two panels: latency, throughput)."""
+    import matplotlib.pyplot as plt
+
     from .._bench import format_size
 
     series: dict[str, dict[str, Any]] = {}
@@ -77,5 +86,4 @@ def plot(report: dict[str, Any], path: str) -> None:
     fig.suptitle(f"ipcraft bench · {m['cpu_model']} · {m['cpus']} CPUs · kernel {m['kernel']} · {m['python']} · "
                  f"placement {m['placement_text']}{note}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
