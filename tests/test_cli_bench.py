@@ -291,8 +291,9 @@ def test_bad_options_are_usage_errors():
     result = runner.invoke(cli, ["bench", "--schemes", "unix,shm", "--only", "ring"])
     assert result.exit_code == 2 and "matches no subject of --schemes" in result.output
     assert "ring:// spin" not in result.output and "shm:// spin" in result.output
-    result = runner.invoke(cli, ["bench", "--load", "-1"])
-    assert result.exit_code == 2 and "--load" in result.output
+    for bad in ("-1", "257", "many"):
+        result = runner.invoke(cli, ["bench", "--load", bad])
+        assert result.exit_code == 2 and "--load" in result.output
 
 
 def test_sizes_parse_and_format_in_binary_units():

@@ -68,9 +68,9 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
               help="glibc M_TOP_PAD for every subject (e.g. 16777216): stops glibc returning the heap top "
                    "to the kernel after each large message, which dominates 1 MiB copies on some VMs. "
                    "[default: 0, glibc's own]")
-@click.option("--load", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Run N CPU-bound neighbour processes (not pinned) during the measurement: the figures "
-                   "of a busy machine, on purpose.")
+@click.option("--load", type=click.IntRange(min=0, max=256), default=0, show_default=True, metavar="N",
+              help="Run N CPU-bound neighbour processes (not pinned, at most 256) during the measurement: "
+                   "the figures of a busy machine, on purpose.")
 @click.option("--details", is_flag=True,
               help="Also print why each absent subject is absent and the project's performance targets.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
