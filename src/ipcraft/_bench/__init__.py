@@ -93,14 +93,18 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
         before = sample_before()  # the machine's load before any process of ours runs
     if plan.malloc_top_pad:
         _set_malloc_top_pad(plan.malloc_top_pad)  # the forked subject processes inherit it
-    tmpdir = tempfile.mkdtemp(prefix="ipcraft-bench-", dir=_tmp_root())
+    neighbours = Neighbours(plan.load)  # kills the ones it started if it cannot start them all
+    try:
+        tmpdir = tempfile.mkdtemp(prefix="ipcraft-bench-", dir=_tmp_root())
+    except BaseException:
+        neighbours.stop()
+        raise
     env = Env(tmpdir, f"b{os.getpid()}x{os.urandom(2).hex()}", max(plan.sizes))
     iox = IceoryxFiles()
     trials: dict[str, list[dict[str, Any]]] = {s.name: [] for s in subjects}
     status: dict[str, tuple[str, str]] = {}
     leftovers: dict[str, list[str]] = {}
     total, done = len(subjects) * plan.repeat, 0
-    neighbours = Neighbours(plan.load)
     meter = LoadMeter(exclude=neighbours.pids)
     try:
         for rep in range(plan.repeat):  # repetitions outermost, interleaved as in the reference
