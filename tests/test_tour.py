@@ -175,3 +175,22 @@ def test_eventfd_coalesces_posts_in_counter_mode_and_not_in_semaphore_mode():
 def test_a_robust_mutex_reports_its_dead_owner_instead_of_deadlocking():
     step = _tour.run("mutex")
     assert step.facts["held_by_owner"] is True and step.facts["owner_died"] is True
+
+
+@pytest.mark.timeout(60)
+def test_a_step_that_fails_leaves_no_process_behind(monkeypatch):
+    """A step that raises with a child still running: run() kills and reaps the child, and says why."""
+    started: list[int] = []
+
+    def broken() -> _tour.Step:
+        rec = _tour._Recorder().start()
+        started.append(rec.fork("sleeper", lambda: __import__("time").sleep(30)))
+        raise OSError(errno.EIO, "the step broke halfway")
+
+    monkeypatch.setitem(_tour.STEPS, "broken", broken)
+    with pytest.raises(OSError, match="broke halfway"):
+        _tour.run("broken")
+    (pid,) = started
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # already reaped
+    assert _tour._LIVE == []

@@ -63,6 +63,7 @@ class _Recorder:
         self._r, self._w = os.pipe()
         self._events: list[Event] = []
         self._facts: dict[str, Any] = {}
+        self._pids: set[int] = set()
 
     def say(self, who: str, text: str, **facts: Any) -> float:
         """Record an event (and facts) now; return its time since the step began."""
@@ -81,7 +82,24 @@ class _Recorder:
 
     def start(self) -> _Recorder:
         self._parent = os.getpid()
+        _LIVE.append(self)
         return self
+
+    def close(self) -> None:
+        """Kill and reap the children not reaped yet, and close the pipe (idempotent)."""
+        for pid in self._pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self._pids.clear()
+        if self._r >= 0:
+            os.close(self._r)
+            os.close(self._w)
+            self._r = self._w = -1
+        if self in _LIVE:
+            _LIVE.remove(self)
 
     def fork(self, who: str, body: Callable[[], None]) -> int:
         """Run ``body`` in a child process; an exception there becomes an event and exit status 1."""
@@ -96,6 +114,7 @@ class _Recorder:
                 self.say(who, f"failed: {type(exc).__name__}: {exc}", error=f"{who}: {exc}")
             finally:
                 os._exit(status)
+        self._pids.add(pid)
         return pid
 
     def fork_holder(self, who: str, take: Callable[[], Any]) -> int:
@@ -126,11 +145,13 @@ class _Recorder:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
+                self._pids.discard(pid)
                 self.collect()
                 return status
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+                self._pids.discard(pid)
                 self.collect()
                 raise TimeoutError(f"a tour process did not finish within {timeout:g} s")
             self.collect(0.01)
@@ -145,13 +166,16 @@ class _Recorder:
 
     def finish(self, step: Step) -> Step:
         self.collect()
-        os.close(self._r)
-        os.close(self._w)
+        self.close()
         step.events = sorted(self._events, key=lambda e: e.t)
         step.facts.update(self._facts)
         if "error" in step.facts:
             raise RuntimeError(f"tour step {step.name}: {step.facts['error']}")
         return step
+
+
+#: Recorders started and not finished: run() closes them (kills their children) when a step fails.
+_LIVE: list[_Recorder] = []
 
 
 def _ms(seconds: float) -> str:
@@ -588,11 +612,17 @@ STEPS: dict[str, Callable[[], Step]] = {
 def run(name: str) -> Step:
     """Run the step ``name`` (a key of STEPS) and return what happened.
 
+    However the step ends, its children are killed and reaped (a failed step leaves none behind).
+
     Raises:
         KeyError: no such step.
         RuntimeError, TimeoutError, IPCError: the step could not run on this machine.
     """
-    return STEPS[name]()
+    try:
+        return STEPS[name]()
+    finally:
+        while _LIVE:
+            _LIVE[-1].close()
 
 
 __all__ = ("HOLD", "STEPS", "Event", "Step", "run")
