@@ -190,11 +190,11 @@ class SysVSharedMemory(Owned, MemoryHandle):
         """Remove the segment (IPC_RMID, what ``ipcrm -m`` does; sysv_ipc calls it remove()).
 
         The key is free at once; the memory lives on until every process has detached it, so this
-        handle's views stay valid.
+        handle's views stay valid.  The handle is still usable whether or not this raises.
 
         Raises:
-            FileNotFoundError: already removed.  PermissionError: not the creator or owner, nor root.
-            The handle is still usable either way.
+            FileNotFoundError: already removed.
+            PermissionError: not the creator or owner, nor root.
         """
         self._check_open()
         with translating_sysv(f"remove {self!r}"):
