@@ -1,7 +1,9 @@
-"""Every ```python and ```sh block of README.md runs as written, in real processes.
+"""Every ```python and ```sh block of README.md and of the docs site (docs/**/*.md) runs as written.
 
-A block whose info string contains ``illustrative`` is not run (README.md says which and why); every
-other one is, so a block someone adds later is tested without touching this file.  Each block runs
+A block whose info string contains ``illustrative`` is not run (the page says which and why); every
+other one is, so a block someone adds later is tested without touching this file.  A docs block that
+only includes a file (mkdocs' snippets, ``--8<-- "examples/pipe.py"``) shows a file of ``examples/``,
+which ``tests/test_examples.py`` runs; here it must name one that exists.  Each block runs
 in fresh mount, IPC and network namespaces (``unshare``, we are root): its own empty /tmp, /dev/shm
 and /dev/mqueue, its own System V objects and abstract socket names, loopback up.  So the fixed
 names a README uses (/tmp/demo.sock, mq://jobs) cannot collide with a parallel test run, and
@@ -21,11 +23,15 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 _FENCE = re.compile(r"^([ \t]*)```([^\n`]*)\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
 #: Info-string languages run as python or as sh (a block in another language, e.g. C, is not run).
 _LANGS = {"python": "python", "py": "python", "sh": "sh", "bash": "sh", "shell": "sh"}
 _LEFTOVERS = "__README_LEFTOVERS__"
+#: A line of mkdocs' snippets extension: the block shows that file.
+_SNIPPET = re.compile(r'^--8<-- "([^"]+)"$')
 
 # Runs inside the namespaces: private mounts, then the block, then a look for what it left behind.
 _PRELUDE = """set -e
@@ -52,18 +58,38 @@ if [ -n "$left" ]; then echo "{_LEFTOVERS}: $left" >&2; exit 99; fi
 """
 
 
-def readme_blocks() -> list[tuple[str, str, str]]:
-    """(id, language, code) of every ```python / ```sh block, illustrative ones included."""
-    text = README.read_text()
+def markdown_blocks(path: Path = README) -> list[tuple[str, str, str]]:
+    """(id, kind, code) of every ```python / ```sh block of ``path``, illustrative ones included.
+
+    kind is ``python``, ``sh``, ``illustrative``, or ``included`` (a block made only of snippet lines;
+    its code is then the included paths, one a line).
+    """
+    text = path.read_text()
+    prefix = "" if path == README else f"{path.relative_to(DOCS)}:"
     blocks = []
     for m in _FENCE.finditer(text):
         info = m.group(2).split()
         if not info or info[0] not in _LANGS:
             continue
         line = text.count("\n", 0, m.start()) + 1
-        kind = "illustrative" if "illustrative" in info[1:] else _LANGS[info[0]]
-        blocks.append((f"line{line}-{kind}", kind, textwrap.dedent(m.group(3))))
+        code = textwrap.dedent(m.group(3))
+        included = [_SNIPPET.match(x) for x in code.splitlines() if x.strip()]
+        if included and all(included):
+            kind, code = "included", "".join(f"{x.group(1)}\n" for x in included if x)
+        else:
+            kind = "illustrative" if "illustrative" in info[1:] else _LANGS[info[0]]
+        blocks.append((f"{prefix}line{line}-{kind}", kind, code))
     return blocks
+
+
+def readme_blocks() -> list[tuple[str, str, str]]:
+    """The blocks of README.md (see :func:`markdown_blocks`)."""
+    return markdown_blocks(README)
+
+
+def docs_blocks() -> list[tuple[str, str, str]]:
+    """The blocks of every page of the docs site, page by page."""
+    return [b for page in sorted(DOCS.rglob("*.md")) for b in markdown_blocks(page)]
 
 
 def run_block(lang: str, code: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
@@ -81,7 +107,9 @@ def run_block(lang: str, code: str, timeout: float = 150) -> subprocess.Complete
 
 
 BLOCKS = readme_blocks()
-RUNNABLE = [pytest.param(lang, code, id=bid) for bid, lang, code in BLOCKS if lang != "illustrative"]
+RUNNABLE = [pytest.param(lang, code, id=bid) for bid, lang, code in BLOCKS if lang in ("python", "sh")]
+DOC_BLOCKS = docs_blocks()
+DOC_RUNNABLE = [pytest.param(lang, code, id=bid) for bid, lang, code in DOC_BLOCKS if lang in ("python", "sh")]
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
@@ -136,3 +164,28 @@ def test_a_failing_command_fails_an_sh_block_even_in_the_background() -> None:
     proc = run_block("sh", "sh -c 'sleep 0.2; exit 3' &\ntrue &\nwait\necho after\n")
     assert proc.returncode == 98 and "after" not in proc.stdout, proc.stderr
     assert run_block("sh", "true &\nwait\necho after\n").stdout == "after\n"
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="needs unshare(1) and root for private namespaces")
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("lang", "code"), DOC_RUNNABLE)
+def test_docs_block_runs_as_written(lang: str, code: str) -> None:
+    """A docs block exits 0 and leaves no IPC object behind, like a README block."""
+    proc = run_block(lang, code)
+    assert _LEFTOVERS not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, f"status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr  # a forked peer that failed after its parent was done
+
+
+def test_docs_blocks_are_found_and_includes_name_examples() -> None:
+    """The docs have runnable blocks, and every included file is an example that test_examples runs."""
+    kinds = [kind for _, kind, _ in DOC_BLOCKS]
+    assert kinds.count("python") + kinds.count("sh") >= 5 and "included" in kinds
+    for bid, kind, code in DOC_BLOCKS:
+        if kind == "included":
+            for rel in code.split():
+                path = ROOT / rel
+                assert path.is_file() and path.parent == ROOT / "examples" and path.suffix == ".py", (bid, rel)
+    sample = '```python\n--8<-- "examples/pipe.py"\n```\n'
+    assert [m.group(3) for m in _FENCE.finditer(sample)] == ['--8<-- "examples/pipe.py"\n']
