@@ -16,8 +16,9 @@ _ILLUSTRATIVE = re.compile(r"^([ \t]*```[\w+-]+)[ \t]+illustrative\b", re.MULTIL
 CLI_MARKER = "<!-- ipcraft-cli-help -->"
 
 
-def cli_reference(width: int = 100) -> str:
-    """Markdown: one section per command with its ``--help`` text, as click prints it."""
+def cli_reference(width: int = 78) -> str:
+    """Markdown: one section per command with its ``--help`` text, as click prints it at ``width``
+    columns (78: click's own width in any terminal of 80 columns or more)."""
     import click
 
     from ipcraft._cli import cli as main
@@ -25,15 +26,15 @@ def cli_reference(width: int = 100) -> str:
     def help_of(cmd: click.Command, ctx: click.Context) -> str:
         return "```text\n" + cmd.get_help(ctx).rstrip() + "\n```\n"
 
-    with click.Context(main, info_name="ipcraft", terminal_width=width, max_content_width=width) as root:
+    settings = {**main.context_settings, "terminal_width": width, "max_content_width": width}
+    with click.Context(main, info_name="ipcraft", **settings) as root:
         parts = ["## `ipcraft`\n", help_of(main, root)]
         assert isinstance(main, click.Group)
         for name in main.list_commands(root):
             cmd = main.get_command(root, name)
             if cmd is None or cmd.hidden:
                 continue
-            with click.Context(cmd, info_name=name, parent=root, terminal_width=width,
-                               max_content_width=width) as ctx:
+            with click.Context(cmd, info_name=name, parent=root, **{**settings, **cmd.context_settings}) as ctx:
                 parts += [f"## `ipcraft {name}`\n", help_of(cmd, ctx)]
     return "\n".join(parts)
 
