@@ -75,3 +75,14 @@ def test_every_example_is_shown_by_a_page() -> None:
     examples = {p.name for p in (ROOT / "examples").glob("*.py")}
     assert examples - shown == {"two_processes.py", "pipe_workers.py"}  # README's example and its sibling
     assert shown <= examples
+
+
+def test_the_choosing_pages_figures_are_the_readmes() -> None:
+    """The bench figures quoted in the docs are rows of README's "How fast" table, with its command."""
+    readme = (ROOT / "README.md").read_text()
+    page = (DOCS / "explanation" / "choosing.md").read_text()
+    rows = [line for line in page.splitlines() if re.match(r"^\| (?!subject|---)[^|]+\| [\d.]+ \|", line)]
+    assert len(rows) >= 10
+    assert [r for r in rows if r not in readme] == []
+    command = re.search(r"`(ipcraft bench [^`]+)` on this project's machine", readme)
+    assert command and f"`{command.group(1)}` on this project's machine" in page
