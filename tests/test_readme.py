@@ -3,7 +3,9 @@
 A block whose info string contains ``illustrative`` is not run (the page says which and why); every
 other one is, so a block someone adds later is tested without touching this file.  A docs block that
 only includes a file (mkdocs' snippets, ``--8<-- "examples/pipe.py"``) shows a file of ``examples/``,
-which ``tests/test_examples.py`` runs; here it must name one that exists.  Each block runs
+which ``tests/test_examples.py`` runs; here it must name one that exists.  A ```text block right
+after a runnable block of the docs is the output it shows the reader: each of its lines must be a line
+the block prints, in that order.  Each block runs
 in fresh mount, IPC and network namespaces (``unshare``, we are root): its own empty /tmp, /dev/shm
 and /dev/mqueue, its own System V objects and abstract socket names, loopback up.  So the fixed
 names a README uses (/tmp/demo.sock, mq://jobs) cannot collide with a parallel test run, and
@@ -32,6 +34,10 @@ _LANGS = {"python": "python", "py": "python", "sh": "sh", "bash": "sh", "shell":
 _LEFTOVERS = "__README_LEFTOVERS__"
 #: A line of mkdocs' snippets extension: the block shows that file.
 _SNIPPET = re.compile(r'^--8<-- "([^"]+)"$')
+#: A ```text block that directly follows a code block (blank lines between at most): its output.
+_OUTPUT = re.compile(r"[ \t]*\n(?:[ \t]*\n)*[ \t]*```text[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
+#: block id -> the output lines its page shows (see the module docstring).
+OUTPUTS: dict[str, list[str]] = {}
 
 # Runs inside the namespaces: private mounts, then the block, then a look for what it left behind.
 _PRELUDE = """set -e
@@ -78,7 +84,11 @@ def markdown_blocks(path: Path = README) -> list[tuple[str, str, str]]:
             kind, code = "included", "".join(f"{x.group(1)}\n" for x in included if x)
         else:
             kind = "illustrative" if "illustrative" in info[1:] else _LANGS[info[0]]
-        blocks.append((f"{prefix}line{line}-{kind}", kind, code))
+        bid = f"{prefix}line{line}-{kind}"
+        shown = _OUTPUT.match(text, m.end())
+        if shown and kind in ("python", "sh"):
+            OUTPUTS[bid] = textwrap.dedent(shown.group(1)).splitlines()
+        blocks.append((bid, kind, code))
     return blocks
 
 
@@ -109,7 +119,8 @@ def run_block(lang: str, code: str, timeout: float = 150) -> subprocess.Complete
 BLOCKS = readme_blocks()
 RUNNABLE = [pytest.param(lang, code, id=bid) for bid, lang, code in BLOCKS if lang in ("python", "sh")]
 DOC_BLOCKS = docs_blocks()
-DOC_RUNNABLE = [pytest.param(lang, code, id=bid) for bid, lang, code in DOC_BLOCKS if lang in ("python", "sh")]
+DOC_RUNNABLE = [pytest.param(lang, code, OUTPUTS.get(bid, []), id=bid)
+                for bid, lang, code in DOC_BLOCKS if lang in ("python", "sh")]
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
@@ -169,13 +180,15 @@ def test_a_failing_command_fails_an_sh_block_even_in_the_background() -> None:
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs unshare(1) and root for private namespaces")
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(("lang", "code"), DOC_RUNNABLE)
-def test_docs_block_runs_as_written(lang: str, code: str) -> None:
-    """A docs block exits 0 and leaves no IPC object behind, like a README block."""
+@pytest.mark.parametrize(("lang", "code", "shown"), DOC_RUNNABLE)
+def test_docs_block_runs_as_written(lang: str, code: str, shown: list[str]) -> None:
+    """A docs block exits 0, leaves no IPC object behind, and prints the output its page shows."""
     proc = run_block(lang, code)
     assert _LEFTOVERS not in proc.stderr, proc.stderr
     assert proc.returncode == 0, f"status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr  # a forked peer that failed after its parent was done
+    printed = proc.stdout.splitlines()
+    assert [line for line in printed if line in shown] == shown, f"the page shows {shown}, the block printed {printed}"
 
 
 def test_docs_blocks_are_found_and_includes_name_examples() -> None:
@@ -189,3 +202,7 @@ def test_docs_blocks_are_found_and_includes_name_examples() -> None:
                 assert path.is_file() and path.parent == ROOT / "examples" and path.suffix == ".py", (bid, rel)
     sample = '```python\n--8<-- "examples/pipe.py"\n```\n'
     assert [m.group(3) for m in _FENCE.finditer(sample)] == ['--8<-- "examples/pipe.py"\n']
+    assert sum(1 for bid in OUTPUTS if not bid.startswith("line")) >= 5  # pages that show their output
+    shown = "```python\nprint(1)\n```\n\n```text\n1\n```\n"
+    m = next(_FENCE.finditer(shown))
+    assert (o := _OUTPUT.match(shown, m.end())) is not None and o.group(1) == "1\n"
