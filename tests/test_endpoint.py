@@ -52,6 +52,7 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "msgsize": _pos,
     "qbytes": _pos,
     "proj_id": st.integers(0, 255),
+    "access": st.sampled_from(["r", "w", "rw"]),
     "recv_buffer": _pos,
     "handshake_timeout": st.floats(0, 1e6, allow_nan=False),
 }

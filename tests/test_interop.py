@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -215,3 +217,140 @@ def test_sysvmq_channel_passes_long_types():
         q.send_bytes(b"b", type=3)
         assert q.recv_bytes(type=LONG_MAX, timeout=5) == b"a" and q.last_meta == {"type": LONG_MAX}
         assert q.recv_bytes(timeout=5) == b"b"
+
+
+# -- abstract Unix socket addresses as C writes them ------------------------------------------------
+
+SUN_PATH = 108  # sizeof(((struct sockaddr_un *)0)->sun_path) on Linux
+
+
+def _c_style_abstract(name: str) -> bytes:
+    """The address a C program binds with ``addrlen = sizeof(struct sockaddr_un)``: NUL, the name,
+    NULs to the end of sun_path."""
+    return (b"\0" + name.encode()).ljust(SUN_PATH, b"\0")
+
+
+def test_connect_to_an_abstract_name_padded_to_sockaddr_un():
+    """A plain-socket server bound as C binds (padded to sizeof(sockaddr_un)) is reached by
+    UnixSocket.connect("@name") and by a unix+dgram:@name sender; an unpadded name nobody holds is
+    still ECONNREFUSED."""
+    from ipcraft.primitives.sockets import UnixSocket
+    name = unique_name("pad")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dserver:
+        server.bind(_c_style_abstract(name))
+        server.listen(1)
+        dserver.bind(_c_style_abstract(name + "d"))
+        with UnixSocket.connect(f"@{name}", timeout=5) as client:
+            conn, _ = server.accept()
+            with conn:
+                client.send(b"hello")
+                assert conn.recv(16) == b"hello"
+        with ipcraft.queue(f"unix+dgram:@{name}d", serializer="raw") as sender:
+            sender.send_bytes(b"datagram")
+        dserver.settimeout(5)
+        assert dserver.recv(64)[8:] == b"datagram"
+    with pytest.raises(ConnectionRefusedError):
+        UnixSocket.connect(f"@{name}", timeout=5)
+
+
+def test_datagram_return_address_is_passed_back_as_it_is():
+    """A plain-socket client bound as C binds sends to an ipcraft datagram socket; the address
+    recvfrom reports (NULs and all) is accepted by sendto, and the reply reaches the client."""
+    from ipcraft.primitives.sockets import UnixSocket
+    name = unique_name("ret")
+    with UnixSocket.bind(f"@{name}", type="dgram") as server, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(_c_style_abstract(name + "c"))
+        client.sendto(b"ping", b"\0" + name.encode())
+        data, addr = server.recvfrom(timeout=5)
+        assert data == b"ping" and addr.startswith(f"@{name}c\0")
+        server.sendto(b"pong", addr, timeout=5)
+        client.settimeout(5)
+        assert client.recv(16) == b"pong"
+
+
+# -- an inherited eventfd keeps its blocking mode --------------------------------------------------
+
+_PLAIN_READER = ("import os, sys\n"
+                 "fd = int(sys.argv[1])\n"
+                 "print('ready', flush=True)\n"
+                 "print(os.eventfd_read(fd), flush=True)\n"  # blocking read: EAGAIN would raise
+                 "os.eventfd_write(fd, 5)\n")
+
+
+def test_eventfd_from_an_inherited_fd_leaves_the_file_description_blocking():
+    """EventFD.from_fd on a blocking eventfd shared with a plain-os process: ipcraft's timed recv
+    never waits past its timeout, yet the fd stays blocking, so the other process's blocking read
+    waits for ipcraft's send instead of failing with EAGAIN."""
+    import subprocess
+    import sys
+
+    from ipcraft.errors import Timeout
+    from ipcraft.primitives.eventfd import EventFD
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        with EventFD.from_fd(os.dup(efd)) as h:
+            assert os.get_blocking(efd)
+            with pytest.raises(Timeout):
+                h.recv(timeout=0)
+            with pytest.raises(Timeout):
+                h.recv(timeout=0.05)
+            assert os.get_blocking(efd)
+            with subprocess.Popen([sys.executable, "-c", _PLAIN_READER, str(efd)], pass_fds=[efd],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as peer:
+                try:
+                    assert peer.stdout is not None and peer.stdout.readline() == "ready\n"
+                    time.sleep(0.1)  # let the peer block in read(2)
+                    h.send(7)
+                    out, err = peer.communicate(timeout=10)
+                finally:
+                    peer.kill()
+                assert peer.returncode == 0, err
+                assert out == "7\n"
+            assert h.recv(timeout=5) == 5
+            assert os.get_blocking(efd)
+    finally:
+        os.close(efd)
+
+
+# -- ipcraft ls shows System V status bits ---------------------------------------------------------
+
+_libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+_libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_libc.shmat.restype = ctypes.c_void_p
+_libc.shmdt.argtypes = (ctypes.c_void_p,)
+_libc.shmctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_SHM_LOCK = 11
+
+
+def test_ls_shows_sysv_shm_status_bits():
+    """A segment a libc peer attached, locked (SHM_LOCK) and removed (IPC_RMID) while attached is
+    listed with status "dest locked", as ipcs -m shows it; an ordinary one with an empty status."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ipcraft._cli import cli
+    from ipcraft.inventory import list_objects
+    plain = _check(_libc.shmget(unique_key(), 4096, _IPC_CREAT | _IPC_EXCL | 0o600))
+    marked = _check(_libc.shmget(unique_key(), 4096, _IPC_CREAT | _IPC_EXCL | 0o640))
+    addr = _libc.shmat(marked, None, 0)
+    try:
+        assert addr not in (None, ctypes.c_void_p(-1).value)
+        _check(_libc.shmctl(marked, _SHM_LOCK, None))
+        _check(_libc.shmctl(marked, _IPC_RMID, None))
+        by_id = {o.id: o for o in list_objects("sysv_shm")}
+        assert by_id[marked].details["status"] == "dest locked" and by_id[marked].mode == 0o640
+        assert by_id[plain].details["status"] == "" and by_id[plain].mode == 0o600
+        table = CliRunner().invoke(cli, ["ls", "--kind", "sysv_shm"], catch_exceptions=False).output
+        row = next(line for line in table.splitlines() if f" {marked} " in line)
+        assert "status=dest locked" in row and "640" in row
+        listed = json.loads(CliRunner().invoke(cli, ["ls", "-k", "sysv_shm", "--format", "json"]).output)
+        assert next(o for o in listed if o["id"] == marked)["details"]["status"] == "dest locked"
+    finally:
+        if addr not in (None, ctypes.c_void_p(-1).value):
+            _libc.shmdt(addr)
+        _libc.shmctl(plain, _IPC_RMID, None)
+        _libc.shmctl(marked, _IPC_RMID, None)
+    assert marked not in {o.id for o in list_objects("sysv_shm")}

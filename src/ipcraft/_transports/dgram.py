@@ -44,7 +44,7 @@ from .._errors import os_error
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, _inet
+from ..primitives.sockets import _bind_path, _inet, connect_unix
 from . import Transport
 from ._io import raise_sndbuf, timed_out, wait_fd
 from .tcp import bound_endpoint
@@ -129,7 +129,7 @@ def _sender(endpoint: Endpoint) -> DatagramTransport:
         family, addr = socket.AF_UNIX, sockaddr(endpoint)
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
-        _connect(sock, addr, endpoint)
+        addr = _connect(sock, addr, endpoint)
         t = DatagramTransport(sock, endpoint, receiver=False)
     except BaseException:
         sock.close()
@@ -144,9 +144,13 @@ def _sender(endpoint: Endpoint) -> DatagramTransport:
     return t
 
 
-def _connect(sock: socket.socket, addr: Any, endpoint: Endpoint) -> None:
+def _connect(sock: socket.socket, addr: Any, endpoint: Endpoint) -> Any:
+    """Connect the sender; return the address that answered (an abstract name may answer padded)."""
     try:
+        if sock.family == socket.AF_UNIX:
+            return connect_unix(sock, addr)[0]  # a blocking datagram connect never pends
         sock.connect(addr)
+        return addr
     except OSError as exc:
         hint = ""
         if exc.errno == errno.ECONNREFUSED:

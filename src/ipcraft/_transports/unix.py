@@ -28,7 +28,7 @@ from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
 from .._peer import Peer
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, peer_credentials
+from ..primitives.sockets import _bind_path, connect_unix, peer_credentials
 from . import Transport
 from ._io import SocketStream, SocketTransport, deadline_after, raise_sndbuf, send_timeout, timed_out, wait_fd
 
@@ -55,10 +55,9 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     try:
         sock.setblocking(False)
         try:
-            sock.connect(addr)
-        except BlockingIOError:
+            addr, connected = connect_unix(sock, addr)
             # A full accept backlog: wait for room (EAGAIN on Unix sockets means exactly that).
-            while True:
+            while not connected:
                 if not wait_fd(sock.fileno(), 4, deadline):  # POLLOUT
                     raise timed_out(f"connecting to {endpoint}") from None
                 try:

@@ -1,17 +1,29 @@
 """EventFD: a 64-bit kernel counter behind a file descriptor (eventfd(2)), for wake-ups.
 
-Decisions (STYLE.md R20): the fd is always opened EFD_NONBLOCK; blocking and timeouts are done
-with poll(2), so one fd serves blocking calls, timeouts, select/epoll and asyncio alike (the same
-pattern as every fd transport).  Verbs follow ipcraft's vocabulary (STYLE.md R5): ``send`` adds to
-the counter (write(2)), ``recv`` takes from it (read(2)).
+Decisions:
+
+* **Non-blocking calls, ipcraft's own waits.**  An eventfd this module creates is EFD_NONBLOCK;
+  blocking and timeouts are done with poll(2), so one fd serves blocking calls, timeouts,
+  select/epoll and asyncio alike (the same pattern as every fd transport).
+* **An inherited fd keeps its mode.**  O_NONBLOCK belongs to the open file description, which a
+  parent, a child or a C process given the fd shares: setting it would make their blocking reads
+  fail with EAGAIN.  :meth:`EventFD.from_fd` never changes it.  On a blocking fd, ``recv`` reads
+  with preadv2(RWF_NOWAIT), a non-blocking read of this one call (Linux 5.12+; before that, poll
+  then read, where a reader racing for the same count can make the read wait for the next send),
+  and ``send`` waits for POLLOUT, then writes (it can block only if another writer fills the
+  counter to within ``n`` of its ceiling in between).
+* Verbs follow ipcraft's vocabulary: ``send`` adds to the counter (write(2)), ``recv`` takes from
+  it (read(2)).
 
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -44,6 +56,8 @@ class EventFD(FdHandle):
     """
 
     semaphore: bool = False
+    #: True when the fd's open file description is blocking (an inherited fd left as it was).
+    _shared_blocking: bool = False
 
     def __init__(self, initial: int = 0, *, semaphore: bool = False) -> None:
         """Create an eventfd whose counter starts at ``initial`` (0..2**32-1, eventfd(2)'s limit).
@@ -62,11 +76,12 @@ class EventFD(FdHandle):
 
     @classmethod
     def from_fd(cls, fd: int, *, semaphore: bool = False) -> EventFD:
-        """Wrap an existing eventfd ``fd`` (inherited or received); the handle takes it over and
-        makes it non-blocking.  ``semaphore`` must say how it was created (only recv's docs depend
-        on it: the kernel applies the mode it was created with)."""
+        """Wrap an existing eventfd ``fd`` (inherited or received); the handle takes it over (closes
+        it on close) but never changes its blocking mode, which the processes sharing it rely on
+        (see the module docstring).  ``semaphore`` must say how it was created (only recv's docs
+        depend on it: the kernel applies the mode it was created with)."""
         self = cls.__new__(cls)
-        os.set_blocking(fd, False)
+        self._shared_blocking = os.get_blocking(fd)
         self._fd = fd
         self.semaphore = semaphore
         return self
@@ -83,7 +98,10 @@ class EventFD(FdHandle):
         """
         if not 1 <= n <= _MAX_COUNT:
             raise ValueError(f"an eventfd send adds 1..2**64-2 (eventfd(2)); got {n}")
-        self._retry(lambda fd: os.eventfd_write(fd, n), select.POLLOUT, timeout, f"sending {n} to")
+        if self._shared_blocking:
+            self._retry(lambda fd: _write_when_writable(fd, n), select.POLLOUT, timeout, f"sending {n} to")
+        else:
+            self._retry(lambda fd: os.eventfd_write(fd, n), select.POLLOUT, timeout, f"sending {n} to")
 
     def recv(self, timeout: float | None = None) -> int:
         """Wait until the counter is above 0, then take from it (see the class docs).
@@ -94,7 +112,8 @@ class EventFD(FdHandle):
             Timeout: the counter stayed 0 for ``timeout`` seconds (0: poll once); nothing taken.
             HandleClosed: this handle was closed.
         """
-        return self._retry(os.eventfd_read, select.POLLIN, timeout, "receiving from")
+        return self._retry(_read_nowait if self._shared_blocking else os.eventfd_read, select.POLLIN, timeout,
+                           "receiving from")
 
     def _retry(self, op: Callable[[int], _T], events: int, timeout: float | None, what: str) -> _T:
         """Try the non-blocking ``op(fd)``; on EAGAIN sleep in poll(2) for ``events`` and retry."""
@@ -112,3 +131,32 @@ class EventFD(FdHandle):
         mode = " semaphore" if self.semaphore else ""
         state = " closed" if self._fd < 0 else f" fd={self._fd}"
         return f"<EventFD{mode}{state}>"
+
+
+def _read_nowait(fd: int) -> int:
+    """read(2) of a blocking eventfd that fails with EAGAIN instead of waiting, without touching the
+    shared O_NONBLOCK: preadv2(RWF_NOWAIT) where the kernel has it, else poll first."""
+    buf = bytearray(8)
+    try:
+        os.preadv(fd, [buf], -1, os.RWF_NOWAIT)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        if not _ready(fd, select.POLLIN):  # before Linux 5.12: eventfd has no RWF_NOWAIT
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from None
+        return os.eventfd_read(fd)
+    return int.from_bytes(buf, sys.byteorder)
+
+
+def _write_when_writable(fd: int, n: int) -> None:
+    """write(2) of ``n`` to a blocking eventfd once poll(2) says it takes more (EAGAIN until then)."""
+    if not _ready(fd, select.POLLOUT):
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    os.eventfd_write(fd, n)
+
+
+def _ready(fd: int, events: int) -> bool:
+    """Whether poll(2) reports one of ``events`` on ``fd`` now (a zero timeout)."""
+    p = select.poll()
+    p.register(fd, events)
+    return bool(p.poll(0))
