@@ -23,6 +23,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "producer: opening %s: %s\n", argv[1], strerror(-rc));
         return 1;
     }
+    static char inbuf[1 << 20]; /* large reads: a 1 MiB line in one or two read(2) calls */
+    setvbuf(stdin, inbuf, _IOFBF, sizeof inbuf);
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
