@@ -143,7 +143,7 @@ static inline int ipc_ring_open(ipc_ring *q, const char *name)
     memcpy(&flags, q->base + 12, 4);
     memcpy(&cap, q->base + 16, 8);
     memcpy(&data, q->base + 24, 8);
-    if (magic != IPC_MPMC_MAGIC || version != 1 || flags != 0 || cap < 4096 || (cap & (cap - 1)) ||
+    if (magic != IPC_MPMC_MAGIC || version != 1 || flags != 0 || cap < 4096 || cap > (1ULL << 32) || (cap & (cap - 1)) ||
         data != IPC_MPMC_HEADER || IPC_MPMC_HEADER + cap > q->size) {
         munmap(q->base, q->size);
         q->base = NULL;
