@@ -44,7 +44,7 @@ from .._errors import os_error
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, _inet, connect_unix
+from ..primitives.sockets import _bind_path, _connect_unix, _inet
 from . import Transport
 from ._io import raise_sndbuf, timed_out, wait_fd
 from .tcp import bound_endpoint
@@ -148,7 +148,7 @@ def _connect(sock: socket.socket, addr: Any, endpoint: Endpoint) -> Any:
     """Connect the sender; return the address that answered (an abstract name may answer padded)."""
     try:
         if sock.family == socket.AF_UNIX:
-            return connect_unix(sock, addr)[0]  # a blocking datagram connect never pends
+            return _connect_unix(sock, addr)[0]  # a blocking datagram connect never pends
         sock.connect(addr)
         return addr
     except OSError as exc:

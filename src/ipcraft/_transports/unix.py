@@ -28,7 +28,7 @@ from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
 from .._peer import Peer
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, connect_unix, peer_credentials
+from ..primitives.sockets import _bind_path, _connect_unix, peer_credentials
 from . import Transport
 from ._io import SocketStream, SocketTransport, deadline_after, raise_sndbuf, send_timeout, timed_out, wait_fd
 
@@ -55,7 +55,7 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     try:
         sock.setblocking(False)
         try:
-            addr, connected = connect_unix(sock, addr)
+            addr, connected = _connect_unix(sock, addr)
             # A full accept backlog: wait for room (EAGAIN on Unix sockets means exactly that).
             while not connected:
                 if not wait_fd(sock.fileno(), 4, deadline):  # POLLOUT

@@ -65,7 +65,7 @@ def _unix_sockaddr(address: str) -> bytes:
     return validate_unix_path(address)
 
 
-def connect_unix(sock: socket.socket, raw: bytes) -> tuple[bytes, bool]:
+def _connect_unix(sock: socket.socket, raw: bytes) -> tuple[bytes, bool]:
     """Start ``sock.connect(raw)``, meeting an abstract name a C program bound padded with NULs to
     sizeof(struct sockaddr_un) if nobody holds ``raw`` itself.
 
@@ -236,7 +236,7 @@ class UnixSocket(SocketBase):
             sock.setblocking(False)
             deadline = deadline_after(timeout)
             try:
-                raw, connected = connect_unix(sock, raw)
+                raw, connected = _connect_unix(sock, raw)
             except OSError as exc:
                 raise os_error(exc.errno or errno.EIO, f"connecting to {address}", address) from exc
             while not connected:  # EAGAIN on AF_UNIX: the accept backlog is full
