@@ -2,7 +2,7 @@
 
 Each knob is named by its /proc file, because that is what an error message tells a user to look at
 or change.  Knobs are read at call time: an administrator may change them while a program runs.
-(ipcraft.limits reports the same knobs, but primitives import nothing above them.)
+(ipcraft.limits reports the same knobs, but a primitive may not import it: it is a higher layer.)
 
 Also the ``access=`` argument both queue primitives take: ``"r"``, ``"w"`` or ``"rw"``, the
 permission an open asks the kernel for, as mq_open(O_RDONLY / O_WRONLY / O_RDWR) and msgget's

@@ -7,11 +7,12 @@ Decisions:
   select/epoll and asyncio alike (the same pattern as every fd transport).
 * **An inherited fd keeps its mode.**  O_NONBLOCK belongs to the open file description, which a
   parent, a child or a C process given the fd shares: setting it would make their blocking reads
-  fail with EAGAIN.  :meth:`EventFD.from_fd` never changes it.  On a blocking fd, ``recv`` reads
-  with preadv2(RWF_NOWAIT), a non-blocking read of this one call (Linux 5.12+; before that, poll
-  then read, where a reader racing for the same count can make the read wait for the next send),
-  and ``send`` waits for POLLOUT, then writes (it can block only if another writer fills the
-  counter to within ``n`` of its ceiling in between).
+  fail with EAGAIN.  :meth:`EventFD.from_fd` never changes it.  On a blocking fd each try is the
+  pipes' one-shot I/O (``_pipeio.OneShotIO``): a read with preadv2(RWF_NOWAIT), which applies to that
+  one call (Linux 5.12+; before that, poll then read, where a reader racing for the same count can
+  make the read wait for the next send), and a write after poll(2) reports POLLOUT (the kernel has
+  no RWF_NOWAIT write for eventfds; it can block only if another writer fills the counter to within
+  ``n`` of its ceiling in between).
 * Verbs follow ipcraft's vocabulary: ``send`` adds to the counter (write(2)), ``recv`` takes from
   it (read(2)).
 
@@ -20,7 +21,6 @@ Decisions:
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import sys
@@ -29,8 +29,9 @@ from typing import TypeVar
 
 from .._errors import translating
 from .._resource import FdHandle
+from .._wait import deadline_after, wait_fd
 from ..errors import Timeout
-from ._timeouts import deadline_after, wait_fd
+from ._pipeio import OneShotIO
 
 __all__ = ("EventFD",)
 
@@ -40,7 +41,7 @@ _T = TypeVar("_T")
 _MAX_COUNT = 0xFFFFFFFFFFFFFFFE
 
 
-class EventFD(FdHandle):
+class EventFD(FdHandle, OneShotIO):
     """A kernel counter (eventfd) that wakes readers; usable with select/poll/epoll via :meth:`fileno`.
 
     ``send(n)`` adds ``n`` to the counter and wakes readers.  ``recv()`` waits while the counter is
@@ -56,8 +57,7 @@ class EventFD(FdHandle):
     """
 
     semaphore: bool = False
-    #: True when the fd's open file description is blocking (an inherited fd left as it was).
-    _shared_blocking: bool = False
+    _nonblock: bool = True  # False for an inherited blocking fd, left as it was (OneShotIO's flag)
 
     def __init__(self, initial: int = 0, *, semaphore: bool = False) -> None:
         """Create an eventfd whose counter starts at ``initial`` (0..2**32-1, eventfd(2)'s limit).
@@ -81,7 +81,7 @@ class EventFD(FdHandle):
         (see the module docstring).  ``semaphore`` must say how it was created (only recv's docs
         depend on it: the kernel applies the mode it was created with)."""
         self = cls.__new__(cls)
-        self._shared_blocking = os.get_blocking(fd)
+        self._nonblock = not os.get_blocking(fd)
         self._fd = fd
         self.semaphore = semaphore
         return self
@@ -98,10 +98,8 @@ class EventFD(FdHandle):
         """
         if not 1 <= n <= _MAX_COUNT:
             raise ValueError(f"an eventfd send adds 1..2**64-2 (eventfd(2)); got {n}")
-        if self._shared_blocking:
-            self._retry(lambda fd: _write_when_writable(fd, n), select.POLLOUT, timeout, f"sending {n} to")
-        else:
-            self._retry(lambda fd: os.eventfd_write(fd, n), select.POLLOUT, timeout, f"sending {n} to")
+        value = memoryview(n.to_bytes(8, sys.byteorder))
+        self._retry(lambda fd: self._write_now(fd, [value]), select.POLLOUT, timeout, f"sending {n} to")
 
     def recv(self, timeout: float | None = None) -> int:
         """Wait until the counter is above 0, then take from it (see the class docs).
@@ -112,8 +110,9 @@ class EventFD(FdHandle):
             Timeout: the counter stayed 0 for ``timeout`` seconds (0: poll once); nothing taken.
             HandleClosed: this handle was closed.
         """
-        return self._retry(_read_nowait if self._shared_blocking else os.eventfd_read, select.POLLIN, timeout,
-                           "receiving from")
+        buf = bytearray(8)
+        self._retry(lambda fd: self._read_now(fd, memoryview(buf)), select.POLLIN, timeout, "receiving from")
+        return int.from_bytes(buf, sys.byteorder)
 
     def _retry(self, op: Callable[[int], _T], events: int, timeout: float | None, what: str) -> _T:
         """Try the non-blocking ``op(fd)``; on EAGAIN sleep in poll(2) for ``events`` and retry."""
@@ -132,31 +131,3 @@ class EventFD(FdHandle):
         state = " closed" if self._fd < 0 else f" fd={self._fd}"
         return f"<EventFD{mode}{state}>"
 
-
-def _read_nowait(fd: int) -> int:
-    """read(2) of a blocking eventfd that fails with EAGAIN instead of waiting, without touching the
-    shared O_NONBLOCK: preadv2(RWF_NOWAIT) where the kernel has it, else poll first."""
-    buf = bytearray(8)
-    try:
-        os.preadv(fd, [buf], -1, os.RWF_NOWAIT)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-        if not _ready(fd, select.POLLIN):  # before Linux 5.12: eventfd has no RWF_NOWAIT
-            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from None
-        return os.eventfd_read(fd)
-    return int.from_bytes(buf, sys.byteorder)
-
-
-def _write_when_writable(fd: int, n: int) -> None:
-    """write(2) of ``n`` to a blocking eventfd once poll(2) says it takes more (EAGAIN until then)."""
-    if not _ready(fd, select.POLLOUT):
-        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-    os.eventfd_write(fd, n)
-
-
-def _ready(fd: int, events: int) -> bool:
-    """Whether poll(2) reports one of ``events`` on ``fd`` now (a zero timeout)."""
-    p = select.poll()
-    p.register(fd, events)
-    return bool(p.poll(0))

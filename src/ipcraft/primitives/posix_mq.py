@@ -7,7 +7,7 @@ descriptor, so a queue can be watched with select/poll/epoll.
 Decisions:
 
 * **posix_ipc makes the system calls**; this module adds the three constructors (create, open,
-  open_or_create), ownership (the creator unlinks), size checks that name their knob and error
+  open_or_create), ownership (only the creator unlinks), size checks that name their knob and error
   translation (``_errors.py`` only).
 * **access=** ``"rw"`` (default), ``"r"`` or ``"w"`` is the mode mq_open asks for (O_RDWR, O_RDONLY,
   O_WRONLY): a 0644 queue of another user opens with ``access="r"``, as a C program's
@@ -43,10 +43,10 @@ import posix_ipc
 from .._errors import translated, translating
 from .._names import DEFAULT_MODE, validate_name
 from .._resource import Handle
+from .._wait import deadline_after, remaining
 from ..errors import MessageTooLarge
 from . import _mq_common as _common
 from ._mapping import Owned, open_or_create
-from ._timeouts import deadline_after, remaining
 
 __all__ = ("PosixMessageQueue", "unlink_message_queue", "PRIORITY_MAX")
 
