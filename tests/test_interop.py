@@ -20,7 +20,7 @@ import pytest
 import ipcraft
 from ipcraft.primitives.posix_mq import PosixMessageQueue
 from ipcraft.primitives.sysv_mq import TYPE_MAX, SysVMessageQueue
-from ipcraft.testing import run_in_child, unique_key, unique_name
+from ipcraft.testing import Child, run_in_child, unique_key, unique_name
 
 NOBODY = 65534
 LONG_MAX = 2 ** (8 * ctypes.sizeof(ctypes.c_long) - 1) - 1
@@ -354,3 +354,199 @@ def test_ls_shows_sysv_shm_status_bits():
         _libc.shmctl(plain, _IPC_RMID, None)
         _libc.shmctl(marked, _IPC_RMID, None)
     assert marked not in {o.id for o in list_objects("sysv_shm")}
+
+
+# -- raw framing: peers that do not speak ipcraft's frames ------------------------------------------
+
+def _plain_unix_server(path: str) -> socket.socket:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(10)
+    return srv
+
+
+def _read_until(sock: socket.socket, n: int) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"the peer closed after {data!r}"
+        data += chunk
+    return data
+
+
+def test_unix_lines_with_a_plain_socket_server(tmp_ipc_dir):
+    """framing=lines: ipcraft connects to a plain server without the verdict byte and both sides
+    exchange newline-delimited messages; a final line without a newline still arrives."""
+    path = os.path.join(tmp_ipc_dir, "s")
+    with _plain_unix_server(path) as srv:
+        with ipcraft.connect(f"unix://{path}?framing=lines", timeout=5) as ch:
+            conn, _ = srv.accept()
+            with conn:
+                ch.send_bytes(b"hello")
+                ch.send_bytes(b"")
+                assert _read_until(conn, 7) == b"hello\n\n"
+                conn.sendall(b"one\ntwo\nlast")
+                assert ch.recv_bytes(timeout=5) == b"one" and ch.recv_bytes(timeout=5) == b"two"
+                with pytest.raises(ValueError, match="newline"):
+                    ch.send_bytes(b"a\nb")
+            assert ch.recv_bytes(timeout=5) == b"last"
+            with pytest.raises(ipcraft.errors.ChannelClosed):
+                ch.recv_bytes(timeout=5)
+
+
+def test_unix_listener_with_raw_framing_sends_no_verdict(tmp_ipc_dir):
+    """A listener with framing=length accepts a plain client and sends it no verdict byte: the first
+    bytes the client reads are the length-prefixed reply."""
+    path = os.path.join(tmp_ipc_dir, "l")
+    with ipcraft.listen(f"unix://{path}?framing=length") as listener:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            with listener.accept(timeout=5) as ch:
+                client.sendall((5).to_bytes(4, "big") + b"hello" + (0).to_bytes(4, "big"))
+                assert ch.recv_bytes(timeout=5) == b"hello" and ch.recv_bytes(timeout=5) == b""
+                ch.send_bytes(b"reply")
+                assert _read_until(client, 9) == b"\x00\x00\x00\x05reply"
+
+
+def test_tcp_length_framing_with_a_plain_client():
+    """tcp:// with framing=length and insecure=True runs no authkey handshake: a plain client's
+    length-prefixed messages arrive, and ipcraft's replies are length-prefixed."""
+    with ipcraft.listen("tcp://127.0.0.1:0?framing=length&insecure=true") as listener:
+        with socket.create_connection(("127.0.0.1", listener.endpoint.host_port[1]), timeout=10) as client:
+            with listener.accept(timeout=5) as ch:
+                assert not ch.authenticated
+                client.sendall((3).to_bytes(4, "big") + b"abc")
+                assert ch.recv_bytes(timeout=5) == b"abc"
+                ch.send_bytes(b"xyz")
+                assert _read_until(client, 7) == b"\x00\x00\x00\x03xyz"
+
+
+def test_raw_framing_with_the_handshake_asked_for(tmp_ipc_dir):
+    """handshake=true keeps the verdict byte with framing=lines: two ipcraft ends still meet."""
+    url = f"unix://{os.path.join(tmp_ipc_dir, 'h')}?framing=lines&handshake=true"
+    with ipcraft.listen(url) as listener:
+        def client() -> bytes:
+            with ipcraft.connect(url, timeout=5) as ch:
+                ch.send_bytes(b"ping")
+                return ch.recv_bytes(timeout=5)
+        child = Child(client)
+        with listener.accept(timeout=5) as ch:
+            assert ch.recv_bytes(timeout=5) == b"ping"
+            ch.send_bytes(b"pong")
+        assert child.result(10) == b"pong"
+
+
+def test_raw_framing_is_validated():
+    """A framing the scheme cannot keep, a serializer other than raw, an authkey without its
+    handshake, or handshake=false with ipcraft's frames: InvalidEndpoint before anything is opened."""
+    bad = ipcraft.errors.InvalidEndpoint
+    with pytest.raises(bad, match="framing"):
+        ipcraft.queue(f"mq://{unique_name('f')}?framing=lines", create=True)
+    with pytest.raises(bad, match="serializer"):
+        ipcraft.queue(f"mq://{unique_name('f')}?framing=none&serializer=msgpack", create=True)
+    with pytest.raises(bad, match="framing"):
+        ipcraft.connect("unix:@nothing-here?framing=none")
+    with pytest.raises(bad, match="handshake"):
+        ipcraft.connect("unix:@nothing-here?handshake=false")
+    with pytest.raises(bad, match="authkey"):
+        ipcraft.connect("tcp://127.0.0.1:9?framing=lines", authkey=b"k")
+    with pytest.raises(bad):
+        ipcraft.connect("shm://x?framing=none")
+
+
+def test_cli_recv_framing_none_reads_what_libc_sends():
+    """`ipcraft recv --framing none` prints a plain mq_send and a plain msgsnd (no ipcraft header),
+    and `ipcraft send --framing none` puts plain messages that libc's mq_receive reads."""
+    from click.testing import CliRunner
+
+    from ipcraft._cli import cli
+    run = CliRunner()
+    name = unique_name("cli")
+    mqd = _c_mq_create(name, 0o600)
+    try:
+        _check(_libc.mq_send(mqd, b"from mq_send", 12, 0))
+        out = run.invoke(cli, ["recv", "--framing", "none", "-n", "1", "--timeout", "5", f"mq://{name}"],
+                         catch_exceptions=False)
+        assert out.exit_code == 0 and out.output == "from mq_send\n"
+        sent = run.invoke(cli, ["send", "--framing", "none", f"mq://{name}", "to mq_receive"],
+                          catch_exceptions=False)
+        assert sent.exit_code == 0 and _c_mq_receive(mqd) == b"to mq_receive"
+    finally:
+        os.close(mqd)
+        _libc.mq_unlink(f"/{name}".encode())
+    key = unique_key()
+    msqid = _check(_libc.msgget(key, _IPC_CREAT | _IPC_EXCL | 0o600))
+    try:
+        _check(_libc.msgsnd(msqid, _c_msg(9, b"from msgsnd"), 11, 0))
+        out = run.invoke(cli, ["recv", "--framing", "none", "-n", "1", "--timeout", "5", f"sysvmq://{key}"],
+                         catch_exceptions=False)
+        assert out.exit_code == 0 and out.output == "from msgsnd\n"
+    finally:
+        _libc.msgctl(msqid, _IPC_RMID, None)
+
+
+def test_datagrams_and_seqpacket_with_framing_none(tmp_ipc_dir):
+    """framing=none on unix+dgram and unix+seqpacket: each datagram or record of a plain socket is one
+    message, and ipcraft's are plain too."""
+    dpath = os.path.join(tmp_ipc_dir, "d")
+    with ipcraft.queue(f"unix+dgram://{dpath}?framing=none", create=True) as q, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as plain:
+        plain.sendto(b"datagram", dpath)
+        assert q.recv_bytes(timeout=5) == b"datagram"
+    spath = os.path.join(tmp_ipc_dir, "p")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as srv:
+        srv.bind(spath)
+        srv.listen(1)
+        with ipcraft.connect(f"unix+seqpacket://{spath}?framing=none", timeout=5) as ch:
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(10)
+                ch.send_bytes(b"record")
+                assert conn.recv(100) == b"record"
+                conn.send(b"back")
+                assert ch.recv_bytes(timeout=5) == b"back"
+
+
+def test_cli_send_and_recv_lines_with_plain_sockets(tmp_ipc_dir):
+    """`ipcraft send --framing lines` to a plain server writes lines; `ipcraft recv --framing lines`
+    on listen: prints what a plain client writes, as socat would exchange them."""
+    import subprocess
+    import sys
+    path = os.path.join(tmp_ipc_dir, "c")
+    with _plain_unix_server(path) as srv:
+        sender = subprocess.Popen([sys.executable, "-m", "ipcraft", "send", "--framing", "lines",
+                                   f"unix://{path}", "alpha", "beta"], stderr=subprocess.PIPE)
+        try:
+            conn, _ = srv.accept()
+            with conn:
+                assert _read_until(conn, 11) == b"alpha\nbeta\n"
+            assert sender.wait(20) == 0, sender.stderr.read() if sender.stderr else ""
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+            sender.wait(10)
+            if sender.stderr:
+                sender.stderr.close()
+    os.unlink(path)
+    receiver = subprocess.Popen([sys.executable, "-m", "ipcraft", "recv", "--framing", "lines",
+                                 f"listen:unix://{path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            while True:
+                try:
+                    client.connect(path)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    assert time.monotonic() < deadline, "the receiver never listened"
+                    time.sleep(0.05)
+            client.sendall(b"gamma\ndelta\n")
+        out, err = receiver.communicate(timeout=20)
+        assert receiver.returncode == 0, err
+        assert out == b"gamma\ndelta\n"
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.communicate(timeout=10)

@@ -30,7 +30,7 @@ from ._transports._contract import (
     TrySend,
     ZeroCopy,
 )
-from ._transports._framed import FramedStream
+from ._transports._framed import FramedStream, RawStream
 from ._wait import deadline_after
 from ._zerocopy import RecvView, SendView
 from .errors import (
@@ -102,7 +102,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if isinstance(transport, MessagePort):
             self._port, self._framed = transport, False
         elif isinstance(transport, ByteStream):
-            self._port, self._framed = FramedStream(transport, max_message_size, repr(self)), True
+            framing = "ipcraft" if endpoint is None else endpoint.framing
+            self._port = (FramedStream(transport, max_message_size, repr(self)) if framing == "ipcraft"
+                          else RawStream(transport, framing, max_message_size, repr(self)))
+            self._framed = True
         else:
             transport.close()
             self._closed = True

@@ -10,12 +10,12 @@ from ._endpoint import Endpoint
 from ._transports import module_for
 from ._wait import deadline_after
 from .errors import InvalidEndpoint
-from .serializers import MSGPACK, Serializer, by_name
+from .serializers import MSGPACK, RAW, Serializer, by_name
 
 
 def _channel_options(ep: Endpoint) -> dict[str, Any]:
     return {
-        "serializer": ep.options.get("serializer", MSGPACK),
+        "serializer": ep.options.get("serializer", MSGPACK if ep.framing == "ipcraft" else RAW),
         "max_message_size": ep.options.get("max_message_size", _framing.DEFAULT_MAX_MESSAGE_SIZE),
     }
 
@@ -26,6 +26,7 @@ def _endpoint(url: str | Endpoint, family: str, verb: str, opts: dict[str, Any])
         hint = "ipcraft.queue()" if ep.info.family == "queue" else "ipcraft.connect()/listen()"
         raise InvalidEndpoint(f"{ep.scheme}:// is a {ep.info.family} scheme; {verb}() does not take it "
                               f"(use {hint})")
+    ep.check_framing()
     return ep
 
 

@@ -16,7 +16,7 @@ import click
 from .. import Queue
 from ..errors import ChannelClosed, Timeout
 from ._common import cli_errors
-from ._open import ENDPOINT_HELP, Handle, open_endpoint
+from ._open import ENDPOINT_HELP, FRAMING_CHOICE, Handle, open_endpoint
 
 _TICK = 0.1  # how often a direction checks whether the other one has ended
 
@@ -27,17 +27,21 @@ _TICK = 0.1  # how often a direction checks whether the other one has ended
 @click.option("--one-way", is_flag=True, help="Only move messages from ENDPOINT_A to ENDPOINT_B.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds to wait for each peer (connect, accept).")
+@click.option("--framing-a", type=FRAMING_CHOICE, default=None,
+              help="ENDPOINT_A's framing (see ipcraft send --help), e.g. lines to relay what socat writes.")
+@click.option("--framing-b", type=FRAMING_CHOICE, default=None, help="ENDPOINT_B's framing.")
 @cli_errors
-def relay(endpoint_a: str, endpoint_b: str, one_way: bool, timeout: float | None) -> None:
+def relay(endpoint_a: str, endpoint_b: str, one_way: bool, timeout: float | None, framing_a: str | None,
+          framing_b: str | None) -> None:
     """Move messages between ENDPOINT_A and ENDPOINT_B, both ways, until either side closes.
 
     ENDPOINT_A is opened first, then ENDPOINT_B.  When either endpoint is a queue, messages only
     move from ENDPOINT_A to ENDPOINT_B: a queue has no sides, so the relay would read back what it
     wrote into it.
     """
-    a = open_endpoint(endpoint_a, timeout)
+    a = open_endpoint(endpoint_a, timeout, framing_a)
     with a:
-        b = open_endpoint(endpoint_b, timeout)
+        b = open_endpoint(endpoint_b, timeout, framing_b)
         with b:
             stop = threading.Event()
             errors: list[BaseException] = []

@@ -196,6 +196,7 @@ class DatagramTransport(Transport):
         self.sock = sock
         self.endpoint = endpoint
         self._receiver = receiver
+        self._raw = endpoint.framing == "none"
         self._unix = sock.family == socket.AF_UNIX
         self._bound_ino: int | None = None
         self._creator_pid = os.getpid()
@@ -248,7 +249,7 @@ class DatagramTransport(Transport):
         self._only(False, "send")
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
-        parts = framed(sid, payload)
+        parts = framed(sid, payload, self._raw)
         size = sum(memoryview(p).nbytes for p in parts)
         if self.max_payload is not None and size > self.max_payload:
             raise MessageTooLarge(f"a {size}-byte datagram does not fit {self.endpoint}: the limit is "
@@ -291,8 +292,8 @@ class DatagramTransport(Transport):
                 if not self._unix:
                     n, addr = self.sock.recvfrom_into(self._scratch)
                     self.last_meta = {"address": addr}
-                    return unframe(memoryview(self._scratch)[:n], self.last_meta)
-                return unframe(self._recv_unix(), self.last_meta)
+                    return unframe(memoryview(self._scratch)[:n], self.last_meta, self._raw)
+                return unframe(self._recv_unix(), self.last_meta, self._raw)
             except BlockingIOError:
                 if not wait_fd(self.fileno(), _POLLIN, deadline):
                     raise timed_out(f"receiving on {self.endpoint}") from None

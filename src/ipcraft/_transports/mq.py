@@ -51,6 +51,7 @@ class MqTransport(QueueFastPath):
     def __init__(self, queue: PosixMessageQueue, endpoint: Endpoint) -> None:
         self._q = queue
         self._endpoint = endpoint
+        self._raw = endpoint.framing == "none"
         self._unlinked = False
         self._gone = False
         self.max_payload = queue.msgsize
@@ -90,7 +91,7 @@ class MqTransport(QueueFastPath):
                                      "priority", lambda: not self._gone)
 
     def send_message(self, sid: int, payload: memoryview, deadline: float | None, priority: int = 0) -> None:
-        data = b"".join(framed(sid, payload))
+        data = b"".join(framed(sid, payload, self._raw))
         q = self._q
         while True:
             try:
@@ -108,7 +109,7 @@ class MqTransport(QueueFastPath):
                 self._after_slice(exc, deadline, "receiving from")
                 continue
             self.last_meta = {"priority": priority}
-            return unframe(data, self.last_meta)
+            return unframe(data, self.last_meta, self._raw)
 
     def wait_readable(self, deadline: float | None) -> bool:
         fd = self._q.fileno()

@@ -50,6 +50,7 @@ class SysVMqTransport(QueueFastPath):
     def __init__(self, queue: SysVMessageQueue, endpoint: Endpoint) -> None:
         self._q = queue
         self._endpoint = endpoint
+        self._raw = endpoint.framing == "none"
         self.last_meta: dict[str, Any] = {}
         msgmax = _common.read(_common.MSGMAX)
         if msgmax <= queue.qbytes:
@@ -95,7 +96,8 @@ class SysVMqTransport(QueueFastPath):
     def send_message(self, sid: int, payload: memoryview, deadline: float | None,
                      type: int = 1) -> None:  # noqa: A002
         try:
-            self._q.send(b"".join(framed(sid, payload)), type, None if deadline is None else remaining(deadline))
+            self._q.send(b"".join(framed(sid, payload, self._raw)), type,
+                         None if deadline is None else remaining(deadline))
         except OSError as exc:
             raise removed_as_vanished(exc) from exc
 
@@ -107,7 +109,7 @@ class SysVMqTransport(QueueFastPath):
         except OSError as exc:
             raise removed_as_vanished(exc) from exc
         self.last_meta = {"type": got}
-        return unframe(data, self.last_meta)
+        return unframe(data, self.last_meta, self._raw)
 
     def wait_readable(self, deadline: float | None) -> bool:
         q = self._q
