@@ -550,3 +550,67 @@ def test_cli_send_and_recv_lines_with_plain_sockets(tmp_ipc_dir):
         if receiver.poll() is None:
             receiver.kill()
             receiver.communicate(timeout=10)
+
+
+def test_plain_mkfifo_with_framing_lines(tmp_ipc_dir):
+    """A FIFO made by plain mkfifo, with no lock file: lines a plain writer puts in arrive through
+    fifo://...?framing=lines and `ipcraft recv --framing lines`, and ipcraft's lines reach a plain
+    reader.  Nothing else is created next to it, and an opener does not remove it."""
+    from click.testing import CliRunner
+
+    from ipcraft._cli import cli
+    path = os.path.join(tmp_ipc_dir, "plain.fifo")
+    os.mkfifo(path, 0o600)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(writer, b"first\nsecond\n")
+        with ipcraft.queue(f"fifo://{path}?framing=lines") as q:
+            assert not q.owner
+            assert q.recv_bytes(timeout=5) == b"first" and q.recv_bytes(timeout=5) == b"second"
+            q.send_bytes(b"to the plain reader")
+            assert os.read(reader, 100) == b"to the plain reader\n"
+        os.write(writer, b"third\n")
+        out = CliRunner().invoke(cli, ["recv", "--framing", "lines", "-n", "1", "--timeout", "5", f"fifo://{path}"],
+                                 catch_exceptions=False)
+        assert out.exit_code == 0 and out.output == "third\n"
+        assert sorted(os.listdir(tmp_ipc_dir)) == ["plain.fifo"]
+    finally:
+        os.close(reader)
+        os.close(writer)
+    with ipcraft.queue(f"fifo://{os.path.join(tmp_ipc_dir, 'made')}?framing=length", create=True) as q:
+        q.send_bytes(b"x" * 10)
+        assert q.recv_bytes(timeout=5) == b"x" * 10
+    assert sorted(os.listdir(tmp_ipc_dir)) == ["plain.fifo"]
+
+
+def test_pipe_with_framing_lines_talks_to_sed():
+    """ipcraft.pipe(framing="lines") between Python and sed(1): lines go in, edited lines come back,
+    and closing the writing end ends sed and so the stream."""
+    import shutil
+    import subprocess
+    sed = shutil.which("sed")
+    if sed is None:
+        pytest.skip("no sed(1) on PATH")
+    to_child_r, to_child_w = ipcraft.pipe(duplex=False, framing="lines")
+    from_child_r, from_child_w = ipcraft.pipe(duplex=False, framing="lines")
+    with to_child_r, from_child_w:
+        child = subprocess.Popen([sed, "-u", "s/^/got /"], stdin=to_child_r.fileno(), stdout=from_child_w.fileno())
+    try:
+        with to_child_w, from_child_r:
+            to_child_w.send_bytes(b"one")
+            to_child_w.send_bytes(b"two")
+            assert from_child_r.recv_bytes(timeout=10) == b"got one"
+            assert from_child_r.recv_bytes(timeout=10) == b"got two"
+            to_child_w.close()
+            with pytest.raises(ipcraft.errors.ChannelClosed):
+                from_child_r.recv_bytes(timeout=10)
+        assert child.wait(10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    with pytest.raises(ipcraft.errors.InvalidEndpoint):
+        ipcraft.pipe(framing="none")
+    with pytest.raises(ipcraft.errors.InvalidEndpoint):
+        ipcraft.pipe(framing="lines", serializer="msgpack")

@@ -81,7 +81,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
-                 max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE, framing: str = "ipcraft") -> None:
         self._transport = transport
         self._endpoint = endpoint
         if serializer.trusted_only and not transport.authenticated:
@@ -102,7 +102,6 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if isinstance(transport, MessagePort):
             self._port, self._framed = transport, False
         elif isinstance(transport, ByteStream):
-            framing = "ipcraft" if endpoint is None else endpoint.framing
             self._port = (FramedStream(transport, max_message_size, repr(self)) if framing == "ipcraft"
                           else RawStream(transport, framing, max_message_size, repr(self)))
             self._framed = True

@@ -138,6 +138,7 @@ OPTIONS: Mapping[str, _Option] = {
 FRAMINGS: Mapping[str, frozenset[str]] = {
     "unix": frozenset({"ipcraft", "lines", "length"}),
     "tcp": frozenset({"ipcraft", "lines", "length"}),
+    "fifo": frozenset({"ipcraft", "lines", "length"}),
     "unix+seqpacket": frozenset({"ipcraft", "none"}),
     "unix+dgram": frozenset({"ipcraft", "none"}),
     "udp": frozenset({"ipcraft", "none"}),
@@ -174,7 +175,7 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
     Scheme("shm", "connection", "name",  # no "mode": nothing named is created (memfd + abstract socket)
            _COMMON | {"wait", "capacity", "allowed_uids", "backlog", "handshake_timeout"},
            "two shared-memory rings per connection (fastest)"),
-    Scheme("fifo", "queue", "path", _COMMON | {"mode", "pipe_size"},
+    Scheme("fifo", "queue", "path", _COMMON | _RAW | {"mode", "pipe_size"},
            "named pipe; messages never interleave"),
     Scheme("mq", "queue", "name", _COMMON | _RAW | {"mode", "maxmsg", "msgsize", "access"},
            "POSIX message queue (priority=)"),
