@@ -614,3 +614,27 @@ def test_pipe_with_framing_lines_talks_to_sed():
         ipcraft.pipe(framing="none")
     with pytest.raises(ipcraft.errors.InvalidEndpoint):
         ipcraft.pipe(framing="lines", serializer="msgpack")
+
+
+def test_aio_with_framing_lines(tmp_ipc_dir):
+    """ipcraft.aio over framing=lines: lines written without blocking the loop reach a plain server,
+    and its lines come back as messages."""
+    import asyncio
+
+    import ipcraft.aio
+
+    path = os.path.join(tmp_ipc_dir, "aio")
+
+    async def talk(srv: socket.socket) -> tuple[bytes, bytes]:
+        ch = await ipcraft.aio.connect(f"unix://{path}?framing=lines", timeout=5)
+        try:
+            conn, _ = srv.accept()
+            with conn:
+                await ch.send_bytes(b"async line")
+                got = _read_until(conn, 11)
+                conn.sendall(b"back\n")
+                return got, await ch.recv_bytes(timeout=5)
+        finally:
+            ch.close()
+    with _plain_unix_server(path) as srv:
+        assert asyncio.run(asyncio.wait_for(talk(srv), 30)) == (b"async line\n", b"back")

@@ -97,20 +97,28 @@ class RawStream:
         self._start = 0  # unconsumed bytes are _buf[_start:]
         self._eof = False
 
-    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
-        if extra:
-            raise TypeError(f"{self._what} takes no mechanism options; got {', '.join(sorted(extra))}")
+    def parts(self, payload: memoryview) -> list[bytes | memoryview]:
+        """The buffers to write for one message (ipcraft.aio writes them itself).
+
+        Raises:
+            ValueError: a newline inside a message framed by lines; nothing is written.
+            MessageTooLarge: a message longer than the 4-byte length prefix can say.
+        """
         n = payload.nbytes
         if self._lines:
             if payload.tobytes().find(b"\n") >= 0:
                 raise ValueError(f"{self._what} is framed by lines: a message may not contain a newline "
                                  "(nothing was sent; use framing=length for arbitrary bytes)")
-            self.stream.send_all([payload, b"\n"], deadline)
-        else:
-            if n > MAX_LENGTH:
-                raise MessageTooLarge(f"a {n}-byte message exceeds the 4-byte length prefix of {self._what}",
-                                      n, MAX_LENGTH)
-            self.stream.send_all([n.to_bytes(4, "big"), payload], deadline)
+            return [payload, b"\n"]
+        if n > MAX_LENGTH:
+            raise MessageTooLarge(f"a {n}-byte message exceeds the 4-byte length prefix of {self._what}",
+                                  n, MAX_LENGTH)
+        return [n.to_bytes(4, "big"), payload]
+
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
+        if extra:
+            raise TypeError(f"{self._what} takes no mechanism options; got {', '.join(sorted(extra))}")
+        self.stream.send_all(self.parts(payload), deadline)
 
     def _next(self) -> bytes | None:
         """The next whole message in the buffer, or None.  MessageTooLarge: see the class docs."""
