@@ -94,6 +94,7 @@ class RawStream:
         self._max = max_message_size
         self._what = what
         self._buf = bytearray()
+        self._chunk = memoryview(bytearray(self._CHUNK))  # each read lands here first
         self._start = 0  # unconsumed bytes are _buf[_start:]
         self._eof = False
 
@@ -158,12 +159,12 @@ class RawStream:
                               "stream was closed (raw framing has no boundary to skip to)", n, self._max)
 
     def _fill(self, deadline: float | None) -> None:
-        chunk = bytearray(self._CHUNK)
-        n = self.stream.recv_into(memoryview(chunk), deadline)
+        chunk = self._chunk
+        n = self.stream.recv_into(chunk, deadline)
         if n == 0:
             self._eof = True
         else:
-            self._buf += memoryview(chunk)[:n]
+            self._buf += chunk[:n]
 
     def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         if extra:
