@@ -638,3 +638,34 @@ def test_aio_with_framing_lines(tmp_ipc_dir):
             ch.close()
     with _plain_unix_server(path) as srv:
         assert asyncio.run(asyncio.wait_for(talk(srv), 30)) == (b"async line\n", b"back")
+
+
+def test_relay_moves_socat_style_lines_into_a_queue(tmp_ipc_dir):
+    """`ipcraft relay --framing-a lines listen:unix://... mq://...` turns each line a plain client
+    writes into one message of an ipcraft queue, and ends when the client closes."""
+    import subprocess
+    import sys
+    path = os.path.join(tmp_ipc_dir, "relay")
+    url = f"mq://{unique_name('rl')}"
+    with ipcraft.queue(url, create=True) as q:
+        relay = subprocess.Popen([sys.executable, "-m", "ipcraft", "relay", "--one-way", "--framing-a", "lines",
+                                  f"listen:unix://{path}", url], stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 20
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                while True:
+                    try:
+                        client.connect(path)
+                        break
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        assert time.monotonic() < deadline, "the relay never listened"
+                        time.sleep(0.05)
+                client.sendall(b"first line\nsecond line\n")
+            assert q.recv_bytes(timeout=10) == b"first line"
+            assert q.recv_bytes(timeout=10) == b"second line"
+            _, err = relay.communicate(timeout=20)
+            assert relay.returncode == 0, err
+        finally:
+            if relay.poll() is None:
+                relay.kill()
+                relay.communicate(timeout=10)
