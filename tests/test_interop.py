@@ -376,6 +376,21 @@ def _read_until(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+def _connect_when_listening(path: str, timeout: float = 20) -> socket.socket:
+    """A plain client connected to ``path`` once a command started in the background listens there."""
+    deadline = time.monotonic() + timeout
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            client.connect(path)
+            return client
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() >= deadline:
+                client.close()
+                raise AssertionError(f"nothing listened on {path} within {timeout} s") from None
+            time.sleep(0.05)
+
+
 def test_unix_lines_with_a_plain_socket_server(tmp_ipc_dir):
     """framing=lines: ipcraft connects to a plain server without the verdict byte and both sides
     exchange newline-delimited messages; a final line without a newline still arrives."""
@@ -533,15 +548,7 @@ def test_cli_send_and_recv_lines_with_plain_sockets(tmp_ipc_dir):
     receiver = subprocess.Popen([sys.executable, "-m", "ipcraft", "recv", "--framing", "lines",
                                  f"listen:unix://{path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            while True:
-                try:
-                    client.connect(path)
-                    break
-                except (FileNotFoundError, ConnectionRefusedError):
-                    assert time.monotonic() < deadline, "the receiver never listened"
-                    time.sleep(0.05)
+        with _connect_when_listening(path) as client:
             client.sendall(b"gamma\ndelta\n")
         out, err = receiver.communicate(timeout=20)
         assert receiver.returncode == 0, err
@@ -651,15 +658,7 @@ def test_relay_moves_socat_style_lines_into_a_queue(tmp_ipc_dir):
         relay = subprocess.Popen([sys.executable, "-m", "ipcraft", "relay", "--one-way", "--framing-a", "lines",
                                   f"listen:unix://{path}", url], stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 20
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-                while True:
-                    try:
-                        client.connect(path)
-                        break
-                    except (FileNotFoundError, ConnectionRefusedError):
-                        assert time.monotonic() < deadline, "the relay never listened"
-                        time.sleep(0.05)
+            with _connect_when_listening(path) as client:
                 client.sendall(b"first line\nsecond line\n")
             assert q.recv_bytes(timeout=10) == b"first line"
             assert q.recv_bytes(timeout=10) == b"second line"
