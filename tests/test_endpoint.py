@@ -52,6 +52,9 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "msgsize": _pos,
     "qbytes": _pos,
     "proj_id": st.integers(0, 255),
+    "access": st.sampled_from(["r", "w", "rw"]),
+    "framing": st.sampled_from(["ipcraft", "none", "lines", "length"]),
+    "handshake": st.booleans(),
     "recv_buffer": _pos,
     "handshake_timeout": st.floats(0, 1e6, allow_nan=False),
 }

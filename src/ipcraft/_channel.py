@@ -30,7 +30,7 @@ from ._transports._contract import (
     TrySend,
     ZeroCopy,
 )
-from ._transports._framed import FramedStream
+from ._transports._framed import FramedStream, RawStream
 from ._wait import deadline_after
 from ._zerocopy import RecvView, SendView
 from .errors import (
@@ -81,7 +81,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
-                 max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE, framing: str = "ipcraft") -> None:
         self._transport = transport
         self._endpoint = endpoint
         if serializer.trusted_only and not transport.authenticated:
@@ -102,7 +102,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if isinstance(transport, MessagePort):
             self._port, self._framed = transport, False
         elif isinstance(transport, ByteStream):
-            self._port, self._framed = FramedStream(transport, max_message_size, repr(self)), True
+            self._port = (FramedStream(transport, max_message_size, repr(self)) if framing == "ipcraft"
+                          else RawStream(transport, framing, max_message_size, repr(self)))
+            self._framed = True
         else:
             transport.close()
             self._closed = True

@@ -10,13 +10,14 @@ from ._endpoint import Endpoint
 from ._transports import module_for
 from ._wait import deadline_after
 from .errors import InvalidEndpoint
-from .serializers import MSGPACK, Serializer, by_name
+from .serializers import MSGPACK, RAW, Serializer, by_name
 
 
 def _channel_options(ep: Endpoint) -> dict[str, Any]:
     return {
-        "serializer": ep.options.get("serializer", MSGPACK),
+        "serializer": ep.options.get("serializer", MSGPACK if ep.framing == "ipcraft" else RAW),
         "max_message_size": ep.options.get("max_message_size", _framing.DEFAULT_MAX_MESSAGE_SIZE),
+        "framing": ep.framing,
     }
 
 
@@ -26,6 +27,7 @@ def _endpoint(url: str | Endpoint, family: str, verb: str, opts: dict[str, Any])
         hint = "ipcraft.queue()" if ep.info.family == "queue" else "ipcraft.connect()/listen()"
         raise InvalidEndpoint(f"{ep.scheme}:// is a {ep.info.family} scheme; {verb}() does not take it "
                               f"(use {hint})")
+    ep.check_framing()
     return ep
 
 
@@ -82,17 +84,30 @@ def queue(url: str | Endpoint, create: bool | str = False, **options: Any) -> Qu
     return Queue._create(transport, bound or ep, **_channel_options(ep))  # type: ignore[no-any-return]
 
 
-def pipe(duplex: bool = True, *, serializer: str | Serializer = MSGPACK,
-         max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> tuple[Channel[Any], Channel[Any]]:
+def pipe(duplex: bool = True, *, serializer: str | Serializer | None = None,
+         max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE,
+         framing: str = "ipcraft") -> tuple[Channel[Any], Channel[Any]]:
     """Two connected channels for a parent and the children it forks, like ``multiprocessing.Pipe``.
 
     With ``duplex=True`` both ends send and receive (a Unix socketpair).  With ``duplex=False`` it
     returns ``(reader, writer)`` over an anonymous pipe whose capacity is raised to 1 MiB.
+    ``framing="lines"`` or ``"length"`` puts raw bytes on the pipe instead of ipcraft's frames, for a
+    child that is not Python (the serializer is then raw, the default msgpack otherwise).
+
+    Raises:
+        InvalidEndpoint: a framing other than ipcraft, lines or length, or a serializer other than
+            raw with a raw framing.
 
     .. versionadded:: 0.1
     """
     from ._transports.pipe import pipe_pair
 
+    if framing not in ("ipcraft", "lines", "length"):
+        raise InvalidEndpoint(f"a pipe takes framing=ipcraft, lines or length, not {framing!r}")
+    chosen = by_name(serializer if serializer is not None else (MSGPACK if framing == "ipcraft" else RAW))
+    if framing != "ipcraft" and chosen.id != 0:
+        raise InvalidEndpoint(f"framing={framing} carries raw bytes only; serializer={chosen.name} needs "
+                              "framing=ipcraft")
     a, b = pipe_pair(duplex)
-    opts = {"serializer": by_name(serializer), "max_message_size": max_message_size}
+    opts = {"serializer": chosen, "max_message_size": max_message_size, "framing": framing}
     return Channel._create(a, None, **opts), Channel._create(b, None, **opts)

@@ -124,11 +124,30 @@ OPTIONS: Mapping[str, _Option] = {
     "msgsize": _Option(_pos_int, doc="POSIX mq: largest message"),
     "qbytes": _Option(_pos_int, doc="System V mq: bytes the queue holds"),
     "proj_id": _Option(_nonneg_int, doc="System V: ftok project id for a path key"),
+    "access": _Option(_choice("rw", "r", "w"), doc="message queues: open to receive (r), send (w) or both"),
     "recv_buffer": _Option(_pos_int, doc="SO_RCVBUF for datagram sockets"),
     "handshake_timeout": _Option(_float, doc="seconds allowed for a connection handshake"),
+    "framing": _Option(_choice("ipcraft", "none", "lines", "length"),
+                       doc="ipcraft (default) | none (message schemes) | lines, length (byte streams)"),
+    "handshake": _Option(_bool, doc="with raw framing: run the peer handshake anyway (default off)"),
+}
+
+#: The framings each scheme takes (``framing=``): ipcraft's frames everywhere; without them, whole
+#: kernel messages (``none``) where the kernel keeps boundaries, and newline-delimited (``lines``) or
+#: 4-byte big-endian length-prefixed (``length``) messages on byte streams.
+FRAMINGS: Mapping[str, frozenset[str]] = {
+    "unix": frozenset({"ipcraft", "lines", "length"}),
+    "tcp": frozenset({"ipcraft", "lines", "length"}),
+    "fifo": frozenset({"ipcraft", "lines", "length"}),
+    "unix+seqpacket": frozenset({"ipcraft", "none"}),
+    "unix+dgram": frozenset({"ipcraft", "none"}),
+    "udp": frozenset({"ipcraft", "none"}),
+    "mq": frozenset({"ipcraft", "none"}),
+    "sysvmq": frozenset({"ipcraft", "none"}),
 }
 
 _COMMON = frozenset({"serializer", "max_message_size"})
+_RAW = frozenset({"framing"})
 
 
 @dataclass(frozen=True)
@@ -144,27 +163,27 @@ class Scheme:
 
 SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
     Scheme("unix", "connection", "unix",
-           _COMMON | {"mode", "allowed_uids", "backlog", "handshake_timeout"},
+           _COMMON | _RAW | {"mode", "allowed_uids", "backlog", "handshake_timeout", "handshake"},
            "AF_UNIX stream + framing; peer credentials checked"),
     Scheme("unix+seqpacket", "connection", "unix",
-           _COMMON | {"mode", "allowed_uids", "backlog", "handshake_timeout"},
+           _COMMON | _RAW | {"mode", "allowed_uids", "backlog", "handshake_timeout", "handshake"},
            "AF_UNIX seqpacket: the kernel keeps message boundaries"),
     Scheme("tcp", "connection", "host_port",
-           _COMMON | {"authkey", "insecure", "ssl_context", "server_hostname", "nodelay", "backlog",
-                      "handshake_timeout"},
+           _COMMON | _RAW | {"authkey", "insecure", "ssl_context", "server_hostname", "nodelay", "backlog",
+                             "handshake_timeout", "handshake"},
            "TCP + framing; authkey handshake, optional TLS"),
     Scheme("shm", "connection", "name",  # no "mode": nothing named is created (memfd + abstract socket)
            _COMMON | {"wait", "capacity", "allowed_uids", "backlog", "handshake_timeout"},
            "two shared-memory rings per connection (fastest)"),
-    Scheme("fifo", "queue", "path", _COMMON | {"mode", "pipe_size"},
+    Scheme("fifo", "queue", "path", _COMMON | _RAW | {"mode", "pipe_size"},
            "named pipe; messages never interleave"),
-    Scheme("mq", "queue", "name", _COMMON | {"mode", "maxmsg", "msgsize"},
+    Scheme("mq", "queue", "name", _COMMON | _RAW | {"mode", "maxmsg", "msgsize", "access"},
            "POSIX message queue (priority=)"),
-    Scheme("sysvmq", "queue", "key", _COMMON | {"mode", "qbytes", "proj_id"},
+    Scheme("sysvmq", "queue", "key", _COMMON | _RAW | {"mode", "qbytes", "proj_id", "access"},
            "System V message queue (type=)"),
-    Scheme("unix+dgram", "queue", "unix", _COMMON | {"mode", "recv_buffer", "allowed_uids"},
+    Scheme("unix+dgram", "queue", "unix", _COMMON | _RAW | {"mode", "recv_buffer", "allowed_uids"},
            "AF_UNIX datagrams"),
-    Scheme("udp", "queue", "host_port", _COMMON | {"recv_buffer", "insecure"},
+    Scheme("udp", "queue", "host_port", _COMMON | _RAW | {"recv_buffer", "insecure"},
            "UDP datagrams (unauthenticated)"),
     Scheme("ring", "queue", "name", _COMMON | {"wait", "capacity", "mode"},
            "named multi-producer multi-consumer shared-memory ring"),
@@ -198,6 +217,39 @@ class Endpoint:
     def abstract(self) -> bool:
         """True for an abstract Unix socket name (``unix:@name``)."""
         return self.info.address == "unix" and self.address.startswith("@")
+
+    @property
+    def framing(self) -> str:
+        """How messages are delimited: ``"ipcraft"`` (its frames, the default), ``"none"``,
+        ``"lines"`` or ``"length"`` (see FRAMINGS)."""
+        return str(self.options.get("framing", "ipcraft"))
+
+    @property
+    def handshake(self) -> bool:
+        """Whether the peer handshake runs: always with ipcraft's frames; with a raw framing only
+        when ``handshake=true`` asks for it."""
+        return self.framing == "ipcraft" or bool(self.options.get("handshake", False))
+
+    def check_framing(self) -> None:
+        """Refuse a framing this scheme cannot keep, or a serializer other than raw with raw framing.
+
+        Raises:
+            InvalidEndpoint: naming what the scheme takes.
+        """
+        framing = self.framing
+        if framing == "ipcraft":
+            if self.options.get("handshake") is False:
+                raise InvalidEndpoint(f"{self}: handshake=false applies to a raw framing (framing=lines, length "
+                                      "or none); ipcraft's frames always run the peer handshake")
+            return
+        allowed = FRAMINGS.get(self.scheme, frozenset({"ipcraft"}))
+        if framing not in allowed:
+            raise InvalidEndpoint(f"{self}: {self.scheme}:// takes framing={' | '.join(sorted(allowed))}, not "
+                                  f"{framing} (none: message schemes, lines/length: byte streams)")
+        serializer = self.options.get("serializer")
+        if serializer is not None and serializer.id != 0:
+            raise InvalidEndpoint(f"{self}: framing={framing} carries raw bytes only (no serializer id "
+                                  f"travels); serializer={serializer.name} needs framing=ipcraft")
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -46,10 +46,12 @@ def validate_unix_path(path: str, abstract: bool = False) -> bytes:
     """Return the sun_path bytes for a Unix socket path or abstract name, checking its length.
 
     The kernel silently refuses (or, on some systems, truncates) a path longer than sun_path; ipcraft
-    explains the limit instead and suggests the usual way around it.
+    explains the limit instead and suggests the usual way around it.  An abstract name is any bytes,
+    NULs included (the kernel compares all ``addrlen`` bytes), so the address a datagram receive
+    reports for a C peer bound with ``addrlen = sizeof(struct sockaddr_un)`` can be sent back to.
     """
     raw = os.fsencode(path)
-    if b"\0" in raw:
+    if b"\0" in raw and not abstract:
         raise InvalidEndpoint(f"a Unix socket address must not contain NUL: {path!r}")
     if not raw:
         raise InvalidEndpoint("a Unix socket address must not be empty")

@@ -51,13 +51,16 @@ from ._errors import os_error
 from ._framing import frame_parts
 from ._peer import Peer
 from ._resource import ConflictDetector
-from ._transports._framed import FramedStream
+from ._transports._framed import FramedStream, RawStream
 from ._transports._io import consume
 from ._wait import deadline_after, remaining
 from .errors import ChannelClosed, HandleClosed, Timeout
 from .serializers import MSGPACK, Serializer
 
 __all__ = ("connect", "listen", "queue", "pipe", "Channel", "Listener", "Queue")
+
+#: The message ports that are adapters over a byte stream (their reader belongs to the receiving task).
+_STREAM_PORTS = (FramedStream, RawStream)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -235,7 +238,7 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         spins = 0
         # A readable stream always yields bytes or EOF; a message fd may stay readable with nothing
         # to take (another consumer was faster, an eventfd): count those wake-ups and back off.
-        counts = not isinstance(self._sync._open_port(), FramedStream)
+        counts = not isinstance(self._sync._open_port(), _STREAM_PORTS)
         with self._receiving:
             while True:
                 try:
@@ -253,7 +256,7 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
             return await self._waiter.wait(False, deadline)
         port = self._sync._open_port()
         # Only wait for readiness here (a framed stream's reader belongs to the receiving task).
-        ready = port.stream.wait_readable if isinstance(port, FramedStream) else port.wait_readable
+        ready = port.stream.wait_readable if isinstance(port, _STREAM_PORTS) else port.wait_readable
         stop = threading.Event()
 
         def wait() -> bool:
@@ -297,7 +300,7 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         port = sync._open_port()
         deadline = deadline_after(timeout)
         with self._sending:
-            if not isinstance(port, FramedStream):
+            if not isinstance(port, _STREAM_PORTS):
                 await self._send_message(sid, mv, deadline, timeout, extra)
                 return
             if extra:
@@ -307,7 +310,8 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
                 await asyncio.to_thread(sync._send_frame, sid, mv, remaining(deadline), extra)
                 return
             with sync._sending:  # keeps sync senders in other threads off the stream meanwhile
-                await self._send_stream(stream.write_some, frame_parts(sid, mv), deadline, timeout)
+                parts = frame_parts(sid, mv) if isinstance(port, FramedStream) else port.parts(mv)
+                await self._send_stream(stream.write_some, parts, deadline, timeout)
 
     async def _send_message(self, sid: int, mv: memoryview, deadline: float | None,
                             timeout: float | None, extra: dict[str, Any]) -> None:

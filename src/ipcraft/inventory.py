@@ -31,6 +31,11 @@ Decisions:
 * **POSIX message queues need the mqueue filesystem mounted** to be listed (``mount -t mqueue none
   /dev/mqueue``); the queues work without it.  Without a mount, ``list_objects("posix_mq")`` raises
   FileNotFoundError saying so, and ``list_objects()`` leaves the kind out with a RuntimeWarning.
+* **System V shared memory keeps its status bits**, as ``ipcs -m`` shows them: ``details["status"]``
+  is ``"dest"`` (removed with IPC_RMID but still attached: it goes with the last detach, and its key
+  reads 0), ``"locked"`` (SHM_LOCK: never swapped), both, or ``""``.  The kernel prints them in the
+  perms column of /proc/sysvipc/shm (SHM_DEST 01000, SHM_LOCKED 02000); ``mode`` keeps the
+  permission bits only.
 * **remove() never guesses.**  A System V id is checked to still carry the key that was listed
   (ids are reused), and a socket file is unlinked only when no socket is bound to it.
 
@@ -62,6 +67,8 @@ __all__ = ("IPCObject", "KINDS", "list_objects", "lookup", "remove", "mqueue_dir
 KINDS = ("posix_shm", "posix_sem", "posix_mq", "sysv_shm", "sysv_sem", "sysv_mq", "unix_socket", "fifo")
 
 _SYSV_FILES = {"sysv_mq": "msg", "sysv_sem": "sem", "sysv_shm": "shm"}
+#: The status bits /proc/sysvipc/shm prints in its perms column, with ipcs's word for each.
+_SHM_STATUS = ((0o1000, "dest"), (0o2000, "locked"))
 _SYSV_IDS = {"sysv_mq": "msqid", "sysv_sem": "semid", "sysv_shm": "shmid"}
 _WHAT = {
     "posix_shm": "POSIX shared memory", "posix_sem": "POSIX semaphore", "posix_mq": "POSIX message queue",
@@ -364,18 +371,21 @@ def _sysv(kind: str) -> list[IPCObject]:
     try:
         with open(path) as f:
             header = f.readline().split()
-            rows = [dict(zip(header, map(int, line.split()), strict=False)) for line in f if line.strip()]
+            rows: list[dict[str, Any]] = [dict(zip(header, map(int, line.split()), strict=False))
+                                          for line in f if line.strip()]
     except FileNotFoundError:
         return []
     out = []
     for row in rows:
         # perms is printed in octal ("%4o") but was read as decimal digits.
-        mode = int(str(row.pop("perms")), 8) & 0o777
+        perms = int(str(row.pop("perms")), 8)
+        mode = perms & 0o777
         common: dict[str, Any] = {"key": row.pop("key"), "id": row.pop(_SYSV_IDS[kind]),
                                   "uid": row.pop("uid"), "gid": row.pop("gid"), "mode": mode}
         if kind == "sysv_mq":
             obj = IPCObject(kind, size=row.pop("cbytes"), messages=row.pop("qnum"), details=row, **common)
         elif kind == "sysv_shm":
+            row["status"] = " ".join(word for bit, word in _SHM_STATUS if perms & bit)
             obj = IPCObject(kind, size=row.pop("size"), pid=row.pop("cpid"), details=row, **common)
         else:
             obj = IPCObject(kind, details=row, **common)

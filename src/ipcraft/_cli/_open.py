@@ -32,8 +32,17 @@ Endpoints:
 """
 
 
-def open_endpoint(spec: str, timeout: float | None) -> Handle:
-    """Open the endpoint ``spec`` (see the module docstring); ``timeout`` bounds connect and accept.
+#: The --framing choice of send, recv and relay (the endpoint's ``framing=`` option).
+FRAMING_CHOICE = click.Choice(["ipcraft", "none", "lines", "length"])
+FRAMING_HELP = ("How messages are delimited on the wire: ipcraft (its frames, the default); none (one "
+                "message per kernel message or datagram: mq, sysvmq, unix+dgram, unix+seqpacket, udp); "
+                "lines or length (a 4-byte big-endian length prefix) on byte streams (unix, tcp), to talk "
+                "to socat or C programs.  Same as ?framing= in the URL.")
+
+
+def open_endpoint(spec: str, timeout: float | None, framing: str | None = None) -> Handle:
+    """Open the endpoint ``spec`` (see the module docstring); ``timeout`` bounds connect and accept,
+    ``framing`` (if given) is the endpoint's ``framing=`` option.
 
     Raises:
         click.BadParameter: a prefix that does not fit the scheme's family.
@@ -48,15 +57,16 @@ def open_endpoint(spec: str, timeout: float | None) -> Handle:
     if mode == "create" and family != "queue":
         raise click.BadParameter(f"{url!r} is a connection scheme: use listen:{url} to wait for a peer, "
                                  f"or {url} to connect")
+    opts: dict[str, Any] = {} if framing is None else {"framing": framing}
     if mode == "listen":
-        with listen(url) as listener:
+        with listen(url, **opts) as listener:
             channel: Channel[Any] = listener.accept(timeout=timeout)
             return channel
     if mode == "create":
-        return queue(url, create=True)
+        return queue(url, create=True, **opts)
     if family == "queue":
-        return queue(url)
-    return connect(url, timeout=timeout)
+        return queue(url, **opts)
+    return connect(url, timeout=timeout, **opts)
 
 
 def show(obj: Any) -> str:

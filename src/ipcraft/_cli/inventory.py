@@ -14,7 +14,7 @@ from ._common import cli_errors, format_option, message, print_json, print_table
 
 _KIND_CHOICE = click.Choice([*inventory.KINDS, *(k.replace("_", "-") for k in inventory.KINDS)])
 # The facts worth a column in the table, per kind (everything is in --format json).
-_DETAILS = {"posix_sem": ("value",), "posix_mq": ("maxmsg", "msgsize"), "sysv_shm": ("nattch",),
+_DETAILS = {"posix_sem": ("value",), "posix_mq": ("maxmsg", "msgsize"), "sysv_shm": ("nattch", "status"),
             "sysv_sem": ("nsems",), "sysv_mq": ("lspid", "lrpid"), "unix_socket": ("type", "state")}
 
 
@@ -54,7 +54,7 @@ def ls(kinds: tuple[str, ...], dirs: tuple[str, ...], no_pids: bool, mine: bool,
 
 def _row(o: inventory.IPCObject) -> tuple[Any, ...]:
     name = o.name if o.key is None else f"{o.key & 0xFFFFFFFF:#010x}"
-    details = " ".join(f"{k}={o.details[k]}" for k in _DETAILS.get(o.kind, ()) if k in o.details)
+    details = " ".join(f"{k}={o.details[k]}" for k in _DETAILS.get(o.kind, ()) if o.details.get(k) not in (None, ""))
     mode = None if o.mode is None else f"{o.mode:03o}"
     return (o.kind, name, o.id, _user(o.uid), mode, o.size, o.messages, o.pid, details)
 

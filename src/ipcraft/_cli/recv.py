@@ -8,7 +8,7 @@ import click
 
 from ..errors import ChannelClosed, Timeout
 from ._common import cli_errors
-from ._open import ENDPOINT_HELP, open_endpoint, show
+from ._open import ENDPOINT_HELP, FRAMING_CHOICE, FRAMING_HELP, open_endpoint, show
 
 
 @click.command("recv", epilog=ENDPOINT_HELP)
@@ -20,14 +20,15 @@ from ._open import ENDPOINT_HELP, open_endpoint, show
                    "spell this long ends the command normally (how to drain a queue).")
 @click.option("--raw", is_flag=True, help="Write each message's bytes to stdout as they are, with "
               "nothing between messages (objects arrive in their serialized form).")
+@click.option("--framing", type=FRAMING_CHOICE, default=None, help=FRAMING_HELP)
 @cli_errors
-def recv(endpoint: str, count: int | None, timeout: float | None, raw: bool) -> None:
+def recv(endpoint: str, count: int | None, timeout: float | None, raw: bool, framing: str | None) -> None:
     """Print the messages arriving at ENDPOINT, one per line, until the peer closes.
 
     Text is printed as it is; bytes that are not printable text are shown as a Python bytes
     literal, other objects as JSON.  A queue has no end: use --count or --timeout.
     """
-    handle = open_endpoint(endpoint, timeout)
+    handle = open_endpoint(endpoint, timeout, framing)
     got = 0
     out = sys.stdout.buffer
     with handle:

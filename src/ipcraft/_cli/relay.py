@@ -16,7 +16,7 @@ import click
 from .. import Queue
 from ..errors import ChannelClosed, Timeout
 from ._common import cli_errors
-from ._open import ENDPOINT_HELP, Handle, open_endpoint
+from ._open import ENDPOINT_HELP, FRAMING_CHOICE, Handle, open_endpoint
 
 _TICK = 0.1  # how often a direction checks whether the other one has ended
 
@@ -27,8 +27,12 @@ _TICK = 0.1  # how often a direction checks whether the other one has ended
 @click.option("--one-way", is_flag=True, help="Only move messages from ENDPOINT_A to ENDPOINT_B.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds to wait for each peer (connect, accept).")
+@click.option("--framing-a", type=FRAMING_CHOICE, default=None,
+              help="ENDPOINT_A's framing (see ipcraft send --help), e.g. lines to relay what socat writes.")
+@click.option("--framing-b", type=FRAMING_CHOICE, default=None, help="ENDPOINT_B's framing.")
 @cli_errors
-def relay(endpoint_a: str, endpoint_b: str, one_way: bool, timeout: float | None) -> None:
+def relay(endpoint_a: str, endpoint_b: str, one_way: bool, timeout: float | None, framing_a: str | None,
+          framing_b: str | None) -> None:
     """Move messages between ENDPOINT_A and ENDPOINT_B, both ways, until either side closes.
 
     An endpoint that connects or opens is opened before one that listens (else ENDPOINT_A first),
@@ -37,9 +41,11 @@ def relay(endpoint_a: str, endpoint_b: str, one_way: bool, timeout: float | None
     has no sides, so the relay would read back what it wrote into it.
     """
     b_first = endpoint_a.startswith("listen:") and not endpoint_b.startswith("listen:")
-    first = open_endpoint(endpoint_b if b_first else endpoint_a, timeout)
+    first = (open_endpoint(endpoint_b, timeout, framing_b) if b_first
+             else open_endpoint(endpoint_a, timeout, framing_a))
     with first:
-        second = open_endpoint(endpoint_a if b_first else endpoint_b, timeout)
+        second = (open_endpoint(endpoint_a, timeout, framing_a) if b_first
+                  else open_endpoint(endpoint_b, timeout, framing_b))
         with second:
             a, b = (second, first) if b_first else (first, second)
             stop = threading.Event()

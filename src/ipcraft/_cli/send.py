@@ -19,7 +19,7 @@ import click
 
 from .. import Channel
 from ._common import cli_errors
-from ._open import ENDPOINT_HELP, open_endpoint
+from ._open import ENDPOINT_HELP, FRAMING_CHOICE, FRAMING_HELP, open_endpoint
 
 
 @click.command("send", epilog=ENDPOINT_HELP)
@@ -33,9 +33,10 @@ from ._open import ENDPOINT_HELP, open_endpoint
               "describes through the endpoint's serializer instead of its text as bytes.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds to wait for the peer (connect, accept) and for room to send each message.")
+@click.option("--framing", type=FRAMING_CHOICE, default=None, help=FRAMING_HELP)
 @cli_errors
 def send(endpoint: str, messages: tuple[str, ...], raw: bool, chunk: int, as_json: bool,
-         timeout: float | None) -> None:
+         timeout: float | None, framing: str | None) -> None:
     """Send each MESSAGE argument, or else each line of stdin, as one message to ENDPOINT.
 
     A message is sent as bytes (UTF-8 text), which the receiver's recv() returns as bytes; --json
@@ -47,7 +48,7 @@ def send(endpoint: str, messages: tuple[str, ...], raw: bool, chunk: int, as_jso
     """
     if raw and (messages or as_json):
         raise click.UsageError("--raw sends stdin as it is; it takes no MESSAGE arguments and no --json")
-    handle = open_endpoint(endpoint, timeout)
+    handle = open_endpoint(endpoint, timeout, framing)
     with handle:
         for data in _messages(messages, raw, chunk):
             if as_json:

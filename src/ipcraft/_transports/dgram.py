@@ -44,7 +44,7 @@ from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import wait_fd
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, _inet
+from ..primitives.sockets import _bind_path, _connect_unix, _inet
 from . import framed, unframe
 from ._contract import Message, Transport
 from ._io import raise_sndbuf, timed_out
@@ -130,7 +130,7 @@ def _sender(endpoint: Endpoint) -> DatagramTransport:
         family, addr = socket.AF_UNIX, sockaddr(endpoint)
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
-        _connect(sock, addr, endpoint)
+        addr = _connect(sock, addr, endpoint)
         t = DatagramTransport(sock, endpoint, receiver=False)
     except BaseException:
         sock.close()
@@ -145,9 +145,13 @@ def _sender(endpoint: Endpoint) -> DatagramTransport:
     return t
 
 
-def _connect(sock: socket.socket, addr: Any, endpoint: Endpoint) -> None:
+def _connect(sock: socket.socket, addr: Any, endpoint: Endpoint) -> Any:
+    """Connect the sender; return the address that answered (an abstract name may answer padded)."""
     try:
+        if sock.family == socket.AF_UNIX:
+            return _connect_unix(sock, addr)[0]  # a blocking datagram connect never pends
         sock.connect(addr)
+        return addr
     except OSError as exc:
         hint = ""
         if exc.errno == errno.ECONNREFUSED:
@@ -192,6 +196,7 @@ class DatagramTransport(Transport):
         self.sock = sock
         self.endpoint = endpoint
         self._receiver = receiver
+        self._raw = endpoint.framing == "none"
         self._unix = sock.family == socket.AF_UNIX
         self._bound_ino: int | None = None
         self._creator_pid = os.getpid()
@@ -244,7 +249,7 @@ class DatagramTransport(Transport):
         self._only(False, "send")
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
-        parts = framed(sid, payload)
+        parts = framed(sid, payload, self._raw)
         size = sum(memoryview(p).nbytes for p in parts)
         if self.max_payload is not None and size > self.max_payload:
             raise MessageTooLarge(f"a {size}-byte datagram does not fit {self.endpoint}: the limit is "
@@ -287,8 +292,8 @@ class DatagramTransport(Transport):
                 if not self._unix:
                     n, addr = self.sock.recvfrom_into(self._scratch)
                     self.last_meta = {"address": addr}
-                    return unframe(memoryview(self._scratch)[:n], self.last_meta)
-                return unframe(self._recv_unix(), self.last_meta)
+                    return unframe(memoryview(self._scratch)[:n], self.last_meta, self._raw)
+                return unframe(self._recv_unix(), self.last_meta, self._raw)
             except BlockingIOError:
                 if not wait_fd(self.fileno(), _POLLIN, deadline):
                     raise timed_out(f"receiving on {self.endpoint}") from None

@@ -53,7 +53,7 @@ from .._framing import DEFAULT_MAX_MESSAGE_SIZE, SCRATCH_SIZE, FrameReader
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import wait_fd
-from ..errors import HandleClosed, PeerVanished, ProtocolError, Timeout
+from ..errors import HandleClosed, LimitExceeded, PeerVanished, ProtocolError, Timeout
 from ..primitives.fifo import Fifo
 from . import framed
 from ._contract import Message, Transport
@@ -71,7 +71,10 @@ _FIONREAD = 0x541B  # termios.FIONREAD on Linux
 
 
 def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
-    """Create the FIFO and read it (``create`` true, or "if_missing" and absent), else open it to write."""
+    """Create the FIFO and read it (``create`` true, or "if_missing" and absent), else open it to write.
+    With a raw framing (lines, length): any FIFO, opened to read and write, without the sidecar."""
+    if endpoint.framing != "ipcraft":
+        return RawFifo(endpoint, create)
     if create is False:
         return FifoWriter(endpoint)
     try:
@@ -440,3 +443,54 @@ class FifoReader(_FifoBase):
                 stream.recv_into(memoryview(self._junk), time.monotonic())
             except Timeout:
                 return
+
+
+class RawFifo(FdStream):
+    """fifo:// with ``framing=lines`` or ``framing=length``: any FIFO, one made with mkfifo(1) by
+    another program included, with no sidecar lock file.
+
+    The handle opens the FIFO read-write (Linux never blocks such an open), so it may send and
+    receive, and it never sees end of file.  Without the lock, a message is whole only when its
+    framed form fits one atomic write (PIPE_BUF, 4096 bytes): longer messages from several writers
+    may interleave, as they would from shell tools.  ``create=True`` makes the FIFO (mode 0600 unless
+    ``mode=``) and removes it on close; openers never do.
+    """
+
+    def __init__(self, endpoint: Endpoint, create: bool | str) -> None:
+        path, mode = endpoint.address, endpoint.options.get("mode", DEFAULT_MODE)
+        if create is True:
+            fifo = Fifo.create(path, mode=mode)
+        elif create == "if_missing":
+            fifo = Fifo.open_or_create(path, mode=mode)
+        else:
+            fifo = Fifo.open(path)  # FileNotFoundError; InvalidEndpoint if not a FIFO
+        try:
+            try:
+                fd = os.open(fifo.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EIO, f"opening {endpoint}", path) from exc
+            super().__init__(fd, str(endpoint))
+            size = endpoint.options.get("pipe_size")
+            if size is None:
+                set_pipe_size(fd, PIPE_SIZE)
+            elif set_pipe_size(fd, size) < size:
+                self.close()
+                raise LimitExceeded(errno.EPERM, f"{endpoint}: pipe_size={size} is above what the kernel grants "
+                                    "(/proc/sys/fs/pipe-max-size, or the user's pipe pages)")
+        except BaseException:
+            fifo.close()
+            raise
+        self._fifo = fifo
+        self.owner = fifo.owner
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            fifo = getattr(self, "_fifo", None)
+            if fifo is not None:
+                fifo.close()  # the creator's handle removes the name (in the process that made it)
+
+    def unlink(self) -> None:
+        self._fifo.unlink()
+        self.owner = False

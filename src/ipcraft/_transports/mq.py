@@ -15,6 +15,9 @@ Decisions:
   checks that the name still leads to this queue (open it and compare inodes); when it does not,
   and the queue is empty, the wait ends with PeerVanished.  The handle that unlinked the name itself
   skips the check.  The happy path pays nothing: a message that is there is taken at once.
+* **access=r|w|rw** (default rw) opens the queue to receive, send or both (mq_open O_RDONLY,
+  O_WRONLY, O_RDWR), so a 0644 queue of another user can be read; the check that the name is still
+  ours opens it with the same access.
 * **authenticated** (pickle allowed) when the queue belongs to this uid and its mode grants nothing
   to group or others (the default 0600): then only this uid and root can have put messages there.
 * **check_channel()**: a queue has no end of stream and no peer; the parts of the conformance suite
@@ -48,6 +51,7 @@ class MqTransport(QueueFastPath):
     def __init__(self, queue: PosixMessageQueue, endpoint: Endpoint) -> None:
         self._q = queue
         self._endpoint = endpoint
+        self._raw = endpoint.framing == "none"
         self._unlinked = False
         self._gone = False
         self.max_payload = queue.msgsize
@@ -87,7 +91,7 @@ class MqTransport(QueueFastPath):
                                      "priority", lambda: not self._gone)
 
     def send_message(self, sid: int, payload: memoryview, deadline: float | None, priority: int = 0) -> None:
-        data = b"".join(framed(sid, payload))
+        data = b"".join(framed(sid, payload, self._raw))
         q = self._q
         while True:
             try:
@@ -105,7 +109,7 @@ class MqTransport(QueueFastPath):
                 self._after_slice(exc, deadline, "receiving from")
                 continue
             self.last_meta = {"priority": priority}
-            return unframe(data, self.last_meta)
+            return unframe(data, self.last_meta, self._raw)
 
     def wait_readable(self, deadline: float | None) -> bool:
         fd = self._q.fileno()
@@ -128,7 +132,7 @@ class MqTransport(QueueFastPath):
 
     def _name_is_ours(self) -> bool:
         try:
-            probe = PosixMessageQueue.open(self._q.name)
+            probe = PosixMessageQueue.open(self._q.name, access=self._q.access)
         except FileNotFoundError:
             return False
         except OSError:
@@ -153,12 +157,14 @@ def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
     opts = endpoint.options
     maxmsg, msgsize = opts.get("maxmsg"), opts.get("msgsize")
     mode = opts.get("mode", DEFAULT_MODE)
+    access = opts.get("access", "rw")
     if create is True:
-        q = PosixMessageQueue.create(endpoint.address, maxmsg=maxmsg, msgsize=msgsize, mode=mode)
+        q = PosixMessageQueue.create(endpoint.address, maxmsg=maxmsg, msgsize=msgsize, mode=mode, access=access)
     elif create == "if_missing":
-        q = PosixMessageQueue.open_or_create(endpoint.address, maxmsg=maxmsg, msgsize=msgsize, mode=mode)
+        q = PosixMessageQueue.open_or_create(endpoint.address, maxmsg=maxmsg, msgsize=msgsize, mode=mode,
+                                             access=access)
     else:
-        q = PosixMessageQueue.open(endpoint.address)
+        q = PosixMessageQueue.open(endpoint.address, access=access)
         if (maxmsg is not None and maxmsg != q.maxmsg) or (msgsize is not None and msgsize != q.msgsize):
             q.close()
             raise InvalidEndpoint(f"{endpoint}: the queue exists with maxmsg={q.maxmsg} msgsize={q.msgsize}, "

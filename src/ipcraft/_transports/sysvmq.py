@@ -19,6 +19,9 @@ Decisions:
 * **Removal ends the queue for everyone**: IPC_RMID wakes every waiter with EIDRM at once, which
   becomes PeerVanished (an EOFError).  ``Queue.unlink()`` removes the queue at once, unlike mq://
   where open handles keep working; this handle is closed by it.
+* **access=r|w|rw** (default rw) is the permission msgget asks for, so a 0644 queue of another
+  user can be read (``access=r``) or a 0622 one written (``access=w``).
+* **type=** values are C longs (up to 2**63-1), as struct msgbuf has them.
 * **authenticated** (pickle allowed) when the queue belongs to this uid and its mode grants nothing
   to group or others (the default 0600).
 * **check_channel()**: no end of stream and no peer, as for mq://.
@@ -47,14 +50,19 @@ class SysVMqTransport(QueueFastPath):
     def __init__(self, queue: SysVMessageQueue, endpoint: Endpoint) -> None:
         self._q = queue
         self._endpoint = endpoint
+        self._raw = endpoint.framing == "none"
         self.last_meta: dict[str, Any] = {}
         msgmax = _common.read(_common.MSGMAX)
         if msgmax <= queue.qbytes:
             self.max_payload, self.limit_source = msgmax, _common.describe(_common.MSGMAX)
         else:
             self.max_payload, self.limit_source = queue.qbytes, f"qbytes of {queue!r}"
-        st = queue.stat()
-        self.authenticated = st.uid == os.geteuid() and not st.mode & 0o077
+        try:
+            st = queue.stat()
+        except PermissionError:  # a send-only handle on a queue this user may not read (IPC_STAT)
+            self.authenticated = False
+        else:
+            self.authenticated = st.uid == os.geteuid() and not st.mode & 0o077
 
     @property
     def owner(self) -> bool:  # type: ignore[override]
@@ -88,7 +96,8 @@ class SysVMqTransport(QueueFastPath):
     def send_message(self, sid: int, payload: memoryview, deadline: float | None,
                      type: int = 1) -> None:  # noqa: A002
         try:
-            self._q.send(b"".join(framed(sid, payload)), type, None if deadline is None else remaining(deadline))
+            self._q.send(b"".join(framed(sid, payload, self._raw)), type,
+                         None if deadline is None else remaining(deadline))
         except OSError as exc:
             raise removed_as_vanished(exc) from exc
 
@@ -100,7 +109,7 @@ class SysVMqTransport(QueueFastPath):
         except OSError as exc:
             raise removed_as_vanished(exc) from exc
         self.last_meta = {"type": got}
-        return unframe(data, self.last_meta)
+        return unframe(data, self.last_meta, self._raw)
 
     def wait_readable(self, deadline: float | None) -> bool:
         q = self._q
@@ -129,12 +138,13 @@ def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
     key = key_of(endpoint)
     qbytes = endpoint.options.get("qbytes")
     mode = endpoint.options.get("mode", DEFAULT_MODE)
+    access = endpoint.options.get("access", "rw")
     if create is True:
         q = SysVMessageQueue.create(key, mode=mode, qbytes=qbytes)
     elif create == "if_missing":
-        q = SysVMessageQueue.open_or_create(key, mode=mode, qbytes=qbytes)
+        q = SysVMessageQueue.open_or_create(key, mode=mode, qbytes=qbytes, access=access)
     else:
-        q = SysVMessageQueue.open(key)
+        q = SysVMessageQueue.open(key, access=access)
         if qbytes is not None and qbytes != q.qbytes:
             q.close()
             raise InvalidEndpoint(f"{endpoint}: the queue exists with qbytes={q.qbytes}, not what the URL "

@@ -48,6 +48,9 @@ def _authkey(endpoint: Endpoint) -> bytes | None:
     """The authkey to use (None when insecure=True); refuse an endpoint that chose neither or both."""
     opts = endpoint.options
     key, insecure = opts.get("authkey"), opts.get("insecure", False)
+    if key is not None and not endpoint.handshake:
+        raise InvalidEndpoint(f"{endpoint}: authkey= is proven by ipcraft's handshake, which "
+                              f"framing={endpoint.framing} turns off; add handshake=true, or use insecure=True")
     if key is None and not insecure:
         raise InvalidEndpoint(
             f"{endpoint}: tcp:// needs authkey=b'...' (a shared secret both sides pass; the connection "
@@ -119,7 +122,7 @@ def _secure(sock: socket.socket, endpoint: Endpoint, key: bytes | None, role: st
             sock = _tls(sock, ctx, endpoint, role, deadline)
         t = SocketStream(sock, str(endpoint))
         t.peer = peer
-        t.authenticated = _handshake(t, key, role, deadline, endpoint)
+        t.authenticated = endpoint.handshake and _handshake(t, key, role, deadline, endpoint)
     except OSError as exc:  # includes ssl.SSLError and ipcraft's OSError subclasses
         sock.close()
         if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):

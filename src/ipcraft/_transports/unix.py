@@ -28,7 +28,7 @@ from .._names import DEFAULT_MODE, validate_unix_path
 from .._peer import Peer
 from .._wait import deadline_after, wait_fd
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, peer_credentials
+from ..primitives.sockets import _bind_path, _connect_unix, peer_credentials
 from . import framed, unframe
 from ._contract import Message, Transport
 from ._io import SocketStream, SocketTransport, raise_sndbuf, send_timeout, timed_out
@@ -56,10 +56,9 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     try:
         sock.setblocking(False)
         try:
-            sock.connect(addr)
-        except BlockingIOError:
+            addr, connected = _connect_unix(sock, addr)
             # A full accept backlog: wait for room (EAGAIN on Unix sockets means exactly that).
-            while True:
+            while not connected:
                 if not wait_fd(sock.fileno(), 4, deadline):  # POLLOUT
                     raise timed_out(f"connecting to {endpoint}") from None
                 try:
@@ -80,10 +79,11 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
         if not uid_allowed(peer.uid, allowed, allow_root=True):
             raise AuthenticationError(f"the server at {endpoint} runs as uid {peer.uid}, which is neither "
                                       "this process's uid, root, nor in allowed_uids=")
-        verdict = _recv_exact(sock, 1, _handshake_deadline(endpoint, deadline), f"connecting to {endpoint}")
-        if verdict != VERDICT_OK:
-            reason = _recv_reason(sock)
-            raise AuthenticationError(f"the server at {endpoint} refused this process: {reason}")
+        if endpoint.handshake:  # raw framing (socat, a C server) has no verdict byte unless asked for
+            verdict = _recv_exact(sock, 1, _handshake_deadline(endpoint, deadline), f"connecting to {endpoint}")
+            if verdict != VERDICT_OK:
+                reason = _recv_reason(sock)
+                raise AuthenticationError(f"the server at {endpoint} refused this process: {reason}")
     except BaseException:
         sock.close()
         raise
@@ -122,6 +122,7 @@ def _wrap(sock: socket.socket, endpoint: Endpoint, peer: Peer) -> Transport:
         t = SocketStream(sock, f"{endpoint}")
     else:
         t = SeqpacketTransport(sock, f"{endpoint}")
+        t.raw = endpoint.framing == "none"
     t.peer = peer
     t.authenticated = True  # the kernel vouched for the peer's uid, and the policy accepted it
     return t
@@ -135,6 +136,9 @@ class SeqpacketTransport(SocketTransport):
     peer send (twice wmem_max, plus room): its pages cost nothing until a large record touches them,
     and it is reused, so a 1 MiB record is never a fresh allocation.
     """
+
+    #: framing=none: each record is one raw message, without ipcraft's header.
+    raw: bool = False
 
     def __init__(self, sock: socket.socket, what: str) -> None:
         self.sock = sock
@@ -156,7 +160,7 @@ class SeqpacketTransport(SocketTransport):
         return wait_fd(self.fileno(), 1, deadline)
 
     def send_message(self, sid: int, payload: memoryview, deadline: float | None) -> None:
-        sock, parts = self.sock, framed(sid, payload)
+        sock, parts = self.sock, framed(sid, payload, self.raw)
         flags = socket.MSG_NOSIGNAL if deadline is None else socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
         while True:
             try:
@@ -189,13 +193,14 @@ class SeqpacketTransport(SocketTransport):
             except OSError as exc:
                 raise os_error(exc.errno or errno.EIO, f"receiving on {self._what}") from exc
         if n == 0:
-            # A zero-length record is impossible for ipcraft (every message has a header), so 0 is EOF.
+            # A zero-length record is impossible for ipcraft (every message has a header), so 0 is EOF;
+            # with framing=none an empty message cannot be told from the end and reads as the end.
             raise ChannelClosed(f"the peer closed {self._what}")
         if msg_flags & socket.MSG_TRUNC:
             raise MessageTooLarge(f"a record on {self._what} was larger than the {len(buf)}-byte receive "
                                   "area (the peer raised its send buffer past net.core.wmem_max with "
                                   "SO_SNDBUFFORCE); it was discarded", None, len(buf))
-        return unframe(memoryview(buf)[:n])
+        return unframe(memoryview(buf)[:n], raw=self.raw)
 
 
 def _record_room() -> int:
@@ -247,12 +252,14 @@ class UnixListener:
                     reason = (f"uid {peer.uid} is not allowed (the listener runs as uid {os.geteuid()}; "
                               "pass allowed_uids= to admit others)")
                     try:
-                        sock.send(VERDICT_REFUSED + reason.encode(), socket.MSG_NOSIGNAL)
+                        if self.endpoint.handshake:
+                            sock.send(VERDICT_REFUSED + reason.encode(), socket.MSG_NOSIGNAL)
                     except OSError:
                         pass
                     sock.close()
                     continue
-                sock.send(VERDICT_OK, socket.MSG_NOSIGNAL)
+                if self.endpoint.handshake:
+                    sock.send(VERDICT_OK, socket.MSG_NOSIGNAL)
             except OSError:
                 sock.close()  # the client vanished during the handshake: wait for the next one
                 continue

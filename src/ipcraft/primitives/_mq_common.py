@@ -1,12 +1,17 @@
 """The kernel knobs that limit the two message-queue primitives, read when needed.
 
 Each knob is named by its /proc file, because that is what an error message tells a user to look at
-or change.  Knobs are read at call time: an administrator may change them while a
-program runs.  (ipcraft.limits reports the same knobs, but a primitive may not import it: it is a higher layer.)
+or change.  Knobs are read at call time: an administrator may change them while a program runs.
+(ipcraft.limits reports the same knobs, but a primitive may not import it: it is a higher layer.)
+
+Also the ``access=`` argument both queue primitives take: ``"r"``, ``"w"`` or ``"rw"``, the
+permission an open asks the kernel for, as mq_open(O_RDONLY / O_WRONLY / O_RDWR) and msgget's
+permission bits do.
 """
 
 from __future__ import annotations
 
+import errno
 import resource
 
 MQ_MSG_MAX = "/proc/sys/fs/mqueue/msg_max"
@@ -42,3 +47,21 @@ def rlimit_msgqueue() -> str:
     soft, _ = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
     value = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
     return f"RLIMIT_MSGQUEUE (ulimit -q) = {value} per user"
+
+
+#: The values ``access=`` takes, and what each allows: (receive, send).
+ACCESS = {"r": (True, False), "w": (False, True), "rw": (True, True)}
+
+
+def check_access(access: str) -> tuple[bool, bool]:
+    """``(may_receive, may_send)`` for an ``access=`` value; ValueError for anything else."""
+    try:
+        return ACCESS[access]
+    except (KeyError, TypeError):
+        raise ValueError(f"access must be 'r', 'w' or 'rw', not {access!r}") from None
+
+
+def refused(handle: object, access: str, doing: str) -> PermissionError:
+    """The error for ``doing`` ("send" / "receive") on a handle opened without that permission."""
+    return PermissionError(errno.EBADF, f"{handle!r} was opened with access={access!r}: it cannot {doing} "
+                                        "(open it with access='rw' to do both)")

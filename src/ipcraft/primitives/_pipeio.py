@@ -58,7 +58,10 @@ class OneShotIO:
     PIPE_BUF: Final[int] = select.PIPE_BUF
 
     _nonblock: bool = False
-    _nowait: bool = bool(_RWF_NOWAIT)  # RWF_NOWAIT works on this fd until the kernel says otherwise
+    # RWF_NOWAIT works on this fd until the kernel says otherwise, for reads and writes apart (an
+    # eventfd takes it for reads only).
+    _nowait: bool = bool(_RWF_NOWAIT)
+    _nowait_write: bool = bool(_RWF_NOWAIT)
 
     def _read_now(self, fd: int, view: memoryview) -> int:
         """One read that never blocks; BlockingIOError if there is nothing to read yet."""
@@ -79,13 +82,13 @@ class OneShotIO:
         """One write of (a prefix of) ``views`` that never blocks; BlockingIOError if no byte fits yet."""
         if self._nonblock:
             return os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
-        if self._nowait:
+        if self._nowait_write:
             try:
                 return os.pwritev(fd, views, -1, _RWF_NOWAIT)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-                self._nowait = False
+                self._nowait_write = False
         if not wait_fd(fd, POLLOUT, 0.0):
             raise BlockingIOError(errno.EAGAIN, "no room")
         return os.write(fd, views[0][:self.PIPE_BUF])  # POLLOUT promises room for PIPE_BUF bytes

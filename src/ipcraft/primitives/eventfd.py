@@ -1,9 +1,20 @@
 """EventFD: a 64-bit kernel counter behind a file descriptor (eventfd(2)), for wake-ups.
 
-Decisions: the fd is always opened EFD_NONBLOCK; blocking and timeouts are done
-with poll(2), so one fd serves blocking calls, timeouts, select/epoll and asyncio alike (the same
-pattern as every fd transport).  Verbs follow ipcraft's vocabulary: ``send`` adds to
-the counter (write(2)), ``recv`` takes from it (read(2)).
+Decisions:
+
+* **Non-blocking calls, ipcraft's own waits.**  An eventfd this module creates is EFD_NONBLOCK;
+  blocking and timeouts are done with poll(2), so one fd serves blocking calls, timeouts,
+  select/epoll and asyncio alike (the same pattern as every fd transport).
+* **An inherited fd keeps its mode.**  O_NONBLOCK belongs to the open file description, which a
+  parent, a child or a C process given the fd shares: setting it would make their blocking reads
+  fail with EAGAIN.  :meth:`EventFD.from_fd` never changes it.  On a blocking fd each try is the
+  pipes' one-shot I/O (``_pipeio.OneShotIO``): a read with preadv2(RWF_NOWAIT), which applies to that
+  one call (Linux 5.12+; before that, poll then read, where a reader racing for the same count can
+  make the read wait for the next send), and a write after poll(2) reports POLLOUT (the kernel has
+  no RWF_NOWAIT write for eventfds; it can block only if another writer fills the counter to within
+  ``n`` of its ceiling in between).
+* Verbs follow ipcraft's vocabulary: ``send`` adds to the counter (write(2)), ``recv`` takes from
+  it (read(2)).
 
 .. versionadded:: 0.1
 """
@@ -12,6 +23,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,6 +31,7 @@ from .._errors import translating
 from .._resource import FdHandle
 from .._wait import deadline_after, wait_fd
 from ..errors import Timeout
+from ._pipeio import OneShotIO
 
 __all__ = ("EventFD",)
 
@@ -28,7 +41,7 @@ _T = TypeVar("_T")
 _MAX_COUNT = 0xFFFFFFFFFFFFFFFE
 
 
-class EventFD(FdHandle):
+class EventFD(FdHandle, OneShotIO):
     """A kernel counter (eventfd) that wakes readers; usable with select/poll/epoll via :meth:`fileno`.
 
     ``send(n)`` adds ``n`` to the counter and wakes readers.  ``recv()`` waits while the counter is
@@ -44,6 +57,7 @@ class EventFD(FdHandle):
     """
 
     semaphore: bool = False
+    _nonblock: bool = True  # False for an inherited blocking fd, left as it was (OneShotIO's flag)
 
     def __init__(self, initial: int = 0, *, semaphore: bool = False) -> None:
         """Create an eventfd whose counter starts at ``initial`` (0..2**32-1, eventfd(2)'s limit).
@@ -62,11 +76,12 @@ class EventFD(FdHandle):
 
     @classmethod
     def from_fd(cls, fd: int, *, semaphore: bool = False) -> EventFD:
-        """Wrap an existing eventfd ``fd`` (inherited or received); the handle takes it over and
-        makes it non-blocking.  ``semaphore`` must say how it was created (only recv's docs depend
-        on it: the kernel applies the mode it was created with)."""
+        """Wrap an existing eventfd ``fd`` (inherited or received); the handle takes it over (closes
+        it on close) but never changes its blocking mode, which the processes sharing it rely on
+        (see the module docstring).  ``semaphore`` must say how it was created (only recv's docs
+        depend on it: the kernel applies the mode it was created with)."""
         self = cls.__new__(cls)
-        os.set_blocking(fd, False)
+        self._nonblock = not os.get_blocking(fd)
         self._fd = fd
         self.semaphore = semaphore
         return self
@@ -83,7 +98,8 @@ class EventFD(FdHandle):
         """
         if not 1 <= n <= _MAX_COUNT:
             raise ValueError(f"an eventfd send adds 1..2**64-2 (eventfd(2)); got {n}")
-        self._retry(lambda fd: os.eventfd_write(fd, n), select.POLLOUT, timeout, f"sending {n} to")
+        value = memoryview(n.to_bytes(8, sys.byteorder))
+        self._retry(lambda fd: self._write_now(fd, [value]), select.POLLOUT, timeout, f"sending {n} to")
 
     def recv(self, timeout: float | None = None) -> int:
         """Wait until the counter is above 0, then take from it (see the class docs).
@@ -94,7 +110,9 @@ class EventFD(FdHandle):
             Timeout: the counter stayed 0 for ``timeout`` seconds (0: poll once); nothing taken.
             HandleClosed: this handle was closed.
         """
-        return self._retry(os.eventfd_read, select.POLLIN, timeout, "receiving from")
+        buf = bytearray(8)
+        self._retry(lambda fd: self._read_now(fd, memoryview(buf)), select.POLLIN, timeout, "receiving from")
+        return int.from_bytes(buf, sys.byteorder)
 
     def _retry(self, op: Callable[[int], _T], events: int, timeout: float | None, what: str) -> _T:
         """Try the non-blocking ``op(fd)``; on EAGAIN sleep in poll(2) for ``events`` and retry."""
@@ -112,3 +130,4 @@ class EventFD(FdHandle):
         mode = " semaphore" if self.semaphore else ""
         state = " closed" if self._fd < 0 else f" fd={self._fd}"
         return f"<EventFD{mode}{state}>"
+

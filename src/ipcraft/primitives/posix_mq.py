@@ -9,9 +9,12 @@ Decisions:
 * **posix_ipc makes the system calls**; this module adds the three constructors (create, open,
   open_or_create), ownership (only the creator unlinks), size checks that name their knob and error
   translation (``_errors.py`` only).
-  The queue is always opened read-write.
+* **access=** ``"rw"`` (default), ``"r"`` or ``"w"`` is the mode mq_open asks for (O_RDWR, O_RDONLY,
+  O_WRONLY): a 0644 queue of another user opens with ``access="r"``, as a C program's
+  mq_open(O_RDONLY) does.  A handle refuses the operation its access lacks with PermissionError
+  (EBADF, as the kernel's mq_send on an O_RDONLY descriptor would) before any system call.
 * **Timeouts are the kernel's own** (mq_timedsend/mq_timedreceive), so a timed wait costs no CPU and
-  ends on time.  ``timeout=0`` is the non-blocking form; there is no ``block=`` flag, and the
+  ends on time.  ``timeout=0`` is the non-blocking form; there is no separate ``block=`` flag, and the
   descriptor itself never gets O_NONBLOCK (select/epoll users rely on ``recv(timeout=0)``).
 * **A signal whose handler returns does not end a wait** (PEP 475): the call resumes with the time
   left.  A handler that raises (Ctrl-C) ends it with that exception.
@@ -73,10 +76,15 @@ class PosixMessageQueue(Owned, Handle):
 
     _mq: Any = None
     _notifying: bool = False
+    _access: str = "rw"
+    _may_recv: bool = True
+    _may_send: bool = True
 
-    def __init__(self, mq: Any, owner: bool) -> None:
-        """Wrap an open posix_ipc.MessageQueue; use the classmethods instead."""
+    def __init__(self, mq: Any, owner: bool, access: str = "rw") -> None:
+        """Wrap an open posix_ipc.MessageQueue opened with ``access``; use the classmethods instead."""
         self._mq = mq
+        self._access = access
+        self._may_recv, self._may_send = _common.check_access(access)
         self._name: str = mq.name
         if owner:
             self._take_ownership()
@@ -87,58 +95,64 @@ class PosixMessageQueue(Owned, Handle):
 
     @classmethod
     def create(cls, name: str, *, maxmsg: int | None = None, msgsize: int | None = None,
-               mode: int = DEFAULT_MODE) -> PosixMessageQueue:
+               mode: int = DEFAULT_MODE, access: str = "rw") -> PosixMessageQueue:
         """Create the queue ``name`` (``"/jobs"`` or ``"jobs"``) exclusively; this handle owns it.
 
         ``maxmsg`` (messages held) and ``msgsize`` (largest message) default to
         /proc/sys/fs/mqueue/msg_default and msgsize_default; without CAP_SYS_RESOURCE they may not
-        exceed msg_max and msgsize_max.  ``mode`` is the permission bits (default 0600).
+        exceed msg_max and msgsize_max.  ``mode`` is the permission bits (default 0600); ``access``
+        what this handle may do (see the module docstring).
 
         Raises:
             InvalidEndpoint: a malformed name (checked before the kernel sees it).
+            ValueError: an ``access`` other than "r", "w" or "rw".
             FileExistsError: a queue of that name exists.
             LimitExceeded: maxmsg/msgsize above the system maximum (EINVAL), too many queues
                 (queues_max, ENOSPC), or the user's RLIMIT_MSGQUEUE bytes used up (EMFILE).
             PermissionError: /dev/mqueue refuses this user.
         """
         path = _kind_name(name)
+        may = _common.check_access(access)
         maxmsg = _common.read(_common.MQ_MSG_DEFAULT) if maxmsg is None else _positive("maxmsg", maxmsg)
         msgsize = _common.read(_common.MQ_MSGSIZE_DEFAULT) if msgsize is None else _positive("msgsize", msgsize)
         try:
             mq = posix_ipc.MessageQueue(path, posix_ipc.O_CREX, mode=mode, max_messages=maxmsg,
-                                        max_message_size=msgsize)
+                                        max_message_size=msgsize, read=may[0], write=may[1])
         except Exception as exc:
             raise translated(exc, f"creating POSIX message queue {path!r} (maxmsg={maxmsg}, "
                              f"msgsize={msgsize})", path, _create_limits(maxmsg, msgsize)) from exc
-        return cls(mq, owner=True)
+        return cls(mq, owner=True, access=access)
 
     @classmethod
-    def open(cls, name: str) -> PosixMessageQueue:
-        """Open the existing queue ``name`` read-write.  This handle never unlinks it.
+    def open(cls, name: str, *, access: str = "rw") -> PosixMessageQueue:
+        """Open the existing queue ``name`` for ``access``: ``"rw"`` (default), ``"r"`` (receive
+        only, mq_open O_RDONLY) or ``"w"`` (send only, O_WRONLY).  This handle never unlinks it.
 
         Raises:
             InvalidEndpoint: a malformed name.
+            ValueError: an ``access`` other than "r", "w" or "rw".
             FileNotFoundError: no queue of that name.
-            PermissionError: its mode does not let this user read and write.
+            PermissionError: its mode does not grant this user ``access``.
         """
         path = _kind_name(name)
+        may_recv, may_send = _common.check_access(access)
         try:
-            mq = posix_ipc.MessageQueue(path, 0)
+            mq = posix_ipc.MessageQueue(path, 0, read=may_recv, write=may_send)
         except Exception as exc:
-            raise translated(exc, f"opening POSIX message queue {path!r}", path) from exc
-        return cls(mq, owner=False)
+            raise translated(exc, f"opening POSIX message queue {path!r} (access={access!r})", path) from exc
+        return cls(mq, owner=False, access=access)
 
     @classmethod
     def open_or_create(cls, name: str, *, maxmsg: int | None = None, msgsize: int | None = None,
-                       mode: int = DEFAULT_MODE) -> PosixMessageQueue:
+                       mode: int = DEFAULT_MODE, access: str = "rw") -> PosixMessageQueue:
         """Open ``name``, or create it as :meth:`create` does if it does not exist.
 
         The handle is the ``owner`` only if it created the queue.  Sizes asked for explicitly must
         match an existing queue's: a mismatch raises FileExistsError naming both (the handle is then
         closed), so a size is never silently ignored.  Raises as create() and open().
         """
-        q = open_or_create(lambda: cls.open(name),
-                           lambda: cls.create(name, maxmsg=maxmsg, msgsize=msgsize, mode=mode),
+        q = open_or_create(lambda: cls.open(name, access=access),
+                           lambda: cls.create(name, maxmsg=maxmsg, msgsize=msgsize, mode=mode, access=access),
                            f"POSIX message queue {name!r}")
         if (maxmsg is not None and q.maxmsg != maxmsg) or (msgsize is not None and q.msgsize != msgsize):
             q.close()
@@ -153,6 +167,11 @@ class PosixMessageQueue(Owned, Handle):
     def name(self) -> str:
         """The queue's name with its leading slash, e.g. ``"/jobs"``."""
         return self._name
+
+    @property
+    def access(self) -> str:
+        """What this handle was opened for: ``"rw"``, ``"r"`` (receive only) or ``"w"`` (send only)."""
+        return self._access
 
     @property
     def maxmsg(self) -> int:
@@ -195,9 +214,12 @@ class PosixMessageQueue(Owned, Handle):
             MessageTooLarge: ``data`` is longer than msgsize; nothing was sent, the queue is usable.
             ValueError: priority out of range; nothing was sent.
             Timeout: the queue stayed full; nothing was sent, the queue is usable.
+            PermissionError: this handle was opened with ``access="r"``; the queue is usable.
             HandleClosed: this handle was closed.
         """
         mq = self._live()
+        if not self._may_send:
+            raise _common.refused(self, self._access, "send")
         n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
         if n > self._msgsize:
             raise MessageTooLarge(
@@ -220,9 +242,12 @@ class PosixMessageQueue(Owned, Handle):
 
         Raises:
             Timeout: no message arrived in time; the queue is usable.
+            PermissionError: this handle was opened with ``access="w"``; the queue is usable.
             HandleClosed: this handle was closed.
         """
         mq = self._live()
+        if not self._may_recv:
+            raise _common.refused(self, self._access, "receive")
         deadline = deadline_after(timeout)
         try:
             return mq.receive(timeout)  # type: ignore[no-any-return]
@@ -307,8 +332,9 @@ class PosixMessageQueue(Owned, Handle):
     def __repr__(self) -> str:
         owner = " owner" if self.owner else ""
         state = "closed" if self._closed or self._mq is None else "open"
+        access = "" if self._access == "rw" else f" access={self._access!r}"
         return (f"<PosixMessageQueue {getattr(self, '_name', '?')!r} maxmsg={getattr(self, '_maxmsg', '?')} "
-                f"msgsize={getattr(self, '_msgsize', '?')}{owner} {state}>")
+                f"msgsize={getattr(self, '_msgsize', '?')}{access}{owner} {state}>")
 
 
 def unlink_message_queue(name: str) -> None:

@@ -7,6 +7,11 @@ Decisions:
   ``"@name"`` an abstract name (Linux: no file, gone when the last socket closes, no permissions: any
   local process may connect, so check :meth:`UnixSocket.peer_credentials`).  The length is checked
   before the kernel sees it: sun_path holds 107 bytes plus the NUL.
+* **Abstract names as C writes them**: the kernel compares all ``addrlen`` bytes of an abstract
+  address, and the common C idiom binds with ``addrlen = sizeof(struct sockaddr_un)``, so the name is
+  padded with NULs to the whole sun_path.  A connect to ``"@name"`` that nobody holds
+  (ECONNREFUSED) is tried once more with that padded form.  Addresses that a receive reports keep
+  their NULs and can be sent back to as they are.
 * **Socket files are owner-only and made atomically**: the socket's own inode is chmod'ed before
   ``bind()``, and Linux gives the new file that mode (less the umask, which ipcraft then restores), so
   no client ever sees a looser file.  A stale file (nobody accepts there: ECONNREFUSED) is replaced, a
@@ -30,7 +35,7 @@ import struct
 from typing import Any, Final
 
 from .._errors import os_error
-from .._names import DEFAULT_MODE, validate_unix_path
+from .._names import DEFAULT_MODE, UNIX_PATH_MAX, validate_unix_path
 from .._peer import Peer
 from .._wait import POLLIN, POLLOUT, deadline_after, wait_fd
 from ..errors import ChannelClosed, LimitExceeded, MessageTooLarge, Timeout
@@ -58,6 +63,32 @@ def _unix_sockaddr(address: str) -> bytes:
     if address.startswith("@"):
         return validate_unix_path(address[1:], abstract=True)
     return validate_unix_path(address)
+
+
+def _connect_unix(sock: socket.socket, raw: bytes) -> tuple[bytes, bool]:
+    """Start ``sock.connect(raw)``, meeting an abstract name a C program bound padded with NULs to
+    sizeof(struct sockaddr_un) if nobody holds ``raw`` itself.
+
+    Returns ``(address, connected)``: the address that answered, and False if the connect is
+    pending (EAGAIN: a non-blocking socket and a full accept backlog; retry with that address).
+    Other errors propagate (the first attempt's ECONNREFUSED if the padded name is not bound either).
+    """
+    addresses = [raw]
+    if raw.startswith(b"\0") and len(raw) < UNIX_PATH_MAX + 1:
+        addresses.append(raw.ljust(UNIX_PATH_MAX + 1, b"\0"))
+    for i, addr in enumerate(addresses):
+        try:
+            sock.connect(addr)
+        except BlockingIOError:
+            return addr, False
+        except ConnectionRefusedError:
+            if i + 1 < len(addresses):
+                continue
+            if i:  # report the address as asked for, not the padded form
+                raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)) from None
+            raise
+        return addr, True
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _bind_path(sock: socket.socket, path: str, mode: int, what: str) -> tuple[int, int]:
@@ -204,14 +235,19 @@ class UnixSocket(SocketBase):
         try:
             sock.setblocking(False)
             deadline = deadline_after(timeout)
-            while True:
+            try:
+                raw, connected = _connect_unix(sock, raw)
+            except OSError as exc:
+                raise os_error(exc.errno or errno.EIO, f"connecting to {address}", address) from exc
+            while not connected:  # EAGAIN on AF_UNIX: the accept backlog is full
+                if not wait_fd(sock.fileno(), POLLOUT, deadline):
+                    raise Timeout(f"connecting to {address}: the listener's backlog stayed full for "
+                                  f"{timeout} s") from None
                 try:
                     sock.connect(raw)
-                    break
-                except BlockingIOError:  # EAGAIN on AF_UNIX: the accept backlog is full
-                    if not wait_fd(sock.fileno(), POLLOUT, deadline):
-                        raise Timeout(f"connecting to {address}: the listener's backlog stayed full for "
-                                      f"{timeout} s") from None
+                    connected = True
+                except BlockingIOError:
+                    continue
                 except OSError as exc:
                     if exc.errno == errno.EISCONN:
                         break

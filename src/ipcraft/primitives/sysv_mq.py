@@ -21,7 +21,14 @@ Decisions:
   --poll-cost).  A wait without a timeout is the kernel's blocking call and costs nothing.  (A thread
   blocking in msgrcv on our behalf could steal a message after the caller gave up; a timer signal
   would need a process-wide signal number.  Both were rejected.)
-* **Types are C ints** because sysv_ipc passes them as int: 1 .. 2**31-1.
+* **Types are the C long of struct msgbuf**: 1 .. 2**63-1 on send, -(2**63-1) .. 2**63-1 to select.
+  sysv_ipc passes a type as a C int, so a type beyond 2**31-1 goes through libc's msgsnd/msgrcv by
+  ctypes (as MSG_EXCEPT does); the common small types keep sysv_ipc's faster call.
+* **access=** ``"rw"`` (default), ``"r"`` or ``"w"`` is the permission msgget asks for (0600, 0400
+  or 0200 in its flags; the kernel checks only what is asked): a 0644 queue of another user opens
+  with ``access="r"``, as a C program's msgget(key, 0400) does.  A handle refuses the operation its
+  access lacks with PermissionError before any system call (the kernel would otherwise let root do
+  it anyway).
 * **Sizes are checked before the kernel**: a message above msgmax would be EINVAL, and one above the
   queue's qbytes would block forever; both are MessageTooLarge naming the limit.
 * **A queue removed under a handle** gives OSError(EIDRM) ("Identifier removed") on every later
@@ -55,8 +62,12 @@ _T = TypeVar("_T")
 
 #: The key that always makes a new queue, reachable only through its id (create() only).
 IPC_PRIVATE = 0
-#: The largest message type (sysv_ipc passes types as a C int).
-TYPE_MAX = 2**31 - 1
+#: The largest message type: the C long of struct msgbuf (LONG_MAX).
+TYPE_MAX = 2**(8 * ctypes.sizeof(ctypes.c_long) - 1) - 1
+#: The largest type sysv_ipc's own calls take (a C int); larger ones go through ctypes.
+_INT_MAX = 2**31 - 1
+#: msgget's permission bits for each access= value.
+_ACCESS_BITS = {"r": 0o400, "w": 0o200, "rw": 0o600}
 
 _IPC_NOWAIT = 0o4000
 _MSG_NOERROR = 0o10000
@@ -130,11 +141,16 @@ class SysVMessageQueue(Owned, Handle):
 
     _mq: Any = None
     _limit: int = 0
+    _access: str = "rw"
+    _may_recv: bool = True
+    _may_send: bool = True
 
-    def __init__(self, mq: Any, owner: bool, msgmax: int) -> None:
-        """Wrap an open sysv_ipc.MessageQueue made with max_message_size=msgmax; use the
-        classmethods instead."""
+    def __init__(self, mq: Any, owner: bool, msgmax: int, access: str = "rw") -> None:
+        """Wrap an open sysv_ipc.MessageQueue made with max_message_size=msgmax, opened for
+        ``access``; use the classmethods instead."""
         self._mq = mq
+        self._access = access
+        self._may_recv, self._may_send = _common.check_access(access)
         self._key: int = mq.key
         self._id: int = mq.id
         if owner:
@@ -142,6 +158,8 @@ class SysVMessageQueue(Owned, Handle):
         self._msgmax: int = msgmax  # the kernel's msgmax when opened
         self._qbytes: int = self._read_qbytes()
         self._limit = min(self._msgmax, self._qbytes)  # the largest message send() takes
+        if not self._may_send:
+            self._limit = -1  # send()'s quick path never applies; the full path refuses
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -180,32 +198,36 @@ class SysVMessageQueue(Owned, Handle):
         return q
 
     @classmethod
-    def open(cls, key: int) -> SysVMessageQueue:
-        """Open the existing queue for ``key``.  This handle never removes it.
+    def open(cls, key: int, *, access: str = "rw") -> SysVMessageQueue:
+        """Open the existing queue for ``key`` for ``access``: ``"rw"`` (default), ``"r"`` (receive
+        only) or ``"w"`` (send only).  This handle never removes it.
 
         Raises:
+            ValueError: an ``access`` other than "r", "w" or "rw".
             FileNotFoundError: no queue for ``key``.
-            PermissionError: its mode does not let this user read and write.
+            PermissionError: its mode does not grant this user ``access``.
         """
         k = _signed(key)
+        _common.check_access(access)
         try:
-            # msgget checks only the permission asked for; ask for read and write, as send and
-            # recv will need both.
+            # msgget checks only the permission asked for (ipcperms on the flags' mode bits).
             msgmax = _common.read(_common.MSGMAX)
-            mq = sysv_ipc.MessageQueue(k, 0, 0o600, msgmax)
+            mq = sysv_ipc.MessageQueue(k, 0, _ACCESS_BITS[access], msgmax)
         except Exception as exc:
-            raise translated(exc, f"opening the System V message queue for key {_hex(k)}") from exc
-        return cls(mq, owner=False, msgmax=msgmax)
+            raise translated(exc, f"opening the System V message queue for key {_hex(k)} "
+                             f"(access={access!r})") from exc
+        return cls(mq, owner=False, msgmax=msgmax, access=access)
 
     @classmethod
-    def open_or_create(cls, key: int, *, mode: int = DEFAULT_MODE,
-                       qbytes: int | None = None) -> SysVMessageQueue:
-        """Open the queue for ``key``, or create it as :meth:`create` does.
+    def open_or_create(cls, key: int, *, mode: int = DEFAULT_MODE, qbytes: int | None = None,
+                       access: str = "rw") -> SysVMessageQueue:
+        """Open the queue for ``key`` for ``access``, or create it as :meth:`create` does.
 
-        The handle is the ``owner`` only if it created the queue.  An explicit ``qbytes`` must match
-        an existing queue's: a mismatch raises FileExistsError naming both (the handle is closed).
+        The handle is the ``owner`` only if it created the queue (a creator may do both).  An
+        explicit ``qbytes`` must match an existing queue's: a mismatch raises FileExistsError naming
+        both (the handle is closed).
         """
-        q = open_or_create(lambda: cls.open(key), lambda: cls.create(key, mode=mode, qbytes=qbytes),
+        q = open_or_create(lambda: cls.open(key, access=access), lambda: cls.create(key, mode=mode, qbytes=qbytes),
                            f"the System V message queue for key {_hex(key)}")
         if qbytes is not None and q.qbytes != qbytes:
             q.close()
@@ -226,6 +248,11 @@ class SysVMessageQueue(Owned, Handle):
         return self._id
 
     @property
+    def access(self) -> str:
+        """What this handle was opened for: ``"rw"``, ``"r"`` (receive only) or ``"w"`` (send only)."""
+        return self._access
+
+    @property
     def current_messages(self) -> int:
         """Messages in the queue right now (msg_qnum)."""
         return int(self._attr("current_messages"))
@@ -234,7 +261,8 @@ class SysVMessageQueue(Owned, Handle):
     def qbytes(self) -> int:
         """The most bytes the queue holds (msg_qbytes); a sender blocks beyond it.
 
-        Setting it (msgctl IPC_SET) needs the owner's or creator's uid, and CAP_SYS_RESOURCE to go
+        A send-only handle on a queue this user may not read (IPC_STAT needs read permission)
+        reports msgmax.  Setting it (msgctl IPC_SET) needs the owner's or creator's uid, and CAP_SYS_RESOURCE to go
         above /proc/sys/kernel/msgmnb.  A refused change raises PermissionError and changes nothing.
         """
         return self._qbytes
@@ -275,17 +303,20 @@ class SysVMessageQueue(Owned, Handle):
             MessageTooLarge: ``data`` exceeds msgmax or the queue's qbytes; nothing was sent.
             ValueError: a type outside 1..TYPE_MAX; nothing was sent.
             Timeout: the queue stayed full; nothing was sent, the queue is usable.
+            PermissionError: this handle was opened with ``access="r"``; the queue is usable.
             OSError(EIDRM): the queue was removed (also while waiting).
             HandleClosed: this handle was closed.
         """
         mq = self._live()
         n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
-        if timeout is None and n <= self._limit and type.__class__ is int and 1 <= type <= TYPE_MAX:
+        if timeout is None and n <= self._limit and type.__class__ is int and 1 <= type <= _INT_MAX:
             try:  # the common case, without the checks and closures below
                 mq.send(data, True, type)
                 return
             except Exception:  # noqa: BLE001 - nothing was sent; the full path retries and reports
                 pass
+        if not self._may_send:
+            raise _common.refused(self, self._access, "send")
         if n > self._msgmax or n > self._qbytes:
             limit, source = ((self._msgmax, f"msgmax: {_common.MSGMAX} when the queue was opened")
                              if self._msgmax <= self._qbytes else
@@ -296,7 +327,12 @@ class SysVMessageQueue(Owned, Handle):
 
         def describe() -> str:
             return f"sending a {n}-byte message of type {type} to {self!r}"
-        self._call(lambda block: mq.send(data, block, type), timeout, describe, _SEND_REMAP)
+        if type <= _INT_MAX:
+            self._call(lambda block: mq.send(data, block, type), timeout, describe, _SEND_REMAP)
+        else:
+            ident = self._id
+            self._call(lambda block: _msgsnd(ident, data, n, type, 0 if block else _IPC_NOWAIT),
+                       timeout, describe, _SEND_REMAP)
 
     def recv(self, type: int = 0, timeout: float | None = None, *,  # noqa: A002
              except_type: bool = False, max_size: int | None = None,
@@ -316,11 +352,12 @@ class SysVMessageQueue(Owned, Handle):
             Timeout: no matching message in time; the queue is usable.
             MessageTooLarge: the selected message is longer than ``max_size``; it stays queued.
             ValueError: a type outside -TYPE_MAX..TYPE_MAX, or except_type with type <= 0.
+            PermissionError: this handle was opened with ``access="w"``; the queue is usable.
             OSError(EIDRM): the queue was removed (also while waiting).
             HandleClosed: this handle was closed.
         """
         mq = self._live()
-        if (timeout is None and type.__class__ is int and -TYPE_MAX <= type <= TYPE_MAX
+        if (timeout is None and type.__class__ is int and -_INT_MAX <= type <= _INT_MAX and self._may_recv
                 and not (except_type or truncate) and max_size is None):
             try:  # the common case, without the checks and closures below
                 return mq.receive(True, type)  # type: ignore[no-any-return]
@@ -329,11 +366,13 @@ class SysVMessageQueue(Owned, Handle):
         if isinstance(type, bool) or not isinstance(type, int) or not -TYPE_MAX <= type <= TYPE_MAX:
             raise ValueError(f"a System V message type to select is an integer -{TYPE_MAX}..{TYPE_MAX}, "
                              f"not {type!r}")
+        if not self._may_recv:
+            raise _common.refused(self, self._access, "receive")
         if except_type and type <= 0:
             raise ValueError(f"except_type (MSG_EXCEPT) selects by a type > 0; the kernel ignores it for "
                              f"type={type}")
         fn: Callable[[bool], tuple[bytes, int]]
-        if except_type or truncate or max_size is not None:
+        if except_type or truncate or max_size is not None or not -_INT_MAX <= type <= _INT_MAX:
             size = self._msgmax if max_size is None else max_size
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise ValueError(f"max_size must be an integer >= 0, not {max_size!r}")
@@ -415,7 +454,14 @@ class SysVMessageQueue(Owned, Handle):
             raise translated(exc, f"reading {name} of {self!r}") from exc
 
     def _read_qbytes(self) -> int:
-        return int(self._attr("max_size"))
+        try:
+            return int(self._attr("max_size"))
+        except PermissionError:
+            # IPC_STAT needs read permission: a send-only handle on a queue this user may not read
+            # cannot learn qbytes, and takes msgmax as the limit (the kernel has the last word).
+            if self._may_recv:
+                raise
+            return self._msgmax
 
     def _close(self) -> None:
         mq, self._mq = self._mq, None
@@ -431,8 +477,9 @@ class SysVMessageQueue(Owned, Handle):
     def __repr__(self) -> str:
         owner = " owner" if self.owner else ""
         state = "closed" if self._closed or self._mq is None else "open"
+        access = "" if self._access == "rw" else f" access={self._access!r}"
         return (f"<SysVMessageQueue key={_hex(getattr(self, '_key', 0))} id={getattr(self, '_id', '?')} "
-                f"qbytes={getattr(self, '_qbytes', '?')}{owner} {state}>")
+                f"qbytes={getattr(self, '_qbytes', '?')}{access}{owner} {state}>")
 
 
 def remove_message_queue(key: int) -> None:
@@ -447,13 +494,26 @@ def _hex(key: int) -> str:
     return f"0x{key & 0xFFFFFFFF:08x}"
 
 
-# -- msgrcv through ctypes, for the flags sysv_ipc does not pass -------------------------------------
+# -- msgsnd/msgrcv through ctypes, for the flags and types sysv_ipc does not pass ---------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_msgrcv = _libc.msgrcv
 _libc_msgrcv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long, ctypes.c_int)
 _libc_msgrcv.restype = ctypes.c_ssize_t
+_libc_msgsnd = _libc.msgsnd
+_libc_msgsnd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_libc_msgsnd.restype = ctypes.c_int
 _MTYPE_SIZE = ctypes.sizeof(ctypes.c_long)
+
+
+def _msgsnd(ident: int, data: Any, n: int, msgtyp: int, flags: int) -> None:
+    """msgsnd(2) of ``data`` (``n`` bytes) with type ``msgtyp`` in a fresh struct msgbuf."""
+    buf = ctypes.create_string_buffer(_MTYPE_SIZE + n)
+    ctypes.c_long.from_buffer(buf).value = msgtyp
+    ctypes.memmove(ctypes.addressof(buf) + _MTYPE_SIZE, bytes(data), n)
+    if _libc_msgsnd(ident, buf, n, flags) < 0:  # ctypes releases the GIL around the call
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _msgrcv(ident: int, size: int, msgtyp: int, flags: int) -> tuple[bytes, int]:
