@@ -3,17 +3,32 @@
 * A fence whose info string carries the word ``illustrative`` (```` ```python illustrative ````) is one
   the tests do not run (``tests/test_readme.py``); the word is dropped here so the highlighter sees a
   plain language name.
+* A link to a file of the repository outside ``docs/`` (the wire format's link to ``c/ipcraft.h``)
+  cannot be followed on the site, so it becomes its text: the file is named, not linked.
 * The marker ``<!-- ipcraft-cli-help -->`` becomes the ``--help`` text of ``ipcraft`` and of each of
   its commands, taken from the command itself at build time: the CLI reference cannot drift.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Any
 
 _ILLUSTRATIVE = re.compile(r"^([ \t]*```[\w+-]+)[ \t]+illustrative\b", re.MULTILINE)
 CLI_MARKER = "<!-- ipcraft-cli-help -->"
+_LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)")
+
+
+def unlink_outside(markdown: str, src_path: str) -> str:
+    """Replace each relative link of the page ``src_path`` (relative to docs/) that leaves docs/ by its text."""
+    def one(m: re.Match[str]) -> str:
+        target = m.group(2)
+        if "://" in target or target.startswith(("#", "/", "mailto:")):
+            return m.group(0)
+        where = posixpath.normpath(posixpath.join(posixpath.dirname(src_path), target.split("#")[0]))
+        return m.group(1) if where.startswith("../") or where == ".." else m.group(0)
+    return _LINK.sub(one, markdown)
 
 
 def cli_reference(width: int = 78) -> str:
@@ -41,6 +56,9 @@ def cli_reference(width: int = 78) -> str:
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     markdown = _ILLUSTRATIVE.sub(r"\1", markdown)
+    page = kwargs.get("page")
+    if page is not None:
+        markdown = unlink_outside(markdown, page.file.src_uri)
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     return markdown
