@@ -10,7 +10,7 @@ with ipcraft.listen(url) as listener:
     if os.fork() == 0:                                   # the child is the client
         with ipcraft.connect(url) as ch:
             ch.send({"job": 42, "data": b"\x00" * 16})
-            print("child got", ch.recv())
+            print("child got", ch.recv(), flush=True)  # os._exit() does not flush
         os._exit(0)
     with listener.accept(timeout=5) as ch:               # the parent serves one client
         job = ch.recv(timeout=5)

@@ -12,7 +12,7 @@ with tempfile.TemporaryDirectory() as d:
             with ipcraft.connect(url, timeout=5) as ch:
                 ch.send({"question": "pid?"})
                 reply = ch.recv(timeout=5)
-                print("client got", reply["answer"] == os.getpid())
+                print("client got", reply["answer"] == os.getpid(), flush=True)  # os._exit() does not flush
             os._exit(0)
         with listener.accept(timeout=5) as ch:
             ch.recv(timeout=5)

@@ -49,6 +49,7 @@ UNORDERED: dict[str, set[str]] = {
 
 def run_example(name: str, tmp_ipc_dir: str) -> str:
     env = dict(os.environ, IPCRAFT_EXAMPLE_SOCK=os.path.join(tmp_ipc_dir, "demo.sock"))
+    env.pop("PYTHONUNBUFFERED", None)  # buffered as when a reader pipes the output: a forked child must flush
     proc = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True,
                           timeout=30, env=env, cwd=tmp_ipc_dir)
     assert proc.returncode == 0, proc.stderr

@@ -112,6 +112,7 @@ def run_block(lang: str, code: str, timeout: float = 150) -> subprocess.Complete
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "TMPDIR": "/tmp", "COLUMNS": "160"}
     env.pop("IPCRAFT_SESSION_TOKEN", None)
+    env.pop("PYTHONUNBUFFERED", None)  # output buffered as a reader's would be when piped: a child must flush
     return subprocess.run(["unshare", "--mount", "--ipc", "--net", "--fork", "bash", "--posix", "-c", script],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
