@@ -78,6 +78,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     # False/None, leaving the general path below to do the same call with its full semantics.
     _fast_send: TrySend | None = None
     _fast_recv: TryRecv | None = None
+    _lends = False  # the transport is ZeroCopy (recv_view, send_view)
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
@@ -113,6 +114,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         self._eof = False
         if issubclass(type(transport), FastPath):
             self._fast_send, self._fast_recv = cast(FastPath, transport).fast_path()
+        self._lends = issubclass(type(transport), ZeroCopy)  # checked once: recv_view is a fast path
 
     # -- facts -------------------------------------------------------------------------------------
 
@@ -331,7 +333,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def _lender(self, method: str, instead: str) -> ZeroCopy:
         t = self._live()
-        if not issubclass(type(t), ZeroCopy):
+        if not self._lends:
             raise NotImplementedError(f"{method}() lends shared memory and needs shm://; {self!r} has "
                                       f"none (use {instead})")
         return cast(ZeroCopy, t)
