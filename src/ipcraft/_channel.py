@@ -215,7 +215,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         deadline = None if timeout is None else deadline_after(timeout)
         with self._sending:
             try:
-                self._port.send_message(sid, mv, deadline, **extra)
+                if extra:
+                    self._port.send_message(sid, mv, deadline, **extra)
+                else:
+                    self._port.send_message(sid, mv, deadline)
             except Timeout as exc:
                 if exc.closed:  # the stream was cut mid-frame and its transport closed
                     self.close()
@@ -344,7 +347,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             raise ChannelClosed(f"the peer closed {self!r}")
         deadline = None if timeout is None else deadline_after(timeout)
         try:
-            msg = self._port.recv_message(deadline, **extra)
+            msg = self._port.recv_message(deadline, **extra) if extra else self._port.recv_message(deadline)
         except ChannelClosed:
             self._eof = self._latch_eof
             raise
@@ -352,7 +355,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             if exc.closed:  # a byte stream cannot be resynchronised after a bad frame
                 self.close()
             raise
-        return msg.sid, msg.payload
+        sid, payload, _ = msg
+        return sid, payload
 
     def _decode(self, sid: int, view: memoryview) -> Any:
         s = self.serializer
