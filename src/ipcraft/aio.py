@@ -45,7 +45,8 @@ from typing import Any, Generic, TypeVar
 
 from . import _connect, _framing
 from ._channel import Listener as _SyncListener
-from ._channel import _no_extras, _NoPublicConstructor, bytes_view
+from ._channel import Queue as _SyncQueue
+from ._channel import _MessageIO, _no_extras, _NoPublicConstructor, bytes_view
 from ._endpoint import Endpoint
 from ._errors import os_error
 from ._framing import frame_parts
@@ -148,7 +149,7 @@ async def _in_thread(func: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
 class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
     """The async surface Channel and Queue share; each method mirrors the sync one of the same name."""
 
-    def __init__(self, sync: Any) -> None:
+    def __init__(self, sync: _MessageIO[Any]) -> None:
         self._sync = sync
         self._waiter = _FdWaiter(_fd_of(sync))
         self._thread_mode = self._waiter.fd is None
@@ -159,33 +160,33 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
 
     @property
     def endpoint(self) -> Endpoint | None:
-        return self._sync.endpoint  # type: ignore[no-any-return]
+        return self._sync.endpoint
 
     @property
     def peer(self) -> Peer:
-        return self._sync.peer  # type: ignore[no-any-return]
+        return self._sync.peer
 
     @property
     def authenticated(self) -> bool:
-        return self._sync.authenticated  # type: ignore[no-any-return]
+        return self._sync.authenticated
 
     @property
     def serializer(self) -> Serializer:
-        return self._sync.serializer  # type: ignore[no-any-return]
+        return self._sync.serializer
 
     @property
     def last_meta(self) -> dict[str, Any]:
-        return self._sync.last_meta  # type: ignore[no-any-return]
+        return self._sync.last_meta
 
     @property
     def closed(self) -> bool:
-        return self._sync.closed  # type: ignore[no-any-return]
+        return self._sync.closed
 
     def extra(self, name: str, default: Any = None) -> Any:
         return self._sync.extra(name, default)
 
     def fileno(self) -> int:
-        return self._sync.fileno()  # type: ignore[no-any-return]
+        return self._sync.fileno()
 
     def close(self) -> None:
         """Close the channel now (never waits); a task waiting on it gets HandleClosed."""
@@ -286,39 +287,46 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
 
     async def send(self, obj: _T, *, timeout: float | None = None, **extra: Any) -> None:
         """Serialize ``obj`` and send it as one message; as the sync ``send``."""
-        s = self._sync.serializer
-        await self._send(s.id, s.dumps(obj), timeout, extra)
+        sync = self._sync
+        await self._send(lambda t: sync.send(obj, timeout=t, **extra),
+                         lambda: (sync.serializer.id, sync.serializer.dumps(obj)), timeout, extra)
 
     async def send_bytes(self, data: Any, offset: int = 0, size: int | None = None, *,
                          timeout: float | None = None, **extra: Any) -> None:
         """Send bytes as one message; as the sync ``send_bytes``."""
-        await self._send(0, bytes_view(data, offset, size), timeout, extra)
-
-    async def _send(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
         sync = self._sync
-        mv = sync._outgoing(payload)
+        await self._send(lambda t: sync.send_bytes(data, offset, size, timeout=t, **extra),
+                         lambda: (0, bytes_view(data, offset, size)), timeout, extra)
+
+    async def _send(self, op: Callable[[float | None], None], frame: Callable[[], tuple[int, Any]],
+                    timeout: float | None, extra: dict[str, Any]) -> None:
+        """``op(timeout)`` is the sync send (public); ``frame() -> (sid, payload)`` what a byte stream
+        gets written, a piece at a time, by this task."""
+        sync = self._sync
         port = sync._open_port()
         deadline = deadline_after(timeout)
         with self._sending:
             if not isinstance(port, _STREAM_PORTS):
-                await self._send_message(sid, mv, deadline, timeout, extra)
+                await self._send_message(op, deadline, timeout)
+                return
+            stream = port.stream
+            if self._thread_mode or not stream.splits_writes:  # TLS: a worker thread sends the frame
+                await asyncio.to_thread(op, remaining(deadline))
                 return
             if extra:
                 _no_extras(sync, extra)
-            stream = port.stream
-            if self._thread_mode or not stream.splits_writes:  # TLS: a worker thread sends the frame
-                await asyncio.to_thread(sync._send_frame, sid, mv, remaining(deadline), extra)
-                return
+            sid, payload = frame()
+            mv = sync._outgoing(payload)  # the channel's size check, as its own send makes it
             with sync._sending:  # keeps sync senders in other threads off the stream meanwhile
                 parts = frame_parts(sid, mv) if isinstance(port, FramedStream) else port.parts(mv)
                 await self._send_stream(stream.write_some, parts, deadline, timeout)
 
-    async def _send_message(self, sid: int, mv: memoryview, deadline: float | None,
-                            timeout: float | None, extra: dict[str, Any]) -> None:
+    async def _send_message(self, op: Callable[[float | None], None], deadline: float | None,
+                            timeout: float | None) -> None:
         spins = 0
         while True:
             try:
-                self._sync._send_frame(sid, mv, 0, extra)  # whole message or nothing
+                op(0)  # a message port sends a whole message or nothing
                 return
             except Timeout:
                 pass
@@ -373,9 +381,11 @@ class Queue(_AsyncMessageIO[_T]):
     .. versionadded:: 0.1
     """
 
+    _sync: _SyncQueue[_T]
+
     @property
     def owner(self) -> bool:
-        return self._sync.owner  # type: ignore[no-any-return]
+        return self._sync.owner
 
     def unlink(self) -> None:
         self._sync.unlink()

@@ -15,6 +15,8 @@ from .._framing import END, MAX_LENGTH, FrameReader, frame_parts
 from ..errors import ChannelClosed, MessageTooLarge, PeerVanished, ProtocolError, Timeout
 from ._contract import NO_META, ByteStream, Message
 
+_new_tuple = tuple.__new__
+
 
 class FramedStream:
     """A :class:`~._contract.MessagePort` over a :class:`~._contract.ByteStream`.
@@ -23,6 +25,8 @@ class FramedStream:
     resynchronised) and raises ProtocolError with ``closed=True``; a frame over ``max_message_size``
     raises MessageTooLarge and is skipped as it arrives, the stream staying usable.
     """
+
+    __slots__ = ("_what", "reader", "stream")
 
     def __init__(self, stream: ByteStream, max_message_size: int, what: str) -> None:
         self.stream = stream
@@ -41,8 +45,8 @@ class FramedStream:
         try:
             while True:
                 frame = reader.next_frame()
-                if isinstance(frame, tuple):
-                    return Message(frame[0], frame[1], NO_META)
+                if frame.__class__ is tuple:  # (sid, payload): the common case, built without Python calls
+                    return _new_tuple(Message, (*frame, NO_META))
                 if frame is END:
                     raise ChannelClosed(f"the peer closed {self._what}")
                 reader.advance(stream.recv_into(reader.buffer(), deadline, reader.in_body))
