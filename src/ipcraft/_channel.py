@@ -356,7 +356,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     def _decode(self, sid: int, view: memoryview) -> Any:
         s = self.serializer
         if sid == s.id:
-            return s.loads(view)
+            return s.decode(view)
         if sid == 0:
             return view.tobytes()
         other = by_id(sid)

@@ -1,0 +1,209 @@
+"""Hostile and malformed input on the data side: every one is a typed error, nothing is left behind.
+
+Decoding (every serializer), endpoint parsing (names, hosts, option ranges, System V key 0),
+max_message_size on message transports, and the memory a frame header can make a receiver reserve.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+
+import ipcraft
+from ipcraft import _framing
+from ipcraft.errors import InvalidEndpoint, MessageTooLarge, ProtocolError
+from ipcraft.primitives.posix_mq import PosixMessageQueue
+from ipcraft.serializers import JSON, MSGPACK, PICKLE, RAW
+from ipcraft.testing import unique_name
+
+# -- 7: every serializer's decode -------------------------------------------------------------------
+
+BAD_PAYLOADS = {
+    "msgpack-container-as-map-key": (MSGPACK, b"\x81\x91\x01\x02"),
+    "msgpack-truncated": (MSGPACK, b"\x92\x01"),
+    "msgpack-reserved-byte": (MSGPACK, b"\xc1"),
+    "json-invalid-syntax": (JSON, b"{"),
+    "json-deep-nesting": (JSON, b"[" * 200_000 + b"]" * 200_000),
+    "json-bad-utf8": (JSON, b'"\xff"'),
+    "json-huge-integer": (JSON, b"1" * 50_000),
+    "pickle-truncated": (PICKLE, b"\x80\x05\x95"),
+    "pickle-unknown-opcode": (PICKLE, b"\xff"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PAYLOADS))
+def test_decode_turns_any_failure_into_protocol_error_with_cause(name: str) -> None:
+    """Crafted bytes raise ProtocolError from Serializer.decode, the decoder's exception chained."""
+    serializer, payload = BAD_PAYLOADS[name]
+    with pytest.raises(ProtocolError) as info:
+        serializer.decode(memoryview(payload))
+    assert info.value.__cause__ is not None, "the decoder's own exception is not chained"
+    assert serializer.name in str(info.value)
+
+
+def test_raw_decode_returns_bytes() -> None:
+    assert RAW.decode(memoryview(b"\xff\x00")) == b"\xff\x00"
+
+
+@pytest.mark.parametrize("name", ["msgpack-container-as-map-key", "json-deep-nesting", "json-bad-utf8"])
+def test_channel_recv_of_a_crafted_message_is_protocol_error_and_channel_stays_usable(name: str) -> None:
+    """Over a real pipe, a crafted payload is a ProtocolError on recv; the next message still arrives."""
+    serializer, payload = BAD_PAYLOADS[name]
+    a, b = ipcraft.pipe(serializer=serializer)
+    with a, b:
+        a.send_bytes(payload)  # send_bytes frames it as RAW: resend it with the serializer's id
+        raw = b.recv_bytes(timeout=5)
+        sock = socket.socket(fileno=os.dup(a.fileno()))
+        try:
+            sock.sendall(_framing.header(serializer.id, len(raw)) + raw)
+        finally:
+            sock.close()
+        with pytest.raises(ProtocolError):
+            b.recv(timeout=5)
+        a.send({"ok": 1})
+        assert b.recv(timeout=5) == {"ok": 1}
+
+
+# -- 8: endpoint parsing -----------------------------------------------------------------------------
+
+BAD_ENDPOINTS: list[tuple[str, str, dict[str, object]]] = [
+    ("queue", "mq://a\ud800b", {}),
+    ("queue", "ring://a\ud800b", {}),
+    ("queue", "fifo:///tmp/a\ud800b", {}),
+    ("queue", "file:///tmp/a\ud800b", {}),
+    ("listen", "unix:@a\ud800b", {}),
+    ("listen", "unix+seqpacket:///tmp/a\ud800b", {}),
+    ("connect", "tcp://" + "a" * 64 + ".example:1", {"insecure": True}),
+    ("connect", ("tcp://" + "a" * 60 + ".") * 5 + "x:1", {"insecure": True}),
+    ("listen", "tcp://a\ud800b:0", {"insecure": True}),
+    ("connect", "tcp://127.0.0.1:1", {"server_hostname": "a\ud800", "insecure": True}),
+    ("queue", "udp://127.0.0.1:0", {"recv_buffer": 2**40}),
+    ("listen", "tcp://127.0.0.1:0", {"backlog": 2**40, "insecure": True}),
+    ("queue", "mq://{name}", {"maxmsg": 2**40}),
+    ("queue", "mq://{name}", {"msgsize": 2**40}),
+    ("queue", "mq://{name}", {"max_message_size": 2**40}),
+    ("queue", "sysvmq://4242", {"qbytes": 2**70}),
+    ("queue", "fifo://{dir}/f", {"pipe_size": 2**40}),
+    ("queue", "ring://{name}", {"capacity": 2**60}),
+    ("listen", "shm://{name}", {"capacity": 2**31}),
+    ("listen", "unix://{dir}/s", {"backlog": 2**40}),
+    ("listen", "unix://{dir}/s", {"handshake_timeout": 1e300}),
+    ("listen", "unix://{dir}/s", {"allowed_uids": "1,-2"}),
+    ("listen", "unix://{dir}/s", {"allowed_uids": [2**40]}),
+    ("queue", "unix+dgram://{dir}/d", {"recv_buffer": -1}),
+    ("queue", "mq://{name}", {"serializer": 5}),
+    ("queue", "sysvmq://0", {}),
+    ("queue", "sysvmq://0x0", {}),
+]
+
+
+def _leftovers(tmp: str, name: str) -> list[str]:
+    found = [f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if name in n]
+    found += [os.path.join(tmp, n) for n in os.listdir(tmp)]
+    try:
+        q = PosixMessageQueue.open("/" + name)
+    except FileNotFoundError:
+        pass
+    else:
+        q.unlink()
+        q.close()
+        found.append(f"mq /{name}")
+    return found
+
+
+@pytest.mark.parametrize("case", range(len(BAD_ENDPOINTS)),
+                         ids=[ascii(u)[1:40] + "-" + ",".join(o) for _, u, o in BAD_ENDPOINTS])
+def test_bad_endpoint_is_invalid_endpoint_and_creates_nothing(case: int, tmp_ipc_dir: str) -> None:
+    """Every malformed address or out-of-range option is an InvalidEndpoint before any object exists."""
+    kind, url, options = BAD_ENDPOINTS[case]
+    name = unique_name("hostile")
+    url = url.format(name=name, dir=tmp_ipc_dir)
+    kwargs: dict[str, object] = dict(options)
+    if kind == "queue":
+        kwargs["create"] = True
+    if kind == "connect":
+        kwargs["timeout"] = 1
+    with pytest.raises(InvalidEndpoint):
+        getattr(ipcraft, kind)(url, **kwargs).close()
+    assert _leftovers(tmp_ipc_dir, name) == []
+
+
+def test_sysvmq_key_zero_is_refused_with_the_reason() -> None:
+    """Key 0 is IPC_PRIVATE: msgget would make a fresh unnamed queue per open, so it is refused."""
+    with pytest.raises(InvalidEndpoint, match="IPC_PRIVATE"):
+        ipcraft.queue("sysvmq://0", create="if_missing")
+
+
+# -- 11: max_message_size on receive for every message transport ------------------------------------
+
+@pytest.mark.parametrize("scheme", ["ring", "mq", "sysvmq"])
+def test_max_message_size_is_enforced_on_receive(scheme: str) -> None:
+    """A receiver with a smaller max_message_size refuses a larger message (discarded) and stays usable."""
+    from ipcraft.testing import unique_key
+
+    address = str(unique_key()) if scheme == "sysvmq" else unique_name("mms")
+    url = f"{scheme}://{address}"
+    with ipcraft.queue(url, create=True) as w, ipcraft.queue(url, create=False, max_message_size=100) as r:
+        w.send_bytes(b"x" * 1000)
+        w.send(b"y" * 1000)
+        w.send_bytes(b"small")
+        with pytest.raises(MessageTooLarge) as info:
+            r.recv_bytes(timeout=5)
+        assert info.value.limit == 100
+        with pytest.raises(MessageTooLarge):
+            r.recv(timeout=5)
+        assert r.recv_bytes(timeout=5) == b"small"
+
+
+# -- 12: memory before payload -----------------------------------------------------------------------
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_a_frame_header_alone_reserves_no_memory() -> None:
+    """Headers announcing 256 MiB payloads on 3 connections cost the receiver almost nothing until
+    bytes arrive: its buffers grow with the data received (RSS measured; bound +32 MiB)."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    readers = [_framing.FrameReader() for _ in pairs]
+    before = _rss_kib()
+    try:
+        for a, _ in pairs:
+            a.sendall(_framing.header(3, _framing.DEFAULT_MAX_MESSAGE_SIZE) + b"\x00" * 100)
+        for (_, b), reader in zip(pairs, readers, strict=True):
+            for _ in range(2):
+                while reader.next_frame() is _framing.NEED_DATA:
+                    buf = reader.buffer()
+                    b.setblocking(False)
+                    try:
+                        n = b.recv_into(buf)
+                    except BlockingIOError:
+                        break
+                    reader.advance(n)
+        grown = _rss_kib() - before
+        assert grown < 32 * 1024, f"three 256 MiB headers made the receiver grow by {grown} KiB"
+        print(f"RSS growth after three 256 MiB headers: {grown} KiB (bound 32768 KiB)", file=sys.stderr)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_a_large_message_still_arrives_whole_when_buffers_grow() -> None:
+    """A 20 MiB message sent in pieces arrives intact through a reader that grows its buffer."""
+    payload = bytes(range(256)) * (20 * 4096)
+    reader = _framing.FrameReader()
+    data = _framing.header(0, len(payload)) + payload + _framing.header(0, 3) + b"end"
+    for i in range(0, len(data), 700_001):
+        reader.feed(data[i:i + 700_001])
+    sid, body = reader.next_frame()  # type: ignore[misc]
+    assert (sid, bytes(body)) == (0, payload)
+    sid, body = reader.next_frame()  # type: ignore[misc]
+    assert (sid, bytes(body)) == (0, b"end")
