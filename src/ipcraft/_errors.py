@@ -105,8 +105,9 @@ def lock_error(err: int, what: str, filename: str | None = None,
 
     "Would block" (EAGAIN/EWOULDBLOCK/EBUSY/EACCES from a non-blocking try, ETIMEDOUT) is a
     :class:`Timeout`; EOWNERDEAD is :class:`OwnerDied`; EPERM from a release is a RuntimeError (as
-    threading says "release unlocked lock"); EDEADLK and ENOTRECOVERABLE stay OSErrors with their errno
-    and a sentence saying what happened.  Anything else goes through :func:`os_error`.
+    threading says "release unlocked lock"); EPROTO (a corrupt mutex, refused before pthread read it)
+    is a :class:`ProtocolError`; EDEADLK and ENOTRECOVERABLE stay OSErrors with their errno and a
+    sentence saying what happened.  Anything else goes through :func:`os_error`.
     """
     if err in (_errno.EAGAIN, _errno.EBUSY, _errno.EACCES, _errno.ETIMEDOUT):
         return Timeout(f"{what}: timed out")
@@ -120,6 +121,10 @@ def lock_error(err: int, what: str, filename: str | None = None,
     if err == _errno.ENOTRECOVERABLE:
         return OSError(err, f"{what}: not recoverable: an owner died and the next holder released it "
                             "without make_consistent(); initialise it again with create()")
+    if err == _errno.EPROTO:
+        return ProtocolError(f"{what}: the mutex's words in shared memory are corrupt (values pthread never "
+                             "writes: another process scribbled on them); it was left untouched. Initialise "
+                             "it again with create() once nobody uses it")
     return os_error(err, what, filename, limits)
 
 
