@@ -17,7 +17,7 @@ from ipcraft import _framing
 from ipcraft.errors import InvalidEndpoint, MessageTooLarge, ProtocolError
 from ipcraft.primitives.posix_mq import PosixMessageQueue
 from ipcraft.serializers import JSON, MSGPACK, PICKLE, RAW
-from ipcraft.testing import unique_name
+from ipcraft.testing import unique_key, unique_name
 
 # -- 7: every serializer's decode -------------------------------------------------------------------
 
@@ -35,10 +35,11 @@ BAD_PAYLOADS = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_PAYLOADS))
-def test_decode_turns_any_failure_into_protocol_error_with_cause(name: str) -> None:
-    """Crafted bytes raise ProtocolError from Serializer.decode, the decoder's exception chained."""
+def test_decode_turns_any_failure_into_protocol_error_with_cause(name: str, peak_rss) -> None:  # type: ignore[no-untyped-def]
+    """Crafted bytes raise ProtocolError from Serializer.decode, the decoder's exception chained; the
+    decoder's peak memory stays within 64 MiB."""
     serializer, payload = BAD_PAYLOADS[name]
-    with pytest.raises(ProtocolError) as info:
+    with peak_rss(64 * 1024, f"decoding {name}"), pytest.raises(ProtocolError) as info:
         serializer.decode(memoryview(payload))
     assert info.value.__cause__ is not None, "the decoder's own exception is not chained"
     assert serializer.name in str(info.value)
@@ -140,56 +141,45 @@ def test_sysvmq_key_zero_is_refused_with_the_reason() -> None:
 # -- 11: max_message_size on receive for every message transport ------------------------------------
 
 @pytest.mark.parametrize("scheme", ["ring", "mq", "sysvmq"])
-def test_max_message_size_is_enforced_on_receive(scheme: str) -> None:
-    """A receiver with a smaller max_message_size refuses a larger message (discarded) and stays usable."""
-    from ipcraft.testing import unique_key
-
+def test_max_message_size_is_enforced_on_receive(scheme: str, peak_rss) -> None:  # type: ignore[no-untyped-def]
+    """A receiver with a smaller max_message_size refuses a larger message (discarded) and stays usable;
+    its peak memory stays within 16 MiB."""
     address = str(unique_key()) if scheme == "sysvmq" else unique_name("mms")
     url = f"{scheme}://{address}"
     with ipcraft.queue(url, create=True) as w, ipcraft.queue(url, create=False, max_message_size=100) as r:
         w.send_bytes(b"x" * 1000)
         w.send(b"y" * 1000)
         w.send_bytes(b"small")
-        with pytest.raises(MessageTooLarge) as info:
-            r.recv_bytes(timeout=5)
-        assert info.value.limit == 100
-        with pytest.raises(MessageTooLarge):
-            r.recv(timeout=5)
+        with peak_rss(16 * 1024, f"refusing large messages on {scheme}://"):
+            with pytest.raises(MessageTooLarge) as info:
+                r.recv_bytes(timeout=5)
+            assert info.value.limit == 100
+            with pytest.raises(MessageTooLarge):
+                r.recv(timeout=5)
         assert r.recv_bytes(timeout=5) == b"small"
 
 
 # -- 12: memory before payload -----------------------------------------------------------------------
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def test_a_frame_header_alone_reserves_no_memory() -> None:
+def test_a_frame_header_alone_reserves_no_memory(peak_rss) -> None:  # type: ignore[no-untyped-def]
     """Headers announcing 256 MiB payloads on 3 connections cost the receiver almost nothing until
-    bytes arrive: its buffers grow with the data received (RSS measured; bound +32 MiB)."""
+    bytes arrive: its buffers grow with the data received (peak RSS measured; bound +32 MiB)."""
     pairs = [socket.socketpair() for _ in range(3)]
     readers = [_framing.FrameReader() for _ in pairs]
-    before = _rss_kib()
     try:
-        for a, _ in pairs:
-            a.sendall(_framing.header(3, _framing.DEFAULT_MAX_MESSAGE_SIZE) + b"\x00" * 100)
-        for (_, b), reader in zip(pairs, readers, strict=True):
-            for _ in range(2):
+        with peak_rss(32 * 1024, "three 256 MiB headers") as growth:
+            for a, _ in pairs:
+                a.sendall(_framing.header(3, _framing.DEFAULT_MAX_MESSAGE_SIZE) + b"\x00" * 100)
+            for (_, b), reader in zip(pairs, readers, strict=True):
+                b.setblocking(False)
                 while reader.next_frame() is _framing.NEED_DATA:
-                    buf = reader.buffer()
-                    b.setblocking(False)
                     try:
-                        n = b.recv_into(buf)
+                        n = b.recv_into(reader.buffer())
                     except BlockingIOError:
                         break
                     reader.advance(n)
-        grown = _rss_kib() - before
-        assert grown < 32 * 1024, f"three 256 MiB headers made the receiver grow by {grown} KiB"
-        print(f"RSS growth after three 256 MiB headers: {grown} KiB (bound 32768 KiB)", file=sys.stderr)
+                assert reader.in_body and reader.buffered == 100
+        print(f"peak RSS growth after three 256 MiB headers: {growth.kib} KiB (bound 32768 KiB)", file=sys.stderr)
     finally:
         for a, b in pairs:
             a.close()

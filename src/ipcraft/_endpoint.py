@@ -251,7 +251,8 @@ class Endpoint:
         rest, _, query = rest.partition("?")
         if "#" in query or "#" in rest:
             raise InvalidEndpoint(f"{url!r}: a fragment (#...) has no meaning in an ipcraft URL")
-        address = _parse_address(info, urllib.parse.unquote(rest), url)
+        # %-escapes that are not UTF-8 stand for the raw bytes of a file name (as os.fsdecode does)
+        address = _parse_address(info, urllib.parse.unquote(rest, errors="surrogateescape"), url)
         raw: dict[str, Any] = {}
         try:
             pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -290,7 +291,7 @@ class Endpoint:
 
 
 def _quote(s: str) -> str:
-    return urllib.parse.quote(s, safe="/@:[]")
+    return urllib.parse.quote(s, safe="/@:[]", errors="surrogateescape")
 
 
 def _format_option(key: str, v: Any) -> str:
