@@ -331,9 +331,9 @@ def _convert_options(info: Scheme, raw: Mapping[str, Any], url: str) -> dict[str
 def _check_capacity(scheme: str, capacity: int) -> None:
     """The largest ring each shared-memory scheme can lay out (its index arithmetic's limit)."""
     if scheme == "shm":
-        from ._ring import MAX_CAPACITY
+        from ._rings.spsc import MAX_CAPACITY
     else:
-        from ._mpmc import MAX_CAPACITY
+        from ._rings.mpmc import MAX_CAPACITY
     if capacity > MAX_CAPACITY:
         raise ValueError(f"a {scheme}:// ring holds at most {MAX_CAPACITY} bytes")
 
