@@ -292,14 +292,16 @@ def mpmc_error(rc: int, what: str, *, size: int | None = None, limit: int | None
                limit_source: str = "") -> Exception:
     """The exception for ``-errno`` ``rc`` from a ring:// or file:// queue operation (_native.MpmcPort).
 
-    The queue reports its own conditions with errnos: EPROTO (the shared cursors are out of range: the
-    queue is corrupt), EBADMSG (a corrupt record: what was pending was discarded, the queue is usable
-    again), EMSGSIZE (a message that can never fit the ring), ETIMEDOUT, EBADF (closed meanwhile).
+    The queue reports its own conditions with errnos: EPROTO (the shared cursors are out of range or
+    misaligned, or a lock's words are corrupt: the queue is corrupt), EBADMSG (a corrupt record: what
+    was pending was discarded, the queue is usable again), EMSGSIZE (a message that can never fit the
+    ring), ETIMEDOUT, EBADF (closed meanwhile).
     """
     err = -rc
     if err == _errno.EPROTO:
-        return ProtocolError(f"{what}: the queue's shared header is corrupt (its cursors are out of range); "
-                             "it cannot be used until it is created anew")
+        return ProtocolError(f"{what}: the queue's shared header is corrupt (its cursors are out of range or "
+                             "not record-aligned, or a lock's words hold values pthread never writes); it "
+                             "cannot be used until it is created anew")
     if err == _errno.EBADMSG:
         return ProtocolError(f"{what}: a corrupt record (its length check failed); every message pending "
                              "in the queue was discarded, since the next record boundary cannot be "

@@ -17,9 +17,13 @@
  *            FUTEX_OWNER_DIED bits are legitimate;
  *   __owner  0, a possible thread id, or glibc's PTHREAD_MUTEX_INCONSISTENT / NOTRECOVERABLE;
  *   __count  0 or 1 (these mutexes are never recursive);
- *   __list   before an unlock: both links point at this thread's robust-list head (the kernel's
- *            get_robust_list) or at the list entry of another mutex this thread took through here.
- *            A thread holding more than HELD_MAX such mutexes at once skips this check for the rest.
+ *   __list   before an unlock of a mutex this thread holds: glibc unlinks it from the thread's
+ *            robust list by writing through these two links.  They are this thread's own
+ *            bookkeeping, and this file keeps its own record of them (the mutexes it locked, in
+ *            order, and the list head from get_robust_list): links that differ from the record are
+ *            rewritten from it, then glibc unlocks as usual.  When the record is not the whole list
+ *            (other code of this thread holds robust mutexes too, or more than HELD_MAX are held),
+ *            each link must at least point at the head or at a mutex this thread holds, else EPROTO.
  *
  * And one glibc bug is worked around: pthread_mutex_trylock on a robust mutex that is not
  * recoverable (an owner died and the next holder released it without pthread_mutex_consistent)
@@ -35,6 +39,7 @@
 #include <linux/futex.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -113,15 +118,61 @@ static int check_words(pthread_mutex_t *m)
 
 static void *list_entry(pthread_mutex_t *m) { return (void *)&m->__data.__list.__next; }
 
+static void *unflagged(void *link) { return (void *)((uintptr_t)link & ~(uintptr_t)1); }
+
+/* The links glibc gave `held[k]` when it was locked (ENQUEUE_MUTEX): newer entries are pushed at the
+ * head, so its __next is the entry locked just before it (or the head) and its __prev the entry
+ * locked just after it (or the head).  Valid only while this thread's robust list is exactly
+ * held[] (see records_match). */
+static void expected_links(int k, void **next, void **prev)
+{
+    *next = k == 0 ? robust_head : list_entry(held[k - 1]);
+    *prev = k == nheld - 1 ? robust_head : list_entry(held[k + 1]);
+}
+
+/* Whether this thread's robust list is exactly the mutexes in held[], newest first: its head points
+ * at the newest, and nothing overflowed.  (Not so when other code of this thread holds robust
+ * mutexes of its own.) */
+static int records_match(void)
+{
+    if (robust_head == NULL || held_overflow || nheld == 0)
+        return 0;
+    void *first = __atomic_load_n((void **)robust_head, __ATOMIC_RELAXED);
+    return unflagged(first) == list_entry(held[nheld - 1]);
+}
+
 static int link_ok(void *link)
 {
-    void *p = (void *)((uintptr_t)link & ~(uintptr_t)1);
+    void *p = unflagged(link);
     if (p == robust_head)
         return 1;
     for (int i = 0; i < nheld; i++)
         if (p == list_entry(held[i]))
             return 1;
     return 0;
+}
+
+/* Before glibc unlinks `m` (held by this thread) from the robust list through m's own links: when
+ * this file's records are the whole list, links that differ from them are rewritten from them
+ * (they are this thread's bookkeeping, which another process scribbled on); otherwise each link
+ * must at least point at the head or at an entry this thread holds.  0, or EPROTO. */
+static int check_links(pthread_mutex_t *m)
+{
+    void **next_p = (void **)&m->__data.__list.__next, **prev_p = (void **)&m->__data.__list.__prev;
+    void *next = __atomic_load_n(next_p, __ATOMIC_RELAXED), *prev = __atomic_load_n(prev_p, __ATOMIC_RELAXED);
+    int k = nheld - 1;
+    while (k >= 0 && held[k] != m)
+        k--;
+    if (k >= 0 && records_match()) {
+        void *want_next, *want_prev;
+        expected_links(k, &want_next, &want_prev);
+        if (unflagged(next) != want_next)
+            __atomic_store_n(next_p, want_next, __ATOMIC_RELAXED);
+        if (unflagged(prev) != want_prev)
+            __atomic_store_n(prev_p, want_prev, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return held_overflow || (link_ok(next) && link_ok(prev)) ? 0 : EPROTO;
 }
 
 static void remember(pthread_mutex_t *m)
@@ -133,7 +184,7 @@ static void remember(pthread_mutex_t *m)
             robust_head = head;
     }
     if (nheld < HELD_MAX)
-        held[nheld++] = m;
+        held[nheld++] = m; /* in locking order, as glibc's list (newest at its head) */
     else
         held_overflow++;
 }
@@ -142,7 +193,8 @@ static void forget(pthread_mutex_t *m)
 {
     for (int i = nheld - 1; i >= 0; i--)
         if (held[i] == m) {
-            held[i] = held[--nheld];
+            memmove(&held[i], &held[i + 1], (size_t)(nheld - 1 - i) * sizeof held[0]);
+            nheld--;
             return;
         }
     if (held_overflow > 0)
@@ -195,13 +247,8 @@ int ipc_robust_unlock(pthread_mutex_t *m)
     if (rc)
         return rc;
     unsigned lock = (unsigned)load_int(&m->__data.__lock);
-    if ((lock & FUTEX_TID_MASK) == current_tid()) {
-        /* Held by this thread: glibc will unlink it from the robust list through its links. */
-        void *next = __atomic_load_n(&m->__data.__list.__next, __ATOMIC_RELAXED);
-        void *prev = __atomic_load_n(&m->__data.__list.__prev, __ATOMIC_RELAXED);
-        if (held_overflow == 0 && (!link_ok(next) || !link_ok(prev)))
-            return EPROTO;
-    }
+    if ((lock & FUTEX_TID_MASK) == current_tid() && (rc = check_links(m)) != 0)
+        return rc; /* held by this thread: glibc will unlink it from the robust list through its links */
     rc = pthread_mutex_unlock(m);
     if (rc == 0)
         forget(m);
