@@ -17,13 +17,13 @@
  *            FUTEX_OWNER_DIED bits are legitimate;
  *   __owner  0, a possible thread id, or glibc's PTHREAD_MUTEX_INCONSISTENT / NOTRECOVERABLE;
  *   __count  0 or 1 (these mutexes are never recursive);
- *   __list   before an unlock of a mutex this thread holds: glibc unlinks it from the thread's
- *            robust list by writing through these two links.  They are this thread's own
- *            bookkeeping, and this file keeps its own record of them (the mutexes it locked, in
- *            order, and the list head from get_robust_list): links that differ from the record are
- *            rewritten from it, then glibc unlocks as usual.  When the record is not the whole list
- *            (other code of this thread holds robust mutexes too, or more than HELD_MAX are held),
- *            each link must at least point at the head or at a mutex this thread holds, else EPROTO.
+ *   __list   glibc's unlock unlinks the mutex from the thread's robust list by writing through
+ *            these two links, which another process can rewrite at any moment.  So this file keeps
+ *            its own record of the thread's list (the mutexes it locked, in order, and the head from
+ *            get_robust_list) and unlocks from that record, never reading the links
+ *            (unlock_from_records).  Only when the record is not the whole list (other code of this
+ *            thread holds robust mutexes too, or more than HELD_MAX are held) does glibc unlock, after
+ *            a check that each link points at the head or at a mutex this thread holds (EPROTO if not).
  *
  * And one glibc bug is worked around: pthread_mutex_trylock on a robust mutex that is not
  * recoverable (an owner died and the next holder released it without pthread_mutex_consistent)
@@ -152,27 +152,42 @@ static int link_ok(void *link)
     return 0;
 }
 
-/* Before glibc unlinks `m` (held by this thread) from the robust list through m's own links: when
- * this file's records are the whole list, links that differ from them are rewritten from them
- * (they are this thread's bookkeeping, which another process scribbled on); otherwise each link
- * must at least point at the head or at an entry this thread holds.  0, or EPROTO. */
+/* Before glibc unlinks `m` (held by this thread, not known to held[] as the whole list) from the
+ * robust list through m's own links: each link must at least point at the head or at an entry this
+ * thread holds.  0, or EPROTO. */
 static int check_links(pthread_mutex_t *m)
 {
-    void **next_p = (void **)&m->__data.__list.__next, **prev_p = (void **)&m->__data.__list.__prev;
-    void *next = __atomic_load_n(next_p, __ATOMIC_RELAXED), *prev = __atomic_load_n(prev_p, __ATOMIC_RELAXED);
-    int k = nheld - 1;
-    while (k >= 0 && held[k] != m)
-        k--;
-    if (k >= 0 && records_match()) {
-        void *want_next, *want_prev;
-        expected_links(k, &want_next, &want_prev);
-        if (unflagged(next) != want_next)
-            __atomic_store_n(next_p, want_next, __ATOMIC_RELAXED);
-        if (unflagged(prev) != want_prev)
-            __atomic_store_n(prev_p, want_prev, __ATOMIC_RELAXED);
-        return 0;
-    }
+    void *next = __atomic_load_n((void **)&m->__data.__list.__next, __ATOMIC_RELAXED);
+    void *prev = __atomic_load_n((void **)&m->__data.__list.__prev, __ATOMIC_RELAXED);
     return held_overflow || (link_ok(next) && link_ok(prev)) ? 0 : EPROTO;
+}
+
+/* Unlock held[k], which this thread holds, when held[] is its whole robust list: what glibc's
+ * __pthread_mutex_unlock_full does for a robust, non-PI mutex (2.36, the ROBUST_* cases), except that
+ * the neighbours in the list are taken from held[], never from m's links.  Those links lie in shared
+ * memory, where any process that maps it may rewrite them at any moment, even between a check and
+ * glibc's use: glibc would then write through a wild pointer.  The order of the steps is glibc's, so
+ * the kernel's robust-list walk at thread death sees the same states (list_op_pending first). */
+static void unlock_from_records(pthread_mutex_t *m, int k)
+{
+    struct robust_list_head *head = robust_head;
+    void *older, *newer;
+    expected_links(k, &older, &newer);
+    __atomic_store_n(&head->list_op_pending, (struct robust_list *)list_entry(m), __ATOMIC_RELAXED);
+    __asm__ __volatile__("" ::: "memory");
+    /* DEQUEUE_MUTEX: the older neighbour's __prev (glibc's robust_prev slot for the head) and the
+     * newer neighbour's __next (the head's list pointer) skip m. */
+    *(void **)((char *)older - sizeof(void *)) = newer;
+    *(void **)newer = older;
+    __atomic_store_n((void **)&m->__data.__list.__prev, NULL, __ATOMIC_RELAXED);
+    __atomic_store_n((void **)&m->__data.__list.__next, NULL, __ATOMIC_RELAXED);
+    int owner = __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->__data.__owner, owner == OWNER_INCONSISTENT ? OWNER_NOTRECOVERABLE : 0, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&m->__data.__nusers, 1, __ATOMIC_RELAXED);
+    if ((unsigned)__atomic_exchange_n(&m->__data.__lock, 0, __ATOMIC_RELEASE) & FUTEX_WAITERS)
+        syscall(SYS_futex, &m->__data.__lock, FUTEX_WAKE, 1, NULL, NULL, 0);
+    __asm__ __volatile__("" ::: "memory");
+    __atomic_store_n(&head->list_op_pending, NULL, __ATOMIC_RELAXED);
 }
 
 static void remember(pthread_mutex_t *m)
@@ -243,12 +258,25 @@ int ipc_robust_lock(pthread_mutex_t *m)
 
 int ipc_robust_unlock(pthread_mutex_t *m)
 {
+    unsigned lock = (unsigned)load_int(&m->__data.__lock);
+    int mine = (lock & FUTEX_TID_MASK) == current_tid();
+    if (mine) {
+        int k = nheld - 1;
+        while (k >= 0 && held[k] != m)
+            k--;
+        if (k >= 0 && records_match()) { /* whatever the other words say now: it is this thread's */
+            unlock_from_records(m, k);
+            forget(m);
+            return 0;
+        }
+    }
     int rc = check_words(m);
     if (rc)
         return rc;
-    unsigned lock = (unsigned)load_int(&m->__data.__lock);
-    if ((lock & FUTEX_TID_MASK) == current_tid() && (rc = check_links(m)) != 0)
-        return rc; /* held by this thread: glibc will unlink it from the robust list through its links */
+    if (!mine)
+        return EPERM; /* as glibc would say, without asking it (see unlock_from_records) */
+    if ((rc = check_links(m)) != 0)
+        return rc; /* glibc will unlink it from the robust list through its links */
     rc = pthread_mutex_unlock(m);
     if (rc == 0)
         forget(m);
