@@ -328,14 +328,15 @@ def _convert_options(info: Scheme, raw: Mapping[str, Any], url: str) -> dict[str
     return out
 
 
+#: The largest ``capacity=`` each shared-memory scheme lays out (its index arithmetic's limit); the
+#: ring engines (_rings.spsc for shm://, _rings.mpmc for ring:// and file://) take theirs from here.
+MAX_RING_CAPACITY: Mapping[str, int] = types.MappingProxyType({"shm": 1 << 30, "ring": 1 << 32, "file": 1 << 32})
+
+
 def _check_capacity(scheme: str, capacity: int) -> None:
-    """The largest ring each shared-memory scheme can lay out (its index arithmetic's limit)."""
-    if scheme == "shm":
-        from ._rings.spsc import MAX_CAPACITY
-    else:
-        from ._rings.mpmc import MAX_CAPACITY
-    if capacity > MAX_CAPACITY:
-        raise ValueError(f"a {scheme}:// ring holds at most {MAX_CAPACITY} bytes")
+    limit = MAX_RING_CAPACITY[scheme]
+    if capacity > limit:
+        raise ValueError(f"a {scheme}:// ring holds at most {limit} bytes")
 
 
 def _check_host(host: str) -> None:

@@ -94,21 +94,13 @@ def _bad_magic(magic: int) -> ProtocolError:
 
 
 def check_message_header(msg: memoryview, max_message_size: int) -> tuple[int, memoryview]:
-    """Split one whole message of a message transport into ``(sid, payload)``, validating it.
-
-    Raises ProtocolError for a malformed header and MessageTooLarge for a payload over
-    ``max_message_size`` (the message was already taken from the queue: it is discarded).
-    """
+    """Split one whole message of a message transport into ``(sid, payload)``, validating it."""
     if len(msg) < HEADER_SIZE:
         raise ProtocolError(f"a {len(msg)}-byte message is shorter than the {HEADER_SIZE}-byte header")
     sid, length = parse_header(msg, max_message_size)
     if length != len(msg) - HEADER_SIZE:
         raise ProtocolError(f"the header announces {length} bytes but the message carries "
                             f"{len(msg) - HEADER_SIZE}")
-    if length > max_message_size:
-        raise MessageTooLarge(f"a writer sent a {length}-byte message; this handle's max_message_size is "
-                              f"{max_message_size} (the message is discarded; raise max_message_size= to "
-                              "allow it)", length, max_message_size)
     return sid, msg[HEADER_SIZE:]
 
 

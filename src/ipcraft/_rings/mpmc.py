@@ -99,6 +99,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from .. import _framing, _native
+from .._endpoint import MAX_RING_CAPACITY
 from .._errors import mpmc_error
 from .._wait import remaining
 from ..errors import LimitExceeded, ProtocolError
@@ -108,7 +109,7 @@ MAGIC: Final = int.from_bytes(b"IPCRAFTQ", "little")
 VERSION: Final = 1
 HEADER_SIZE: Final = 4096
 MIN_CAPACITY: Final = 4096
-MAX_CAPACITY: Final = 1 << 32
+MAX_CAPACITY: Final = MAX_RING_CAPACITY["ring"]
 DEFAULT_CAPACITY: Final = 4 * 1024 * 1024
 OFF_MAGIC: Final = 0
 OFF_VERSION: Final = 8
@@ -403,7 +404,7 @@ class MpmcPort:
         port.fd_user = True  # receive by the general path from now on: it re-arms the fd
         return fd
 
-    def fast_path(self) -> tuple[object, object]:
+    def fast_path(self) -> tuple[Callable[..., bool], Callable[[], bytes | None]]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for the channel."""
         port = self._live()
         return port.try_send, port.try_recv
