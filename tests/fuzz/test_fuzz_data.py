@@ -64,18 +64,18 @@ def test_fuzz_frame_reader() -> None:
     assert run_fuzz("frame reader", strategy, _read_stream) > 0
 
 
-def _message(case: tuple[bytes, int]) -> None:
-    msg, max_size = case
+def _message(msg: bytes) -> None:
     try:
-        sid, payload = _framing.check_message_header(memoryview(msg), max_size)
-    except (ProtocolError, MessageTooLarge):
+        sid, payload = _framing.check_message_header(memoryview(msg), len(msg))
+    except ProtocolError:
         return
-    assert len(payload) == len(msg) - _framing.HEADER_SIZE <= max_size and 0 <= sid <= 255
+    assert len(payload) == len(msg) - _framing.HEADER_SIZE and 0 <= sid <= 255
 
 
 def test_fuzz_message_header() -> None:
-    """Whole messages of message transports (mq, sysvmq, rings, datagrams): typed errors only."""
-    assert run_fuzz("message header", st.tuples(seeded_bytes("frames", 512), st.integers(0, 2**32)), _message) > 0
+    """Whole messages of message transports (mq, sysvmq, rings, datagrams): a header that announces
+    exactly the bytes that follow, or ProtocolError.  (The size limit is the channel's, tested apart.)"""
+    assert run_fuzz("message header", seeded_bytes("frames", 512), _message) > 0
 
 
 # -- endpoints --------------------------------------------------------------------------------------
