@@ -12,7 +12,7 @@
  *
  * The checks, for the glibc x86_64/aarch64 layout of struct __pthread_mutex_s:
  *   __kind   exactly what pthread_mutex_init gives a process-shared robust mutex of a normal or
- *            error-checking type (learnt at first use from a mutex initialised here);
+ *            error-checking type (learnt at import from mutexes initialised here: ipc_robust_setup);
  *   __lock   its thread-id bits (FUTEX_TID_MASK) at most PID_MAX_LIMIT; the FUTEX_WAITERS and
  *            FUTEX_OWNER_DIED bits are legitimate;
  *   __owner  0, a possible thread id, or glibc's PTHREAD_MUTEX_INCONSISTENT / NOTRECOVERABLE;
@@ -24,6 +24,11 @@
  *            (unlock_from_records).  Only when the record is not the whole list (other code of this
  *            thread holds robust mutexes too, or more than HELD_MAX are held) does glibc unlock, after
  *            a check that each link points at the head or at a mutex this thread holds (EPROTO if not).
+ *
+ * What remains: a check and glibc's own read of the same word are not one atomic step, so a process
+ * that rewrites a mutex's kind or lock word in the few nanoseconds between them can still steer
+ * glibc's *lock* path (to an error, or to an assertion on the priority-inheritance path).  The unlock
+ * of a mutex this thread holds reads nothing that another process can write.
  *
  * And one glibc bug is worked around: pthread_mutex_trylock on a robust mutex that is not
  * recoverable (an owner died and the next holder released it without pthread_mutex_consistent)
