@@ -117,8 +117,9 @@ def _leftovers(tmp: str, name: str) -> list[str]:
 
 @pytest.mark.parametrize("case", range(len(BAD_ENDPOINTS)),
                          ids=[ascii(u)[1:40] + "-" + ",".join(o) for _, u, o in BAD_ENDPOINTS])
-def test_bad_endpoint_is_invalid_endpoint_and_creates_nothing(case: int, tmp_ipc_dir: str) -> None:
-    """Every malformed address or out-of-range option is an InvalidEndpoint before any object exists."""
+def test_bad_endpoint_is_invalid_endpoint_and_creates_nothing(case: int, tmp_ipc_dir: str, peak_rss) -> None:  # type: ignore[no-untyped-def]
+    """Every malformed address or out-of-range option is an InvalidEndpoint before any object exists
+    (peak RSS within 16 MiB: no option value makes anything large)."""
     kind, url, options = BAD_ENDPOINTS[case]
     name = unique_name("hostile")
     url = url.format(name=name, dir=tmp_ipc_dir)
@@ -127,7 +128,7 @@ def test_bad_endpoint_is_invalid_endpoint_and_creates_nothing(case: int, tmp_ipc
         kwargs["create"] = True
     if kind == "connect":
         kwargs["timeout"] = 1
-    with pytest.raises(InvalidEndpoint):
+    with peak_rss(16 * 1024, f"refusing {url!a}"), pytest.raises(InvalidEndpoint):
         getattr(ipcraft, kind)(url, **kwargs).close()
     assert _leftovers(tmp_ipc_dir, name) == []
 

@@ -12,6 +12,7 @@ import errno
 import mmap
 import random
 import time
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,14 @@ FIELDS = {"lock": (0, 4), "count": (4, 4), "owner": (8, 4), "nusers": (12, 4), "
 OFFSET = 64
 
 
-def _scribble_and_use(buf: mmap.mmap, field: str, seed: int, held: bool) -> list[str]:
-    """In the child: scribble ``field`` (while holding the mutex if ``held``), then use the mutex."""
+def _scribble_and_use(buf: mmap.mmap, field: str, seed: int, held: bool, peak_rss: Any) -> list[str]:
+    """In the child: scribble ``field`` (while holding the mutex if ``held``), then use the mutex
+    (peak RSS within 16 MiB)."""
+    with peak_rss(16 * 1024, f"a mutex with a scribbled {field}"):
+        return _use_scribbled(buf, field, seed, held)
+
+
+def _use_scribbled(buf: mmap.mmap, field: str, seed: int, held: bool) -> list[str]:
     rng = random.Random(seed)
     m = SharedMutex.create(buf, OFFSET)
     if held:
@@ -61,12 +68,13 @@ def _scribble_and_use(buf: mmap.mmap, field: str, seed: int, held: bool) -> list
 
 @pytest.mark.parametrize("held", [False, True], ids=["idle", "held"])
 @pytest.mark.parametrize("field", sorted(FIELDS))
-def test_scribbled_mutex_words_are_typed_errors_never_a_crash(shm: mmap.mmap, field: str, held: bool) -> None:
+def test_scribbled_mutex_words_are_typed_errors_never_a_crash(shm: mmap.mmap, field: str, held: bool,
+                                                              peak_rss: Any) -> None:
     """Random bytes in each word of an idle or held mutex: every operation returns or raises a typed
     error, the process survives (checked from outside: it runs in a child), and nothing hangs."""
     seen: set[str] = set()
     for seed in range(12):
-        outcomes = run_in_child(_scribble_and_use, shm, field, seed, held, timeout=20)
+        outcomes = run_in_child(_scribble_and_use, shm, field, seed, held, peak_rss, timeout=20)
         seen.update(outcomes)
     # A held mutex is released from this process's own record (its owner word is rewritten then);
     # the words pthread checks are refused at the next acquire.

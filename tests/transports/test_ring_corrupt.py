@@ -43,7 +43,7 @@ def _cursor(raw: mmap.mmap, off: int) -> int:
     return int(_U64.unpack_from(raw, off)[0])
 
 
-def test_a_producer_never_writes_past_the_mapping_when_head_is_not_record_aligned(ring) -> None:
+def test_a_producer_never_writes_past_the_mapping_when_head_is_not_record_aligned(ring, peak_rss) -> None:  # type: ignore[no-untyped-def]
     """A producer attached while the ring was sound; then head is set to capacity - 4 (not a record
     boundary, the record header would straddle the end of the mapping).  Its next send is a
     ProtocolError, in the child that sends (which would die of SIGSEGV if the send wrote there)."""
@@ -54,7 +54,8 @@ def test_a_producer_never_writes_past_the_mapping_when_head_is_not_record_aligne
             os.write(w, b"attached")
             os.read(r, 1)  # the attacker writes head now
             try:
-                p.send_bytes(b"12345678", timeout=1)
+                with peak_rss(16 * 1024, "sending on a corrupt ring"):
+                    p.send_bytes(b"12345678", timeout=1)
             except ProtocolError:
                 return "ProtocolError"
             return "sent"
@@ -80,14 +81,15 @@ def test_a_producer_never_writes_past_the_mapping_when_head_is_not_record_aligne
 
 @pytest.mark.parametrize("head, tail", [(CAPACITY - 4, 16), (12, 0), (CAPACITY + 8, 0), (0, 8), (2**63, 0)],
                          ids=["straddling-end", "misaligned", "past-capacity", "tail-ahead", "huge"])
-def test_corrupt_cursors_are_protocol_errors_on_every_path(ring, head: int, tail: int) -> None:
+def test_corrupt_cursors_are_protocol_errors_on_every_path(ring, head: int, tail: int, peak_rss) -> None:  # type: ignore[no-untyped-def]
     """With the cursors scribbled, send, receive (general and fast path), poll and a new attach all
-    report ProtocolError or refuse cleanly; the process survives (children do the risky calls)."""
+    report ProtocolError or refuse cleanly; the process survives (children do the risky calls) and its
+    peak RSS stays within 16 MiB."""
     name, _, raw = ring
 
     def every_path() -> list[str]:
         outcomes = []
-        with ipcraft.queue(f"ring://{name}") as h:  # attached while sound
+        with peak_rss(16 * 1024, "using a corrupt ring"), ipcraft.queue(f"ring://{name}") as h:
             _U64.pack_into(raw, _mpmc.OFF_HEAD, head)
             _U64.pack_into(raw, _mpmc.OFF_TAIL, tail)
             # recv_bytes() without a timeout takes the C fast path; it goes first, while the cursors
