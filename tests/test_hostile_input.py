@@ -14,7 +14,7 @@ import pytest
 
 import ipcraft
 from ipcraft import _framing
-from ipcraft.errors import InvalidEndpoint, MessageTooLarge, ProtocolError
+from ipcraft.errors import InvalidEndpoint, MessageTooLarge, ProtocolError, Timeout
 from ipcraft.primitives.posix_mq import PosixMessageQueue
 from ipcraft.serializers import JSON, MSGPACK, PICKLE, RAW
 from ipcraft.testing import unique_key, unique_name
@@ -198,3 +198,30 @@ def test_a_large_message_still_arrives_whole_when_buffers_grow() -> None:
     assert (sid, bytes(body)) == (0, payload)
     sid, body = reader.next_frame()  # type: ignore[misc]
     assert (sid, bytes(body)) == (0, b"end")
+
+
+def test_unix_listener_reserves_nothing_for_announced_lengths(tmp_ipc_dir: str, peak_rss) -> None:  # type: ignore[no-untyped-def]
+    """End to end: three raw clients (plain sockets, no ipcraft) each send a frame header announcing
+    256 MiB and 100 bytes of it; the listener's channels wait for the rest without reserving it
+    (peak RSS of the receiving process within 32 MiB), and stay usable for a good message after."""
+    path = os.path.join(tmp_ipc_dir, "mem.sock")
+    with ipcraft.listen(f"unix://{path}") as listener:
+        clients = []
+        channels = []
+        try:
+            with peak_rss(32 * 1024, "three unix:// peers announcing 256 MiB each") as growth:
+                for _ in range(3):
+                    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    c.connect(path)
+                    clients.append(c)
+                    ch = listener.accept(timeout=5)
+                    channels.append(ch)
+                    c.sendall(_framing.header(0, _framing.DEFAULT_MAX_MESSAGE_SIZE) + b"\x00" * 100)
+                    with pytest.raises(Timeout):
+                        ch.recv_bytes(timeout=0.2)
+            print(f"peak RSS growth for three announced 256 MiB payloads: {growth.kib} KiB", file=sys.stderr)
+        finally:
+            for c in clients:
+                c.close()
+            for ch in channels:
+                ch.close()
