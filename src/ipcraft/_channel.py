@@ -262,6 +262,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if pop is not None and maxlength is None and timeout is None and not extra:
             data = pop()
             if data is not None:
+                if len(data) > self.max_message_size:
+                    raise self._received_too_large(len(data))
                 return data
         with self._receiving:
             _sid, view = self._recv_frame(timeout, extra)
@@ -357,13 +359,21 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             if exc.closed:  # a byte stream cannot be resynchronised after a bad frame
                 self.close()
             raise
-        sid, payload, _ = msg
-        return sid, payload
+        if msg.payload.nbytes > self.max_message_size:  # a byte stream's FrameReader refused it already
+            raise self._received_too_large(msg.payload.nbytes)
+        return msg.sid, msg.payload
+
+    def _received_too_large(self, n: int) -> MessageTooLarge:
+        """A whole message over max_message_size arrived on a message transport; it is discarded (it was
+        already taken from the mechanism) and the channel stays usable."""
+        return MessageTooLarge(f"a {n}-byte message arrived on {self!r}, whose max_message_size is "
+                               f"{self.max_message_size} (the message is discarded; raise max_message_size= "
+                               "to allow it)", n, self.max_message_size)
 
     def _decode(self, sid: int, view: memoryview) -> Any:
         s = self.serializer
         if sid == s.id:
-            return s.loads(view)
+            return s.decode(view)
         if sid == 0:
             return view.tobytes()
         other = by_id(sid)

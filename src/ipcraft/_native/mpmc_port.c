@@ -46,7 +46,7 @@ static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
     else if (cap < MPMC_MIN_CAPACITY || (cap & (cap - 1)) || doff != MPMC_HEADER_SIZE ||
              (uint64_t)self->view.len < MPMC_HEADER_SIZE + cap)
         bad = "the ring capacity is not a power of two >= 4096 that fits the buffer";
-    else if (head - tail > cap || ((head | tail) & 7))
+    else if (!mpmc_cursors_ok(cap, head, tail))
         bad = "the ring cursors are out of range";
     if (bad) {
         PyErr_SetString(PyExc_ValueError, bad);
@@ -232,7 +232,7 @@ static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
     }
     /* Anything unusual (empty, corrupt, another frame format, too large) is the general path's. */
     if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit) {
-        pthread_mutex_unlock(self->clock_);
+        mpmc_unlock(self->clock_);
         Py_RETURN_NONE;
     }
     PyObject *b = PyBytes_FromStringAndSize(NULL, len);
@@ -240,7 +240,7 @@ static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
         mpmc_copy_out(self, tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
         __atomic_store_n(self->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
     }
-    pthread_mutex_unlock(self->clock_);
+    mpmc_unlock(self->clock_);
     if (b != NULL)
         mpmc_wake_sleepers(self->psleep_p, self->tail_p);
     return b;

@@ -99,6 +99,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from .. import _framing, _native
+from .._endpoint import MAX_RING_CAPACITY
 from .._errors import mpmc_error
 from .._wait import remaining
 from ..errors import LimitExceeded, ProtocolError
@@ -108,7 +109,7 @@ MAGIC: Final = int.from_bytes(b"IPCRAFTQ", "little")
 VERSION: Final = 1
 HEADER_SIZE: Final = 4096
 MIN_CAPACITY: Final = 4096
-MAX_CAPACITY: Final = 1 << 32
+MAX_CAPACITY: Final = MAX_RING_CAPACITY["ring"]
 DEFAULT_CAPACITY: Final = 4 * 1024 * 1024
 OFF_MAGIC: Final = 0
 OFF_VERSION: Final = 8

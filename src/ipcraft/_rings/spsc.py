@@ -92,6 +92,7 @@ import struct
 from typing import Any, Final
 
 from .. import _native
+from .._endpoint import MAX_RING_CAPACITY
 from .._errors import spsc_error
 from .._wait import remaining
 from ..errors import MessageTooLarge, ProtocolError
@@ -101,7 +102,7 @@ MAGIC: Final = int.from_bytes(b"IPCRAFTR", "little")
 VERSION: Final = 1
 HEADER_SIZE: Final = 4096
 MIN_CAPACITY: Final = 64
-MAX_CAPACITY: Final = 1 << 30
+MAX_CAPACITY: Final = MAX_RING_CAPACITY["shm"]
 OFF_MAGIC: Final = 0
 OFF_VERSION: Final = 8
 OFF_FLAGS: Final = 12
