@@ -44,11 +44,9 @@ from .._errors import os_error
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, _inet
 from . import Transport
 from ._io import raise_sndbuf, timed_out, wait_fd
-from .tcp import bound_endpoint
-from .unix import _bind, sockaddr
+from ._sockets import bind_abstract, bind_path, bound_endpoint, resolve_inet, sockaddr
 
 _POLLIN, _POLLOUT = 1, 4
 _CRED = struct.Struct("3i")
@@ -81,10 +79,10 @@ def _unix_receiver(endpoint: Endpoint) -> DatagramTransport:
     ino = None
     try:
         if endpoint.abstract:
-            _bind(sock, sockaddr(endpoint), endpoint)
+            bind_abstract(sock, sockaddr(endpoint), endpoint)
         else:
             try:
-                ino = _bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
+                ino = bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
                                  f"binding {endpoint}")[1]
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
@@ -104,7 +102,7 @@ def _unix_receiver(endpoint: Endpoint) -> DatagramTransport:
 
 
 def _udp_receiver(endpoint: Endpoint) -> DatagramTransport:
-    family, addr = _inet(*endpoint.host_port, socket.SOCK_DGRAM, f"binding {endpoint}")
+    family, addr = resolve_inet(*endpoint.host_port, socket.SOCK_DGRAM, f"binding {endpoint}")
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         try:
@@ -124,7 +122,7 @@ def _udp_receiver(endpoint: Endpoint) -> DatagramTransport:
 
 def _sender(endpoint: Endpoint) -> DatagramTransport:
     if endpoint.scheme == "udp":
-        family, addr = _inet(*endpoint.host_port, socket.SOCK_DGRAM, f"opening {endpoint}")
+        family, addr = resolve_inet(*endpoint.host_port, socket.SOCK_DGRAM, f"opening {endpoint}")
     else:
         family, addr = socket.AF_UNIX, sockaddr(endpoint)
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
