@@ -73,3 +73,26 @@ def tmp_ipc_dir():
     d = tempfile.mkdtemp(prefix=f"ipcraft-{TOKEN}-", dir="/tmp")
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+#: Figures the load, fault and fuzz suites report, printed in the run's summary (passing tests'
+#: output is captured, so a print alone would not show in CI).
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request):
+    """``figures(line)`` records a figure for the end-of-run summary (and prints it, for ``-s``)."""
+
+    def add(line: str) -> None:
+        _FIGURES.append(f"{request.node.name}: {line}")
+        print(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures (load, faults, fuzz)")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

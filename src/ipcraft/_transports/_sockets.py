@@ -383,7 +383,7 @@ class SocketListener:
             self._forget(pending, close=False)
             transport: Transport = stop.value
             return transport
-        except (OSError, IPCError, ValueError) as exc:
+        except (OSError, IPCError) as exc:  # anything else is a bug: it escapes accept()
             self._forget(pending)
             self.refused += 1
             self.last_refusal = f"{type(exc).__name__}: {exc}"
