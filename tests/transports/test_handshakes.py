@@ -231,3 +231,38 @@ def test_aio_connects_and_accepts_do_not_starve_each_other(scheme: str) -> None:
     print(f"\n{scheme}: {n} aio clients connected and accepted in one loop in {elapsed * 1000:.0f} ms")
     assert used == 0, f"{used} handshake jobs went to the default executor"
     assert elapsed < 5
+
+
+@pytest.mark.timeout(30)
+def test_connect_to_a_full_unix_backlog_waits_without_spinning() -> None:
+    """A Unix listener's full backlog makes connect() pause and retry (poll cannot wait for room on
+    such a socket): it times out on time without burning a CPU, and gets in once there is room."""
+    url = f"unix:@{unique_name('backlog')}"
+    with ipcraft.listen(url, backlog=1) as listener:
+        raw = [raw_connect(listener) for _ in range(2)]  # fill the backlog (the kernel allows backlog + 1)
+        cpu, start = time.process_time(), time.monotonic()
+        with pytest.raises(Timeout):
+            ipcraft.connect(url, timeout=0.5)
+        spent_cpu, waited = time.process_time() - cpu, time.monotonic() - start
+        assert 0.45 < waited < 2
+        assert spent_cpu < 0.25, f"connect() spun: {spent_cpu:.2f} s of CPU in {waited:.2f} s"
+        box: list[Any] = []
+        t = threading.Thread(target=lambda: box.append(ipcraft.connect(url, timeout=10)))
+        t.start()
+        time.sleep(0.2)
+        drained = [listener.accept(timeout=5) for _ in range(3)]  # the two raw ones, then the waiting client
+        t.join(10)
+        with box[0] as client:
+            client.send("in")
+            assert "in" in [_try_recv(ch) for ch in drained]
+        for ch in drained:
+            ch.close()
+        for s in raw:
+            s.close()
+
+
+def _try_recv(ch: Any) -> Any:
+    try:
+        return ch.recv(timeout=2)
+    except Timeout:
+        return None

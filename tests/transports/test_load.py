@@ -32,9 +32,11 @@ ROUNDS = 10
 PROCESSES = 4  # client processes for the sync test, each holding CLIENTS / PROCESSES connections
 
 
-def _client_batch(url: str, n: int, rounds: int) -> int:
-    """Open ``n`` connections, then do ``rounds`` round trips on each, all connections at once."""
+def _client_batch(url: str, n: int, rounds: int, go: int) -> int:
+    """Open ``n`` connections, wait for the word on pipe ``go`` (every client of every process is
+    connected), then do ``rounds`` round trips on each, all connections at once."""
     chans = [ipcraft.connect(url, timeout=30) for _ in range(n)]
+    assert os.read(go, 1) == b"g"
     pid = os.getpid()
     for r in range(rounds):
         for i, ch in enumerate(chans):
@@ -52,9 +54,11 @@ def test_500_concurrent_unix_clients_against_one_listener(figures: Any) -> None:
     """500 unix:// clients in 4 processes, all connected at once to one listener served by one
     thread (selectors), each doing 10 round trips."""
     url = f"unix:@{unique_name('load')}"
-    with ipcraft.listen(url, backlog=CLIENTS) as listener:
+    with ipcraft.listen(url) as listener:  # the default backlog (128): most clients find it full
         start = time.monotonic()
-        kids = [Child(_client_batch, url, CLIENTS // PROCESSES, ROUNDS) for _ in range(PROCESSES)]
+        go_r, go_w = os.pipe()
+        kids = [Child(_client_batch, url, CLIENTS // PROCESSES, ROUNDS, go_r) for _ in range(PROCESSES)]
+        os.close(go_r)
         sel = selectors.DefaultSelector()
         sel.register(listener.fileno(), selectors.EVENT_READ, None)
         echoed = finished = peak = 0
@@ -72,6 +76,8 @@ def test_500_concurrent_unix_clients_against_one_listener(figures: Any) -> None:
                         sel.register(ch.fileno(), selectors.EVENT_READ, ch)
                         open_now += 1
                         peak = max(peak, open_now)
+                        if peak == CLIENTS and open_now == CLIENTS:
+                            os.write(go_w, b"g" * PROCESSES)  # all connected: start the round trips
                         continue
                     ch = key.data
                     try:
@@ -86,6 +92,7 @@ def test_500_concurrent_unix_clients_against_one_listener(figures: Any) -> None:
                     echoed += 1
             done = sum(k.result(60) for k in kids)
         finally:
+            os.close(go_w)
             for key in list(sel.get_map().values()):
                 if key.data is not None:
                     key.data.close()
@@ -104,7 +111,7 @@ def test_500_aio_clients_and_an_aio_listener_in_one_loop(figures: Any) -> None:
     url = f"unix:@{unique_name('aload')}"
 
     async def main() -> tuple[float, float, int]:
-        listener = await ipcraft.aio.listen(url, backlog=CLIENTS)
+        listener = await ipcraft.aio.listen(url)  # the default backlog (128): most find it full
         served = 0
         connected = asyncio.Event()
         count = 0

@@ -41,23 +41,21 @@ from .._wait import POLLIN as POLLIN
 from .._wait import POLLOUT as POLLOUT
 from .._wait import deadline_after, remaining
 from .._wait import wait_fd as wait_fd
-from ..errors import HandleClosed, IPCError, PeerVanished, Timeout
+from ..errors import HandleClosed, IPCError, PeerVanished
 from ..primitives._sockio import bind_path as bind_path
 from ..primitives._sockio import resolve_inet as resolve_inet
 from . import Transport
+from ._io import timed_out as timed_out
 
 T = TypeVar("T")
 
-#: What a handshake step waits for: ``(fd, POLLIN or POLLOUT, absolute deadline or None)``.
+#: What a handshake step waits for: ``(fd, POLLIN or POLLOUT, absolute deadline or None)``; an fd of -1
+#: is a pause until the deadline (the step is then sent False).
 Wait = tuple[int, int, "float | None"]
 #: A handshake: yields Waits, is sent whether the fd became ready, returns its result.
 Steps = Generator[Wait, bool, T]
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-
-
-def timed_out(what: str) -> Timeout:
-    return Timeout(f"{what}: timed out")
 
 
 # -- addresses ---------------------------------------------------------------------------------------
@@ -97,7 +95,11 @@ def run(steps: Steps[T]) -> T:
     try:
         fd, events, deadline = next(steps)
         while True:
-            fd, events, deadline = steps.send(wait_fd(fd, events, deadline))
+            if fd < 0:  # a pause
+                time.sleep(remaining(deadline) or 0.0)
+                fd, events, deadline = steps.send(False)
+            else:
+                fd, events, deadline = steps.send(wait_fd(fd, events, deadline))
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -126,6 +128,11 @@ async def run_async(steps: Steps[T]) -> T:
 
 async def _ready(loop: Any, fd: int, events: int, deadline: float | None) -> bool:
     left = remaining(deadline)
+    if fd < 0:  # a pause
+        import asyncio
+
+        await asyncio.sleep(left or 0.0)
+        return False
     if left == 0:
         return wait_fd(fd, events, 0.0)
     fut = loop.create_future()
@@ -156,22 +163,32 @@ def connect_socket(sock: socket.socket, addr: Any, deadline: float | None, what:
                    address: str) -> Steps[None]:
     """Connect a non-blocking ``sock`` to ``addr``.
 
-    TCP answers EINPROGRESS and completes on its own; a Unix socket answers EAGAIN while the
-    listener's backlog is full, and the connect is retried once there is room.
+    TCP answers EINPROGRESS and completes on its own (POLLOUT says when).  A Unix socket answers
+    EAGAIN while the listener's backlog is full; poll(2) has nothing to report on such a socket (it
+    is "ready" at once), so the connect is retried after a pause that grows from 1 ms to 50 ms.
     """
+    pause = 0.0005
     while True:
         err = sock.connect_ex(addr)
         if err in (0, errno.EISCONN):
             return
-        if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY, errno.EINTR):
+        if err == errno.EINTR:
+            continue
+        if err == errno.EAGAIN:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise timed_out(what)
+            pause = min(pause * 2, 0.05)
+            wake = time.monotonic() + pause
+            yield (-1, 0, wake if deadline is None else min(wake, deadline))  # a pause, not a wait on an fd
+            continue
+        if err not in (errno.EINPROGRESS, errno.EALREADY):
             raise os_error(err, what, address)
-        if err != errno.EINTR and not (yield (sock.fileno(), POLLOUT, deadline)):
+        if not (yield (sock.fileno(), POLLOUT, deadline)):
             raise timed_out(what)
-        if err == errno.EINPROGRESS:
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise os_error(err, what, address)
-            return
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise os_error(err, what, address)
+        return
 
 
 def recv_exact(sock: socket.socket, n: int, deadline: float | None, what: str,
