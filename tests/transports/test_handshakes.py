@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import select
 import socket
 import struct
 import threading
@@ -266,3 +267,31 @@ def _try_recv(ch: Any) -> Any:
         return ch.recv(timeout=2)
     except Timeout:
         return None
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_listener_fileno_is_readable_while_a_client_waits_and_quiet_otherwise(scheme: str) -> None:
+    """Listener.fileno() (an epoll descriptor) works with select(): quiet with nobody there, readable
+    when a client connects, and readable again when a pending handshake can move on."""
+    with listen(scheme, handshake_timeout=10) as listener:
+        fd = listener.fileno()
+        assert select.select([fd], [], [], 0.05)[0] == []
+        url, opts = client_url(listener)
+        box: list[Any] = []
+        t = threading.Thread(target=lambda: box.append(ipcraft.connect(url, timeout=10, **opts)))
+        t.start()
+        server = None
+        end = time.monotonic() + 10
+        while server is None and time.monotonic() < end:
+            if select.select([fd], [], [], 1)[0]:
+                try:
+                    server = listener.accept(timeout=0)  # each readiness moves the handshake on
+                except Timeout:
+                    pass
+        t.join(10)
+        assert server is not None
+        with server, box[0] as client:
+            client.send(1)
+            assert server.recv(timeout=5) == 1
+        assert select.select([fd], [], [], 0.05)[0] == []

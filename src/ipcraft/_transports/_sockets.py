@@ -304,10 +304,11 @@ class SocketListener:
         try:
             sock.setblocking(False)
             self._poller = select.epoll()
-            self._poller.register(sock.fileno(), select.EPOLLIN)
         except BaseException:
             sock.close()
+            self._remove_bound_file()
             raise
+        self._poller.register(sock.fileno(), select.EPOLLIN)  # cannot fail on a fresh epoll set
         self._sock: socket.socket | None = sock
         self._listen_fd = sock.fileno()
         self._taking = True
@@ -451,6 +452,10 @@ class SocketListener:
             self._forget(pending)
         self._poller.close()
         sock.close()
+        self._remove_bound_file()
+
+    def _remove_bound_file(self) -> None:
+        """Unlink the socket file this listener bound, if it is still that one."""
         if self._bound_path is not None:
             path, ino = self._bound_path
             try:
