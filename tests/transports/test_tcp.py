@@ -287,6 +287,49 @@ def test_tls_round_trip_with_a_self_signed_certificate_and_refusal_of_an_untrust
         assert trusting.result(20)[0] == 200_000
 
 
+@pytest.mark.timeout(30)
+def test_tls_handshakes_run_beside_silent_clients_and_on_the_aio_loop(tmp_ipc_dir: str) -> None:
+    """Three connections that never send a TLS hello do not delay a TLS client, which connects with
+    ipcraft.aio (its TLS and authkey handshakes on the loop) while the listener serves in a thread."""
+    import asyncio
+
+    import ipcraft.aio
+
+    cert, key = _self_signed(tmp_ipc_dir)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    with ipcraft.listen(LOCAL, authkey=KEY, ssl_context=server_ctx, handshake_timeout=10) as listener:
+        silent = [socket.create_connection(listener.endpoint.host_port, timeout=10) for _ in range(3)]
+        with pytest.raises(Timeout):
+            listener.accept(timeout=0.2)  # the silent ones are pending
+        host, port = listener.endpoint.host_port
+        t, box = _accept_in_thread(listener)
+
+        async def client() -> tuple[Any, float]:
+            start = time.monotonic()
+            ch = await ipcraft.aio.connect(f"tcp://{host}:{port}", timeout=10, authkey=KEY, ssl_context=client_ctx,
+                                           server_hostname="localhost")
+            took = time.monotonic() - start
+            with ch:
+                await ch.send("over tls")
+                return await ch.recv(timeout=10), took
+
+        reply_box: list[Any] = []
+        reply = threading.Thread(target=lambda: reply_box.append(asyncio.run(client())))
+        reply.start()
+        t.join(15)
+        with box[0] as server:
+            assert isinstance(server._transport.sock, ssl.SSLSocket) and server.authenticated
+            server.send(server.recv(timeout=10))
+        reply.join(15)
+        got, took = reply_box[0]
+        assert got == "over tls"
+        assert took < 1.0, f"the TLS client waited {took:.2f} s behind silent connections"
+        for s in silent:
+            s.close()
+
+
 @pytest.mark.parametrize("nodelay", [True, False])
 def test_tcp_nodelay_is_on_by_default_and_can_be_turned_off(nodelay: bool) -> None:
     """TCP_NODELAY is set on both ends unless nodelay=false."""
