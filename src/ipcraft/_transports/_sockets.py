@@ -44,7 +44,7 @@ from .._wait import wait_fd as wait_fd
 from ..errors import HandleClosed, IPCError, PeerVanished
 from ..primitives._sockio import bind_path as bind_path
 from ..primitives._sockio import resolve_inet as resolve_inet
-from . import Transport
+from ._contract import Transport
 from ._io import timed_out as timed_out
 
 T = TypeVar("T")

@@ -64,7 +64,8 @@ from .._rings.spsc import (
     round_capacity,
 )
 from ..errors import HandleClosed, InvalidEndpoint, ProtocolError
-from . import Transport, unix
+from . import unix
+from ._contract import Message, Transport, TryRecv, TrySend
 from ._sockets import SocketListener, Steps, close_fds, handshake_deadline, recv_exact, run, send_all
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
@@ -83,8 +84,6 @@ def _rendezvous(endpoint: Endpoint) -> Endpoint:
 
 class ShmTransport(Transport):
     """One end of an shm:// connection: a producer port on one ring, a consumer port on the other."""
-
-    kind = "message"
 
     def __init__(self, sock: socket.socket, mm: mmap.mmap, capacity: int, server: bool,
                  efds: Sequence[int], endpoint: Endpoint, peer: Any) -> None:
@@ -119,7 +118,7 @@ class ShmTransport(Transport):
 
     # -- the channel's fast path and zero copy -----------------------------------------------------
 
-    def fast_path(self) -> tuple[Any, Any]:
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path."""
         return self.tx.native.try_send, self.rx.native.try_recv
 
@@ -149,15 +148,14 @@ class ShmTransport(Transport):
 
     # -- the message transport contract ------------------------------------------------------------
 
-    def send_message(self, parts: Sequence[Any], deadline: float | None) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None) -> None:
         self._check_open()
-        head = parts[0]
-        payload = parts[1] if len(parts) == 2 else b"".join(bytes(p) for p in parts[1:])
-        self.tx.send(payload, head[1], deadline)
+        self.tx.send(payload, sid, deadline)  # the ring writes the frame header itself (see spsc.py)
 
-    def recv_message(self, deadline: float | None) -> bytes:
+    def recv_message(self, deadline: float | None) -> Message:
         self._check_open()
-        return self.rx.recv(deadline)
+        payload, sid = self.rx.recv(deadline)
+        return Message(sid, memoryview(payload))
 
     def wait_readable(self, deadline: float | None) -> bool:
         self._check_open()

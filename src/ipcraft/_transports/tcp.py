@@ -34,7 +34,7 @@ from .._endpoint import Endpoint
 from .._errors import os_error
 from .._peer import Peer
 from ..errors import AuthenticationError, InvalidEndpoint, PeerVanished
-from . import Transport
+from ._contract import Transport
 from ._io import SocketStream
 from ._sockets import (
     POLLIN,

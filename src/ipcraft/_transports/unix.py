@@ -23,17 +23,18 @@ import errno
 import mmap
 import os
 import socket
-from collections.abc import Sequence
 
 from .._auth import VERDICT_OK, VERDICT_REFUSED, uid_allowed
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE
 from .._peer import Peer
+from .._wait import wait_fd
 from ..errors import AuthenticationError, ChannelClosed, MessageTooLarge, PeerVanished
 from ..primitives.sockets import peer_credentials
-from . import Transport
-from ._io import SocketStream, SocketTransport, raise_sndbuf, send_timeout, timed_out, wait_fd
+from . import framed, unframe
+from ._contract import Message, Transport
+from ._io import SocketStream, SocketTransport, raise_sndbuf, send_timeout, timed_out
 from ._sockets import (
     SocketListener,
     Steps,
@@ -147,8 +148,6 @@ class SeqpacketTransport(SocketTransport):
     and it is reused, so a 1 MiB record is never a fresh allocation.
     """
 
-    kind = "message"
-
     def __init__(self, sock: socket.socket, what: str) -> None:
         self.sock = sock
         self._what = what
@@ -168,8 +167,8 @@ class SeqpacketTransport(SocketTransport):
     def wait_readable(self, deadline: float | None) -> bool:
         return wait_fd(self.fileno(), 1, deadline)
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
-        sock = self.sock
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None) -> None:
+        sock, parts = self.sock, framed(sid, payload)
         flags = socket.MSG_NOSIGNAL if deadline is None else socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
         while True:
             try:
@@ -186,7 +185,7 @@ class SeqpacketTransport(SocketTransport):
                         f"the socket send buffer ({self.limit_source})", size, self.max_payload) from None
                 raise os_error(exc.errno or errno.EIO, f"sending on {self._what}") from exc
 
-    def recv_message(self, deadline: float | None) -> memoryview:
+    def recv_message(self, deadline: float | None) -> Message:
         sock = self.sock
         buf = self._buf
         if buf is None:
@@ -208,7 +207,7 @@ class SeqpacketTransport(SocketTransport):
             raise MessageTooLarge(f"a record on {self._what} was larger than the {len(buf)}-byte receive "
                                   "area (the peer raised its send buffer past net.core.wmem_max with "
                                   "SO_SNDBUFFORCE); it was discarded", None, len(buf))
-        return memoryview(buf)[:n]
+        return unframe(memoryview(buf)[:n])
 
 
 def _record_room() -> int:
