@@ -421,7 +421,7 @@ class Listener(Generic[_T], metaclass=_NoPublicConstructor):
                 if self._sync.closed:
                     self._sync.fileno()  # raises HandleClosed
                 # Wake for a client, a handshake that can move, or the next handshake to expire.
-                wake = self._sync._impl.next_deadline()
+                wake = self._sync._handshake_expiry()
                 if deadline is not None and (wake is None or deadline < wake):
                     wake = deadline
                 await self._waiter.wait(False, wake)

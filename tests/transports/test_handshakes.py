@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import select
 import socket
 import struct
@@ -297,3 +298,26 @@ def test_listener_fileno_is_readable_while_a_client_waits_and_quiet_otherwise(sc
             client.send(1)
             assert server.recv(timeout=5) == 1
         assert select.select([fd], [], [], 0.05)[0] == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("scheme", ["tcp", "shm"])
+def test_aio_accept_drops_a_silent_client_when_its_handshake_timeout_passes(scheme: str) -> None:
+    """An aio accept() waiting for clients wakes when a silent client's handshake_timeout passes and
+    drops it then (its descriptor freed), not only when the accept itself ends."""
+
+    async def main() -> int:
+        url, opts = listen_args(scheme, handshake_timeout=0.3)
+        listener = await ipcraft.aio.listen(url, **opts)
+        silent = raw_connect(listener)
+        task = asyncio.create_task(listener.accept(timeout=10))
+        await asyncio.sleep(1.0)
+        during = listener._sync._impl.refused
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        silent.close()
+        listener.close()
+        return during
+
+    assert asyncio.run(main()) == 1
