@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import select
 import socket
 import struct
@@ -23,7 +24,7 @@ import pytest
 import ipcraft
 import ipcraft.aio
 from ipcraft.errors import InvalidEndpoint, ProtocolError, Timeout
-from ipcraft.testing import unique_name
+from ipcraft.testing import Child, unique_name
 
 from ._peers import SCHEMES, client_url, listen, listen_args, raw_connect
 
@@ -321,3 +322,35 @@ def test_aio_accept_drops_a_silent_client_when_its_handshake_timeout_passes(sche
         return during
 
     assert asyncio.run(main()) == 1
+
+
+def _accept_one_and_echo(listener: Any) -> str:
+    with listener.accept(timeout=15) as ch:
+        msg = ch.recv(timeout=10)
+        ch.send([msg, os.getpid()])
+        return str(msg)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_prefork_children_accept_on_one_listener(scheme: str) -> None:
+    """Two children forked after listen() (while the parent has a silent client's handshake pending)
+    each accept a client on the shared socket; the parent's pending handshake stays the parent's."""
+    with listen(scheme, handshake_timeout=20) as listener:
+        silent = raw_connect(listener)
+        with contextlib.suppress(Timeout):
+            listener.accept(timeout=0.2)  # unix:// hands the silent one out; tcp:// and shm:// keep it pending
+        pending_before = len(listener._impl._pending)
+        kids = [Child(_accept_one_and_echo, listener) for _ in range(2)]
+        url, opts = client_url(listener)
+        pids = set()
+        for i in range(2):
+            with ipcraft.connect(url, timeout=15, **opts) as ch:
+                ch.send(f"client {i}")
+                echoed, pid = ch.recv(timeout=15)
+                assert echoed == f"client {i}"
+                pids.add(pid)
+        assert sorted(k.result(20) for k in kids) == ["client 0", "client 1"]
+        assert pids == {k.pid for k in kids}
+        assert len(listener._impl._pending) == pending_before  # the parent still holds its own
+        silent.close()

@@ -17,6 +17,9 @@ Decisions:
   passes, then is closed and counted in ``refused`` (``last_refusal`` says why).  At most ``backlog``
   handshakes are pending; beyond that new clients wait in the kernel's backlog.  The listener's
   ``fileno()`` is the epoll descriptor: readable when a client is waiting or a handshake can move.
+* **Prefork works.**  Processes forked after ``listen()`` may all accept on the one socket: each
+  process makes its own epoll set on first use (a forked copy would share the parent's) and leaves
+  the handshakes the parent had pending to the parent.
 * **Deadlines**: a client's handshake is bounded by ``handshake_timeout`` and by the caller's
   deadline, whichever comes first; a listener gives each client its full ``handshake_timeout`` from
   the moment it was taken off the queue, independently of the ``accept(timeout)`` in progress.
@@ -312,6 +315,7 @@ class SocketListener:
         self._sock: socket.socket | None = sock
         self._listen_fd = sock.fileno()
         self._taking = True
+        self._pid = os.getpid()
 
     def _handshake(self, sock: socket.socket) -> Steps[Transport]:
         raise NotImplementedError
@@ -319,10 +323,29 @@ class SocketListener:
     def fileno(self) -> int:
         """The epoll descriptor: readable when a client is waiting or a handshake can move on."""
         self._check_open()
+        self._own()
         return self._poller.fileno()
+
+    def _own(self) -> None:
+        """After a fork, give this process its own epoll set (a forked copy shares the parent's, and
+        its registrations name the parent's descriptors).  The parent's pending handshakes are the
+        parent's: the child closes its copies, which leaves the parent's connections alone."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        inherited, self._poller = self._poller, select.epoll()
+        inherited.close()
+        pending, self._pending = list(self._pending.values()), {}
+        for p in pending:
+            p.steps.close()
+            p.sock.close()
+        if self._sock is not None:
+            self._poller.register(self._listen_fd, select.EPOLLIN)
+            self._taking = True
 
     def next_deadline(self) -> float | None:
         """When the earliest pending handshake expires (None if none is pending)."""
+        self._own()
         deadlines = [p.deadline for p in self._pending.values() if p.deadline is not None]
         return min(deadlines) if deadlines else None
 
@@ -330,6 +353,7 @@ class SocketListener:
         """The next client whose handshake succeeds; others make progress meanwhile."""
         while True:
             self._check_open()
+            self._own()
             wake = self.next_deadline()
             if deadline is not None and (wake is None or deadline < wake):
                 wake = deadline
@@ -445,9 +469,10 @@ class SocketListener:
 
     def close(self) -> None:
         """Stop listening: pending handshakes are dropped and a bound socket file is removed."""
-        sock, self._sock = self._sock, None
-        if sock is None:
+        if self._sock is None:
             return
+        self._own()
+        sock, self._sock = self._sock, None
         for pending in list(self._pending.values()):
             self._forget(pending)
         self._poller.close()
