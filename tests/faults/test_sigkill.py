@@ -50,7 +50,7 @@ SURVIVOR_BOUND = 10.0  # seconds a survivor may take to notice; more is a hang
 
 def message(inc: int, seq: int, big: bool = False) -> bytes:
     rng = random.Random(inc << 32 | seq)
-    n = rng.choice((0, 16, 300, 2000, 20000 if big else 3000))
+    n = rng.choice((0, 16, 300, 2000, 300_000 if big else 3000))
     body = rng.randbytes(n)
     return HEAD.pack(inc, seq, n, zlib.crc32(body)) + body
 
