@@ -110,3 +110,25 @@ def measure_peak_rss(bound_kib: int, what: str) -> Iterator[PeakGrowth]:
 def peak_rss() -> Callable[[int, str], AbstractContextManager[PeakGrowth]]:
     """``with peak_rss(bound_kib, what) as growth:``: fail if the block's peak RSS rises over the bound."""
     return measure_peak_rss
+
+#: Figures the load, fault and fuzz suites report, printed in the run's summary (passing tests'
+#: output is captured, so a print alone would not show in CI).
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request):
+    """``figures(line)`` records a figure for the end-of-run summary (and prints it, for ``-s``)."""
+
+    def add(line: str) -> None:
+        _FIGURES.append(f"{request.node.name}: {line}")
+        print(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures (load, faults, fuzz)")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

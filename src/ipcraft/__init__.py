@@ -12,7 +12,7 @@ an exact name wins over a pattern::
     facade      ipcraft aio inventory limits
     channels    _connect _channel _zerocopy
     transports  _transports.*
-    seam        _transports _transports._contract _transports._framed _transports._io
+    seam        _transports _transports._contract _transports._framed _transports._io _transports._sockets
     rings       _rings _rings.*
     primitives  primitives primitives.*
     values      _endpoint serializers _framing _auth _names _unix_diag
@@ -28,7 +28,8 @@ an exact name wins over a pattern::
   send path and one receive path; ``send_view``/``recv_view``.
 * **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe).
 * **seam**: the typed contract between channels and transports (ByteStream, MessagePort, Message, the
-  capability protocols), the framing adapter, and fd byte streams.
+  capability protocols), the framing adapter, fd byte streams, and the socket helpers every socket
+  scheme shares (addresses, handshakes as resumable steps, concurrent listeners).
 * **rings**: the two shared-memory ring engines over ``_native`` (SPSC for shm://, MPMC for ring://
   and file://).
 * **primitives**: one faithful wrapper per kernel facility, usable alone.

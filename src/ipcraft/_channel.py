@@ -490,6 +490,14 @@ class Listener(Handle, Generic[T], metaclass=_NoPublicConstructor):
         transport = self._impl.accept(deadline_after(timeout))
         return Channel._create(transport, self.endpoint, **self._channel_options)  # type: ignore[no-any-return]
 
+    def _handshake_expiry(self) -> float | None:
+        """When the earliest pending client handshake expires (monotonic; None if none is pending):
+        ipcraft.aio wakes then, so that accept() drops that client on time."""
+        if self._closed:
+            return None
+        expiry: float | None = self._impl.next_deadline()
+        return expiry
+
     def fileno(self) -> int:
         """Readable when a client is waiting to be accepted."""
         if self._closed:

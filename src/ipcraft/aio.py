@@ -25,9 +25,12 @@ Decisions:
 * **Worker threads only where there is no fd.**  Mechanisms without a file descriptor (System V
   queues) wait in a worker thread (asyncio.to_thread) in slices of 50 ms, so a cancelled wait ends
   soon and never consumes a message; the operation itself still runs on the loop.  TLS streams send in
-  a worker thread (their writes cannot be split safely by hand).  ``connect()``, ``queue()`` and the
-  handshake of ``accept()`` run in a worker thread too: they are one-off and may wait for a peer.  A
-  channel such a thread produces after its caller was cancelled is closed, not leaked.
+  a worker thread (their writes cannot be split safely by hand).  ``queue()`` runs in a worker
+  thread too (opening a FIFO may wait for its reader); a queue such a thread produces after its
+  caller was cancelled is closed, not leaked.
+* **Handshakes on the loop.**  ``connect()`` and ``accept()`` run their handshakes on the event loop
+  (the resumable steps of ``_transports._sockets``), never on a thread pool: any number of clients
+  and a listener in one loop cannot starve each other.  A cancelled connect closes its socket.
 * ``close()`` is a plain method: closing never waits.  A task waiting on the channel then gets
   HandleClosed.
 
@@ -54,6 +57,7 @@ from ._peer import Peer
 from ._resource import ConflictDetector
 from ._transports._framed import FramedStream, RawStream
 from ._transports._io import consume
+from ._transports._sockets import run_async
 from ._wait import deadline_after, remaining
 from .errors import ChannelClosed, HandleClosed, Timeout
 from .serializers import MSGPACK, Serializer
@@ -394,8 +398,10 @@ class Queue(_AsyncMessageIO[_T]):
 class Listener(Generic[_T], metaclass=_NoPublicConstructor):
     """Accepts channels, from :func:`listen`; mirrors :class:`ipcraft.Listener`.
 
-    ``accept()`` sleeps in ``add_reader`` until a client is waiting, then runs the sync accept (and
-    its handshake) in a worker thread.  ``async for ch in listener`` accepts until the listener closes.
+    ``accept()`` sleeps in ``add_reader`` on the listener's descriptor until a client is waiting or a
+    handshake can move on, then advances the handshakes on the loop (the sync ``accept(0)``, which
+    never waits): no worker thread, so no number of concurrent clients can starve it.  ``async for
+    ch in listener`` accepts until the listener closes.
 
     .. versionadded:: 0.1
     """
@@ -428,15 +434,17 @@ class Listener(Generic[_T], metaclass=_NoPublicConstructor):
             while True:
                 if self._sync.closed:
                     self._sync.fileno()  # raises HandleClosed
-                if not await self._waiter.wait(False, deadline):
-                    raise Timeout(f"accepting on {self!r}: timed out after {timeout} s")
-                left = remaining(deadline)
+                # Wake for a client, a handshake that can move, or the next handshake to expire.
+                wake = self._sync._handshake_expiry()
+                if deadline is not None and (wake is None or deadline < wake):
+                    wake = deadline
+                await self._waiter.wait(False, wake)
                 try:
-                    sync = await _in_thread(self._sync.accept, 10.0 if left is None else left)
+                    sync = self._sync.accept(0)  # advances every ready handshake; never waits
                 except Timeout:
                     if remaining(deadline) == 0:
-                        raise
-                    continue  # another process took that client: wait for the next
+                        raise Timeout(f"accepting on {self!r}: timed out after {timeout} s") from None
+                    continue
                 return Channel._create(sync)  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -470,12 +478,13 @@ class Listener(Generic[_T], metaclass=_NoPublicConstructor):
 
 
 async def connect(url: str | Endpoint, timeout: float | None = None, **options: Any) -> Channel[Any]:
-    """Connect to a listener; as :func:`ipcraft.connect` (run in a worker thread: it may wait for the
-    listener's handshake).
+    """Connect to a listener; as :func:`ipcraft.connect`.  The handshake runs on the loop (its waits
+    in ``add_reader``/``add_writer``), with no worker thread; a tcp:// host name is resolved first, in
+    this thread.
 
     .. versionadded:: 0.1
     """
-    sync = await _in_thread(_connect.connect, url, timeout, **options)
+    sync = await run_async(_connect.connect_steps(url, timeout, **options))
     return Channel._create(sync)  # type: ignore[no-any-return]
 
 
