@@ -303,8 +303,7 @@ class Endpoint:
         rest, _, query = rest.partition("?")
         if "#" in query or "#" in rest:
             raise InvalidEndpoint(f"{url!r}: a fragment (#...) has no meaning in an ipcraft URL")
-        # %-escapes that are not UTF-8 stand for the raw bytes of a file name (as os.fsdecode does)
-        address = _parse_address(info, urllib.parse.unquote(rest, errors="surrogateescape"), url)
+        address = _parse_address(info, _unquote(rest, url), url)
         raw: dict[str, Any] = {}
         try:
             pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -356,6 +355,17 @@ def _format_option(key: str, v: Any) -> str:
     if isinstance(v, frozenset):
         return ",".join(str(x) for x in sorted(v))
     return str(v)
+
+
+def _unquote(text: str, url: str) -> str:
+    """The address with its %-escapes decoded, as one run of bytes: escapes and characters that are not
+    UTF-8 stand for the raw bytes of a file name (as os.fsdecode does), however they were mixed, so
+    that the canonical URL parses back to the same address."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise InvalidEndpoint(f"{url!r}: the address holds a character no file name can: {exc.reason}") from exc
+    return urllib.parse.unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
 
 
 def _valid_schemes() -> str:
