@@ -4,9 +4,11 @@ processes on one machine to talk.
 Layers (send flows down, receive flows up; imports only point down)::
 
     ipcraft.connect / listen / queue / pipe     facade (this file), mirrored by ipcraft.aio
+    ipcraft.publish / subscribe
            |  URL -> Endpoint                                      _endpoint.py
            v
     Channel / Listener / Queue                                     _channel.py, _connect.py
+    Publisher / Subscriber                                         _pubsub.py
            |  object <-> bytes      serializers                    serializers.py
            |  bytes  <-> frames     byte streams only, sans-I/O    _framing.py, _auth.py
            v
@@ -28,6 +30,10 @@ from ._connect import pipe as pipe
 from ._connect import queue as queue
 from ._endpoint import Endpoint as Endpoint
 from ._peer import Peer as Peer
+from ._pubsub import Publisher as Publisher
+from ._pubsub import Subscriber as Subscriber
+from ._pubsub import publish as publish
+from ._pubsub import subscribe as subscribe
 from ._version import __version__ as __version__
 from .errors import (
     AuthenticationError as AuthenticationError,
@@ -54,6 +60,9 @@ from .errors import (
     LimitExceeded as LimitExceeded,
 )
 from .errors import (
+    MessagesMissed as MessagesMissed,
+)
+from .errors import (
     MessageTooLarge as MessageTooLarge,
 )
 from .errors import (
@@ -66,6 +75,9 @@ from .errors import (
     ProtocolError as ProtocolError,
 )
 from .errors import (
+    SubscriberEvicted as SubscriberEvicted,
+)
+from .errors import (
     Timeout as Timeout,
 )
 from .serializers import JSON as JSON
@@ -75,18 +87,20 @@ from .serializers import RAW as RAW
 from .serializers import Serializer as Serializer
 
 __all__ = (
-    "connect", "listen", "queue", "pipe",
-    "Channel", "Listener", "Queue", "Endpoint", "Peer",
+    "connect", "listen", "queue", "pipe", "publish", "subscribe",
+    "Channel", "Listener", "Queue", "Publisher", "Subscriber", "Endpoint", "Peer",
     "Serializer", "RAW", "JSON", "MSGPACK", "PICKLE",
     "IPCError", "ChannelClosed", "PeerVanished", "HandleClosed", "Timeout", "Busy", "MessageTooLarge",
     "BufferTooSmall", "OwnerDied", "ProtocolError", "AuthenticationError", "InvalidEndpoint", "LimitExceeded",
+    "MessagesMissed", "SubscriberEvicted",
     "__version__",
 )
 
 
 def _fixup_module_metadata() -> None:
     """Make tracebacks, reprs and pickles say ipcraft.Channel, not ipcraft._channel.Channel (trio)."""
-    for name in ("Channel", "Listener", "Queue", "Endpoint", "Peer", "connect", "listen", "queue", "pipe"):
+    for name in ("Channel", "Listener", "Queue", "Publisher", "Subscriber", "Endpoint", "Peer", "connect", "listen",
+                 "queue", "pipe", "publish", "subscribe"):
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("ipcraft._"):
             obj.__module__ = __name__
