@@ -197,7 +197,8 @@ def max_message(capacity: int) -> int:
 
 
 def start_time(pid: int) -> int:
-    """The start time of ``pid`` (clock ticks since boot, /proc/pid/stat field 22); 0 if it is gone."""
+    """The start time of ``pid`` (clock ticks since boot, /proc/pid/stat field 22); 0 if it is gone or a
+    zombie (it exited; its parent has not reaped it yet)."""
     return int(_native.bcast_start_time(pid))
 
 

@@ -45,6 +45,10 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import _connect, _framing
+from ._aio_pubsub import Publisher as Publisher
+from ._aio_pubsub import Subscriber as Subscriber
+from ._aio_pubsub import publish as publish
+from ._aio_pubsub import subscribe as subscribe
 from ._channel import Listener as _SyncListener
 from ._channel import _no_extras, _NoPublicConstructor, bytes_view
 from ._endpoint import Endpoint
@@ -58,7 +62,8 @@ from ._wait import deadline_after, remaining
 from .errors import ChannelClosed, HandleClosed, Timeout
 from .serializers import MSGPACK, Serializer
 
-__all__ = ("connect", "listen", "queue", "pipe", "Channel", "Listener", "Queue")
+__all__ = ("connect", "listen", "queue", "pipe", "publish", "subscribe", "Channel", "Listener", "Queue", "Publisher",
+           "Subscriber")
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")

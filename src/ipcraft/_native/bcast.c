@@ -112,7 +112,8 @@ static inline uint32_t *u32at(char *p, size_t off) { return (uint32_t *)(p + off
 
 /* ---- process identity ---------------------------------------------------------------------- */
 
-/* The start time of `pid` (field 22 of /proc/pid/stat, clock ticks since boot), or 0 if gone. */
+/* The start time of `pid` (field 22 of /proc/pid/stat, clock ticks since boot), or 0 if it is gone or a
+ * zombie. */
 static uint64_t bcast_start_time(uint32_t pid)
 {
     char path[64], buf[1024];
@@ -124,8 +125,8 @@ static uint64_t bcast_start_time(uint32_t pid)
     fclose(f);
     buf[n] = 0;
     char *p = strrchr(buf, ')');
-    if (p == NULL)
-        return 0;
+    if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+        return 0; /* a zombie has exited: it reads nothing and publishes nothing any more */
     p++;
     for (int field = 3; field < 22 && p; field++) /* p: the space before field `field` (3: the state) */
         p = strchr(p + 1, ' ');
@@ -141,8 +142,7 @@ static int bcast_alive(uint32_t pid, uint64_t start)
         return 0;
     if (start == 0)
         return 1; /* still being claimed: the start time comes next */
-    uint64_t now = bcast_start_time(pid);
-    return now == 0 ? errno != ENOENT : now == start;
+    return bcast_start_time(pid) == start;
 }
 
 /* ---- the lock ------------------------------------------------------------------------------ */
@@ -1010,7 +1010,8 @@ static PyObject *BcastPort_pending(BcastPort *self, PyObject *unused)
     return PyBool_FromLong(ld_acq(self->head_p) != self->cursor || !bcast_mine(self));
 }
 
-/* wake_all(): FUTEX_WAKE every sleeping subscriber (a publisher's close: they re-check the count). */
+/* wake_all(): wake every sleeping subscriber and poke the armed fds (a publisher's close: they re-check
+ * the count). */
 static PyObject *BcastPort_wake_all(BcastPort *self, PyObject *unused)
 {
     (void)unused;
@@ -1018,6 +1019,7 @@ static PyObject *BcastPort_wake_all(BcastPort *self, PyObject *unused)
         Py_RETURN_NONE;
     __atomic_add_fetch(self->bell_p, 1, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, (uint32_t *)self->bell_p, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    bcast_poke(self);
     Py_RETURN_NONE;
 }
 

@@ -255,6 +255,8 @@ class BcastSubscriberPort:
         if rc == -errno.EOVERFLOW or rc == -errno.ESTALE:
             evicted = rc == -errno.ESTALE
             missed = self._live().resync()
+            if missed == 0 and not evicted:
+                return  # only a pad record before the next message was overwritten: nothing was lost
             if missed == -errno.ESTALE:  # the slot itself was taken from us (reaped as dead): rejoin
                 self._rejoin()
                 missed = 0
@@ -264,8 +266,11 @@ class BcastSubscriberPort:
             raise _bcast.missed_error(missed, self.what, evicted)
         if rc == -errno.EPIPE:
             raise _bcast.ended_error(self._view(), self.what)
-        if rc == -errno.ETIMEDOUT and remaining(deadline) != 0:
-            return  # a slice of the wait: look for dead publishers, then wait on
+        if rc == -errno.ETIMEDOUT:
+            if remaining(deadline) != 0:
+                return  # a slice of the wait: look for dead publishers, then wait on
+            if self._fd is not None and self._fd.active:
+                self._fd.rearm(self._live().pending())  # select/epoll users wait for the next one
         raise _bcast.bcast_error(rc, f"receiving on {self.what}")
 
     def _rejoin(self) -> None:
