@@ -7,6 +7,7 @@ lie, the end of the stream, permissions and the select/epoll fd.
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import signal
@@ -82,8 +83,8 @@ def _drain(url: str, start: str = "next", delay: float = 0.0) -> dict[str, objec
             if delay:
                 time.sleep(delay)
         total_missed = sub.missed
-    ordered = all(a < b for a, b in zip(got, got[1:]))
-    skipped = sum(b - a - 1 for a, b in zip(got, got[1:]))
+    ordered = all(a < b for a, b in itertools.pairwise(got))
+    skipped = sum(b - a - 1 for a, b in itertools.pairwise(got))
     return {"count": len(got), "first": got[0] if got else None, "last": got[-1] if got else None,
             "ordered": ordered, "skipped": skipped, "missed": total_missed, "signalled": gaps,
             "events": missed_events, "ended": ended}
