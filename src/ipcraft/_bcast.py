@@ -168,6 +168,8 @@ FD_NAME: Final = b"\0ipcraft-bcast-%016x"
 SPIN_NS: Final = 100_000
 #: How long an opener waits for a creator that is still formatting the header.
 FORMAT_WAIT: Final = 1.0
+#: The kernel's largest pid_max: anything above is not a pid.
+PID_MAX_LIMIT: Final = 4194304
 #: How often a waiting subscriber looks for dead publishers.
 REAP_INTERVAL: Final = 0.25
 
@@ -204,8 +206,8 @@ def start_time(pid: int) -> int:
 
 def alive(pid: int, start: int) -> bool:
     """Whether the process recorded as (``pid``, ``start``) still runs; a reused pid is not it."""
-    if pid <= 0:
-        return False
+    if not 0 < pid <= PID_MAX_LIMIT:
+        return False  # (a scribbled pid must never reach kill() as a process group)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -213,6 +215,11 @@ def alive(pid: int, start: int) -> bool:
     except PermissionError:
         pass  # another user's process: it exists
     return start == 0 or start_time(pid) == start
+
+
+def intact(buf: memoryview, pos: int, capacity: int) -> bool:
+    """Whether the record at ``pos`` has not been (and is not being) overwritten."""
+    return bool(_native.atomic_load_u64(buf, OFF_INTENT) <= pos + capacity)
 
 
 def format_ring(buf: memoryview, capacity: int, slots: int, block: bool, slow_timeout: float) -> None:

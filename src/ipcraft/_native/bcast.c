@@ -82,7 +82,8 @@
 #define BREC 16u
 #define PAD_LEN 0xFFFFFFFFu
 #define BCAST_FD_NAME "ipcraft-bcast-%016llx"
-#define BSLICE_NS 10000000LL /* a waiting publisher re-checks the slowest subscriber this often */
+#define BSLICE_NS 10000000LL
+#define PID_MAX_LIMIT 4194304u /* the kernel's largest pid_max */ /* a waiting publisher re-checks the slowest subscriber this often */
 
 typedef struct {
     PyObject_HEAD
@@ -136,8 +137,8 @@ static uint64_t bcast_start_time(uint32_t pid)
 /* Whether the process that claimed a slot as (pid, start) still runs (a reused pid does not). */
 static int bcast_alive(uint32_t pid, uint64_t start)
 {
-    if (pid == 0)
-        return 0;
+    if (pid == 0 || pid > PID_MAX_LIMIT)
+        return 0; /* never kill(-n): a scribbled pid must not address a process group */
     if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
         return 0;
     if (start == 0)
@@ -191,7 +192,7 @@ static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
             return 0;
         }
         if (rc != EBUSY)
-            return -rc;
+            return -EPROTO; /* EINVAL, ENOTRECOVERABLE...: the lock word itself was scribbled on */
         if (p->nowait)
             return -EAGAIN;
         if ((i & 63) == 0) {
@@ -217,7 +218,7 @@ static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
             return 0;
         }
         if (rc != ETIMEDOUT)
-            return -rc;
+            return -EPROTO;
         if (has_deadline && now_ns() >= deadline)
             return -ETIMEDOUT;
         if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
@@ -938,7 +939,47 @@ static PyObject *BcastPort_resync(BcastPort *self, PyObject *unused)
         __atomic_store_n(u64at(self->slotp, SO_EXPECTED), seq, __ATOMIC_RELAXED);
         return PyLong_FromLongLong(missed);
     }
-    return PyLong_FromLong(-EAGAIN);
+    return PyLong_FromLong(-EPROTO); /* never settled: intent or oldest is scribbled */
+}
+
+/* join(latest): a fresh subscriber's cursor at the end of the stream (latest=False) or at the most
+ * recent record (True), with the exact sequence number expected there, so that a lap before its first
+ * read is counted too.  The most recent record is the one that ends at head (pads only ever precede a
+ * record); a publisher between its head and latest stores makes the two disagree: look again.
+ * 0 or -EPROTO. */
+static PyObject *BcastPort_join(BcastPort *self, PyObject *arg)
+{
+    int latest = PyObject_IsTrue(arg);
+    if (latest < 0 || !bcast_usable(self, 1))
+        return NULL;
+    for (int tries = 0; tries < 100000; tries++) {
+        uint64_t head = ld_acq(self->head_p), at = ld_acq(self->latest_p), seq = 1;
+        if (head != 0) {
+            if (at >= head || head - at > self->cap / 2 || (at & 15)) {
+                sched_yield();
+                continue;
+            }
+            uint32_t hdr[2];
+            char *r = self->data + (at & self->mask);
+            memcpy(&seq, r, 8);
+            memcpy(hdr, r + 8, 8);
+            if (!bcast_intact(self, at) || ld_acq(self->head_p) != head)
+                continue;
+            if (hdr[1] != ~hdr[0] || hdr[0] > self->maxrec || at + brec_size(hdr[0]) != head) {
+                sched_yield();
+                continue;
+            }
+            if (!latest)
+                seq++;
+        }
+        uint64_t pos = latest && head != 0 ? at : head;
+        self->cursor = pos;
+        self->expected = seq;
+        __atomic_store_n(u64at(self->slotp, SO_EXPECTED), seq, __ATOMIC_RELAXED);
+        __atomic_store_n(u64at(self->slotp, SO_CURSOR), pos, __ATOMIC_SEQ_CST);
+        return PyLong_FromLong(0);
+    }
+    return PyLong_FromLong(-EPROTO);
 }
 
 /* seek(position, seq): set the cursor (a fresh subscriber's start). */
@@ -1075,6 +1116,7 @@ static PyMethodDef BcastPort_methods[] = {
     {"wait", (PyCFunction)BcastPort_wait, METH_VARARGS, "wait(timeout=None, position=None) -> 0 | -errno"},
     {"resync", (PyCFunction)BcastPort_resync, METH_NOARGS, "resync() -> missed | -errno"},
     {"seek", (PyCFunction)BcastPort_seek, METH_VARARGS, "seek(position, seq) -> None"},
+    {"join", (PyCFunction)BcastPort_join, METH_O, "join(latest) -> 0 | -errno"},
     {"latest_into", (PyCFunction)BcastPort_latest_into, METH_O, "latest_into(out) -> n | -errno"},
     {"pending", (PyCFunction)BcastPort_pending, METH_NOARGS, "pending() -> bool"},
     {"wake_all", (PyCFunction)BcastPort_wake_all, METH_NOARGS, "wake every sleeping subscriber"},

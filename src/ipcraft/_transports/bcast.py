@@ -232,13 +232,15 @@ class BcastSubscriberPort:
             if rc < 0:
                 raise _bcast.bcast_error(rc, f"subscribing to {self.what}")
             return
-        if start == "latest":
-            latest = _native.atomic_load_u64(buf, _bcast.OFF_LATEST)
-            head = _native.atomic_load_u64(buf, _bcast.OFF_HEAD)
-            port.seek(latest if latest < head else head, 0)
-        else:
-            port.seek(_native.atomic_load_u64(buf, _bcast.OFF_HEAD), 0)
+        rc = port.join(start == "latest")
+        if rc < 0:
+            raise _bcast.bcast_error(rc, f"subscribing to {self.what}")
         _bcast.set_live(buf, self._slot)
+        if not _bcast.intact(buf, port.cursor[0], self._map.header.capacity):
+            # overwritten before we were live (block mode publishers did not wait for us yet): settle
+            rc = port.resync()
+            if rc < 0:
+                raise _bcast.bcast_error(rc, f"subscribing to {self.what}")
 
     def _live(self) -> _native.BcastPort:
         if self._port is None:
