@@ -607,6 +607,7 @@ static int BcastPort_init(BcastPort *self, PyObject *args, PyObject *kwds)
     self->pubs_p = u32at(base, BO_PUBLISHERS);
     self->slot = slot;
     self->token = token;
+    self->blocked_who = -1; /* not waiting for anyone (slot 0 at cursor 0 is a real case) */
     if (slot >= 0) {
         self->slotp = base + BO_SUB_TABLE + (size_t)slot * BO_SUB_SLOT_SIZE;
         self->cursor = ld_acq(u64at(self->slotp, SO_CURSOR));

@@ -236,7 +236,7 @@ class BcastSubscriberPort:
         if rc < 0:
             raise _bcast.bcast_error(rc, f"subscribing to {self.what}")
         _bcast.set_live(buf, self._slot)
-        if not _bcast.intact(buf, port.cursor[0], self._map.header.capacity):
+        if not _bcast.intact(buf, port.cursor[0], m.header.capacity):
             # overwritten before we were live (block mode publishers did not wait for us yet): settle
             rc = port.resync()
             if rc < 0:
