@@ -16,7 +16,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 import ipcraft
 import ipcraft.aio
-from ipcraft import _bcast
+from ipcraft._rings import bcast as _bcast
 from ipcraft.errors import ChannelClosed, IPCError, MessagesMissed, ProtocolError, Timeout
 from ipcraft.testing import unique_name
 

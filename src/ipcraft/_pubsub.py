@@ -23,7 +23,7 @@ from ._channel import _NoPublicConstructor, bytes_view
 from ._endpoint import Endpoint
 from ._resource import ConflictDetector, Handle
 from ._wait import deadline_after
-from ._zerocopy import Borrow, Loan
+from ._zerocopy import RecvView, SendView
 from .errors import AuthenticationError, BufferTooSmall, ChannelClosed, InvalidEndpoint, MessageTooLarge, ProtocolError
 from .serializers import MSGPACK, Serializer, by_id
 
@@ -41,8 +41,9 @@ class PublisherPort(Protocol):
     limit_source: str
 
     def send(self, sid: int, payload: Any, deadline: float | None) -> None: ...
-    def loan(self, n: int, deadline: float | None) -> memoryview: ...
-    def end_loan(self, publish: bool) -> None: ...
+    def reserve(self, n: int, deadline: float | None) -> memoryview: ...  # zero copy: fill, then
+    def commit(self) -> None: ...                                         # publish it
+    def abort(self) -> None: ...                                          # or drop it
     def extra(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
@@ -55,8 +56,8 @@ class SubscriberPort(Protocol):
     missed: int
 
     def recv(self, deadline: float | None) -> memoryview: ...  # one message, frame header included
-    def borrow(self, deadline: float | None) -> tuple[memoryview, int]: ...
-    def end_borrow(self) -> None: ...
+    def peek(self, deadline: float | None) -> tuple[memoryview, int]: ...  # zero copy: the next record
+    def consume(self) -> None: ...                                          # then drop it
     def latest(self, deadline: float | None) -> memoryview: ...
     def wait_readable(self, deadline: float | None) -> bool: ...
     def fileno(self) -> int: ...
@@ -186,7 +187,7 @@ class Publisher(_PubSubHandle, Generic[T]):
             raise ValueError(f"send_view() needs n >= 0, not {n}")
         if n > self._limit:
             raise self._too_large(n)
-        return Loan(port, self._sending, n, timeout)
+        return SendView(port, self._sending, n, timeout)
 
 
 class Subscriber(_PubSubHandle, Generic[T]):
@@ -281,7 +282,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
         Raises:
             on entry as :meth:`recv_bytes`; on exit MessagesMissed / SubscriberEvicted as above.
         """
-        return Borrow(self._live(), self._receiving, timeout)
+        return RecvView(self._live(), self._receiving, timeout)
 
     def latest(self, timeout: float | None = 0.0) -> T:
         """The most recent message published, deserialized, without consuming the stream.

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 import ipcraft
-from ipcraft import _bcast
+from ipcraft._rings import bcast as _bcast
 from ipcraft.errors import (
     BufferTooSmall,
     ChannelClosed,

@@ -1,4 +1,4 @@
-/* The broadcast ring of bcast:// (layout and reasons: ipcraft/_bcast.py).
+/* The broadcast ring of bcast:// (layout and reasons: ipcraft/_rings/bcast.py).
  *
  * One data area, many readers.  Publishers serialise on one robust process-shared mutex; each
  * subscriber owns a slot of the subscriber table with its own cursor.  A record is written beyond
@@ -15,12 +15,12 @@
  * Every value read from shared memory is checked before it is used (cursors against head and the
  * capacity, record lengths against the largest message, the length's complement, the sequence
  * number against the one expected): a process that scribbles on the ring gets -EPROTO, never a wild
- * copy.  Returns are 0, a count or -errno; ipcraft/_bcast.py translates them.
+ * copy.  Returns are 0, a count or -errno; ipcraft/_rings/bcast.py translates them.
  *
  * Names are bcast_-prefixed; the wait/spin helpers are native.h's, the Dekker wake is mpmc.c's
- * wake_sleepers().
+ * mpmc_wake_sleepers().
  */
-#include "mpmc.h"
+#include "mpmc.h" /* mpmc_wake_sleepers, the slice lengths; mpmc.h includes rings.h */
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -92,15 +92,15 @@ typedef struct {
     char *base, *data, *slotp;
     uint64_t cap, mask, maxrec, token;
     uint32_t nslots;
-    int block, slot, loaned, sender, has_sender, nowait;
+    int block, slot, reserved, sender, has_sender, nowait;
     long long spin_ns, slow_ns;
     pthread_mutex_t *lock;
     uint64_t *head_p, *intent_p, *oldest_p, *latest_p, *seq_p, *bell_p, *progress_p, *armed_p;
     uint32_t *subs_sleep_p, *pubs_sleep_p, *hiwater_p, *pubs_p;
     /* subscriber state (a copy of the slot's cursor and expected sequence number) */
     uint64_t cursor, expected, peeked, peeked_seq;
-    /* publisher state: the loan in progress */
-    uint64_t loan_at, loan_end, loan_seq, seen_min;
+    /* publisher state: the record being written (send, or reserve() until commit()/abort()) */
+    uint64_t rec_at, rec_end, rec_seq, seen_min;
     int blocked_who;                    /* the slowest subscriber a waiting publisher watches, */
     uint64_t blocked_cursor;            /* its cursor then, */
     long long blocked_since, checked_at; /* since when it has not moved, when its pid was last checked */
@@ -153,7 +153,7 @@ static int bcast_alive(uint32_t pid, uint64_t start)
  * next_seq store).  Only published bytes are read; anything odd stops the walk. */
 static void bcast_repair(BcastPort *p)
 {
-    uint64_t head = ld_acq(p->head_p), pos = ld_acq(p->latest_p), last = 0;
+    uint64_t head = ring_load_acquire(p->head_p), pos = ring_load_acquire(p->latest_p), last = 0;
     int found = 0;
     for (int i = 0; i < 4 && pos < head && head - pos <= p->cap && !(pos & 15); i++) {
         uint64_t seq;
@@ -202,10 +202,10 @@ static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
                 break;
             sched_yield();
         }
-        cpu_relax();
+        ring_cpu_relax();
     }
     for (;;) {
-        long long end = now_ns() + SLEEP_SLICE_NS;
+        long long end = ring_now_ns() + SLEEP_SLICE_NS;
         if (has_deadline && deadline < end)
             end = deadline;
         struct timespec ts = {.tv_sec = end / 1000000000LL, .tv_nsec = end % 1000000000LL};
@@ -219,11 +219,11 @@ static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
         }
         if (rc != ETIMEDOUT)
             return -EPROTO;
-        if (has_deadline && now_ns() >= deadline)
+        if (has_deadline && ring_now_ns() >= deadline)
             return -ETIMEDOUT;
         if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
             return -EBADF;
-        return WAIT_SIGNALS;
+        return RING_WAIT_SIGNALS;
     }
 }
 
@@ -263,12 +263,12 @@ static void bcast_evict(BcastPort *p, int who)
 }
 
 /* Block mode, the lock held, without the GIL: wait until `end` fits behind the slowest live
- * subscriber, evicting dead or too-slow ones.  0, -ETIMEDOUT, -EBADF or WAIT_SIGNALS. */
+ * subscriber, evicting dead or too-slow ones.  0, -ETIMEDOUT, -EBADF or RING_WAIT_SIGNALS. */
 static int bcast_wait_room(BcastPort *p, uint64_t head, uint64_t end, int has_deadline, long long deadline)
 {
     if (end - p->seen_min <= p->cap && !((int64_t)(head - p->seen_min) < 0))
         return 0;
-    long long start = now_ns(), slice_end = start + SIGNAL_SLICE_NS;
+    long long start = ring_now_ns(), slice_end = start + SIGNAL_SLICE_NS;
     for (;;) {
         int who;
         uint64_t m = bcast_min_cursor(p, head, &who);
@@ -279,7 +279,7 @@ static int bcast_wait_room(BcastPort *p, uint64_t head, uint64_t end, int has_de
         }
         if (p->nowait)
             return -EAGAIN;
-        long long now = now_ns();
+        long long now = ring_now_ns();
         if (who != p->blocked_who || m != p->blocked_cursor) {
             p->blocked_who = who;
             p->blocked_cursor = m;
@@ -300,9 +300,9 @@ static int bcast_wait_room(BcastPort *p, uint64_t head, uint64_t end, int has_de
         if (has_deadline && now >= deadline)
             return -ETIMEDOUT;
         if (now >= slice_end)
-            return WAIT_SIGNALS;
+            return RING_WAIT_SIGNALS;
         if (p->spin_ns < 0 || now - start < p->spin_ns) {
-            cpu_relax();
+            ring_cpu_relax();
             continue;
         }
         __atomic_store_n(p->pubs_sleep_p, 1, __ATOMIC_SEQ_CST);
@@ -319,8 +319,8 @@ static int bcast_wait_room(BcastPort *p, uint64_t head, uint64_t end, int has_de
 }
 
 /* The lock held: make room for a record of `need` bytes (plus padding to skip the end of the data
- * area), advance `oldest` past what will be overwritten, raise `intent`.  Sets p->loan_at (the record's
- * position) and p->loan_end.  0 or -errno (the lock is still held). */
+ * area), advance `oldest` past what will be overwritten, raise `intent`.  Sets p->rec_at (the record's
+ * position) and p->rec_end.  0 or -errno (the lock is still held). */
 static int bcast_reserve(BcastPort *p, uint64_t need, int has_deadline, long long deadline)
 {
     uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED);
@@ -363,31 +363,31 @@ static int bcast_reserve(BcastPort *p, uint64_t need, int has_deadline, long lon
         memcpy(r, &seq, 8);
         memcpy(r + 8, pad, 8);
     }
-    p->loan_at = at;
-    p->loan_end = end;
-    p->loan_seq = seq;
+    p->rec_at = at;
+    p->rec_end = end;
+    p->rec_seq = seq;
     return 0;
 }
 
-/* The lock held, the payload written at loan_at + BREC: write the header, publish, unlock, wake. */
+/* The lock held, the payload written at rec_at + BREC: write the header, publish, unlock, wake. */
 static void bcast_commit(BcastPort *p, uint32_t len)
 {
-    char *r = p->data + (p->loan_at & p->mask);
+    char *r = p->data + (p->rec_at & p->mask);
     uint32_t hdr[2] = {len, ~len};
-    memcpy(r, &p->loan_seq, 8);
+    memcpy(r, &p->rec_seq, 8);
     memcpy(r + 8, hdr, 8);
-    __atomic_store_n(p->head_p, p->loan_end, __ATOMIC_RELEASE);
-    __atomic_store_n(p->latest_p, p->loan_at, __ATOMIC_RELEASE);
-    __atomic_store_n(p->seq_p, p->loan_seq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(p->head_p, p->rec_end, __ATOMIC_RELEASE);
+    __atomic_store_n(p->latest_p, p->rec_at, __ATOMIC_RELEASE);
+    __atomic_store_n(p->seq_p, p->rec_seq + 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(p->lock);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(p->subs_sleep_p, __ATOMIC_RELAXED)) {
         __atomic_add_fetch(p->bell_p, 1, __ATOMIC_SEQ_CST);
-        wake_sleepers(p->subs_sleep_p, p->bell_p);
+        mpmc_wake_sleepers(p->subs_sleep_p, p->bell_p);
     }
 }
 
-/* Poke the abstract sockets of the subscribers that armed their fileno() (see FdWake in _bcast.py). */
+/* Poke the abstract sockets of the subscribers that armed their fileno() (see FdWake in _rings/bcast.py). */
 static void bcast_poke(BcastPort *p)
 {
     if (!__atomic_load_n(p->armed_p, __ATOMIC_RELAXED))
@@ -435,7 +435,7 @@ static long long bcast_peek(BcastPort *p)
     for (;;) {
         if (!bcast_mine(p))
             return -ESTALE;
-        uint64_t c = p->cursor, head = ld_acq(p->head_p);
+        uint64_t c = p->cursor, head = ring_load_acquire(p->head_p);
         if (c == head)
             return -EAGAIN;
         if (head - c > p->cap || (int64_t)(head - c) < 0 || (c & 15))
@@ -482,7 +482,7 @@ static int bcast_consume(BcastPort *p, uint64_t len)
     __atomic_store_n(u64at(p->slotp, SO_CURSOR), next, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(p->pubs_sleep_p, __ATOMIC_SEQ_CST)) {
         __atomic_add_fetch(p->progress_p, 1, __ATOMIC_SEQ_CST);
-        wake_sleepers(p->pubs_sleep_p, p->progress_p);
+        mpmc_wake_sleepers(p->pubs_sleep_p, p->progress_p);
     }
     return 0;
 }
@@ -494,34 +494,34 @@ static inline int bcast_ended(BcastPort *p)
 }
 
 /* Without the GIL: wait until head differs from `pos` (or the publishers are gone: -EPIPE).
- * 0, -ETIMEDOUT, -EBADF, -EPIPE or WAIT_SIGNALS. */
+ * 0, -ETIMEDOUT, -EBADF, -EPIPE or RING_WAIT_SIGNALS. */
 static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long long deadline, long long spin_until)
 {
-    long long now = now_ns(), slice_end = now + SIGNAL_SLICE_NS;
+    long long now = ring_now_ns(), slice_end = now + SIGNAL_SLICE_NS;
     for (unsigned i = 0;; i++) {
-        if (ld_acq(p->head_p) != pos)
+        if (ring_load_acquire(p->head_p) != pos)
             return 0;
         if (bcast_ended(p))
             return -EPIPE;
         if (p->nowait)
             return -EAGAIN;
         if ((i & 63) == 0) {
-            now = now_ns();
+            now = ring_now_ns();
             if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
                 return -EBADF;
             if (has_deadline && now >= deadline)
                 return -ETIMEDOUT;
             if (now >= slice_end)
-                return WAIT_SIGNALS;
+                return RING_WAIT_SIGNALS;
         }
         if (p->spin_ns < 0 || now < spin_until) {
-            cpu_relax();
+            ring_cpu_relax();
             continue;
         }
         __atomic_store_n(p->subs_sleep_p, 1, __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         uint32_t seen = (uint32_t)__atomic_load_n(p->bell_p, __ATOMIC_ACQUIRE);
-        if (ld_acq(p->head_p) != pos || bcast_ended(p))
+        if (ring_load_acquire(p->head_p) != pos || bcast_ended(p))
             continue;
         long long left = SLEEP_SLICE_NS;
         if (has_deadline && deadline - now < left)
@@ -529,8 +529,8 @@ static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long lo
         struct timespec ts = {.tv_sec = left / 1000000000LL, .tv_nsec = left % 1000000000LL};
         long rc = syscall(SYS_futex, (uint32_t *)p->bell_p, FUTEX_WAIT, seen, &ts, NULL, 0);
         if (rc < 0 && (errno == EINTR || errno == ETIMEDOUT))
-            return WAIT_SIGNALS;
-        now = now_ns();
+            return RING_WAIT_SIGNALS;
+        now = ring_now_ns();
     }
 }
 
@@ -610,8 +610,8 @@ static int BcastPort_init(BcastPort *self, PyObject *args, PyObject *kwds)
     self->blocked_who = -1; /* not waiting for anyone (slot 0 at cursor 0 is a real case) */
     if (slot >= 0) {
         self->slotp = base + BO_SUB_TABLE + (size_t)slot * BO_SUB_SLOT_SIZE;
-        self->cursor = ld_acq(u64at(self->slotp, SO_CURSOR));
-        self->expected = ld_acq(u64at(self->slotp, SO_EXPECTED));
+        self->cursor = ring_load_acquire(u64at(self->slotp, SO_CURSOR));
+        self->expected = ring_load_acquire(u64at(self->slotp, SO_EXPECTED));
     }
     return 0;
 }
@@ -630,8 +630,8 @@ static void bcast_release(BcastPort *self)
 
 static void BcastPort_dealloc(BcastPort *self)
 {
-    if (self->loaned && self->has_view) {
-        self->loaned = 0;
+    if (self->reserved && self->has_view) {
+        self->reserved = 0;
         pthread_mutex_unlock(self->lock);
     }
     self->closed = 1;
@@ -657,42 +657,48 @@ static int bcast_usable(BcastPort *self, int subscriber)
 /* Run `step` (a reserve or a receive attempt) with waits between attempts, GIL released while waiting. */
 typedef long long (*bcast_step)(BcastPort *, void *, int, long long, long long);
 
+typedef struct {
+    BcastPort *p;
+    bcast_step step;
+    void *arg;
+    int has_deadline;
+    long long deadline, spin_until;
+} BcastWait;
+
+static long long bcast_slice(void *ctx)
+{
+    BcastWait *w = ctx;
+    long long rc;
+    do
+        rc = w->step(w->p, w->arg, w->has_deadline, w->deadline, w->spin_until);
+    while (rc == -EAGAIN);
+    return rc;
+}
+
 static long long bcast_run(BcastPort *p, bcast_step step, void *arg, PyObject *timeout_obj)
 {
     struct timespec ts;
     int has_deadline;
     if (ipc_timeout_arg(timeout_obj, &ts, &has_deadline) < 0)
-        return PY_ERROR;
-    long long start = now_ns(), result;
-    long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    long long spin_until = p->spin_ns < 0 ? LLONG_MAX : start + p->spin_ns;
+        return RING_PY_ERROR;
+    long long start = ring_now_ns();
+    BcastWait w = {p, step, arg, has_deadline, start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec,
+                   p->spin_ns < 0 ? LLONG_MAX : start + p->spin_ns};
     p->nowait = 1; /* the first attempt keeps the GIL and never waits */
-    result = step(p, arg, has_deadline, deadline, spin_until);
+    long long result = step(p, arg, has_deadline, w.deadline, w.spin_until);
     p->nowait = 0;
     if (result != -EAGAIN)
         return result;
     if (has_deadline && ts.tv_sec == 0 && ts.tv_nsec == 0)
         return -ETIMEDOUT;
     p->inflight++;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        do
-            result = step(p, arg, has_deadline, deadline, spin_until);
-        while (result == -EAGAIN);
-        Py_END_ALLOW_THREADS
-        if (result != WAIT_SIGNALS)
-            break;
-        if (PyErr_CheckSignals() < 0) {
-            result = PY_ERROR;
-            break;
-        }
-    }
+    result = ring_wait_loop(bcast_slice, &w);
     p->inflight--;
     bcast_release(p);
     return result;
 }
 
-/* One reserve attempt: lock, reserve.  Returns 0 with the lock held, or -errno / WAIT_SIGNALS. */
+/* One reserve attempt: lock, reserve.  Returns 0 with the lock held, or -errno / RING_WAIT_SIGNALS. */
 static long long step_reserve(BcastPort *p, void *arg, int has_deadline, long long deadline, long long spin_until)
 {
     (void)spin_until;
@@ -718,7 +724,7 @@ static long long step_peek(BcastPort *p, void *arg, int has_deadline, long long 
 
 static PyObject *result_or_error(long long rc)
 {
-    if (rc == PY_ERROR)
+    if (rc == RING_PY_ERROR)
         return NULL;
     return PyLong_FromLongLong(rc);
 }
@@ -731,9 +737,9 @@ static PyObject *BcastPort_send(BcastPort *self, PyObject *args)
     PyObject *timeout = Py_None;
     if (!PyArg_ParseTuple(args, "iy*|O:send", &sid, &data, &timeout))
         return NULL;
-    if (!bcast_usable(self, 0) || self->loaned) {
+    if (!bcast_usable(self, 0) || self->reserved) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "a send_view() loan is in progress");
+            PyErr_SetString(PyExc_RuntimeError, "a send_view() reservation is in progress");
         PyBuffer_Release(&data);
         return NULL;
     }
@@ -745,7 +751,7 @@ static PyObject *BcastPort_send(BcastPort *self, PyObject *args)
     uint64_t need = brec_size(len);
     long long rc = bcast_run(self, step_reserve, &need, timeout);
     if (rc == 0) {
-        char *r = self->data + (self->loan_at & self->mask) + BREC;
+        char *r = self->data + (self->rec_at & self->mask) + BREC;
         unsigned char frame[8] = {FRAME_MAGIC, (unsigned char)sid, 0, 0};
         uint32_t n32 = (uint32_t)data.len;
         memcpy(frame + 4, &n32, 4);
@@ -764,16 +770,16 @@ static PyObject *BcastPort_send(BcastPort *self, PyObject *args)
     return result_or_error(rc);
 }
 
-/* loan(n, timeout): reserve a record of n bytes and keep the lock: the offset of its bytes in the
- * buffer, or -errno.  end_loan(publish) publishes them (or not) and releases the lock. */
-static PyObject *BcastPort_loan(BcastPort *self, PyObject *args)
+/* reserve(n, timeout): reserve a record of n bytes and keep the lock: the offset of its bytes in the
+ * buffer, or -errno.  commit() publishes them and releases the lock; abort() only releases it. */
+static PyObject *BcastPort_reserve(BcastPort *self, PyObject *args)
 {
     unsigned long long n;
     PyObject *timeout = Py_None;
-    if (!PyArg_ParseTuple(args, "K|O:loan", &n, &timeout) || !bcast_usable(self, 0))
+    if (!PyArg_ParseTuple(args, "K|O:reserve", &n, &timeout) || !bcast_usable(self, 0))
         return NULL;
-    if (self->loaned) {
-        PyErr_SetString(PyExc_RuntimeError, "a send_view() loan is in progress");
+    if (self->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "a send_view() reservation is in progress");
         return NULL;
     }
     if (n > self->maxrec)
@@ -782,22 +788,19 @@ static PyObject *BcastPort_loan(BcastPort *self, PyObject *args)
     long long rc = bcast_run(self, step_reserve, &need, timeout);
     if (rc != 0)
         return result_or_error(rc);
-    self->loaned = 1;
+    self->reserved = 1;
     self->needed = n;
-    return PyLong_FromLongLong((long long)(self->data - self->base) + (long long)(self->loan_at & self->mask) +
+    return PyLong_FromLongLong((long long)(self->data - self->base) + (long long)(self->rec_at & self->mask) +
                                BREC);
 }
 
-static PyObject *BcastPort_end_loan(BcastPort *self, PyObject *arg)
+static PyObject *bcast_end_reservation(BcastPort *self, int publish)
 {
-    int publish = PyObject_IsTrue(arg);
-    if (publish < 0)
-        return NULL;
-    if (!self->loaned) {
-        PyErr_SetString(PyExc_RuntimeError, "no send_view() loan is in progress");
+    if (!self->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "no send_view() reservation is in progress");
         return NULL;
     }
-    self->loaned = 0;
+    self->reserved = 0;
     if (publish) {
         bcast_commit(self, (uint32_t)self->needed);
         bcast_poke(self);
@@ -805,6 +808,18 @@ static PyObject *BcastPort_end_loan(BcastPort *self, PyObject *arg)
         pthread_mutex_unlock(self->lock);
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *BcastPort_commit(BcastPort *self, PyObject *unused)
+{
+    (void)unused;
+    return bcast_end_reservation(self, 1);
+}
+
+static PyObject *BcastPort_abort(BcastPort *self, PyObject *unused)
+{
+    (void)unused;
+    return bcast_end_reservation(self, 0);
 }
 
 /* recv_into(out, timeout): the next record copied into out: its length, or -errno (-ENOBUFS: out
@@ -876,7 +891,7 @@ static PyObject *BcastPort_consume(BcastPort *self, PyObject *unused)
 static long long step_wait(BcastPort *p, void *arg, int has_deadline, long long deadline, long long spin_until)
 {
     uint64_t pos = *(uint64_t *)arg;
-    if (ld_acq(p->head_p) != pos || (p->slot >= 0 && !bcast_mine(p)))
+    if (ring_load_acquire(p->head_p) != pos || (p->slot >= 0 && !bcast_mine(p)))
         return 0;
     int rc = bcast_wait_head(p, pos, has_deadline, deadline, spin_until);
     return rc == 0 ? 0 : rc;
@@ -910,8 +925,8 @@ static PyObject *BcastPort_resync(BcastPort *self, PyObject *unused)
     __atomic_compare_exchange_n(u32at(self->slotp, SO_STATE), &evicted, SLOT_LIVE, 0, __ATOMIC_SEQ_CST,
                                 __ATOMIC_RELAXED);
     for (int tries = 0; tries < 1000; tries++) {
-        uint64_t o = ld_acq(self->oldest_p), head = ld_acq(self->head_p), seq;
-        uint64_t next_seq = ld_acq(self->seq_p);
+        uint64_t o = ring_load_acquire(self->oldest_p), head = ring_load_acquire(self->head_p), seq;
+        uint64_t next_seq = ring_load_acquire(self->seq_p);
         if (head - o > self->cap || (o & 15))
             return PyLong_FromLong(-EPROTO);
         uint32_t len = 0, chk = 0;
@@ -926,7 +941,7 @@ static PyObject *BcastPort_resync(BcastPort *self, PyObject *unused)
         /* publish the cursor before checking it is still intact: a blocking publisher that did not see
          * it then raised intent past it, which the check below sees (seq_cst on both sides). */
         __atomic_store_n(u64at(self->slotp, SO_CURSOR), o, __ATOMIC_SEQ_CST);
-        if (!bcast_intact(self, o) || ld_acq(self->oldest_p) != o)
+        if (!bcast_intact(self, o) || ring_load_acquire(self->oldest_p) != o)
             continue;
         if (o != head && chk != ~len)
             return PyLong_FromLong(-EPROTO);
@@ -954,7 +969,7 @@ static PyObject *BcastPort_join(BcastPort *self, PyObject *arg)
     if (latest < 0 || !bcast_usable(self, 1))
         return NULL;
     for (int tries = 0; tries < 100000; tries++) {
-        uint64_t head = ld_acq(self->head_p), at = ld_acq(self->latest_p), seq = 1;
+        uint64_t head = ring_load_acquire(self->head_p), at = ring_load_acquire(self->latest_p), seq = 1;
         if (head != 0) {
             if (at >= head || head - at > self->cap / 2 || (at & 15)) {
                 sched_yield();
@@ -964,7 +979,7 @@ static PyObject *BcastPort_join(BcastPort *self, PyObject *arg)
             char *r = self->data + (at & self->mask);
             memcpy(&seq, r, 8);
             memcpy(hdr, r + 8, 8);
-            if (!bcast_intact(self, at) || ld_acq(self->head_p) != head)
+            if (!bcast_intact(self, at) || ring_load_acquire(self->head_p) != head)
                 continue;
             if (hdr[1] != ~hdr[0] || hdr[0] > self->maxrec || at + brec_size(hdr[0]) != head) {
                 sched_yield();
@@ -1009,8 +1024,8 @@ static PyObject *BcastPort_latest_into(BcastPort *self, PyObject *arg)
     }
     long long n = -EAGAIN;
     for (int tries = 0; tries < 100000; tries++) {
-        uint64_t head = ld_acq(self->head_p);
-        uint64_t at = ld_acq(self->latest_p);
+        uint64_t head = ring_load_acquire(self->head_p);
+        uint64_t at = ring_load_acquire(self->latest_p);
         if (head == 0)
             break;
         if (at >= head || head - at > self->cap || (at & 15)) {
@@ -1025,7 +1040,7 @@ static PyObject *BcastPort_latest_into(BcastPort *self, PyObject *arg)
         int ok = chk == ~len && len <= self->maxrec && (at & self->mask) + brec_size(len) <= self->cap;
         if (ok && len <= (uint64_t)out.len)
             memcpy(out.buf, r + BREC, len);
-        if (!bcast_intact(self, at) || ld_acq(self->latest_p) != at)
+        if (!bcast_intact(self, at) || ring_load_acquire(self->latest_p) != at)
             continue;
         if (!ok) {
             n = -EPROTO;
@@ -1037,7 +1052,7 @@ static PyObject *BcastPort_latest_into(BcastPort *self, PyObject *arg)
         }
         break;
     }
-    if (n == -EAGAIN && ld_acq(self->head_p) != 0)
+    if (n == -EAGAIN && ring_load_acquire(self->head_p) != 0)
         n = -EPROTO; /* latest never settled inside the published bytes */
     PyBuffer_Release(&out);
     return PyLong_FromLongLong(n);
@@ -1049,7 +1064,7 @@ static PyObject *BcastPort_pending(BcastPort *self, PyObject *unused)
     (void)unused;
     if (!bcast_usable(self, 1))
         return NULL;
-    return PyBool_FromLong(ld_acq(self->head_p) != self->cursor || !bcast_mine(self));
+    return PyBool_FromLong(ring_load_acquire(self->head_p) != self->cursor || !bcast_mine(self));
 }
 
 /* wake_all(): wake every sleeping subscriber and poke the armed fds (a publisher's close: they re-check
@@ -1068,8 +1083,8 @@ static PyObject *BcastPort_wake_all(BcastPort *self, PyObject *unused)
 static PyObject *BcastPort_close(BcastPort *self, PyObject *unused)
 {
     (void)unused;
-    if (self->loaned && self->has_view) {
-        self->loaned = 0;
+    if (self->reserved && self->has_view) {
+        self->reserved = 0;
         pthread_mutex_unlock(self->lock);
     }
     __atomic_store_n(&self->closed, 1, __ATOMIC_RELAXED);
@@ -1109,8 +1124,9 @@ static PyObject *BcastPort_get_maxrec(BcastPort *self, void *c)
 
 static PyMethodDef BcastPort_methods[] = {
     {"send", (PyCFunction)BcastPort_send, METH_VARARGS, "send(sid, data, timeout=None) -> 0 | -errno"},
-    {"loan", (PyCFunction)BcastPort_loan, METH_VARARGS, "loan(n, timeout=None) -> offset | -errno"},
-    {"end_loan", (PyCFunction)BcastPort_end_loan, METH_O, "end_loan(publish) -> None"},
+    {"reserve", (PyCFunction)BcastPort_reserve, METH_VARARGS, "reserve(n, timeout=None) -> offset | -errno"},
+    {"commit", (PyCFunction)BcastPort_commit, METH_NOARGS, "commit() -> None: publish the reservation"},
+    {"abort", (PyCFunction)BcastPort_abort, METH_NOARGS, "abort() -> None: drop the reservation"},
     {"recv_into", (PyCFunction)BcastPort_recv_into, METH_VARARGS, "recv_into(out, timeout=None) -> n | -errno"},
     {"peek", (PyCFunction)BcastPort_peek, METH_VARARGS, "peek(timeout=None) -> (offset, n) | -errno"},
     {"consume", (PyCFunction)BcastPort_consume, METH_NOARGS, "consume() -> 0 | -errno"},
@@ -1138,7 +1154,7 @@ static PyTypeObject BcastPortType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcraft._native.BcastPort",
     .tp_basicsize = sizeof(BcastPort),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One publisher's or subscriber's access to a bcast:// ring (see ipcraft/_bcast.py).",
+    .tp_doc = "One publisher's or subscriber's access to a bcast:// ring (see ipcraft/_rings/bcast.py).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)BcastPort_init,
     .tp_dealloc = (destructor)BcastPort_dealloc,
@@ -1146,7 +1162,7 @@ static PyTypeObject BcastPortType = {
     .tp_getset = BcastPort_getset,
 };
 
-/* bcast_layout(): the constants above, checked by _bcast.py at import. */
+/* bcast_layout(): the constants above, checked by _rings/bcast.py at import. */
 static PyObject *bcast_layout(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -1233,12 +1249,7 @@ static PyMethodDef bcast_methods[] = {
 
 int ipc_bcast_register(PyObject *m)
 {
-    if (PyType_Ready(&BcastPortType) < 0 || PyModule_AddFunctions(m, bcast_methods) < 0)
+    if (PyModule_AddFunctions(m, bcast_methods) < 0)
         return -1;
-    Py_INCREF(&BcastPortType);
-    if (PyModule_AddObject(m, "BcastPort", (PyObject *)&BcastPortType) < 0) {
-        Py_DECREF(&BcastPortType);
-        return -1;
-    }
-    return 0;
+    return ipc_add_type(m, &BcastPortType, "BcastPort");
 }

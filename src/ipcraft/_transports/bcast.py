@@ -1,8 +1,9 @@
-"""bcast://name — the one-to-many shared-memory broadcast ring (layout and reasons: ipcraft/_bcast.py).
+"""bcast://name — the one-to-many shared-memory broadcast ring (layout and reasons: ipcraft/_rings/bcast.py).
 
 Two ports over one mapping, each implementing the pub/sub port interface of ipcraft/_pubsub.py:
 
-* :class:`BcastPublisherPort`: appends messages (``send``, or ``loan``/``end_loan`` for zero copy).
+* :class:`BcastPublisherPort`: appends messages (``send``, or ``reserve``/``commit``/``abort`` for zero
+  copy).
 * :class:`BcastSubscriberPort`: owns a slot of the subscriber table, reads at its own cursor.
 
 The ring is a POSIX shared memory segment /dev/shm/name, created owner-only (``mode=``, default 0600)
@@ -19,10 +20,11 @@ import os
 import time
 from typing import Any
 
-from .. import _bcast, _native
+from .. import _native
 from .._endpoint import Endpoint
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER, HEADER_SIZE, MAGIC
 from .._names import DEFAULT_MODE
+from .._rings import bcast as _bcast
 from .._wait import remaining
 from ..errors import HandleClosed, ProtocolError
 from ..primitives.shm import PosixSharedMemory
@@ -154,17 +156,23 @@ class BcastPublisherPort:
         return _bcast.bcast_error(rc, f"publishing on {self.what}", size=size,
                                   limit=self.max_payload - HEADER_SIZE, limit_source=self.limit_source)
 
-    def loan(self, n: int, deadline: float | None) -> memoryview:
+    def reserve(self, n: int, deadline: float | None) -> memoryview:
+        """Reserve a message of ``n`` bytes in the ring (other publishers wait until commit or abort)."""
         port, m = self._live(), self._map
         assert m is not None and m.view is not None
-        off = port.loan(n + HEADER_SIZE, remaining(deadline))
+        off = port.reserve(n + HEADER_SIZE, remaining(deadline))
         if off < 0:
             raise self.error(off, n)
         HEADER.pack_into(m.view, off, MAGIC, 0, 0, n)
         return m.view[off + HEADER_SIZE:off + HEADER_SIZE + n]
 
-    def end_loan(self, publish: bool) -> None:
-        self._live().end_loan(publish)
+    def commit(self) -> None:
+        """Publish the reserved message (as RAW bytes)."""
+        self._live().commit()
+
+    def abort(self) -> None:
+        """Drop the reservation: nothing is published."""
+        self._live().abort()
 
     def extra(self) -> dict[str, Any]:
         m = self._map
@@ -317,7 +325,7 @@ class BcastSubscriberPort:
             self._fd.rearm(port.pending())
         return memoryview(self._scratch)[:rc]
 
-    def borrow(self, deadline: float | None) -> tuple[memoryview, int]:
+    def peek(self, deadline: float | None) -> tuple[memoryview, int]:
         """Lend the next record in place: ``(read-only payload view, serializer id)``."""
         while True:
             port = self._live()
@@ -334,7 +342,7 @@ class BcastSubscriberPort:
                                 "skipped")
         return view[HEADER_SIZE:], sid
 
-    def end_borrow(self) -> None:
+    def consume(self) -> None:
         """Consume the lent record; a record overwritten while lent raises MessagesMissed here."""
         rc = self._live().consume()
         if rc < 0:

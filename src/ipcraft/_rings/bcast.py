@@ -96,10 +96,9 @@ import struct
 import time
 from typing import Final
 
-from . import _native
-from ._errors import os_error
-from ._ring import check_native_layout, pow2_capacity
-from .errors import (
+from .. import _native
+from .._errors import os_error
+from ..errors import (
     ChannelClosed,
     HandleClosed,
     LimitExceeded,
@@ -110,6 +109,7 @@ from .errors import (
     SubscriberEvicted,
     Timeout,
 )
+from . import check_native_layout, pow2_capacity
 
 MAGIC: Final = int.from_bytes(b"IPCRAFTB", "little")
 VERSION: Final = 1
@@ -300,7 +300,7 @@ def register_publisher(buf: memoryview, what: str) -> int:
         if sweep == 0:
             reap_publishers(buf)
     raise LimitExceeded(errno.EMFILE, f"publishing on {what}: all {PUB_SLOTS} publisher entries are held by "
-                                      "live publishers (limit: PUB_SLOTS in ipcraft/_bcast.py)")
+                                      "live publishers (limit: PUB_SLOTS in ipcraft/_rings/bcast.py)")
 
 
 def _drop_publisher(buf: memoryview, i: int, word: int, clean: bool) -> bool:
