@@ -431,3 +431,35 @@ def test_publisher_and_subscriber_have_no_public_constructor() -> None:
 def test_layout_constants_match_the_module() -> None:
     assert _bcast.max_message(4096) == 2048 - 16
     assert _bcast.data_offset(64) == 8192
+
+
+# -- ipcraft ls / rm -----------------------------------------------------------------------------------------
+
+
+def test_ls_shows_each_subscriber_pid_and_lag_and_rm_removes_the_ring(url: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from ipcraft._cli import cli
+
+    name = url.removeprefix("bcast://")
+    pub = ipcraft.publish(url, on_slow="block")
+    try:
+        with ipcraft.subscribe(url) as behind, ipcraft.subscribe(url) as prompt:
+            for i in range(5):
+                pub.send(i)
+            for _ in range(5):
+                prompt.recv(timeout=1)
+            behind.recv(timeout=1)
+            out = CliRunner().invoke(cli, ["ls", "--kind", "bcast", "--format", "json"], catch_exceptions=False)
+            ring = next(o for o in json.loads(out.stdout) if o["name"] == f"/{name}")
+            assert ring["details"]["on_slow"] == "block" and ring["details"]["publishers"] == [os.getpid()]
+            lags = sorted((s["pid"], s["lag_messages"]) for s in ring["details"]["subscribers"])
+            assert lags == [(os.getpid(), 0), (os.getpid(), 4)]
+            table = CliRunner().invoke(cli, ["ls", "--kind", "bcast"], catch_exceptions=False).stdout
+            assert f"{os.getpid()}:lag=4" in table and f"{os.getpid()}:lag=0" in table
+        removed = CliRunner().invoke(cli, ["rm", "bcast", name], catch_exceptions=False)
+        assert removed.exit_code == 0 and not os.path.exists(f"/dev/shm/{name}")
+    finally:
+        pub.close()

@@ -70,7 +70,7 @@ Decisions:
 * **Who is alive.**  A pid alone is not an identity (pids are reused), so each slot keeps the
   process's start time from /proc/pid/stat as well; a slot whose pid is gone or now belongs to a
   process that started at another time is dead.  Dead subscribers are evicted by a waiting
-  publisher and freed by the next subscriber that needs a slot, by ``ipcraft ls`` and ``ipcraft rm``;
+  publisher and their slots freed by the next subscriber that needs one (``ipcraft ls`` shows them);
   dead publishers are reaped by subscribers that wait (every 0.25 s), which is how the death of the
   last publisher becomes PeerVanished after the subscribers drained what it sent.
 * **Waiting**: spin (``SPIN_NS``) then FUTEX_WAIT in slices, with the Dekker flag pattern of the
@@ -422,6 +422,18 @@ def subscribers(buf: memoryview) -> list[dict[str, int | str]]:
                     "lag_messages": max(0, next_seq - expected) if expected else 0,
                     "lag_bytes": max(0, head - cursor), "missed": _native.atomic_load_u64(buf, off + SO_MISSED)})
     return out
+
+
+def describe(buf: memoryview, what: str) -> dict[str, object]:
+    """What ``ipcraft ls`` shows of a ring: its settings, its publishers and its subscribers.
+
+    Raises:
+        ProtocolError: the header is damaged.
+    """
+    h = check_ring(buf, what)
+    return {"capacity": h.capacity, "on_slow": "block" if h.block else "drop", "slow_timeout": h.slow_timeout,
+            "creator_pid": h.creator_pid, "published": _native.atomic_load_u64(buf, OFF_NEXT_SEQ) - 1,
+            "publishers": publishers(buf), "subscribers": subscribers(buf)}
 
 
 # -- errors ------------------------------------------------------------------------------------------------
