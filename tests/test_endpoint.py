@@ -54,6 +54,10 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "proj_id": st.integers(0, 255),
     "recv_buffer": _pos,
     "handshake_timeout": st.floats(0, 1e6, allow_nan=False),
+    "on_slow": st.sampled_from(["drop", "block"]),
+    "slow_timeout": st.floats(0, 1e6, allow_nan=False),
+    "start": st.sampled_from(["next", "latest", "oldest"]),
+    "max_subscribers": _pos,
 }
 
 
