@@ -1,4 +1,4 @@
-"""asyncio mirror of ipcraft's facade: the same names, with ``async`` methods (STYLE.md R17).
+"""asyncio mirror of ipcraft's facade: the same names, with ``async`` methods.
 
 ::
 
