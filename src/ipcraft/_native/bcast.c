@@ -501,8 +501,8 @@ static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long lo
     for (unsigned i = 0;; i++) {
         if (ring_load_acquire(p->head_p) != pos)
             return 0;
-        if (bcast_ended(p))
-            return -EPIPE;
+        if (bcast_ended(p)) /* the last publisher's close comes after its last head store: look again */
+            return ring_load_acquire(p->head_p) != pos ? 0 : -EPIPE;
         if (p->nowait)
             return -EAGAIN;
         if ((i & 63) == 0) {
