@@ -300,3 +300,22 @@ def test_bench_machinery_imports_neither_click_nor_rich():
     code = "import sys, ipcraft._bench; print('click' in sys.modules, 'rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_subscribers_mode_measures_bcast_against_the_peers_and_leaves_nothing(tmp_path):
+    """--subscribers runs one publisher and N subscriber processes per subject; every message is delivered
+    to every subscriber (the report says so), and no ring is left in /dev/shm."""
+    out = tmp_path / "fanout.json"
+    before = {n for n in os.listdir("/dev/shm") if n.startswith("ipcraft-bench-")}
+    result = CliRunner().invoke(cli, ["bench", "--subscribers", "1,2", "--sizes", "64", "--count", "300",
+                                      "--only", "bcast:// block", "--only", "mp.Queue", "--json", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Cost from 1 to 2 subscribers" in result.output
+    report = json.loads(out.read_text())
+    rows = {(r["subject"], r["subscribers"]): r for r in report["results"]}
+    assert set(rows) == {(s, n) for s in ("bcast:// block", "mp.Queue per subscriber") for n in (1, 2)}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["delivered"] == r["expected"] == 300 * r["subscribers"]
+        assert r["latency_us"]["p50"] > 0 and r["deliveries_per_s"] > 0
+    assert {n for n in os.listdir("/dev/shm") if n.startswith("ipcraft-bench-")} == before

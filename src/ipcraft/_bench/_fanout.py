@@ -5,7 +5,8 @@ this process's child pinned to CPU 0, the subscribers are its children allowed o
 (all CPUs on a one-CPU machine).  Two phases:
 
 * **latency**: the publisher sends messages carrying ``time.monotonic_ns()`` (CLOCK_MONOTONIC, one
-  clock for every process), paced 200 µs apart so that no message queues behind another; each
+  clock for every process), paced 200 µs (+10 ns per byte) apart so that no message queues behind
+  another; each
   subscriber records arrival minus departure.  Reported: p50 and p99 over every delivery.
 * **throughput**: the publisher sends ``count`` messages back to back, then an end marker; the run
   lasts from the first send to the last subscriber's end marker.  Reported: aggregate deliveries/s
@@ -292,10 +293,11 @@ def _publisher_main(subject: FanoutSubject, ready_r: int, n: int, size: int, cou
             if time.monotonic() > deadline:
                 raise TimeoutError("the subscribers never saw the warm-up messages")
         pad = bytes(max(0, size - _STAMP.size))
+        pace = _PACE_NS + size * 10  # 1 MiB: about 10 ms apart, so no message queues behind another
         for _ in range(lat_count):
             t = time.monotonic_ns()
             send(_STAMP.pack(b"L", t) + pad)
-            while time.monotonic_ns() - t < _PACE_NS:
+            while time.monotonic_ns() - t < pace:
                 pass
         body = _STAMP.pack(b"T", 0) + pad
         start = time.monotonic_ns()
@@ -350,15 +352,17 @@ def counts_for(size: int, full: bool) -> tuple[int, int]:
     """(throughput messages, latency messages) for a message size."""
     scale = 5 if full else 1
     if size >= 1 << 20:
-        return 200 * scale, 200 * scale
+        return 200 * scale, 100 * scale
     if size >= 64 << 10:
         return 2000 * scale, 500 * scale
     return 100_000 * scale, 2000 * scale
 
 
 def run(subjects: list[FanoutSubject], subscriber_counts: tuple[int, ...], sizes: tuple[int, ...], full: bool,
-        timeout: float, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Every subject x subscriber count x size; a subject that fails is reported, not raised."""
+        timeout: float, progress: Callable[[str], None] | None = None,
+        count: int | None = None) -> list[dict[str, Any]]:
+    """Every subject x subscriber count x size; a subject that fails is reported, not raised.  ``count``
+    overrides the number of throughput messages (and caps the latency ones)."""
     out: list[dict[str, Any]] = []
     for subject in subjects:
         why = subject.unavailable()
@@ -370,9 +374,11 @@ def run(subjects: list[FanoutSubject], subscriber_counts: tuple[int, ...], sizes
                     continue
                 if progress:
                     progress(f"{subject.name} x{n} {format_size(size)}")
-                count, lat_count = counts_for(size, full)
+                msgs, lat_count = counts_for(size, full)
+                if count is not None:
+                    msgs, lat_count = count, min(lat_count, count)
                 try:
-                    out.append(run_one(subject, n, size, count, lat_count, timeout))
+                    out.append(run_one(subject, n, size, msgs, lat_count, timeout))
                 except Exception as exc:  # noqa: BLE001 - one failed subject must not end the run
                     out.append({"subject": subject.name, "subscribers": n, "size": size, "status": "error",
                                 "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})

@@ -88,7 +88,7 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
 
     if subscribers:
         _fanout(subscribers, sizes or (64, 1 << 20), only, tuple(dict.fromkeys(waits)) or WAITS, full,
-                trial_timeout or 300.0, json_path)
+                trial_timeout or 300.0, json_path, count)
         return
     sizes = sizes or DEFAULT_SIZES
     if plot_path:
@@ -269,7 +269,7 @@ def _counts(value: str | None) -> tuple[int, ...] | None:
 
 
 def _fanout(counts: tuple[int, ...], sizes: tuple[int, ...], only: tuple[str, ...], waits: tuple[str, ...],
-            full: bool, timeout: float, json_path: str | None) -> None:
+            full: bool, timeout: float, json_path: str | None, count: int | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -281,7 +281,7 @@ def _fanout(counts: tuple[int, ...], sizes: tuple[int, ...], only: tuple[str, ..
         raise click.UsageError("no one-to-many subject matches --only")
     out.print(f"[bold]ipcraft bench[/] · one-to-many · subscribers {', '.join(map(str, counts))} · "
               f"sizes {', '.join(format_size(z) for z in sizes)}")
-    rows = _fanout.run(subjects, counts, sizes, full, timeout, lambda label: err.print(f"[dim]{label}[/]"))
+    rows = _fanout.run(subjects, counts, sizes, full, timeout, lambda label: err.print(f"[dim]{label}[/]"), count)
     table = Table(title="One publisher, N subscribers: latency p50 (p99) µs · aggregate deliveries/s · MB/s",
                   title_justify="left")
     for col in ("subject", "subs", "size", "latency µs", "deliveries/s", "MB/s"):
