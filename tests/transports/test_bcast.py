@@ -463,3 +463,45 @@ def test_ls_shows_each_subscriber_pid_and_lag_and_rm_removes_the_ring(url: str) 
         assert removed.exit_code == 0 and not os.path.exists(f"/dev/shm/{name}")
     finally:
         pub.close()
+
+
+# -- interop: the layout as documented, read by a process that does not import ipcraft -------------------------
+
+_PLAIN_READER = r'''
+import mmap, os, struct, sys
+fd = os.open("/dev/shm/" + sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+magic, version, flags, capacity, data = struct.unpack_from("<QIIQQ", m, 0)
+assert magic == int.from_bytes(b"IPCRAFTB", "little") and version == 1, (magic, version)
+head, intent, oldest, latest, next_seq = struct.unpack_from("<5Q", m, 192)
+pos, out = oldest, []
+while pos < head:
+    seq, n, check = struct.unpack_from("<QII", m, data + pos % capacity)
+    assert check == n ^ 0xFFFFFFFF
+    if n == 0xFFFFFFFF:                       # a pad record: skip to the next lap
+        pos = (pos // capacity + 1) * capacity
+        continue
+    magic_f, sid, fflags, length = struct.unpack_from("<BBHI", m, data + pos % capacity + 16)
+    assert (magic_f, sid, fflags, length) == (0xA1, 0, 0, n - 8)
+    start = data + pos % capacity + 24
+    out.append("%d:%s" % (seq, m[start:start + length].decode()))
+    pos += 16 + (n + 15) // 16 * 16
+assert "ipcraft" not in sys.modules
+print(" ".join(out), next_seq)
+'''
+
+
+def test_a_reader_that_does_not_import_ipcraft_follows_the_documented_layout(url: str) -> None:
+    import subprocess
+    import sys
+
+    name = url.removeprefix("bcast://")
+    with ipcraft.publish(url, capacity=4096) as pub:
+        for i in range(200):  # several laps: pads, an oldest record past the start
+            pub.send_bytes(f"m{i}".encode() * (1 + i % 40))
+        out = subprocess.run([sys.executable, "-I", "-c", _PLAIN_READER, name], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+    *records, next_seq = out
+    seqs = [int(r.split(":")[0]) for r in records]
+    assert int(next_seq) == 201 and seqs == list(range(seqs[0], 201)) and len(seqs) > 5
+    assert all(r.split(":")[1] == f"m{s - 1}" * (1 + (s - 1) % 40) for r, s in zip(records, seqs, strict=True))
