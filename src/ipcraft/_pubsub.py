@@ -19,13 +19,13 @@ from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar
 
 from . import _framing
-from ._channel import _NoPublicConstructor, bytes_view
+from ._channel import _NoPublicConstructor, bytes_view, copy_message, decode_message, writable_bytes
 from ._endpoint import Endpoint
 from ._resource import ConflictDetector, Handle
 from ._wait import deadline_after
 from ._zerocopy import RecvView, SendView
-from .errors import AuthenticationError, BufferTooSmall, ChannelClosed, InvalidEndpoint, MessageTooLarge, ProtocolError
-from .serializers import MSGPACK, Serializer, by_id
+from .errors import AuthenticationError, ChannelClosed, InvalidEndpoint, MessageTooLarge
+from .serializers import MSGPACK, Serializer
 
 T = TypeVar("T")
 
@@ -56,6 +56,7 @@ class SubscriberPort(Protocol):
     missed: int
 
     def recv(self, deadline: float | None) -> memoryview: ...  # one message, frame header included
+    def try_recv(self, limit: int) -> tuple[bytes, int] | None: ...  # a fast path: (payload, sid) or None
     def peek(self, deadline: float | None) -> tuple[memoryview, int]: ...  # zero copy: the next record
     def consume(self) -> None: ...                                          # then drop it
     def latest(self, deadline: float | None) -> memoryview: ...
@@ -234,6 +235,11 @@ class Subscriber(_PubSubHandle, Generic[T]):
             HandleClosed: this subscriber was closed.
         """
         with self._receiving:
+            got = self._live().try_recv(self.max_message_size)
+            if got is not None:
+                data, sid = got
+                s = self.serializer
+                return s.loads(data) if sid == s.id else self._decode(sid, memoryview(data))  # type: ignore[no-any-return]
             sid, view = self._next(timeout)
             return self._decode(sid, view)  # type: ignore[no-any-return]
 
@@ -241,6 +247,10 @@ class Subscriber(_PubSubHandle, Generic[T]):
         """Receive the next message as ``bytes``; ``maxlength`` refuses (and discards) longer ones.
         Raises as :meth:`recv`."""
         with self._receiving:
+            got = self._live().try_recv(self.max_message_size if maxlength is None else maxlength)
+            if got is not None:
+                data: bytes = got[0]
+                return data
             _sid, view = self._next(timeout)
             if maxlength is not None and view.nbytes > maxlength:
                 raise MessageTooLarge(f"a {view.nbytes}-byte message exceeds maxlength={maxlength}; it was "
@@ -254,20 +264,10 @@ class Subscriber(_PubSubHandle, Generic[T]):
             BufferTooSmall: the message does not fit; it is whole in the exception's ``data``.
             and as :meth:`recv`.
         """
-        dst = memoryview(buffer).cast("B")
-        if dst.readonly:
-            raise TypeError("recv_bytes_into needs a writable buffer")
-        if not 0 <= offset <= len(dst):
-            raise ValueError(f"offset {offset} is outside the {len(dst)}-byte buffer")
+        dst = writable_bytes(buffer, offset)
         with self._receiving:
             _sid, view = self._next(timeout)
-            n = view.nbytes
-            if n > len(dst) - offset:
-                raise BufferTooSmall(f"a {n}-byte message does not fit the {len(dst) - offset} bytes left "
-                                     "in the buffer; the message is in this exception's .data",
-                                     view.tobytes(), len(dst) - offset)
-            dst[offset:offset + n] = view
-            return n
+            return copy_message(view, dst, offset)
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Borrow the next message without copying: ``with sub.recv_view() as view: ...``.
@@ -300,18 +300,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
             return self._decode(sid, view)  # type: ignore[no-any-return]
 
     def _decode(self, sid: int, view: memoryview) -> Any:
-        s = self.serializer
-        if sid == s.id:
-            return s.loads(view)
-        if sid == 0:
-            return view.tobytes()
-        other = by_id(sid)
-        name = other.name if other is not None else f"unknown id {sid}"
-        if other is not None and other.trusted_only and not self._live().authenticated:
-            raise AuthenticationError(f"a publisher sent a {name} message on an unauthenticated ring; it "
-                                      "was discarded without being decoded")
-        raise ProtocolError(f"a publisher sent a {name} message but {self!r} uses {s.name}; the message "
-                            "was discarded (use the same serializer= on both sides)")
+        return decode_message(self.serializer, sid, view, lambda: bool(self._live().authenticated), repr(self))
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message (or a loss to report, or the end of the stream) is ready; waits up to

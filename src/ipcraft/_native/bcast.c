@@ -99,6 +99,7 @@ typedef struct {
     uint32_t *subs_sleep_p, *pubs_sleep_p, *hiwater_p, *pubs_p;
     /* subscriber state (a copy of the slot's cursor and expected sequence number) */
     uint64_t cursor, expected, peeked, peeked_seq;
+    int last_sid; /* the serializer id of the message try_recv() returned */
     /* publisher state: the record being written (send, or reserve() until commit()/abort()) */
     uint64_t rec_at, rec_end, rec_seq, seen_min;
     int blocked_who;                    /* the slowest subscriber a waiting publisher watches, */
@@ -864,6 +865,35 @@ static PyObject *BcastPort_recv_into(BcastPort *self, PyObject *args)
     return result_or_error(n);
 }
 
+/* try_recv(limit): the fast path of Subscriber.recv/recv_bytes.  The next message's payload as bytes
+ * when one is there now, whole, framed by ipcraft and at most `limit` bytes (its serializer id in
+ * last_sid); None for anything else (nothing yet, a lap, an eviction, a foreign frame, a large message),
+ * which the general path then handles with its full semantics.  Never waits; keeps the GIL. */
+static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *arg)
+{
+    unsigned long long limit = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred() || !bcast_usable(self, 1))
+        return NULL;
+    long long n = bcast_peek(self);
+    if (n < 8 || n >= GIL_FREE_BYTES)
+        Py_RETURN_NONE;
+    const unsigned char *src = (const unsigned char *)self->data + (self->peeked & self->mask) + BREC;
+    uint32_t length;
+    memcpy(&length, src + 4, 4);
+    if (src[0] != FRAME_MAGIC || src[2] || src[3] || (uint64_t)length + 8 != (uint64_t)n || length > limit)
+        Py_RETURN_NONE;
+    int sid = src[1];
+    PyObject *out = PyBytes_FromStringAndSize((const char *)src + 8, length);
+    if (out == NULL)
+        return NULL;
+    if (bcast_consume(self, (uint64_t)n) < 0) { /* overwritten while copied: the general path reports it */
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    self->last_sid = sid;
+    return out;
+}
+
 /* peek(timeout): (offset of the payload in the buffer, length) of the next record, left in place,
  * or -errno.  consume() then checks and takes it. */
 static PyObject *BcastPort_peek(BcastPort *self, PyObject *args)
@@ -1098,6 +1128,12 @@ static PyObject *BcastPort_get_cursor(BcastPort *self, void *c)
     return Py_BuildValue("(KK)", (unsigned long long)self->cursor, (unsigned long long)self->expected);
 }
 
+static PyObject *BcastPort_get_last_sid(BcastPort *self, void *c)
+{
+    (void)c;
+    return PyLong_FromLong(self->last_sid);
+}
+
 static PyObject *BcastPort_get_needed(BcastPort *self, void *c)
 {
     (void)c;
@@ -1128,6 +1164,7 @@ static PyMethodDef BcastPort_methods[] = {
     {"commit", (PyCFunction)BcastPort_commit, METH_NOARGS, "commit() -> None: publish the reservation"},
     {"abort", (PyCFunction)BcastPort_abort, METH_NOARGS, "abort() -> None: drop the reservation"},
     {"recv_into", (PyCFunction)BcastPort_recv_into, METH_VARARGS, "recv_into(out, timeout=None) -> n | -errno"},
+    {"try_recv", (PyCFunction)BcastPort_try_recv, METH_O, "try_recv(limit) -> bytes | None (fast path)"},
     {"peek", (PyCFunction)BcastPort_peek, METH_VARARGS, "peek(timeout=None) -> (offset, n) | -errno"},
     {"consume", (PyCFunction)BcastPort_consume, METH_NOARGS, "consume() -> 0 | -errno"},
     {"wait", (PyCFunction)BcastPort_wait, METH_VARARGS, "wait(timeout=None, position=None) -> 0 | -errno"},
@@ -1143,6 +1180,7 @@ static PyMethodDef BcastPort_methods[] = {
 
 static PyGetSetDef BcastPort_getset[] = {
     {"cursor", (getter)BcastPort_get_cursor, NULL, "(position, expected sequence number)", NULL},
+    {"last_sid", (getter)BcastPort_get_last_sid, NULL, "serializer id of try_recv()'s message", NULL},
     {"needed", (getter)BcastPort_get_needed, NULL, "size of the record a too-small buffer refused", NULL},
     {"recovered", (getter)BcastPort_get_recovered, NULL, "locks taken over from a dead publisher", NULL},
     {"evicted", (getter)BcastPort_get_evicted, NULL, "subscribers this publisher evicted", NULL},

@@ -306,6 +306,16 @@ class BcastSubscriberPort:
         left = remaining(deadline)
         return _bcast.REAP_INTERVAL if left is None else min(left, _bcast.REAP_INTERVAL)
 
+    def try_recv(self, limit: int) -> tuple[bytes, int] | None:
+        """The fast path: ``(payload, serializer id)`` of a message that is there now, or None (see
+        BcastPort.try_recv; a handle that gave out a fileno() always takes the general path, which
+        re-arms it)."""
+        port = self._port
+        if port is None or (self._fd is not None and self._fd.active):
+            return None
+        data = port.try_recv(limit)
+        return None if data is None else (data, port.last_sid)
+
     def recv(self, deadline: float | None) -> memoryview:
         """The next record (frame header included), valid until the next recv; waits until ``deadline``."""
         port = self._live()
