@@ -227,11 +227,13 @@ def test_random_scribbles_never_crash_or_hang(writes: list[tuple[int, bytes]]) -
 
 
 def test_a_subscriber_table_full_of_strangers_is_reaped(ring: tuple[str, mmap.mmap]) -> None:
-    """Slots claimed by processes that no longer exist are freed when a subscriber needs one."""
+    """Slots claimed by processes that no longer exist, or by an earlier process that had this pid, are
+    freed when a subscriber needs one."""
     url, m = ring
-    for i in range(4):
+    for i in range(4):  # pids that do not exist, and this very pid with another start time (a reused pid)
         off = _bcast.OFF_SUB_TABLE + i * _bcast.SUB_SLOT_SIZE
-        struct.pack_into("<IIQ", m, off + _bcast.SO_STATE, _bcast.SLOT_LIVE, 4_000_000 + i, 1)
+        pid = os.getpid() if i == 3 else 4_000_000 + i
+        struct.pack_into("<IIQ", m, off + _bcast.SO_STATE, _bcast.SLOT_LIVE, pid, 1)
     struct.pack_into("<I", m, _bcast.OFF_HIWATER, 4)
     with ipcraft.subscribe(url) as sub:
         assert sub.extra("slot") == 0
