@@ -57,6 +57,10 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "framing": st.sampled_from(["ipcraft", "none", "lines", "length"]),
     "handshake": st.booleans(),
     "handshake_timeout": st.floats(0, 1e6, allow_nan=False),
+    "on_slow": st.sampled_from(["drop", "block"]),
+    "slow_timeout": st.floats(0, 1e6, allow_nan=False),
+    "start": st.sampled_from(["next", "latest", "oldest"]),
+    "max_subscribers": _pos,
 }
 
 

@@ -12,7 +12,7 @@ serializer that can run code (pickle) is decoded only when the transport authent
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar, cast
 
@@ -281,20 +281,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 (nothing is lost), the channel is usable.
             and as :meth:`recv`.
         """
-        dst = memoryview(buffer).cast("B")
-        if dst.readonly:
-            raise TypeError("recv_bytes_into needs a writable buffer")
-        if not 0 <= offset <= len(dst):
-            raise ValueError(f"offset {offset} is outside the {len(dst)}-byte buffer")
+        dst = writable_bytes(buffer, offset)
         with self._receiving:
             _sid, view = self._recv_frame(timeout, extra)
-            n = view.nbytes
-            if n > len(dst) - offset:
-                raise BufferTooSmall(f"a {n}-byte message does not fit the {len(dst) - offset} bytes left "
-                                     "in the buffer; the message is in this exception's .data",
-                                     view.tobytes(), len(dst) - offset)
-            dst[offset:offset + n] = view
-            return n
+            return copy_message(view, dst, offset)
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Look at the next message in place, without copying: ``with ch.recv_view() as view: ...``.
@@ -371,18 +361,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                                "to allow it)", n, self.max_message_size)
 
     def _decode(self, sid: int, view: memoryview) -> Any:
-        s = self.serializer
-        if sid == s.id:
-            return s.decode(view)
-        if sid == 0:
-            return view.tobytes()
-        other = by_id(sid)
-        name = other.name if other is not None else f"unknown id {sid}"
-        if other is not None and other.trusted_only and not self._live().authenticated:
-            raise AuthenticationError(f"the peer sent a {name} message on an unauthenticated channel; it "
-                                      "was discarded without being decoded")
-        raise ProtocolError(f"the peer sent a {name} message but {self!r} uses {s.name}; the message "
-                            "was discarded (use the same serializer= on both sides)")
+        return decode_message(self.serializer, sid, view, lambda: bool(self._live().authenticated), repr(self))
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message (or the end of the stream) is ready; waits up to ``timeout`` seconds.
@@ -405,6 +384,43 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 yield self.recv()
             except ChannelClosed:
                 return
+
+
+def decode_message(s: Serializer, sid: int, view: memoryview, authenticated: Callable[[], bool], who: str) -> Any:
+    """A received payload of serializer ``sid`` decoded by a handle that uses ``s`` (shared with
+    _pubsub): ``s``'s own frames are loaded, RAW ones returned as bytes, anything else refused."""
+    if sid == s.id:
+        return s.decode(view)
+    if sid == 0:
+        return view.tobytes()
+    other = by_id(sid)
+    name = other.name if other is not None else f"unknown id {sid}"
+    if other is not None and other.trusted_only and not authenticated():
+        raise AuthenticationError(f"the peer sent a {name} message on an unauthenticated channel; it "
+                                  "was discarded without being decoded")
+    raise ProtocolError(f"the peer sent a {name} message but {who} uses {s.name}; the message "
+                        "was discarded (use the same serializer= on both sides)")
+
+
+def writable_bytes(buffer: Any, offset: int) -> memoryview:
+    """``buffer`` as a writable flat byte view with room from ``offset`` (recv_bytes_into's checks)."""
+    dst = memoryview(buffer).cast("B")
+    if dst.readonly:
+        raise TypeError("recv_bytes_into needs a writable buffer")
+    if not 0 <= offset <= len(dst):
+        raise ValueError(f"offset {offset} is outside the {len(dst)}-byte buffer")
+    return dst
+
+
+def copy_message(view: memoryview, dst: memoryview, offset: int) -> int:
+    """Copy a received message into ``dst`` at ``offset``; BufferTooSmall (keeping it) if it does not fit."""
+    n = view.nbytes
+    if n > len(dst) - offset:
+        raise BufferTooSmall(f"a {n}-byte message does not fit the {len(dst) - offset} bytes left "
+                             "in the buffer; the message is in this exception's .data",
+                             view.tobytes(), len(dst) - offset)
+    dst[offset:offset + n] = view
+    return n
 
 
 def bytes_view(data: Any, offset: int = 0, size: int | None = None) -> memoryview:

@@ -25,7 +25,8 @@ def _channel_options(ep: Endpoint) -> dict[str, Any]:
 def _endpoint(url: str | Endpoint, family: str, verb: str, opts: dict[str, Any]) -> Endpoint:
     ep = Endpoint.parse(url, **opts)
     if ep.info.family != family:
-        hint = "ipcraft.queue()" if ep.info.family == "queue" else "ipcraft.connect()/listen()"
+        hint = {"queue": "ipcraft.queue()", "pubsub": "ipcraft.publish()/subscribe()"}.get(
+            ep.info.family, "ipcraft.connect()/listen()")
         raise InvalidEndpoint(f"{ep.scheme}:// is a {ep.info.family} scheme; {verb}() does not take it "
                               f"(use {hint})")
     ep.check_framing()

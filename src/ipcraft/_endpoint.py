@@ -4,7 +4,7 @@ Address forms::
 
     unix:///abs/path  unix:rel/path  unix:@abstract     (also unix+seqpacket:, unix+dgram:)
     tcp://host:port   tcp://[::1]:port                   (also udp:)
-    shm://name  ring://name  mq://name                   one path component
+    shm://name  ring://name  mq://name  bcast://name     one path component
     fifo:///abs/path  file:///abs/path                   a file path
     sysvmq://1234  sysvmq://0x4d2                        a System V key
     sysvmq:///path?proj_id=7                             the key ftok(path, proj_id) (default 1)
@@ -151,6 +151,11 @@ OPTIONS: Mapping[str, _Option] = {
     "recv_buffer": _Option(_int_in(1, INT_MAX), doc="SO_RCVBUF for datagram sockets"),
     "access": _Option(_choice("rw", "r", "w"), doc="message queues: open to receive (r), send (w) or both"),
     "handshake_timeout": _Option(_float, doc="seconds allowed for a connection handshake"),
+    "on_slow": _Option(_choice("drop", "block"),
+                       doc="bcast://, at creation: drop (a lapped subscriber skips) or block (publishers wait)"),
+    "slow_timeout": _Option(_float, doc="bcast:// block mode: evict a subscriber idle this many seconds (0: never)"),
+    "start": _Option(_choice("next", "latest", "oldest"), doc="bcast:// subscriber: where it starts reading"),
+    "max_subscribers": _Option(_int_in(1, 4096), doc="bcast://, at creation: subscriber slots in the ring"),
     "framing": _Option(_choice("ipcraft", "none", "lines", "length"),
                        doc="ipcraft (default) | none (message schemes) | lines, length (byte streams)"),
     "handshake": _Option(_bool, doc="with raw framing: run the peer handshake anyway (default off)"),
@@ -179,7 +184,7 @@ class Scheme:
     """A URL scheme: its family (connection or queue), address form and accepted options."""
 
     name: str
-    family: str  # "connection" | "queue"
+    family: str  # "connection" | "queue" | "pubsub"
     address: str  # "unix" | "path" | "host_port" | "name" | "key"
     options: frozenset[str]
     summary: str
@@ -213,6 +218,9 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            "named multi-producer multi-consumer shared-memory ring"),
     Scheme("file", "queue", "path", _COMMON | {"wait", "capacity", "mode", "sync"},
            "durable memory-mapped ring that survives crashes"),
+    Scheme("bcast", "pubsub", "name",
+           _COMMON | {"wait", "capacity", "mode", "on_slow", "slow_timeout", "start", "max_subscribers"},
+           "one-to-many shared-memory broadcast ring"),
 )}
 
 

@@ -47,6 +47,10 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import _connect, _framing
+from ._aio_pubsub import Publisher as Publisher
+from ._aio_pubsub import Subscriber as Subscriber
+from ._aio_pubsub import publish as publish
+from ._aio_pubsub import subscribe as subscribe
 from ._channel import Listener as _SyncListener
 from ._channel import Queue as _SyncQueue
 from ._channel import _MessageIO, _no_extras, _NoPublicConstructor, bytes_view
@@ -62,7 +66,8 @@ from ._wait import deadline_after, remaining
 from .errors import ChannelClosed, HandleClosed, Timeout
 from .serializers import MSGPACK, Serializer
 
-__all__ = ("connect", "listen", "queue", "pipe", "Channel", "Listener", "Queue")
+__all__ = ("connect", "listen", "queue", "pipe", "publish", "subscribe", "Channel", "Listener", "Queue", "Publisher",
+           "Subscriber")
 
 #: The message ports that are adapters over a byte stream (their reader belongs to the receiving task).
 _STREAM_PORTS = (FramedStream, RawStream)

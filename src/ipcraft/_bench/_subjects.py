@@ -229,8 +229,8 @@ def ipcraft_subjects(waits: tuple[str, ...], schemes: set[str] | None = None) ->
     out: list[Subject] = []
     ordered = sorted(SCHEMES.values(), key=lambda s: s.family != "connection")
     for info in ordered:
-        if schemes is not None and info.name not in schemes:
-            continue
+        if (schemes is not None and info.name not in schemes) or info.family == "pubsub":
+            continue  # one-to-many schemes have their own subjects (_bench/_fanout.py)
         if "wait" in info.options:
             for wait in waits:
                 out.append(SchemeSubject(info.name, wait))
