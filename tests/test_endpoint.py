@@ -60,7 +60,7 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "on_slow": st.sampled_from(["drop", "block"]),
     "slow_timeout": st.floats(0, 1e6, allow_nan=False),
     "start": st.sampled_from(["next", "latest", "oldest"]),
-    "max_subscribers": _pos,
+    "max_subscribers": st.integers(1, 4096),
 }
 
 
