@@ -399,8 +399,10 @@ def _convert_options(info: Scheme, raw: Mapping[str, Any], url: str) -> dict[str
 
 
 #: The largest ``capacity=`` each shared-memory scheme lays out (its index arithmetic's limit); the
-#: ring engines (_rings.spsc for shm://, _rings.mpmc for ring:// and file://) take theirs from here.
-MAX_RING_CAPACITY: Mapping[str, int] = types.MappingProxyType({"shm": 1 << 30, "ring": 1 << 32, "file": 1 << 32})
+#: ring engines (_rings.spsc for shm://, _rings.mpmc for ring:// and file://, _rings.bcast for bcast://)
+#: take theirs from here.
+MAX_RING_CAPACITY: Mapping[str, int] = types.MappingProxyType({"shm": 1 << 30, "ring": 1 << 32, "file": 1 << 32,
+                                                                  "bcast": 1 << 32})
 
 
 def _check_capacity(scheme: str, capacity: int) -> None:

@@ -99,6 +99,7 @@ import time
 from typing import Final
 
 from .. import _native
+from .._endpoint import MAX_RING_CAPACITY
 from .._errors import os_error
 from ..errors import (
     ChannelClosed,
@@ -117,7 +118,7 @@ MAGIC: Final = int.from_bytes(b"IPCRAFTB", "little")
 VERSION: Final = 1
 HEADER_SIZE: Final = 4096
 MIN_CAPACITY: Final = 4096
-MAX_CAPACITY: Final = 1 << 32
+MAX_CAPACITY: Final = MAX_RING_CAPACITY["bcast"]
 DEFAULT_CAPACITY: Final = 4 * 1024 * 1024
 DEFAULT_SLOTS: Final = 64
 MAX_SLOTS: Final = 4096
