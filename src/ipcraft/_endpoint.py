@@ -126,9 +126,21 @@ OPTIONS: Mapping[str, _Option] = {
     "proj_id": _Option(_nonneg_int, doc="System V: ftok project id for a path key"),
     "recv_buffer": _Option(_pos_int, doc="SO_RCVBUF for datagram sockets"),
     "handshake_timeout": _Option(_float, doc="seconds allowed for a connection handshake"),
+    "curve_keys": _Option(_keep, doc="ZeroMQ: this side's CURVE key pair (.key_secret file, or a (public, secret) "
+                          "pair as a keyword argument)"),
+    "curve_server": _Option(_keep, doc="ZeroMQ: the binding side's CURVE public key or .key file"),
+    "curve_clients": _Option(_keep, doc="ZeroMQ: the CURVE public keys the binding side admits (directory, "
+                             ".key file, or a list as a keyword argument)"),
+    "role": _Option(_choice("push", "pull"), doc="ZeroMQ queue: push (send) or pull (receive)"),
+    "topic": _Option(str, doc="ZeroMQ publish/subscribe: the topic sent, or the prefix subscribed to"),
+    "hwm": _Option(_nonneg_int, doc="ZeroMQ: high-water mark in messages (default 1000; 0: none)"),
+    "heartbeat": _Option(_float, doc="ZeroMQ: seconds between heartbeats (default 1; a peer silent for 3 "
+                         "is dropped; 0: off)"),
 }
 
 _COMMON = frozenset({"serializer", "max_message_size"})
+_ZMQ = _COMMON | {"insecure", "curve_keys", "curve_server", "curve_clients", "role", "topic", "hwm", "heartbeat",
+                  "handshake_timeout"}
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,12 @@ class Scheme:
     address: str  # "unix" | "path" | "host_port" | "name" | "key"
     options: frozenset[str]
     summary: str
+    #: Other families the scheme also serves (ZeroMQ: queue and broadcast besides connection).
+    more_families: frozenset[str] = frozenset()
+
+    def serves(self, family: str) -> bool:
+        """Whether the facade of ``family`` (connection, queue, broadcast) takes this scheme."""
+        return family == self.family or family in self.more_families
 
 
 SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
@@ -170,6 +188,10 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            "named multi-producer multi-consumer shared-memory ring"),
     Scheme("file", "queue", "path", _COMMON | {"wait", "capacity", "mode", "sync"},
            "durable memory-mapped ring that survives crashes"),
+    Scheme("zmq+tcp", "connection", "host_port", _ZMQ, "ZeroMQ over TCP (pyzmq); CURVE by default",
+           frozenset({"queue", "broadcast"})),
+    Scheme("zmq+ipc", "connection", "path", _ZMQ | {"mode"}, "ZeroMQ over a Unix socket (pyzmq); CURVE by default",
+           frozenset({"queue", "broadcast"})),
 )}
 
 
@@ -259,7 +281,8 @@ class Endpoint:
                 base = f"{self.scheme}:{_quote(self.address)}"
         else:
             base = f"{self.scheme}://{_quote(self.address)}"
-        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items()) if OPTIONS[k].url]
+        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items())
+                 if OPTIONS[k].url and not isinstance(v, (tuple, list, bytes))]  # key pairs given as values
         if query:
             base += "?" + urllib.parse.urlencode(query)
         return base

@@ -1,0 +1,743 @@
+"""zmq+tcp://host:port and zmq+ipc:///path — ZeroMQ sockets (pyzmq, the ``ipcraft[zmq]`` extra).
+
+One ZeroMQ frame carries one ipcraft message: the 8-byte frame header of ipcraft._framing followed by
+the payload, exactly as on every other message transport.  Publish/subscribe adds one frame before it,
+the topic, because ZeroMQ filters subscriptions on the first frame's prefix.
+
+Decisions:
+
+* **listen/connect: one socket per peer.**  The listener binds a ROUTER that only hands out
+  addresses: a client's DEALER sends ``ipcraft-zmq/1``, the listener binds a fresh PAIR socket (a
+  port the kernel picks on the listener's host, or ``<path>.<n>`` for ipc) and answers ``[b"ok",
+  address]``; the client connects a PAIR there and both wait for ZeroMQ's handshake.  A PAIR admits one
+  peer, so each accepted Channel has its own socket, high-water marks, heartbeats, disconnect events
+  and file descriptor; demultiplexing one ROUTER into many Channels would need a shared reader and
+  per-peer buffers, and fileno() could not say which peer is ready.
+* **End of stream**: ZeroMQ has none, so close() sends one empty frame (never a valid ipcraft frame,
+  which has at least its header) and lingers up to a second to deliver it; the peer's recv then
+  raises ChannelClosed after the last message.  A peer whose connection drops without it (killed,
+  cable pulled: heartbeats every second, a silent peer is dropped after three) makes a blocking
+  send or recv raise PeerVanished, from the socket monitor's DISCONNECTED event.
+* **queue: PUSH/PULL.**  The creating handle (create=True or "if_missing") binds and the others
+  connect; by default the creator receives (PULL) and openers send (PUSH), as with fifo:// and udp://;
+  ``role=push`` on the creator turns that round.  ZeroMQ deals each message to one receiver, round
+  robin.  A handle only does its role: the other direction raises io.UnsupportedOperation.
+* **Secure by default.**  CURVE (ZeroMQ's own authentication and encryption) unless ``insecure=True``.
+  The binding side needs its key pair (``curve_keys=``) and the public keys it admits
+  (``curve_clients=``: a .key file, a directory of them, or a list); a connecting side needs its key
+  pair and the server's public key (``curve_server=``).  ``ipcraft keygen`` writes pairs.  Clients
+  are checked by a ZAP handler (pyzmq's, one thread per process); a refused client gets nothing and its
+  connect() raises AuthenticationError.  Only a CURVE socket is ``authenticated`` (pickle allowed).
+* **fileno()** is an epoll descriptor holding ZeroMQ's own FD, the monitor's FD and an eventfd.
+  ZeroMQ's FD is edge-triggered: it signals that the socket's state changed, and any operation on the
+  socket may consume the signal while a message is still waiting.  So after every operation this module
+  reads ZMQ_EVENTS and keeps the eventfd set exactly while a message is ready: the descriptor is then
+  readable whenever a message (or the end) is ready, possibly also when none is (callers retry).  It
+  never signals writability; ``fd_writable = False`` tells ipcraft.aio to retry sends on a timer.
+* **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
+  is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
+  ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
+  full, except on PUB, which drops messages for a subscriber that has fallen behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    import zmq
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+    from zmq.utils.monitor import recv_monitor_message
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess without pyzmq
+    raise ModuleNotFoundError("the zmq+tcp:// and zmq+ipc:// schemes need pyzmq: pip install 'ipcraft[zmq]'",
+                              name=exc.name) from exc
+
+from .._endpoint import Endpoint
+from .._errors import os_error
+from .._framing import HEADER_SIZE
+from .._names import DEFAULT_MODE
+from .._peer import Peer
+from .._wait import deadline_after, remaining
+from ..errors import AuthenticationError, ChannelClosed, HandleClosed, InvalidEndpoint, PeerVanished, Timeout
+from . import Transport
+
+#: What a client sends to a listener's ROUTER to ask for its own PAIR socket.
+HELLO = b"ipcraft-zmq/1"
+_BYE = b""
+_HEARTBEAT_S = 1.0
+_DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+_CLOSE_LINGER_MS = 1000
+_MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_AUTH_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def has_curve() -> bool:
+    """Whether this libzmq was built with CURVE (libsodium)."""
+    return bool(zmq.has("curve"))
+
+
+# -- keys ----------------------------------------------------------------------------------------------
+
+def generate_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Write a CURVE key pair as ``<name>.key`` (public) and ``<name>.key_secret`` (mode 0600) in
+    ``directory``; return both paths (ZeroMQ's certificate format, readable by zmq.auth)."""
+    public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def _z85_key(value: Any, what: str) -> bytes:
+    key = value.encode() if isinstance(value, str) else bytes(value)
+    if len(key) != 40:
+        raise InvalidEndpoint(f"{what}: a CURVE key is 40 Z85 characters (ipcraft keygen writes them), "
+                              f"not {len(key)} bytes")
+    try:
+        zmq.utils.z85.decode(key)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise InvalidEndpoint(f"{what}: not a Z85-encoded CURVE key") from exc
+    return key
+
+
+def _load_file(path: str | os.PathLike[str], what: str) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret = zmq.auth.load_certificate(os.fspath(path))
+    except (OSError, ValueError) as exc:
+        raise InvalidEndpoint(f"{what}: cannot read the key file {os.fspath(path)!r}: {exc}") from exc
+    return _z85_key(public, what), (_z85_key(secret, what) if secret else None)
+
+
+def _key_pair(value: Any, what: str) -> tuple[bytes, bytes]:
+    """``curve_keys=``: a .key_secret file, or a (public, secret) pair of Z85 keys."""
+    if isinstance(value, (str, os.PathLike)):
+        public, secret = _load_file(value, what)
+        if secret is None:
+            raise InvalidEndpoint(f"{what}: {os.fspath(value)!r} holds no secret key (give the .key_secret file)")
+        return public, secret
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return _z85_key(value[0], what), _z85_key(value[1], what)
+    raise InvalidEndpoint(f"{what}: curve_keys is a .key_secret file or a (public, secret) pair")
+
+
+def _public_key(value: Any, what: str) -> bytes:
+    """``curve_server=``: a .key file or a Z85 public key."""
+    if isinstance(value, (str, os.PathLike)) and (os.sep in os.fspath(value) or os.path.exists(value)):
+        return _load_file(value, what)[0]
+    return _z85_key(value, what)
+
+
+def _public_keys(value: Any, what: str) -> frozenset[bytes]:
+    """``curve_clients=``: a directory of .key files, one .key file, or Z85 public keys."""
+    if isinstance(value, (str, os.PathLike)):
+        if os.path.isdir(value):
+            return frozenset(_load_file(p, what)[0] for p in sorted(Path(value).glob("*.key")))
+        return frozenset({_public_key(value, what)})
+    if isinstance(value, Iterable):
+        return frozenset(_public_key(v, what) for v in value)
+    raise InvalidEndpoint(f"{what}: curve_clients is a directory, a .key file or a list of public keys")
+
+
+class _Security:
+    """How one socket authenticates: None (insecure) or CURVE as server or client."""
+
+    def __init__(self, endpoint: Endpoint, server: bool) -> None:
+        opts = endpoint.options
+        what = str(endpoint)
+        given = [k for k in ("curve_keys", "curve_server", "curve_clients") if k in opts]
+        self.server = server
+        self.curve = not opts.get("insecure", False)
+        self.keys: tuple[bytes, bytes] | None = None
+        self.server_key: bytes | None = None
+        self.clients: frozenset[bytes] = frozenset()
+        if not self.curve:
+            if given:
+                raise InvalidEndpoint(f"{what}: insecure=True contradicts {', '.join(given)}")
+            return
+        if not has_curve():
+            raise AuthenticationError(f"{what}: this libzmq has no CURVE support; pass insecure=True "
+                                      "to go without authentication")
+        if "curve_keys" not in opts:
+            raise AuthenticationError(f"{what} is authenticated with CURVE by default: pass curve_keys= "
+                                      "(this side's .key_secret file; `ipcraft keygen` makes one) or insecure=True")
+        self.keys = _key_pair(opts["curve_keys"], what)
+        if server:
+            if "curve_clients" not in opts:
+                raise AuthenticationError(f"{what}: the binding side needs curve_clients= (the public keys "
+                                          "it admits: a directory of .key files, a file, or a list)")
+            self.clients = _public_keys(opts["curve_clients"], what)
+        else:
+            if "curve_server" not in opts:
+                raise AuthenticationError(f"{what}: the connecting side needs curve_server= (the binding "
+                                          "side's public key or .key file)")
+            self.server_key = _public_key(opts["curve_server"], what)
+
+    def apply(self, sock: zmq.Socket[Any]) -> str | None:
+        """Set the CURVE options on ``sock``; return the ZAP domain registered for a server."""
+        if self.keys is None:
+            return None
+        sock.curve_publickey, sock.curve_secretkey = self.keys
+        if not self.server:
+            sock.curve_serverkey = self.server_key
+            return None
+        sock.curve_server = True
+        domain = _ZAP.register(self.clients)
+        sock.zap_domain = domain.encode()
+        return domain
+
+
+class _ZapHandler:
+    """One pyzmq ThreadAuthenticator per process; each server socket has its own ZAP domain and the
+    public keys it admits.  Refusals are counted per domain."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._auth: ThreadAuthenticator | None = None
+        self._pid = 0
+        self._domains: dict[str, frozenset[bytes]] = {}
+        self.refused: dict[str, int] = {}
+        self._n = 0
+
+    def register(self, clients: frozenset[bytes]) -> str:
+        with self._lock:
+            if self._auth is None or self._pid != os.getpid():
+                self._domains.clear()
+                self.refused.clear()
+                auth = ThreadAuthenticator(_context())
+                auth.start()
+                self._auth, self._pid = auth, os.getpid()
+            self._n += 1
+            domain = f"ipcraft-{os.getpid()}-{self._n}"
+            self._auth.configure_curve_callback(domain, credentials_provider=self)
+            self._domains[domain] = clients
+            self.refused[domain] = 0
+            return domain
+
+    def unregister(self, domain: str | None) -> None:
+        if domain is None:
+            return
+        with self._lock:
+            self._domains.pop(domain, None)
+            self.refused.pop(domain, None)
+            if self._auth is not None:
+                self._auth.credentials_providers.pop(domain, None)
+            if not self._domains and self._auth is not None and self._pid == os.getpid():
+                self._auth.stop()
+                self._auth = None
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """Called by the authenticator thread for each CURVE client (key in Z85)."""
+        with self._lock:
+            ok = key in self._domains.get(domain, ())
+            if not ok and domain in self.refused:
+                self.refused[domain] += 1
+            return ok
+
+
+_ZAP = _ZapHandler()
+
+
+def _context() -> zmq.Context[Any]:
+    return zmq.Context.instance()  # pyzmq makes a fresh one in a forked child
+
+
+# -- sockets -------------------------------------------------------------------------------------------
+
+def _events(sock: zmq.Socket[Any]) -> int:
+    """ZMQ_EVENTS: POLLIN/POLLOUT now (reading it also processes ZeroMQ's pending commands)."""
+    return int(sock.getsockopt(zmq.EVENTS))
+
+
+def _last_endpoint(sock: zmq.Socket[Any]) -> str:
+    return str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+
+def _zmq_url(endpoint: Endpoint) -> str:
+    if endpoint.scheme == "zmq+ipc":
+        return f"ipc://{endpoint.address}"
+    host, port = endpoint.host_port
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _new_socket(kind: int, endpoint: Endpoint, security: _Security) -> tuple[zmq.Socket[Any], str | None]:
+    opts = endpoint.options
+    sock = _context().socket(kind)
+    try:
+        sock.linger = 0
+        if ":" in endpoint.address and endpoint.scheme == "zmq+tcp":
+            sock.ipv6 = True
+        hwm = opts.get("hwm", 1000)
+        sock.sndhwm = sock.rcvhwm = hwm
+        beat = opts.get("heartbeat", _HEARTBEAT_S)
+        if beat > 0:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, int(beat * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(beat * 3000))
+            sock.setsockopt(zmq.HEARTBEAT_TTL, int(beat * 3000))
+        sock.setsockopt(zmq.MAXMSGSIZE, opts.get("max_message_size", 64 << 20) + HEADER_SIZE + 256)
+        domain = security.apply(sock)
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock, domain
+
+
+def _bind(sock: zmq.Socket[Any], url: str, endpoint: Endpoint) -> str:
+    """Bind ``sock``; return the address ZeroMQ bound (port 0 / ``*`` resolved)."""
+    try:
+        sock.bind(url)
+    except zmq.ZMQError as exc:
+        raise os_error(exc.errno or errno.EIO, f"binding {endpoint}", endpoint.address) from exc
+    bound = _last_endpoint(sock)
+    if bound.startswith("ipc://"):
+        os.chmod(bound[len("ipc://"):], endpoint.options.get("mode", DEFAULT_MODE))
+    return bound
+
+
+def _endpoint_of(endpoint: Endpoint, bound: str) -> Endpoint:
+    if endpoint.scheme == "zmq+ipc":
+        return endpoint
+    port = bound.rpartition(":")[2]
+    host = endpoint.address.rpartition(":")[0]
+    return Endpoint(endpoint.scheme, f"{host}:{port}", endpoint.options)
+
+
+class _Readiness:
+    """The epoll descriptor behind fileno() (see the module docstring): ZeroMQ's FD, the monitor's FD
+    and an eventfd kept set while ZMQ_EVENTS says POLLIN."""
+
+    def __init__(self, *socks: zmq.Socket[Any]) -> None:
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._ep = select.epoll()
+        self._set = False
+        try:
+            self._ep.register(self._efd, select.EPOLLIN)
+            for s in socks:
+                self._ep.register(int(s.getsockopt(zmq.FD)), select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def update(self, ready: bool) -> None:
+        if ready and not self._set:
+            os.eventfd_write(self._efd, 1)
+            self._set = True
+        elif not ready and self._set:
+            try:
+                os.eventfd_read(self._efd)
+            except BlockingIOError:
+                pass
+            self._set = False
+
+    def close(self) -> None:
+        self._ep.close()
+        os.close(self._efd)
+
+
+class ZmqTransport(Transport):
+    """One ZeroMQ socket as an ipcraft message transport (PAIR, PUSH, PULL, PUB or SUB)."""
+
+    kind = "message"
+    #: ipcraft.aio: fileno() never signals room to send; retry sends on a timer instead.
+    fd_writable = False
+
+    def __init__(self, sock: zmq.Socket[Any], endpoint: Endpoint, *, domain: str | None = None,
+                 pair: bool = False, topic: bytes | None = None, peer: Peer | None = None,
+                 connected: bool = False) -> None:
+        self._sock: zmq.Socket[Any] | None = sock
+        self._endpoint = endpoint
+        self._domain = domain
+        self._pair = pair
+        self._topic = topic
+        self._pid = os.getpid()
+        self._peers = 1 if connected else 0
+        self._had_peer = connected
+        self._vanished = False
+        self._eof = False
+        self.last_meta: dict[str, Any] = {}
+        self.authenticated = sock.mechanism == zmq.CURVE
+        self.peer = peer or Peer()
+        kind = sock.type
+        self._can_send = kind in (zmq.PAIR, zmq.PUSH, zmq.PUB)
+        self._can_recv = kind in (zmq.PAIR, zmq.PULL, zmq.SUB)
+        self._mon: zmq.Socket[Any] | None = sock.get_monitor_socket(_MONITOR_EVENTS)
+        try:
+            self._ready = _Readiness(sock, self._mon)
+        except BaseException:
+            self._mon.close(0)
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self._mon, zmq.POLLIN)
+
+    # -- facts ------------------------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        self._live()
+        return self._ready.fileno()
+
+    def extra(self) -> dict[str, Any]:
+        sock = self._live()
+        return {"zmq_socket": sock, "zmq_type": zmq.SocketType(int(sock.type)).name, "peers": self._peers,
+                "last_endpoint": _last_endpoint(sock)}
+
+    def _live(self) -> zmq.Socket[Any]:
+        if self._sock is None:
+            raise HandleClosed(f"{self._endpoint} is closed")
+        return self._sock
+
+    # -- events -----------------------------------------------------------------------------------------
+
+    def _drain_monitor(self) -> None:
+        mon = self._mon
+        assert mon is not None
+        while True:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            e = ev["event"]
+            if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._peers += 1
+                self._had_peer = True
+            elif e == zmq.EVENT_DISCONNECTED and self._had_peer:
+                self._peers = max(0, self._peers - 1)
+                if self._peers == 0:
+                    self._vanished = True
+
+    def _refresh(self) -> None:
+        """After any operation: the eventfd says whether a message is ready (edge-triggered FD)."""
+        sock = self._sock
+        if sock is not None:
+            self._ready.update(bool(_events(sock) & zmq.POLLIN) or self._eof)
+
+    def _wait(self, sock: zmq.Socket[Any], event: int, deadline: float | None) -> bool:
+        """Wait until ``sock`` has ``event`` (level-triggered zmq_poll), the peer vanished, or the
+        deadline passed (False)."""
+        self._poller.register(sock, event)
+        try:
+            while True:
+                self._drain_monitor()
+                if _events(sock) & event or self._vanished:
+                    return True
+                left = remaining(deadline)
+                if left == 0:
+                    return False
+                self._poller.poll(None if left is None else max(1, int(left * 1000)))
+        finally:
+            self._poller.unregister(sock)
+            self._refresh()
+
+    def wait_readable(self, deadline: float | None) -> bool:
+        sock = self._live()
+        if not self._can_recv:
+            raise self._unsupported("receive")
+        return self._eof or self._wait(sock, zmq.POLLIN, deadline)
+
+    # -- data -------------------------------------------------------------------------------------------
+
+    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, *,
+                     topic: str | bytes | None = None) -> None:
+        sock = self._live()
+        if not self._can_send:
+            raise self._unsupported("send")
+        data = b"".join(parts)
+        if topic is not None and self._topic is None:
+            raise TypeError(f"{self._endpoint}: topic= is for publishers only")
+        head = self._topic if topic is None else (topic.encode() if isinstance(topic, str) else bytes(topic))
+        try:
+            while True:
+                try:
+                    if head is not None:
+                        sock.send_multipart((head, data), zmq.NOBLOCK)
+                    else:
+                        sock.send(data, zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    pass
+                if self._vanished or (self._pair and self._eof):
+                    raise self._gone("sending to")
+                if not self._wait(sock, zmq.POLLOUT, deadline):
+                    raise Timeout(f"sending to {self._endpoint}: no room (the peer's high-water mark, or no "
+                                  "peer connected) before the timeout; nothing was sent")
+        except zmq.ZMQError as exc:
+            raise os_error(exc.errno or errno.EIO, f"sending to {self._endpoint}") from exc
+        finally:
+            self._refresh()
+
+    def recv_message(self, deadline: float | None) -> bytes:
+        sock = self._live()
+        if not self._can_recv:
+            raise self._unsupported("receive")
+        if self._eof:
+            raise ChannelClosed(f"the peer closed {self._endpoint}")
+        try:
+            while True:
+                try:
+                    if self._topic is not None:
+                        topic, data = sock.recv_multipart(zmq.NOBLOCK)[-2:]
+                        self.last_meta = {"topic": topic}
+                    else:
+                        data = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    if self._vanished:
+                        raise self._gone("receiving from") from None
+                    if not self._wait(sock, zmq.POLLIN, deadline):
+                        raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the "
+                                      "timeout") from None
+                    continue
+                if data == _BYE and self._pair:
+                    self._eof = True
+                    raise ChannelClosed(f"the peer closed {self._endpoint}")
+                return data
+        except zmq.ZMQError as exc:
+            raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
+        finally:
+            self._refresh()
+
+    def _gone(self, doing: str) -> PeerVanished:
+        return PeerVanished(f"{doing} {self._endpoint}: the peer's connection dropped without closing "
+                            "(it died, or missed its heartbeats)")
+
+    def _unsupported(self, verb: str) -> Exception:
+        import io
+
+        role = "sends" if self._can_send else "receives"
+        return io.UnsupportedOperation(f"cannot {verb} on this handle of {self._endpoint}: it only {role}")
+
+    # -- end ---------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        mon, self._mon = self._mon, None
+        self._ready.close()
+        if os.getpid() != self._pid:
+            return  # a forked child's copy: the parent's context and sockets are not ours to touch
+        linger = 0
+        if self._pair and not self._eof and not self._vanished:
+            try:
+                sock.send(_BYE, zmq.NOBLOCK)
+                linger = _CLOSE_LINGER_MS
+            except zmq.ZMQError:
+                pass
+        elif self._can_send:
+            linger = _CLOSE_LINGER_MS  # deliver what is queued, up to a second
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        if mon is not None:
+            mon.close(0)
+        sock.close(linger)
+        _ZAP.unregister(self._domain)
+
+
+def _await_handshake(t: ZmqTransport, deadline: float | None, what: str) -> None:
+    """Wait for ZeroMQ's handshake on ``t``'s connection: AuthenticationError if the peer refused."""
+    mon = t._mon
+    assert mon is not None
+    while True:
+        left = remaining(deadline)
+        if not mon.poll(None if left is None else max(1, int(left * 1000))):
+            raise Timeout(f"{what}: no ZeroMQ handshake before the timeout (nobody listening, or a "
+                          "firewall)")
+        ev = recv_monitor_message(mon)
+        e = ev["event"]
+        if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            t._peers += 1
+            t._had_peer = True
+            return
+        if e & _AUTH_FAILED:
+            raise AuthenticationError(f"{what}: the peer refused the CURVE handshake (wrong keys, or this "
+                                      "key is not among those it admits)")
+
+
+def _handshake_deadline(endpoint: Endpoint, deadline: float | None) -> float | None:
+    hs = deadline_after(endpoint.options.get("handshake_timeout", _DEFAULT_HANDSHAKE_TIMEOUT))
+    return hs if deadline is None else min(deadline, hs) if hs is not None else deadline
+
+
+def _open(kind: int, endpoint: Endpoint, bind: bool, **kw: Any) -> ZmqTransport:
+    """A transport over a new ``kind`` socket bound to or connected to ``endpoint`` (the monitor is
+    attached first, so no handshake event is missed)."""
+    security = _Security(endpoint, server=bind)
+    sock, domain = _new_socket(kind, endpoint, security)
+    try:
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, kw["topic"])
+        t = ZmqTransport(sock, endpoint, domain=domain, **kw)
+    except BaseException:
+        sock.close(0)
+        _ZAP.unregister(domain)
+        raise
+    try:
+        if bind:
+            t.endpoint = _endpoint_of(endpoint, _bind(sock, _zmq_url(endpoint), endpoint))  # type: ignore[attr-defined]
+        else:
+            try:
+                sock.connect(_zmq_url(endpoint))
+            except zmq.ZMQError as exc:
+                raise os_error(exc.errno or errno.EIO, f"connecting to {endpoint}", endpoint.address) from exc
+    except BaseException:
+        t.close()
+        raise
+    return t
+
+
+# -- the facade's entry points -----------------------------------------------------------------------------
+
+def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
+    """A PUSH or PULL socket: the creator binds (PULL unless role=push), openers connect."""
+    bind = create is not False
+    role = endpoint.options.get("role") or ("pull" if bind else "push")
+    return _open(zmq.PULL if role == "pull" else zmq.PUSH, endpoint, bind)
+
+
+def open_publisher(endpoint: Endpoint, bind: bool = True) -> Transport:
+    """A PUB socket; messages carry ``topic=`` (default empty) in their first frame."""
+    return _open(zmq.PUB, endpoint, bind, topic=_topic(endpoint))
+
+
+def open_subscriber(endpoint: Endpoint, bind: bool = False) -> Transport:
+    """A SUB socket subscribed to messages whose topic starts with ``topic=`` (default: all)."""
+    return _open(zmq.SUB, endpoint, bind, topic=_topic(endpoint))
+
+
+def _topic(endpoint: Endpoint) -> bytes:
+    return str(endpoint.options.get("topic", "")).encode()
+
+
+def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
+    """Ask the listener for a PAIR socket of our own, connect to it, and wait for the handshake."""
+    what = f"connecting to {endpoint}"
+    hs = _handshake_deadline(endpoint, deadline)
+    ask = _open(zmq.DEALER, endpoint, False)
+    try:
+        _await_handshake(ask, hs, what)
+        sock = ask._live()
+        sock.send(HELLO)
+        left = remaining(hs)
+        if not sock.poll(None if left is None else max(1, int(left * 1000))):
+            raise Timeout(f"{what}: the listener did not answer before the timeout")
+        reply = sock.recv_multipart()
+    finally:
+        ask.close()
+    if len(reply) != 2 or reply[0] != b"ok":
+        raise AuthenticationError(f"{what}: the listener refused ({reply[:1]!r})")
+    where = reply[1].decode()
+    if endpoint.scheme == "zmq+ipc":
+        target = Endpoint(endpoint.scheme, where, endpoint.options)
+    else:
+        target = Endpoint(endpoint.scheme, f"{endpoint.address.rpartition(':')[0]}:{int(where)}",
+                          endpoint.options)
+    t = _open(zmq.PAIR, target, False, pair=True, peer=Peer(address=endpoint.address))
+    try:
+        _await_handshake(t, hs, what)
+    except BaseException:
+        t.close()
+        raise
+    t._endpoint = endpoint
+    return t
+
+
+class ZmqListener:
+    """A ROUTER that hands each client its own PAIR socket (see the module docstring).
+
+    ``refused`` counts clients the CURVE check turned away.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._security = _Security(endpoint, server=True)
+        sock, self._domain = _new_socket(zmq.ROUTER, endpoint, self._security)
+        try:
+            self._bound = _bind(sock, _zmq_url(endpoint), endpoint)
+            self._ready = _Readiness(sock)
+        except BaseException:
+            sock.close(0)
+            _ZAP.unregister(self._domain)
+            raise
+        self._sock: zmq.Socket[Any] | None = sock
+        self._pid = os.getpid()
+        self._n = 0
+        self.endpoint = _endpoint_of(endpoint, self._bound)
+
+    @property
+    def refused(self) -> int:
+        return _ZAP.refused.get(self._domain or "", 0)
+
+    def fileno(self) -> int:
+        return self._ready.fileno()
+
+    def accept(self, deadline: float | None) -> Transport:
+        """The next client, once its PAIR connection completed ZeroMQ's handshake."""
+        sock = self._sock
+        if sock is None:
+            raise HandleClosed(f"{self.endpoint} is closed")
+        while True:
+            left = remaining(deadline)
+            ready = sock.poll(None if left is None else int(left * 1000))
+            self._ready.update(bool(_events(sock) & zmq.POLLIN))
+            if not ready:
+                raise Timeout(f"accepting on {self.endpoint}: no client before the timeout")
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            self._ready.update(bool(_events(sock) & zmq.POLLIN))
+            if len(frames) != 2 or frames[1].bytes != HELLO:
+                continue  # not an ipcraft client: ignore it
+            rid = frames[0].bytes
+            try:
+                address = frames[1].get("Peer-Address")
+            except zmq.ZMQError:
+                address = None
+            t = self._serve(rid, address, deadline)
+            if t is not None:
+                return t
+
+    def _serve(self, rid: bytes, address: Any, deadline: float | None) -> Transport | None:
+        ep = self.endpoint
+        if ep.scheme == "zmq+ipc":
+            self._n += 1
+            per_peer = Endpoint(ep.scheme, f"{ep.address}.{self._n}", ep.options)
+        else:
+            per_peer = Endpoint(ep.scheme, f"{ep.address.rpartition(':')[0]}:0", ep.options)
+        t = _open(zmq.PAIR, per_peer, True, pair=True, peer=Peer(address=address))
+        try:
+            bound = _last_endpoint(t._live())
+            where = bound[len("ipc://"):] if ep.scheme == "zmq+ipc" else bound.rpartition(":")[2]
+            assert self._sock is not None
+            self._sock.send_multipart((rid, b"ok", where.encode()))
+            _await_handshake(t, _handshake_deadline(ep, None), f"accepting on {ep}")
+        except (Timeout, AuthenticationError):
+            t.close()
+            return None  # the client went away between asking and connecting: serve the next one
+        except BaseException:
+            t.close()
+            raise
+        t._endpoint = ep
+        return t
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._ready.close()
+        if os.getpid() == self._pid:
+            sock.close(0)
+            _ZAP.unregister(self._domain)
+
+
+def listen(endpoint: Endpoint) -> ZmqListener:
+    return ZmqListener(endpoint)
+
+
+__all__ = ("HELLO", "ZmqListener", "ZmqTransport", "connect", "generate_keypair", "has_curve", "listen",
+           "open_publisher", "open_queue", "open_subscriber")
