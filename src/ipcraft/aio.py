@@ -311,13 +311,14 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
     async def _send_message(self, sid: int, mv: memoryview, deadline: float | None,
                             timeout: float | None, extra: dict[str, Any]) -> None:
         spins = 0
+        timer = self._thread_mode or not getattr(self._sync._live(), "fd_writable", True)  # zmq: never writable
         while True:
             try:
                 self._sync._send_frame(sid, mv, 0, extra)  # whole message or nothing
                 return
             except Timeout:
                 pass
-            if self._thread_mode or spins > 1:  # no fd, or one that does not signal room: back off
+            if timer or spins > 1:  # no fd, or one that does not signal room: back off
                 if remaining(deadline) == 0:
                     raise Timeout(f"sending on {self!r}: timed out after {timeout} s (nothing was sent)")
                 await asyncio.sleep(min(0.0005 * 2 ** spins, 0.01))
