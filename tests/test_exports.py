@@ -30,7 +30,7 @@ SHARED = {"_errors", "_resource", "_names", "errors", "_native", "_version", "_w
 LAYERS = {
     "primitives": 0, "_unix_diag": 0,
     "_endpoint": 1, "serializers": 1, "_framing": 1, "_auth": 1,
-    "_transports": 2, "_ring": 2, "_mpmc": 2,  # STYLE §12 lists _ring as shared, but it waits with _transports._io
+    "_transports": 2, "_rings": 2,
     "_channel": 3, "_zerocopy": 3,
     "_connect": 4,
     "": 5, "__main__": 5, "aio": 5, "testing": 5, "_conformance": 5, "_cli": 5, "_bench": 5,

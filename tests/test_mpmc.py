@@ -1,4 +1,4 @@
-"""The MPMC ring (_mpmc.py over _native.MpmcPort) in one process: semantics against a deque, wrap-around
+"""The MPMC ring (_rings/mpmc.py over _native.MpmcPort) in one process: semantics against a deque, wrap-around
 at every offset, corrupt headers and records, recovery, and locks left by a killed holder."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ipcraft import _mpmc, _native
+from ipcraft import _native
+from ipcraft._rings import mpmc as _mpmc
 from ipcraft.errors import HandleClosed, MessageTooLarge, ProtocolError, Timeout
 from ipcraft.testing import Child
 
@@ -26,14 +27,14 @@ def _record(n: int) -> int:
     return _mpmc.REC_HEADER + ((n + 7) & ~7)
 
 
-def _new_ring(capacity: int = CAP, **kw: bool) -> tuple[mmap.mmap, _mpmc.MpmcRing]:
+def _new_ring(capacity: int = CAP, **kw: bool) -> tuple[mmap.mmap, _mpmc.MpmcPort]:
     m = mmap.mmap(-1, _mpmc.ring_size(capacity))
     _mpmc.format_ring(memoryview(m), capacity, 0)
-    return m, _mpmc.MpmcRing(memoryview(m), "test ring", **kw)
+    return m, _mpmc.MpmcPort(memoryview(m), "test ring", **kw)
 
 
 @pytest.fixture()
-def ring() -> Iterator[tuple[mmap.mmap, _mpmc.MpmcRing]]:
+def ring() -> Iterator[tuple[mmap.mmap, _mpmc.MpmcPort]]:
     m, r = _new_ring()
     yield m, r
     r.close()
@@ -100,7 +101,7 @@ def test_wrap_around_at_every_offset(base: int) -> None:
         _mpmc.format_ring(memoryview(m), CAP, 0)
         struct.pack_into("<Q", m, _mpmc.OFF_HEAD, base + start)
         struct.pack_into("<Q", m, _mpmc.OFF_TAIL, base + start)
-        r = _mpmc.MpmcRing(memoryview(m), "test ring")
+        r = _mpmc.MpmcPort(memoryview(m), "test ring")
         try:
             for n in sizes:
                 msg = os.urandom(n)
@@ -111,7 +112,7 @@ def test_wrap_around_at_every_offset(base: int) -> None:
             r.close()
 
 
-def test_whole_capacity_is_usable_and_one_more_byte_is_too_large(ring: tuple[mmap.mmap, _mpmc.MpmcRing]) -> None:
+def test_whole_capacity_is_usable_and_one_more_byte_is_too_large(ring: tuple[mmap.mmap, _mpmc.MpmcPort]) -> None:
     """A message of capacity - 8 bytes fits (wrapping); one byte more is MessageTooLarge naming the capacity."""
     _, r = ring
     r.send([b"x" * 100], 0)
@@ -151,7 +152,7 @@ def test_recv_grows_its_buffer_for_large_messages() -> None:
         r.close()
 
 
-def test_closed_ring_raises_handle_closed(ring: tuple[mmap.mmap, _mpmc.MpmcRing]) -> None:
+def test_closed_ring_raises_handle_closed(ring: tuple[mmap.mmap, _mpmc.MpmcPort]) -> None:
     """Every operation after close() is HandleClosed, and close() is idempotent."""
     _, r = ring
     r.close()
@@ -191,7 +192,7 @@ def test_corrupt_header_is_a_protocol_error(field: str) -> None:
     """A foreign magic, another version, unknown flags, an impossible capacity or cursors: ProtocolError."""
     m = _corrupt(field)
     with pytest.raises(ProtocolError, match="test ring"):
-        _mpmc.MpmcRing(memoryview(m), "test ring")
+        _mpmc.MpmcPort(memoryview(m), "test ring")
     m.close()  # nothing kept a view: the mapping closes
 
 
@@ -199,12 +200,12 @@ def test_unformatted_memory_is_a_protocol_error() -> None:
     """All-zero memory (no creator ever formatted it) is refused after a short wait, not used."""
     m = mmap.mmap(-1, _mpmc.ring_size(CAP))
     with pytest.raises(ProtocolError, match="not an ipcraft"):
-        _mpmc.MpmcRing(memoryview(m), "test ring")
+        _mpmc.MpmcPort(memoryview(m), "test ring")
     with pytest.raises(ProtocolError, match="smaller"):
-        _mpmc.MpmcRing(memoryview(m)[:1000], "test ring")
+        _mpmc.MpmcPort(memoryview(m)[:1000], "test ring")
 
 
-def test_cursors_corrupted_while_open_are_a_protocol_error(ring: tuple[mmap.mmap, _mpmc.MpmcRing]) -> None:
+def test_cursors_corrupted_while_open_are_a_protocol_error(ring: tuple[mmap.mmap, _mpmc.MpmcPort]) -> None:
     """Cursors scribbled on after opening are caught before any copy, on send and on receive."""
     m, r = ring
     struct.pack_into("<Q", m, _mpmc.OFF_HEAD, 10 * CAP)
@@ -215,7 +216,7 @@ def test_cursors_corrupted_while_open_are_a_protocol_error(ring: tuple[mmap.mmap
 
 
 @pytest.mark.parametrize("how", ["check", "length"])
-def test_corrupt_record_discards_pending_and_the_ring_stays_usable(ring: tuple[mmap.mmap, _mpmc.MpmcRing],
+def test_corrupt_record_discards_pending_and_the_ring_stays_usable(ring: tuple[mmap.mmap, _mpmc.MpmcPort],
                                                                     how: str) -> None:
     """A record whose length check fails (or whose length passes head) is never copied: ProtocolError,
     everything pending is dropped, and the ring works again."""
@@ -244,7 +245,7 @@ def test_recover_cuts_the_queue_at_the_first_damaged_record() -> None:
         struct.pack_into("<I", m, second + 4, 12345)
         r.close()
         assert _mpmc.recover(memoryview(m), CAP) == _record(3) + _record(5)
-        r = _mpmc.MpmcRing(memoryview(m), "test ring")
+        r = _mpmc.MpmcPort(memoryview(m), "test ring")
         assert bytes(r.recv(0)) == b"one"
         with pytest.raises(Timeout):
             r.recv(0)
@@ -280,7 +281,7 @@ def test_lock_of_a_killed_holder_is_taken_over(side: str) -> None:
     sender or receiver takes the lock over, the half-written record never appears, and no message is lost."""
     m = mmap.mmap(-1, _mpmc.ring_size(CAP))
     _mpmc.format_ring(memoryview(m), CAP, 0)
-    r = _mpmc.MpmcRing(memoryview(m), "test ring")
+    r = _mpmc.MpmcPort(memoryview(m), "test ring")
     try:
         r.send([b"before"], 0)
         offset = _mpmc.OFF_PRODUCER_LOCK if side == "producer" else _mpmc.OFF_CONSUMER_LOCK
@@ -300,7 +301,7 @@ def test_lock_of_a_killed_holder_is_taken_over(side: str) -> None:
 
 # -- the channel's fast path -----------------------------------------------------------------------
 
-def test_fast_path_frames_sends_and_takes_ordinary_frames(ring: tuple[mmap.mmap, _mpmc.MpmcRing]) -> None:
+def test_fast_path_frames_sends_and_takes_ordinary_frames(ring: tuple[mmap.mmap, _mpmc.MpmcPort]) -> None:
     """try_send puts an ipcraft frame header (magic, serializer id, length) in front; try_recv returns the
     payload of such a frame, and None on an empty ring."""
     from ipcraft._framing import header
@@ -321,7 +322,7 @@ def test_fast_path_leaves_the_unusual_to_the_general_path() -> None:
 
     m = mmap.mmap(-1, _mpmc.ring_size(CAP))
     _mpmc.format_ring(memoryview(m), CAP, 0)
-    r = _mpmc.MpmcRing(memoryview(m), "test ring", limit=100)
+    r = _mpmc.MpmcPort(memoryview(m), "test ring", limit=100)
     try:
         try_send, try_recv = r.fast_path()
         assert try_send(object()) is False and try_send(bytes(101)) is False

@@ -24,7 +24,7 @@ from ._peer import Peer
 from ._resource import ConflictDetector, Handle
 from ._transports import Transport
 from ._transports._io import deadline_after
-from ._zerocopy import Borrow, Loan
+from ._zerocopy import RecvView, SendView
 from .errors import (
     AuthenticationError,
     BufferTooSmall,
@@ -268,7 +268,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             return n
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
-        """Borrow the next message without copying: ``with ch.recv_view() as view: ...``.
+        """Look at the next message in place, without copying: ``with ch.recv_view() as view: ...``.
 
         ``view`` is a read-only memoryview of the message bytes (as ``recv_bytes`` would return them)
         where they lie in shared memory; the message is consumed when the block exits, normally or
@@ -282,11 +282,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         .. versionadded:: 0.1
         """
-        return Borrow(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
+        return RecvView(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
                        self._receiving, timeout)
 
     def send_view(self, n: int, *, timeout: float | None = None) -> AbstractContextManager[memoryview]:
-        """Loan ``n`` bytes of shared memory to fill in place: ``with ch.send_view(n) as view: ...``.
+        """Reserve ``n`` bytes of shared memory to fill in place: ``with ch.send_view(n) as view: ...``.
 
         ``view`` is a writable memoryview of exactly ``n`` bytes inside the ring.  When the block
         exits normally the bytes are published as one message (the receiver gets them from
@@ -307,11 +307,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             raise ValueError(f"send_view() needs n >= 0, not {n}")
         if n > self._send_limit:
             raise self._too_large(n)
-        return Loan(t, self._sending, n, timeout)
+        return SendView(t, self._sending, n, timeout)
 
     def _lender(self, method: str, instead: str) -> Transport:
         t = self._live()
-        if getattr(t, "borrow", None) is None:
+        if getattr(t, "peek", None) is None:
             raise NotImplementedError(f"{method}() lends shared memory and needs shm://; {self!r} has "
                                       f"none (use {instead})")
         return t

@@ -123,13 +123,13 @@ def lock_error(err: int, what: str, filename: str | None = None,
     return os_error(err, what, filename, limits)
 
 
-def ring_error(rc: int, what: str, *, size: int | None = None, limit: int | None = None,
+def spsc_error(rc: int, what: str, *, size: int | None = None, limit: int | None = None,
                limit_source: str = "") -> Exception:
-    """The exception for ``-errno`` ``rc`` from a shared-memory ring operation (_native.RingEnd).
+    """The exception for ``-errno`` ``rc`` from an shm:// ring operation (_native.SpscPort).
 
     The ring reports its own conditions with errnos: EPROTO (a corrupt header, cursor or record),
     ESHUTDOWN (the other side closed cleanly), EPIPE (the other side died: a watched fd hung up),
-    EBUSY (another thread holds a loan, a borrowed record or a copy), EMSGSIZE (the record cannot fit).
+    EBUSY (another thread holds a reserved or peeked record, or a copy), EMSGSIZE (the record cannot fit).
     """
     err = -rc
     if err == _errno.EPROTO:
@@ -140,7 +140,7 @@ def ring_error(rc: int, what: str, *, size: int | None = None, limit: int | None
     if err == _errno.EPIPE:
         return PeerVanished(f"{what}: the peer vanished (its process ended without closing)", err)
     if err == _errno.EBUSY:
-        return Busy(f"{what}: another thread is using this end of the ring (a loaned or borrowed "
+        return Busy(f"{what}: another thread is using this end of the ring (a reserved or peeked "
                     "record, or a copy in progress)")
     if err == _errno.EMSGSIZE:
         return MessageTooLarge(f"{what}: a {size}-byte message exceeds the limit of {limit} bytes "

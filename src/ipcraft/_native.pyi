@@ -1,4 +1,4 @@
-"""Typed surface of ipcraft._native, the only C in ipcraft (STYLE.md R18).
+"""Typed surface of ipcraft._native, the only C in ipcraft.
 
 Every function takes a buffer Python owns and an offset into it.  Functions return 0, a count or a
 value, or ``-errno``; they raise only for bad arguments (TypeError, BufferError, ValueError).
@@ -36,10 +36,10 @@ def pmutex_init(buf: WriteableBuffer, offset: int, /) -> int: ...
 def pcond_wait(mutex: PMutex, buf: WriteableBuffer, offset: int, timeout: float | None = None, /) -> int: ...
 def pcond_wake(buf: WriteableBuffer, offset: int, count: int, /) -> int: ...
 
-# ring.c: one side of a single-producer single-consumer ring (layout in ipcraft/_ring.py).
-def ring_layout() -> dict[str, int]: ...
+# spsc.c / spsc_port.c: one side of a single-producer single-consumer ring (layout in ipcraft/_rings/spsc.py).
+def spsc_layout() -> dict[str, int]: ...
 
-class RingEnd:
+class SpscPort:
     """One side (producer or consumer) of the SPSC ring at ``offset`` of ``buf``."""
 
     def __init__(self, buf: WriteableBuffer, offset: int, producer: bool, signal_fd: int = -1,
@@ -69,7 +69,8 @@ class RingEnd:
     def shutdown(self) -> int: ...
     def close(self) -> None: ...
 
-# mpmc.c: the multi-producer multi-consumer ring of ring:// and file:// (layout: ipcraft/_mpmc.py).
+# mpmc.c / mpmc_port.c: the multi-producer multi-consumer ring of ring:// and file:// (layout in
+# ipcraft/_rings/mpmc.py).
 def mpmc_layout() -> dict[str, int]: ...
 
 class MpmcPort:

@@ -1,4 +1,8 @@
-"""The context managers behind Channel.recv_view() and send_view(): zero-copy loans of shared memory.
+"""The context managers behind Channel.recv_view() and send_view(): zero copy in shared memory.
+
+``recv_view()`` is the transport's ``peek`` on enter and ``consume`` on exit; ``send_view()`` is its
+``reserve`` on enter and ``commit`` (or ``abort``, when the block raised) on exit: the verbs of the
+ring ports and of their C twins (see ``_rings``).
 
 Small classes rather than @contextmanager generators: the zero-copy path is the fast path, and a
 generator-based context manager costs several microseconds per message.
@@ -20,8 +24,8 @@ def release_view(view: memoryview) -> None:
         pass  # an export of the view (np.frombuffer) outlives the block; the docstrings forbid its use
 
 
-class Borrow:
-    """What recv_view() returns: borrows the next record on enter, consumes it on exit."""
+class RecvView:
+    """What recv_view() returns: peeks at the next record on enter, consumes it on exit."""
 
     __slots__ = ("_t", "_guard", "_timeout", "_view")
     _view: memoryview
@@ -32,7 +36,7 @@ class Borrow:
     def __enter__(self) -> memoryview:
         self._guard.__enter__()
         try:
-            self._view = self._t.borrow(deadline_after(self._timeout))[0]
+            self._view = self._t.peek(deadline_after(self._timeout))[0]
         except BaseException:
             self._guard.__exit__()
             raise
@@ -41,14 +45,14 @@ class Borrow:
     def __exit__(self, *exc: object) -> None:
         try:
             release_view(self._view)
-            self._t.end_borrow()
+            self._t.consume()
         finally:
             self._guard.__exit__()
 
 
-class Loan:
-    """What send_view() returns: reserves n bytes on enter; publishes them on a normal exit, drops
-    them when the block raised."""
+class SendView:
+    """What send_view() returns: reserves n bytes on enter; commits them on a normal exit, aborts them
+    when the block raised."""
 
     __slots__ = ("_t", "_guard", "_n", "_timeout", "_view")
     _view: memoryview
@@ -59,7 +63,7 @@ class Loan:
     def __enter__(self) -> memoryview:
         self._guard.__enter__()
         try:
-            self._view = self._t.loan(self._n, deadline_after(self._timeout))
+            self._view = self._t.reserve(self._n, deadline_after(self._timeout))
         except BaseException:
             self._guard.__exit__()
             raise
@@ -68,6 +72,9 @@ class Loan:
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         try:
             release_view(self._view)
-            self._t.end_loan(publish=exc_type is None)
+            if exc_type is None:
+                self._t.commit()
+            else:
+                self._t.abort()
         finally:
             self._guard.__exit__()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import ipcraft
-from ipcraft import _mpmc
+from ipcraft._rings import mpmc as _mpmc
 from ipcraft.errors import InvalidEndpoint, MessageTooLarge, ProtocolError, Timeout
 from ipcraft.testing import Child, unique_name
 

@@ -444,13 +444,14 @@ def test_other_user_is_refused():
 
 def test_corrupt_ring_is_protocol_error():
     """A ring whose cursor is corrupted under a live channel makes recv raise ProtocolError."""
-    from ipcraft import _native, _ring
+    from ipcraft import _native
+    from ipcraft._rings import spsc as _ring
 
     with shm_pair(capacity=4096) as (c, s):
         c.send_bytes(b"fine")
         assert s.recv_bytes() == b"fine"
         tx = c._transport.tx  # white box: the client's ring towards the server
-        _native.atomic_store_u64(c._transport._mm, _ring.OFF_HEAD, tx.end.position + 8192)
+        _native.atomic_store_u64(c._transport._mm, _ring.OFF_HEAD, tx.native.position + 8192)
         with pytest.raises(ProtocolError, match="corrupt"):
             s.recv_bytes(timeout=1)
 
@@ -460,7 +461,7 @@ def test_client_refuses_a_bad_offer():
     corrupt ring header is ProtocolError, and nothing stays mapped."""
     import fcntl
 
-    from ipcraft import _ring
+    from ipcraft._rings import spsc as _ring
     from ipcraft._transports import shm
 
     cap = 4096

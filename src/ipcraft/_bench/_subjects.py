@@ -47,7 +47,8 @@ class _ChannelLink(Link):
 
 
 class _ViewLink(Link):
-    """Zero copy on both sides: the sender fills a loan in place, the receiver borrows the record."""
+    """Zero copy on both sides: the sender reserves room and fills it in place, the receiver peeks at the
+    record in place."""
 
     may_refuse = True
 

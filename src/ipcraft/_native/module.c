@@ -41,6 +41,18 @@ int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout)
     return 0;
 }
 
+int ipc_add_type(PyObject *m, PyTypeObject *type, const char *name)
+{
+    if (PyType_Ready(type) < 0)
+        return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ipcraft._native",
@@ -57,7 +69,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddFunctions(m, ipc_futex_methods) < 0 ||
         PyModule_AddFunctions(m, ipc_mman_methods) < 0 ||
         ipc_pmutex_register(m) < 0 ||
-        ipc_ring_init(m) < 0 ||
+        ipc_spsc_register(m) < 0 ||
         ipc_mpmc_register(m) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -1,4 +1,4 @@
-/* The multi-producer multi-consumer ring of ring:// and file:// (layout and reasons: ipcraft/_mpmc.py).
+/* The multi-producer multi-consumer ring of ring:// and file:// (layout and reasons: ipcraft/_rings/mpmc.py).
  *
  * Two robust process-shared pthread mutexes serialise the producers among themselves and the consumers
  * among themselves; between the producer holding its lock and the consumer holding its lock the ring
@@ -18,8 +18,8 @@
  *
  * Every operation runs without the GIL when it has to wait or copy much; a port pins its buffer, and
  * close() while another thread is inside an operation defers the release of the buffer until it
- * leaves.  Returns are 0, a count, or -errno; the Python side (_mpmc.py) translates them.  The Python
- * type and the fast path live in mpmcport.c, the shared declarations in mpmc.h.
+ * leaves.  Returns are 0, a count, or -errno; the Python side (_rings/mpmc.py) translates them.  The Python
+ * type and the fast path live in mpmc_port.c, the shared declarations in mpmc.h.
  */
 #include "mpmc.h"
 #include <errno.h>
@@ -35,24 +35,24 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-/* A spinner's periodic check: 0 go on, or -EBADF (closed), -ETIMEDOUT, WAIT_SIGNALS (time to take the
+/* A spinner's periodic check: 0 go on, or -EBADF (closed), -ETIMEDOUT, RING_WAIT_SIGNALS (time to take the
  * GIL for signal handlers).  Sets *now. */
 static int spin_check(MpmcPort *p, int has_deadline, long long deadline, long long slice_end,
                       long long *now)
 {
-    *now = now_ns();
+    *now = ring_now_ns();
     if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
         return -EBADF;
     if (has_deadline && *now >= deadline)
         return -ETIMEDOUT;
-    return *now >= slice_end ? WAIT_SIGNALS : 0;
+    return *now >= slice_end ? RING_WAIT_SIGNALS : 0;
 }
 
 /* ---- locks --------------------------------------------------------------------------------- */
 
 /* 0 locked, 1 not now (EBUSY), or -errno.  EOWNERDEAD is repaired here: publication is one store, so
  * whatever the dead holder left beyond the cursors is simply not there (see the file comment). */
-int lock_try(MpmcPort *p, pthread_mutex_t *m)
+int mpmc_lock_try(MpmcPort *p, pthread_mutex_t *m)
 {
     int rc = pthread_mutex_trylock(m);
     if (rc == EBUSY)
@@ -65,13 +65,13 @@ int lock_try(MpmcPort *p, pthread_mutex_t *m)
     return -rc;
 }
 
-/* Without the GIL: lock `m` by the deadline.  0, -ETIMEDOUT, -EBADF (closed meanwhile), WAIT_SIGNALS
+/* Without the GIL: lock `m` by the deadline.  0, -ETIMEDOUT, -EBADF (closed meanwhile), RING_WAIT_SIGNALS
  * (take the GIL, run handlers, call again) or -errno. */
 static int lock_wait(MpmcPort *p, pthread_mutex_t *m, int has_deadline, long long deadline)
 {
-    long long start = now_ns(), slice_end = start + SIGNAL_SLICE_NS;
+    long long start = ring_now_ns(), slice_end = start + SIGNAL_SLICE_NS;
     for (unsigned i = 1;; i++) {
-        int rc = lock_try(p, m);
+        int rc = mpmc_lock_try(p, m);
         if (rc <= 0)
             return rc;
         if ((i & 63) == 0) {
@@ -82,9 +82,9 @@ static int lock_wait(MpmcPort *p, pthread_mutex_t *m, int has_deadline, long lon
                 break;
             sched_yield(); /* on 2 cores the holder may be waiting for this one */
         }
-        cpu_relax();
+        ring_cpu_relax();
     }
-    long long end = now_ns() + SLEEP_SLICE_NS;
+    long long end = ring_now_ns() + SLEEP_SLICE_NS;
     if (has_deadline && deadline < end)
         end = deadline;
     struct timespec ts = {.tv_sec = end / 1000000000LL, .tv_nsec = end % 1000000000LL};
@@ -97,12 +97,12 @@ static int lock_wait(MpmcPort *p, pthread_mutex_t *m, int has_deadline, long lon
         return 0;
     }
     if (rc == ETIMEDOUT)
-        return has_deadline && now_ns() >= deadline ? -ETIMEDOUT : WAIT_SIGNALS;
+        return has_deadline && ring_now_ns() >= deadline ? -ETIMEDOUT : RING_WAIT_SIGNALS;
     return -rc;
 }
 
 /* Let go of the buffer and the socket once closed and no operation is running (GIL held). */
-void release_if_done(MpmcPort *p, int force)
+void mpmc_release_if_done(MpmcPort *p, int force)
 {
     if ((p->closed || force) && p->inflight == 0 && p->has_view) {
         p->has_view = 0;
@@ -124,7 +124,7 @@ static void copy_in(MpmcPort *p, uint64_t pos, const char *src, uint64_t n)
         memcpy(p->data, src + first, n - first);
 }
 
-void copy_out(MpmcPort *p, uint64_t pos, char *dst, uint64_t n)
+void mpmc_copy_out(MpmcPort *p, uint64_t pos, char *dst, uint64_t n)
 {
     uint64_t at = pos & p->mask, first = n < p->cap - at ? n : p->cap - at;
     memcpy(dst, p->data + at, first);
@@ -154,7 +154,7 @@ static int sync_header(MpmcPort *p)
 
 
 /* After publishing a cursor: wake that side's sleepers if its flag says any sleep (Dekker: fence, read). */
-void wake_sleepers(uint32_t *flag, uint64_t *cursor)
+void mpmc_wake_sleepers(uint32_t *flag, uint64_t *cursor)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST))
@@ -169,7 +169,7 @@ static int push_locked(MpmcPort *p, const Parts *parts)
 {
     uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), need = rec_size(parts->total);
     if (head - p->seen_tail > p->cap || head - p->seen_tail + need > p->cap) {
-        uint64_t tail = ld_acq(p->tail_p);
+        uint64_t tail = ring_load_acquire(p->tail_p);
         if (head - tail > p->cap || ((head | tail) & 7))
             return -EPROTO;
         p->seen_tail = tail;
@@ -194,11 +194,11 @@ static int push_locked(MpmcPort *p, const Parts *parts)
 
 /* Consumer, holding its lock: the length of the next message, its position in *tail, or -EAGAIN
  * (empty), -EPROTO (corrupt cursors), -EBADMSG (a corrupt record header).  Changes nothing shared. */
-long long peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out)
+long long mpmc_peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out)
 {
     uint64_t tail = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED), head = p->seen_head;
     if ((int64_t)(head - tail) <= 0) {
-        head = ld_acq(p->head_p);
+        head = ring_load_acquire(p->head_p);
         p->seen_head = head;
     }
     *tail_out = tail;
@@ -220,7 +220,7 @@ long long peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out)
 static long long pop_locked(MpmcPort *p, char *out, uint64_t room)
 {
     uint64_t tail, head;
-    long long n = peek_locked(p, &tail, &head);
+    long long n = mpmc_peek_locked(p, &tail, &head);
     if (n == -EBADMSG)
         __atomic_store_n(p->tail_p, head, __ATOMIC_RELEASE);
     if (n < 0)
@@ -229,12 +229,12 @@ static long long pop_locked(MpmcPort *p, char *out, uint64_t room)
         p->needed = (uint64_t)n;
         return -ENOBUFS;
     }
-    copy_out(p, tail + REC_HEADER, out, (uint64_t)n);
+    mpmc_copy_out(p, tail + REC_HEADER, out, (uint64_t)n);
     __atomic_store_n(p->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
     return n;
 }
 
-/* Poke the sockets of the armed fd users (see FdWake in _mpmc.py); a name nobody binds any more
+/* Poke the sockets of the armed fd users (see FdWake in _rings/mpmc.py); a name nobody binds any more
  * frees its slot.  Runs after the producer's fence, so an arming consumer is never missed. */
 static void wake_fd_slots(MpmcPort *p)
 {
@@ -262,7 +262,7 @@ static void wake_fd_slots(MpmcPort *p)
     }
 }
 
-long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room)
+long long mpmc_attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room)
 {
     if (producer) {
         int rc = push_locked(p, parts);
@@ -270,7 +270,7 @@ long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint
         if (rc == 0) {
             if (p->sync && (rc = sync_header(p)) < 0)
                 return rc;
-            wake_sleepers(p->csleep_p, p->head_p);
+            mpmc_wake_sleepers(p->csleep_p, p->head_p);
             if (__atomic_load_n(p->fdarm_p, __ATOMIC_RELAXED))
                 wake_fd_slots(p);
         }
@@ -284,7 +284,7 @@ long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint
             if (rc < 0)
                 return rc;
         }
-        wake_sleepers(p->psleep_p, p->tail_p);
+        mpmc_wake_sleepers(p->psleep_p, p->tail_p);
     }
     return n;
 }
@@ -292,28 +292,28 @@ long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint
 /* ---- waiting ------------------------------------------------------------------------------- */
 
 /* Whether a producer with a record of `need` bytes (need == 0: a consumer) may stop waiting. */
-int ready(MpmcPort *p, uint64_t need)
+int mpmc_ready(MpmcPort *p, uint64_t need)
 {
-    uint64_t head = ld_acq(p->head_p), tail = ld_acq(p->tail_p);
+    uint64_t head = ring_load_acquire(p->head_p), tail = ring_load_acquire(p->tail_p);
     if (head - tail > p->cap)
         return 1; /* corrupt (or torn between the two loads): let the locked attempt tell */
     return need ? head - tail + need <= p->cap : head != tail;
 }
 
-/* Without the GIL: wait until ready().  0 ready, -ETIMEDOUT, -EBADF, WAIT_SIGNALS or -errno. */
+/* Without the GIL: wait until mpmc_ready().  0 ready, -ETIMEDOUT, -EBADF, RING_WAIT_SIGNALS or -errno. */
 static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long deadline,
                       long long spin_until)
 {
     uint32_t *flag = need ? p->psleep_p : p->csleep_p;
     uint64_t *cursor = need ? p->tail_p : p->head_p;
-    long long now = now_ns(), slice_end = now + SIGNAL_SLICE_NS;
+    long long now = ring_now_ns(), slice_end = now + SIGNAL_SLICE_NS;
     for (unsigned i = 0; p->spin_ns < 0 || now < spin_until; i++) {
-        if (ready(p, need))
+        if (mpmc_ready(p, need))
             return 0;
         int rc;
         if ((i & 63) == 0 && (rc = spin_check(p, has_deadline, deadline, slice_end, &now)) != 0)
             return rc;
-        cpu_relax();
+        ring_cpu_relax();
     }
     for (;;) {
         if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
@@ -321,9 +321,9 @@ static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long de
         __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         uint32_t seen = (uint32_t)__atomic_load_n(cursor, __ATOMIC_ACQUIRE);
-        if (ready(p, need))
+        if (mpmc_ready(p, need))
             return 0;
-        now = now_ns();
+        now = ring_now_ns();
         if (has_deadline && now >= deadline)
             return -ETIMEDOUT;
         long long left = SLEEP_SLICE_NS;
@@ -334,13 +334,13 @@ static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long de
         /* A signal that arrived just before the sleep did not interrupt it: a whole slice slept is
          * the caller's cue to run the signal handlers (the spin phase is over, it comes back here). */
         if (rc < 0 && (errno == EINTR || errno == ETIMEDOUT))
-            return WAIT_SIGNALS;
+            return RING_WAIT_SIGNALS;
     }
 }
 
 /* ---- the operation loop -------------------------------------------------------------------- */
 
-/* Without the GIL: lock, attempt, wait for the other side, until done.  >= 0, -errno or WAIT_SIGNALS. */
+/* Without the GIL: lock, attempt, wait for the other side, until done.  >= 0, -errno or RING_WAIT_SIGNALS. */
 static long long exchange(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room,
                           int has_deadline, long long deadline, long long spin_until)
 {
@@ -351,67 +351,74 @@ static long long exchange(MpmcPort *p, int op, const Parts *parts, char *out, ui
         long long rc = lock_wait(p, m, has_deadline, deadline);
         if (rc != 0)
             return rc;
-        rc = attempt(p, producer, parts, out, room);
+        rc = mpmc_attempt(p, producer, parts, out, room);
         if (rc != -EAGAIN)
             return rc;
-        if (has_deadline && now_ns() >= deadline)
+        if (has_deadline && ring_now_ns() >= deadline)
             return -ETIMEDOUT;
         if ((rc = wait_slice(p, need, has_deadline, deadline, spin_until)) != 0)
             return rc;
     }
 }
 
+/* One operation's arguments, for ring_wait_loop. */
+struct mpmc_op {
+    MpmcPort *p;
+    int op;
+    const Parts *parts;
+    char *out;
+    uint64_t room;
+    int has_deadline;
+    long long deadline, spin_until;
+};
+
+static long long mpmc_op_slice(void *ctx)
+{
+    struct mpmc_op *o = ctx;
+    if (o->op == OP_WAIT)
+        return wait_slice(o->p, 0, o->has_deadline, o->deadline, o->spin_until);
+    return exchange(o->p, o->op, o->parts, o->out, o->room, o->has_deadline, o->deadline, o->spin_until);
+}
+
 /* Run one send, receive or wait, as the port's mode says.  Called with the GIL; returns with it.
- * Returns >= 0 on success, -errno, or PY_ERROR with a Python exception set. */
-long long operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room,
+ * Returns >= 0 on success, -errno, or RING_PY_ERROR with a Python exception set. */
+long long mpmc_operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room,
                          PyObject *timeout_obj)
 {
     struct timespec ts;
     int has_deadline;
     if (ipc_timeout_arg(timeout_obj, &ts, &has_deadline) < 0)
-        return PY_ERROR;
+        return RING_PY_ERROR;
     int zero = has_deadline && ts.tv_sec == 0 && ts.tv_nsec == 0;
     if (op == OP_WAIT) {
-        if (ready(p, 0))
+        if (mpmc_ready(p, 0))
             return 0;
     } else if (op == OP_RECV || parts->total < GIL_FREE_BYTES) {
         /* The fast path keeps the GIL: an uncontended lock and a copy of modest size cost less than
          * releasing it.  (A consumer cannot know the size before it looks: it always tries.) */
         int producer = op == OP_SEND;
-        int rc = lock_try(p, producer ? p->plock : p->clock_);
+        int rc = mpmc_lock_try(p, producer ? p->plock : p->clock_);
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            long long n = attempt(p, producer, parts, out, room);
+            long long n = mpmc_attempt(p, producer, parts, out, room);
             if (n != -EAGAIN)
                 return n;
             if (zero)
                 return -ETIMEDOUT;
         }
     }
-    long long start = now_ns(), result;
+    long long start = ring_now_ns(), result;
     long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     long long spin_until = p->spin_ns < 0 ? LLONG_MAX : start + p->spin_ns;
     if (op != OP_SEND && p->spun)
         spin_until = start; /* try_recv just spun in vain: one spin phase per wait */
     p->spun = 0;
+    struct mpmc_op o = {p, op, parts, out, room, has_deadline, deadline, spin_until};
     p->inflight++;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        if (op == OP_WAIT)
-            result = wait_slice(p, 0, has_deadline, deadline, spin_until);
-        else
-            result = exchange(p, op, parts, out, room, has_deadline, deadline, spin_until);
-        Py_END_ALLOW_THREADS
-        if (result != WAIT_SIGNALS)
-            break;
-        if (PyErr_CheckSignals() < 0) {
-            result = PY_ERROR;
-            break;
-        }
-    }
+    result = ring_wait_loop(mpmc_op_slice, &o);
     p->inflight--;
-    release_if_done(p, 0);
+    mpmc_release_if_done(p, 0);
     return result;
 }
 

@@ -1,10 +1,10 @@
-/* The MPMC ring of ring:// and file:// shared by mpmc.c (the algorithms) and mpmcport.c (the MpmcPort
+/* The MPMC ring of ring:// and file:// shared by mpmc.c (the algorithms) and mpmc_port.c (the MpmcPort
  * type and the channel's fast path): constants, the per-handle state, the core operations.  The layout
- * and the reasons are in ipcraft/_mpmc.py, which checks these constants at import (mpmc_layout()). */
+ * and the reasons are in ipcraft/_rings/mpmc.py, which checks these constants at import (mpmc_layout()). */
 #ifndef IPCRAFT_MPMC_H
 #define IPCRAFT_MPMC_H
 
-#include "native.h"
+#include "rings.h"
 #include <pthread.h>
 #include <stdint.h>
 #include <time.h>
@@ -31,7 +31,7 @@
 #define FD_SLOT_SIZE 16
 #define REC_HEADER 8u
 #define FRAME_MAGIC 0xA1u                   /* ipcraft's frame header (_framing.py), for the fast path */
-#define FD_NAME_FORMAT "ipcraft-mpmc-%016llx" /* abstract socket of an fd user (FdWake in _mpmc.py) */
+#define FD_NAME_FORMAT "ipcraft-mpmc-%016llx" /* abstract socket of an fd user (FdWake in _rings/mpmc.py) */
 
 #define SLEEP_SLICE_NS 100000000LL  /* a sleeper re-checks this often (a wake lost with a killed process) */
 #define SIGNAL_SLICE_NS 10000000LL  /* a spinner takes the GIL this often to run signal handlers */
@@ -39,8 +39,6 @@
 #define GIL_FREE_BYTES 65536u       /* copies this large run without the GIL */
 #define FAST_SPIN_MAX_NS 1000000LL  /* try_recv spins at most this long on an empty ring */
 #define MAX_PARTS 8
-#define WAIT_SIGNALS (-200000) /* internal: take the GIL, run signal handlers, carry on */
-#define PY_ERROR (-100000)      /* internal: a Python exception is set */
 
 enum { OP_RECV, OP_SEND, OP_WAIT };
 
@@ -53,7 +51,7 @@ typedef struct {
     uint64_t *head_p, *tail_p;
     pthread_mutex_t *plock, *clock_;
     uint32_t *csleep_p, *psleep_p;
-    uint64_t *fdarm_p; /* how many fd users are armed (_mpmc.py keeps it) */
+    uint64_t *fdarm_p; /* how many fd users are armed (_rings/mpmc.py keeps it) */
     long long spin_ns; /* < 0: never sleep (wait="spin") */
     long pagesize;
     int sender, has_sender; /* an unbound datagram socket for wake_fd_slots, made on first use */
@@ -74,13 +72,13 @@ typedef struct {
 } Parts;
 
 
-void wake_sleepers(uint32_t *flag, uint64_t *cursor);
-int lock_try(MpmcPort *p, pthread_mutex_t *m);
-void release_if_done(MpmcPort *p, int force);
-void copy_out(MpmcPort *p, uint64_t pos, char *dst, uint64_t n);
-long long peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out);
-long long attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room);
-int ready(MpmcPort *p, uint64_t need);
-long long operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room, PyObject *timeout_obj);
+void mpmc_wake_sleepers(uint32_t *flag, uint64_t *cursor);
+int mpmc_lock_try(MpmcPort *p, pthread_mutex_t *m);
+void mpmc_release_if_done(MpmcPort *p, int force);
+void mpmc_copy_out(MpmcPort *p, uint64_t pos, char *dst, uint64_t n);
+long long mpmc_peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out);
+long long mpmc_attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room);
+int mpmc_ready(MpmcPort *p, uint64_t need);
+long long mpmc_operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room, PyObject *timeout_obj);
 
 #endif

@@ -1,6 +1,6 @@
 /* ipcraft._native: the only C in ipcraft.
  *
- * A dumb, complete ABI over memory that Python owns (STYLE.md R18): Python maps the shared memory and
+ * A dumb, complete ABI over memory that Python owns: Python maps the shared memory and
  * passes a buffer plus an offset; C performs the operation Python cannot do well (an atomic access, a
  * futex wait or wake, a ring copy loop) and returns 0, a count, or -errno.  C raises only for bad
  * arguments (TypeError, BufferError, ValueError for an offset outside the buffer or misaligned), and
@@ -19,8 +19,8 @@ extern PyMethodDef ipc_atomics_methods[];
 extern PyMethodDef ipc_futex_methods[];
 extern PyMethodDef ipc_mman_methods[];
 int ipc_pmutex_register(PyObject *m); /* pmutex.c: functions, the PMutex type, PMUTEX_SIZE */
-int ipc_ring_init(PyObject *m); /* ringend.c: the RingEnd type and ring_layout() */
-int ipc_mpmc_register(PyObject *m);   /* mpmc.c: the MpmcPort type, mpmc_layout() */
+int ipc_spsc_register(PyObject *m); /* spsc_port.c: the SpscPort type and spsc_layout() */
+int ipc_mpmc_register(PyObject *m); /* mpmc_port.c: the MpmcPort type and mpmc_layout() */
 
 /* Resolve `offset` in a writable buffer to an aligned pointer to `size` bytes.  Sets ValueError and
  * returns NULL when the range leaves the buffer or the address is not `size`-aligned. */
@@ -30,25 +30,7 @@ void *ipc_buffer_at(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size);
  * Returns 0 and sets *has_timeout; -1 with ValueError for a negative or non-finite value. */
 int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout);
 
-/* Small helpers the ring (ring.c) and the queue (mpmc.c) both spin and time with. */
-#include <time.h>
-
-static inline uint64_t ld_acq(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static inline long long now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+/* Ready `type` and add it to module `m` as `name`.  0, or -1 with an exception set. */
+int ipc_add_type(PyObject *m, PyTypeObject *type, const char *name);
 
 #endif

@@ -406,13 +406,8 @@ static PyMethodDef pmutex_methods[] = {
 /* Adds the functions, the PMutex type and PMUTEX_SIZE to the module (one call from module.c). */
 int ipc_pmutex_register(PyObject *m)
 {
-    if (PyType_Ready(&ipc_PMutexType) < 0 || PyModule_AddFunctions(m, pmutex_methods) < 0 ||
+    if (PyModule_AddFunctions(m, pmutex_methods) < 0 ||
         PyModule_AddIntConstant(m, "PMUTEX_SIZE", (long)sizeof(pthread_mutex_t)) < 0)
         return -1;
-    Py_INCREF(&ipc_PMutexType);
-    if (PyModule_AddObject(m, "PMutex", (PyObject *)&ipc_PMutexType) < 0) {
-        Py_DECREF(&ipc_PMutexType);
-        return -1;
-    }
-    return 0;
+    return ipc_add_type(m, &ipc_PMutexType, "PMutex");
 }

@@ -1,4 +1,4 @@
-"""ring://name and file:///path — the multi-producer multi-consumer shared-memory queue (see _mpmc.py).
+"""ring://name and file:///path — the multi-producer multi-consumer shared-memory queue (see _rings/mpmc.py).
 
 Every handle may send and receive; each message goes to exactly one receiver.
 
@@ -6,7 +6,7 @@ Every handle may send and receive; each message goes to exactly one receiver.
   (exclusively, mode 0600 unless ``mode=``) and that handle is the owner: its close() removes the
   name (handles already open keep working).  Openers never remove it.  A crashed owner leaves the
   segment behind; ``ipcraft rm`` or unlink() removes it.
-* ``file:///path`` is the same ring in a regular file, durable (see _mpmc.py for exactly what
+* ``file:///path`` is the same ring in a regular file, durable (see _rings/mpmc.py for exactly what
   survives what).  **Decision: close() never deletes the file, not even the creator's**, because a
   durable queue is kept for the next run; call ``Queue.unlink()`` to delete it.  Reopening after a
   crash recovers it (the first opener that finds nobody else using it resets the locks and checks the
@@ -29,11 +29,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .. import _mpmc
 from .._endpoint import Endpoint
 from .._errors import translating
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE
 from .._names import DEFAULT_MODE
+from .._rings import mpmc as _mpmc
 from ..errors import HandleClosed
 from ..primitives.mmap_file import MappedFile
 from ..primitives.shm import PosixSharedMemory
@@ -45,26 +45,26 @@ _OPEN_RETRIES = 100  # create="if_missing": rounds of "missing -> create -> exis
 def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
     """Create (``create`` true), open (False) or open-else-create ("if_missing") the queue."""
     if create != "if_missing":
-        return MpmcQueue(endpoint, bool(create))
+        return MpmcTransport(endpoint, bool(create))
     for _ in range(_OPEN_RETRIES):
         try:
-            return MpmcQueue(endpoint, False)
+            return MpmcTransport(endpoint, False)
         except FileNotFoundError:
             pass
         try:
-            return MpmcQueue(endpoint, True)
+            return MpmcTransport(endpoint, True)
         except FileExistsError:
             pass
     raise FileExistsError(errno.EEXIST, f"{endpoint}: it kept appearing and vanishing while being opened")
 
 
-class MpmcQueue(Transport):
-    """A ring:// or file:// queue handle: a mapping, its MpmcRing, and (file://) a shared flock."""
+class MpmcTransport(Transport):
+    """A ring:// or file:// queue handle: a mapping, its MpmcPort, and (file://) a shared flock."""
 
     kind = "message"
     _mem: PosixSharedMemory | MappedFile | None = None
     _view: memoryview | None = None
-    _ring: _mpmc.MpmcRing | None = None
+    _port: _mpmc.MpmcPort | None = None
     _ino: tuple[int, int] | None = None
     _owner_pid = -1
 
@@ -95,7 +95,7 @@ class MpmcQueue(Transport):
                 self._view = self._mem.buf
                 if self.durable:
                     self._attach_durable(what)
-            self._ring = _mpmc.MpmcRing(self._view, what, spin=opts.get("wait", "block") == "spin",
+            self._port = _mpmc.MpmcPort(self._view, what, spin=opts.get("wait", "block") == "spin",
                                         sync=bool(opts.get("sync", False)),
                                         limit=opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
         except BaseException:
@@ -105,8 +105,8 @@ class MpmcQueue(Transport):
         self._ino = (st.st_dev, st.st_ino)
         # Whoever may write the queue may inject messages: pickle only if that is this uid (or root).
         self.authenticated = st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
-        self.max_payload = _mpmc.max_message(self._ring.capacity)
-        self.limit_source = self._ring.limit_source
+        self.max_payload = _mpmc.max_message(self._port.capacity)
+        self.limit_source = self._port.limit_source
 
     def _create(self, size: int, mode: int) -> PosixSharedMemory | MappedFile:
         if self.durable:
@@ -137,8 +137,8 @@ class MpmcQueue(Transport):
 
     # -- the transport contract --------------------------------------------------------------------
 
-    def _live(self) -> _mpmc.MpmcRing:
-        ring = self._ring
+    def _live(self) -> _mpmc.MpmcPort:
+        ring = self._port
         if ring is None:
             raise HandleClosed(f"{self.endpoint} is closed")
         return ring
@@ -162,7 +162,7 @@ class MpmcQueue(Transport):
         return self._live().fast_path()
 
     def fileno(self) -> int:
-        """A datagram socket that becomes readable when a message may be pending (see _mpmc.py)."""
+        """A datagram socket that becomes readable when a message may be pending (see _rings/mpmc.py)."""
         return self._live().fileno()
 
     def unlink(self) -> None:
@@ -188,7 +188,7 @@ class MpmcQueue(Transport):
                 "recovered_locks": ring.recovered, "discarded_bytes": self.discarded}
 
     def close(self) -> None:
-        ring, self._ring = self._ring, None
+        ring, self._port = self._port, None
         view, self._view = self._view, None
         mem, self._mem = self._mem, None
         try:

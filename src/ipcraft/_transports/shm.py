@@ -11,7 +11,7 @@ Decisions:
 * **The memfd is sealed** (no shrink, no grow, no new seals) before it is passed, and the client
   checks the seals, so neither side can truncate the mapping under the other (a SIGBUS).
 * **Liveness, with the semantics of a socket.**  The rendezvous socket stays open for the life of the
-  channel and is the rings' *watch* descriptor (see _ring.py): it hangs up when the last copy of the
+  channel and is the rings' *watch* descriptor (see _rings/spsc.py): it hangs up when the last copy of the
   peer's socket closes, whichever process held it, so a waiting side notices a dead peer within about
   a millisecond and raises PeerVanished.  A clean close() sets the rings' closed flags, so the peer
   gets ChannelClosed instead, after the messages still in the ring.  A sender whose peer died
@@ -27,7 +27,7 @@ Decisions:
   ChannelClosed when the last socket copy goes.
 * **Capacity** is the client's ``capacity=`` if given, else the listener's, else 4 MiB per direction,
   rounded up to a power of two.  A message may use half a ring; a larger one is MessageTooLarge
-  naming the capacity (see _ring.py for why not streaming).  ``wait=`` is each side's own choice.
+  naming the capacity (see _rings/spsc.py for why not streaming).  ``wait=`` is each side's own choice.
 
 Handshake on the rendezvous socket, after unix.py's credential verdict::
 
@@ -54,10 +54,10 @@ from typing import Any
 from .. import _framing, _native
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._ring import (
+from .._rings.spsc import (
     OFF_HANDLES,
     REC_HEADER,
-    RingPort,
+    SpscPort,
     check_ring,
     format_ring,
     max_payload,
@@ -107,10 +107,10 @@ class ShmTransport(Transport):
         self.max_payload = max_payload(capacity) + REC_HEADER
         self.limit_source = (f"half the {capacity}-byte shm:// ring, less its 8-byte header; pass "
                              "capacity= to connect() or listen() for larger messages")
-        self.tx = RingPort(mm, tx_off, producer=True, what=self._what, signal_fd=tx_data, wait_fd=tx_room,
+        self.tx = SpscPort(mm, tx_off, producer=True, what=self._what, signal_fd=tx_data, wait_fd=tx_room,
                            watch_fds=watch, spin=self.spin, limit=min(max_message, max_payload(capacity)),
                            limit_source=self.limit_source)
-        self.rx = RingPort(mm, rx_off, producer=False, what=self._what, signal_fd=rx_room,
+        self.rx = SpscPort(mm, rx_off, producer=False, what=self._what, signal_fd=rx_room,
                            wait_fd=rx_data, watch_fds=watch, spin=self.spin, limit=max_message,
                            limit_source="this channel's max_message_size")
         self._handles = tx_off + OFF_HANDLES
@@ -121,28 +121,31 @@ class ShmTransport(Transport):
 
     def fast_path(self) -> tuple[Any, Any]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path."""
-        return self.tx.end.try_send, self.rx.end.try_recv
+        return self.tx.native.try_send, self.rx.native.try_recv
 
-    def borrow(self, deadline: float | None) -> tuple[memoryview, int]:
-        """Lend the next record (Channel.recv_view): ``(read-only payload view, serializer id)``."""
+    def peek(self, deadline: float | None) -> tuple[memoryview, int]:
+        """Show the next record in place (Channel.recv_view): ``(read-only payload view, serializer id)``;
+        it stays in the ring until :meth:`consume`."""
         self._check_open()
-        return self.rx.borrow(deadline)
+        return self.rx.peek(deadline)
 
-    def end_borrow(self) -> None:
-        """The borrowed record has been used: drop it from the ring."""
+    def consume(self) -> None:
+        """The peeked record has been used: drop it from the ring."""
         self.rx.consume()
 
-    def loan(self, n: int, deadline: float | None) -> memoryview:
-        """Lend ``n`` bytes of the ring to fill in place (Channel.send_view)."""
+    def reserve(self, n: int, deadline: float | None) -> memoryview:
+        """Reserve ``n`` bytes of the ring to fill in place (Channel.send_view), until :meth:`commit`
+        or :meth:`abort`."""
         self._check_open()
-        return self.tx.loan(n, deadline)
+        return self.tx.reserve(n, deadline)
 
-    def end_loan(self, publish: bool) -> None:
-        """Publish the loaned record as a RAW message, or drop it."""
-        if publish:
-            self.tx.commit(0)
-        else:
-            self.tx.abort()
+    def commit(self) -> None:
+        """Publish the reserved record as a RAW message."""
+        self.tx.commit(0)
+
+    def abort(self) -> None:
+        """Drop the reserved record unpublished."""
+        self.tx.abort()
 
     # -- the message transport contract ------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class ShmTransport(Transport):
     def fileno(self) -> int:
         """The eventfd that is readable exactly while a message is pending (level-triggered)."""
         self._check_open()
-        self.rx.end.set_level(True)
+        self.rx.native.set_level(True)
         return self.rx.wait_fd
 
     def extra(self) -> dict[str, Any]:

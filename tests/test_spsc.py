@@ -1,4 +1,4 @@
-"""The SPSC ring (_ring.py over _native.RingEnd) in one process: model checking, wrap-around,
+"""The SPSC ring (_rings/spsc.py over _native.SpscPort) in one process: model checking, wrap-around,
 validation of a corrupt header, and the native surface's behaviour on bad arguments."""
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ipcraft import _native, _ring
+from ipcraft import _native
+from ipcraft._rings import spsc as _ring
 from ipcraft.errors import MessageTooLarge, ProtocolError, Timeout
 
 EAGAIN = -errno.EAGAIN
 
 
-def make_ring(capacity: int = 256, **kw: object) -> tuple[mmap.mmap, _ring.RingPort, _ring.RingPort]:
+def make_ring(capacity: int = 256, **kw: object) -> tuple[mmap.mmap, _ring.SpscPort, _ring.SpscPort]:
     mm = mmap.mmap(-1, _ring.ring_size(capacity))
     _ring.format_ring(mm, 0, capacity)
-    prod = _ring.RingPort(mm, 0, producer=True, what="test ring", **kw)  # type: ignore[arg-type]
-    cons = _ring.RingPort(mm, 0, producer=False, what="test ring", **kw)  # type: ignore[arg-type]
+    prod = _ring.SpscPort(mm, 0, producer=True, what="test ring", **kw)  # type: ignore[arg-type]
+    cons = _ring.SpscPort(mm, 0, producer=False, what="test ring", **kw)  # type: ignore[arg-type]
     return mm, prod, cons
 
 
@@ -37,7 +38,7 @@ def rec_size(n: int) -> int:
 
 def test_layout_matches_native():
     """The layout constants of _ring.py are the ones compiled into _native."""
-    compiled = _native.ring_layout()
+    compiled = _native.spsc_layout()
     assert {k: getattr(_ring, k) for k in compiled} == compiled
 
 
@@ -59,12 +60,12 @@ class RingModel(RuleBasedStateMachine):
         self.mm, self.p, self.c = make_ring(self.cap)
         self.model: collections.deque[tuple[bytes, int, int]] = collections.deque()  # data, sid, advance
         self.head = self.tail = 0
-        self.loan: tuple[int, memoryview] | None = None
-        self.borrowed = False
+        self.reserved: tuple[int, memoryview] | None = None
+        self.peeked = False
 
     def teardown(self) -> None:
-        if self.loan is not None:
-            self.loan[1].release()
+        if self.reserved is not None:
+            self.reserved[1].release()
         self.p.close()
         self.c.close()
         self.mm.close()
@@ -87,11 +88,11 @@ class RingModel(RuleBasedStateMachine):
     def _fits(self, n: int) -> bool:
         return self.head - self.tail + self._advance_for(n) <= self.cap
 
-    @precondition(lambda self: self.loan is None)
+    @precondition(lambda self: self.reserved is None)
     @rule(data=st.binary(max_size=56), sid=st.integers(0, 255))
     def push(self, data: bytes, sid: int) -> None:
         fits = self._fits(len(data))
-        rc = self.p.end.send(data, sid)
+        rc = self.p.native.send(data, sid)
         if fits:
             assert rc == 0
             self._pushed(data, sid)
@@ -100,76 +101,76 @@ class RingModel(RuleBasedStateMachine):
 
     @rule(n=st.integers(57, 300))
     def push_too_large(self, n: int) -> None:
-        assert self.p.end.send(bytes(n)) in (-errno.EMSGSIZE, -errno.EBUSY)
+        assert self.p.native.send(bytes(n)) in (-errno.EMSGSIZE, -errno.EBUSY)
 
-    @precondition(lambda self: not self.borrowed)
+    @precondition(lambda self: not self.peeked)
     @rule()
     def pop(self) -> None:
-        got = self.c.end.try_recv()
+        got = self.c.native.try_recv()
         if not self.model:
             assert got is None
             return
         data, _sid = self._popped()
         assert got == data
 
-    @precondition(lambda self: not self.borrowed)
+    @precondition(lambda self: not self.peeked)
     @rule()
     def pop_with_header(self) -> None:
         if not self.model:
-            assert self.c.end.peek() == EAGAIN
+            assert self.c.native.peek() == EAGAIN
             return
         record = self.c.recv(None)
         data, sid = self._popped()
         assert record[8:] == data and record[1] == sid and record[0] == 0xA1
 
-    @precondition(lambda self: self.loan is None)
+    @precondition(lambda self: self.reserved is None)
     @rule(n=st.integers(0, 56))
     def reserve(self, n: int) -> None:
-        off = self.p.end.reserve(n)
+        off = self.p.native.reserve(n)
         if self._fits(n):
             assert off >= 0
-            self.loan = (n, memoryview(self.mm)[off:off + n])
+            self.reserved = (n, memoryview(self.mm)[off:off + n])
         else:
             assert off == EAGAIN
 
-    @precondition(lambda self: self.loan is not None)
+    @precondition(lambda self: self.reserved is not None)
     @rule(fill=st.integers(0, 255), publish=st.booleans())
-    def end_loan(self, fill: int, publish: bool) -> None:
-        assert self.loan is not None
-        n, view = self.loan
+    def commit_or_abort(self, fill: int, publish: bool) -> None:
+        assert self.reserved is not None
+        n, view = self.reserved
         view[:] = bytes([fill]) * n
         view.release()
-        self.loan = None
+        self.reserved = None
         if publish:
-            assert self.p.end.commit(7) == 0
+            assert self.p.native.commit(7) == 0
             self._pushed(bytes([fill]) * n, 7)
         else:
-            assert self.p.end.abort() == 0
+            assert self.p.native.abort() == 0
 
-    @precondition(lambda self: not self.borrowed and bool(self.model))
+    @precondition(lambda self: not self.peeked and bool(self.model))
     @rule()
-    def borrow(self) -> None:
-        off, n, sid = self.c.end.peek()
+    def peek(self) -> None:
+        off, n, sid = self.c.native.peek()
         assert (bytes(self.mm[off:off + n]), sid) == self.model[0][:2]
-        assert self.c.end.try_recv() is None  # a borrowed record is not popped twice
-        self.borrowed = True
+        assert self.c.native.try_recv() is None  # a peeked record is not popped twice
+        self.peeked = True
 
-    @precondition(lambda self: self.borrowed)
+    @precondition(lambda self: self.peeked)
     @rule(keep=st.booleans())
-    def end_borrow(self, keep: bool) -> None:
-        self.borrowed = False
+    def consume_or_unpeek(self, keep: bool) -> None:
+        self.peeked = False
         if keep:
-            assert self.c.end.unpeek() == 0
+            assert self.c.native.unpeek() == 0
         else:
-            assert self.c.end.consume() == 0
+            assert self.c.native.consume() == 0
             self._popped()
 
     @invariant()
     def cursors_agree(self) -> None:
-        assert self.p.end.position == self.head
-        assert self.c.end.position == self.tail
-        assert self.p.end.pending == self.head - self.tail
-        assert (self.p.end.pending == 0) == (not self.model)
+        assert self.p.native.position == self.head
+        assert self.c.native.position == self.tail
+        assert self.p.native.pending == self.head - self.tail
+        assert (self.p.native.pending == 0) == (not self.model)
 
 
 TestRingModel = RingModel.TestCase
@@ -184,17 +185,17 @@ def test_wrap_around_at_every_offset(start):
         left = start
         while left:  # move both cursors to `start`, at most half the ring per record
             step = min(left, 128)
-            assert p.end.send(bytes(step - 8)) == 0
-            assert c.end.try_recv() == bytes(step - 8)
+            assert p.native.send(bytes(step - 8)) == 0
+            assert c.native.try_recv() == bytes(step - 8)
             left -= step
-        assert p.end.position == c.end.position == start
+        assert p.native.position == c.native.position == start
         for n in range(0, p.limit + 1, 7):
             msg = os.urandom(n)
-            assert p.end.send(msg, 5) == 0
-            assert p.end.send(b"next") == 0
+            assert p.native.send(msg, 5) == 0
+            assert p.native.send(b"next") == 0
             assert c.recv(None) == bytes([0xA1, 5, 0, 0]) + struct.pack("<I", n) + msg
-            assert c.end.try_recv() == b"next"
-            assert p.end.pending == 0
+            assert c.native.try_recv() == b"next"
+            assert p.native.pending == 0
     finally:
         p.close()
         c.close()
@@ -205,11 +206,11 @@ def test_full_ring_refuses_then_accepts():
     """A full ring answers -EAGAIN without blocking, and accepts again once the consumer pops."""
     mm, p, c = make_ring(256)
     sent = 0
-    while p.end.send(bytes(40)) == 0:
+    while p.native.send(bytes(40)) == 0:
         sent += 1
     assert sent == 256 // 48
-    assert c.end.try_recv() == bytes(40)
-    assert p.end.send(bytes(40)) == 0
+    assert c.native.try_recv() == bytes(40)
+    assert p.native.send(bytes(40)) == 0
     p.close(), c.close(), mm.close()
 
 
@@ -244,9 +245,9 @@ def test_corrupt_header_is_protocol_error(offset, fmt, value, match):
     """A foreign or corrupt header (magic, version, flags, capacity, cursors) is ProtocolError."""
     mm = _corrupt(offset, fmt, value)
     with pytest.raises(ProtocolError, match=match):
-        _ring.RingPort(mm, 0, producer=False, what="test ring")
+        _ring.SpscPort(mm, 0, producer=False, what="test ring")
     with pytest.raises(ValueError):  # the C side refuses on its own too
-        _native.RingEnd(mm, 0, False)
+        _native.SpscPort(mm, 0, False)
     mm.close()
 
 
@@ -255,7 +256,7 @@ def test_corrupt_header_is_protocol_error(offset, fmt, value, match):
 def test_corrupt_record_or_cursor_is_protocol_error(where, value):
     """A record length, magic or flag, or a cursor corrupted after attach is ProtocolError."""
     mm, p, c = make_ring(256)
-    assert p.end.send(b"x" * 16) == 0
+    assert p.native.send(b"x" * 16) == 0
     data = _ring.HEADER_SIZE
     if where == "length":
         struct.pack_into("<I", mm, data + 4, value)
@@ -265,7 +266,7 @@ def test_corrupt_record_or_cursor_is_protocol_error(where, value):
         struct.pack_into("<H", mm, data + 2, value)
     else:
         struct.pack_into("<Q", mm, _ring.OFF_HEAD, value)
-    assert c.end.try_recv() is None
+    assert c.native.try_recv() is None
     with pytest.raises(ProtocolError, match="corrupt"):
         c.recv(time.monotonic() + 1)
     p.close(), c.close(), mm.close()
@@ -275,33 +276,33 @@ def test_corrupt_tail_is_seen_by_the_producer():
     """A consumer cursor moved beyond the producer's is ProtocolError for the producer."""
     mm, p, c = make_ring(256)
     for _ in range(5):
-        assert p.end.send(bytes(40)) == 0
+        assert p.native.send(bytes(40)) == 0
     struct.pack_into("<Q", mm, _ring.OFF_TAIL, 1 << 40)
-    assert p.end.send(bytes(40)) == -errno.EPROTO
+    assert p.native.send(bytes(40)) == -errno.EPROTO
     p.close(), c.close(), mm.close()
 
 
 def test_native_bad_arguments_never_crash():
-    """Bad buffers, offsets, fds and an uninitialised RingEnd give exceptions or -errno, not crashes."""
+    """Bad buffers, offsets, fds and an uninitialised SpscPort give exceptions or -errno, not crashes."""
     mm = mmap.mmap(-1, _ring.ring_size(256))
     _ring.format_ring(mm, 0, 256)
     with pytest.raises(ValueError):
-        _native.RingEnd(mm, 8, True)  # misaligned / no header there
+        _native.SpscPort(mm, 8, True)  # misaligned / no header there
     with pytest.raises(ValueError):
-        _native.RingEnd(mm, len(mm), True)
+        _native.SpscPort(mm, len(mm), True)
     with pytest.raises(BufferError):
-        _native.RingEnd(b"read-only", 0, True)
+        _native.SpscPort(b"read-only", 0, True)
     with pytest.raises(ValueError, match="non-blocking"):
         r, w = os.pipe()
         try:
-            _native.RingEnd(mm, 0, False, -1, r)
+            _native.SpscPort(mm, 0, False, -1, r)
         finally:
             os.close(r), os.close(w)
     with pytest.raises(ValueError):
-        _native.RingEnd(mm, 0, True, -5)
+        _native.SpscPort(mm, 0, True, -5)
     with pytest.raises(ValueError):
-        _native.RingEnd(mm, 0, True, watch_fds=(1, 2, 3, 4, 5))
-    blank = _native.RingEnd.__new__(_native.RingEnd)
+        _native.SpscPort(mm, 0, True, watch_fds=(1, 2, 3, 4, 5))
+    blank = _native.SpscPort.__new__(_native.SpscPort)
     assert blank.send(b"x") == -errno.EBADF
     assert blank.try_send(b"x") is False
     assert blank.try_recv() is None
@@ -309,7 +310,7 @@ def test_native_bad_arguments_never_crash():
     assert blank.wait(0) == -errno.EBADF
     assert blank.reserve(1) == -errno.EBADF
     assert blank.commit(0) == -errno.EINVAL
-    prod = _native.RingEnd(mm, 0, True)
+    prod = _native.SpscPort(mm, 0, True)
     with pytest.raises(ValueError):
         prod.wait(-1.0)
     with pytest.raises(TypeError):
@@ -343,8 +344,8 @@ def test_sleeping_consumer_is_woken_by_the_producer():
     data, room = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
     mm = mmap.mmap(-1, _ring.ring_size(4096))
     _ring.format_ring(mm, 0, 4096)
-    p = _ring.RingPort(mm, 0, producer=True, what="t", signal_fd=data, wait_fd=room)
-    c = _ring.RingPort(mm, 0, producer=False, what="t", signal_fd=room, wait_fd=data)
+    p = _ring.SpscPort(mm, 0, producer=True, what="t", signal_fd=data, wait_fd=room)
+    c = _ring.SpscPort(mm, 0, producer=False, what="t", signal_fd=room, wait_fd=data)
     n = 3000
 
     def produce():
@@ -367,21 +368,21 @@ def test_level_triggered_eventfd():
     data = os.eventfd(0, os.EFD_NONBLOCK)
     mm = mmap.mmap(-1, _ring.ring_size(4096))
     _ring.format_ring(mm, 0, 4096)
-    p = _ring.RingPort(mm, 0, producer=True, what="t", signal_fd=data)
-    c = _ring.RingPort(mm, 0, producer=False, what="t", wait_fd=data)
+    p = _ring.SpscPort(mm, 0, producer=True, what="t", signal_fd=data)
+    c = _ring.SpscPort(mm, 0, producer=False, what="t", wait_fd=data)
     readable = lambda: bool(select.select([data], [], [], 0)[0])  # noqa: E731
-    assert p.end.send(b"early") == 0  # before level mode: not signalled
-    assert c.end.set_level(True) == 0
+    assert p.native.send(b"early") == 0  # before level mode: not signalled
+    assert c.native.set_level(True) == 0
     assert readable()
-    assert c.end.try_recv() == b"early"
+    assert c.native.try_recv() == b"early"
     assert not readable()
     for _k in range(3):
-        assert p.end.send(b"a") == 0
-        assert p.end.send(b"b") == 0
+        assert p.native.send(b"a") == 0
+        assert p.native.send(b"b") == 0
         assert readable()
-        assert c.end.try_recv() == b"a"
+        assert c.native.try_recv() == b"a"
         assert readable()
-        assert c.end.try_recv() == b"b"
+        assert c.native.try_recv() == b"b"
         assert not readable()
     assert not c.wait_readable(time.monotonic())
     assert not readable()

@@ -1,7 +1,7 @@
-/* The single-producer single-consumer ring: push/pop with the copy, waits, wake-ups (see _ring.py).
+/* The single-producer single-consumer ring: push/pop with the copy, waits, wake-ups (see _rings/spsc.py).
  *
- * The layout (header page, cursor cache lines, record format) is described in _ring.py, which checks
- * at import that the constants in ring.h match its own (ring_layout()).  A RingEnd is one side of one
+ * The layout (header page, cursor cache lines, record format) is described in _rings/spsc.py, which checks
+ * at import that the constants in spsc.h match its own (spsc_layout()).  A SpscPort is one side of one
  * ring: the producer or the consumer.  It holds a buffer export on the mapping for its whole life, so
  * the memory cannot be unmapped under it, and it copies the capacity out of the header once, at
  * construction: every address it computes afterwards is bounded by that private copy.  Cursors and
@@ -16,15 +16,15 @@
  * exchange and writes the waiter's eventfd once.
  *
  * Operations return 0, a value, or -errno.  Waits run without the GIL, in slices: the caller
- * (ringend.c) takes the GIL between slices to run signal handlers (Ctrl-C interrupts a wait).
+ * (spsc_port.c) takes the GIL between slices to run signal handlers (Ctrl-C interrupts a wait).
  */
-#include "ring.h"
+#include "spsc.h"
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <unistd.h>
 
-void ring_efd_signal(int fd)
+void spsc_efd_signal(int fd)
 {
     uint64_t one = 1;
     if (fd >= 0 && write(fd, &one, 8) < 0) {
@@ -41,14 +41,14 @@ static void efd_drain(int fd)
 }
 
 /* After publishing our cursor: wake the other side if it sleeps (Dekker: fence, then read its flag). */
-static inline void wake_other(RingEnd *r, uint32_t *flag)
+static inline void wake_other(SpscPort *r, uint32_t *flag)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST))
-        ring_efd_signal(r->signal_fd);
+        spsc_efd_signal(r->signal_fd);
 }
 
-void ring_release_if_done(RingEnd *r)
+void spsc_release_if_done(SpscPort *r)
 {
     if (r->closed && r->inflight == 0 && r->has_view) {
         r->has_view = 0;
@@ -60,21 +60,21 @@ void ring_release_if_done(RingEnd *r)
 
 /* Where a record of n payload bytes goes: sets *pad (wrap padding first) and *adv (head advance).
  * Returns 0, -EAGAIN (not enough room now) or -EPROTO (the consumer's cursor is impossible). */
-int ring_place(RingEnd *r, uint64_t n, uint64_t *pad, uint64_t *adv)
+int spsc_place(SpscPort *r, uint64_t n, uint64_t *pad, uint64_t *adv)
 {
     uint64_t rec = rec_size(n), p = r->pos & r->mask;
     *pad = p + rec > r->cap ? r->cap - p : 0;
     *adv = *pad + rec;
     if (r->pos - r->seen + *adv <= r->cap)
         return 0;
-    uint64_t tail = ld_acq(r->tail_p);
+    uint64_t tail = ring_load_acquire(r->tail_p);
     if (r->pos - tail > r->cap || (tail & 7))
         return -EPROTO;
     r->seen = tail;
     return r->pos - tail + *adv <= r->cap ? 0 : -EAGAIN;
 }
 
-void ring_put_header(char *rec, int sid, unsigned flags, uint32_t n)
+void spsc_put_header(char *rec, int sid, unsigned flags, uint32_t n)
 {
     rec[0] = (char)REC_MAGIC;
     rec[1] = (char)sid;
@@ -83,14 +83,14 @@ void ring_put_header(char *rec, int sid, unsigned flags, uint32_t n)
     memcpy(rec + 4, &n, 4);
 }
 
-void ring_publish(RingEnd *r, uint64_t adv)
+void spsc_publish(SpscPort *r, uint64_t adv)
 {
     r->pos += adv;
     __atomic_store_n(r->head_p, r->pos, __ATOMIC_RELEASE);
     wake_other(r, r->cwait_p);
 }
 
-int ring_producer_gate(RingEnd *r, uint64_t n)
+int spsc_producer_gate(SpscPort *r, uint64_t n)
 {
     if (r->closed || !r->has_view)
         return -EBADF;
@@ -106,20 +106,20 @@ int ring_producer_gate(RingEnd *r, uint64_t n)
 }
 
 /* Push one record; the copy runs without the GIL when it is large (busy keeps other threads out). */
-int ring_push(RingEnd *r, int sid, const char *src, uint64_t n)
+int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n)
 {
     uint64_t pad, adv;
-    int rc = ring_producer_gate(r, n);
+    int rc = spsc_producer_gate(r, n);
     if (rc == 0)
-        rc = ring_place(r, n, &pad, &adv);
+        rc = spsc_place(r, n, &pad, &adv);
     if (rc < 0)
         return rc;
     char *at = r->data + (r->pos & r->mask);
     if (pad) {
-        ring_put_header(at, 0, REC_FLAG_WRAP, 0);
+        spsc_put_header(at, 0, REC_FLAG_WRAP, 0);
         at = r->data;
     }
-    ring_put_header(at, sid, 0, (uint32_t)n);
+    spsc_put_header(at, sid, 0, (uint32_t)n);
     if (n >= GIL_FREE_COPY) {
         r->busy = 1;
         r->inflight++;
@@ -129,13 +129,13 @@ int ring_push(RingEnd *r, int sid, const char *src, uint64_t n)
         r->inflight--;
         r->busy = 0;
         if (r->closed) { /* closed by another thread meanwhile: publish nothing */
-            ring_release_if_done(r);
+            spsc_release_if_done(r);
             return -EBADF;
         }
     } else {
         memcpy(at + REC_HEADER, src, n);
     }
-    ring_publish(r, adv);
+    spsc_publish(r, adv);
     return 0;
 }
 
@@ -143,10 +143,10 @@ int ring_push(RingEnd *r, int sid, const char *src, uint64_t n)
 
 /* Locate the next record: *rec its header, *n its payload length, *total how far tail moves past it
  * (a wrap marker before it included).  0, -EAGAIN (empty) or -EPROTO. */
-int ring_next_record(RingEnd *r, char **rec, uint64_t *n, uint64_t *total)
+int spsc_next_record(SpscPort *r, char **rec, uint64_t *n, uint64_t *total)
 {
     if (r->pos == r->seen) {
-        uint64_t head = ld_acq(r->head_p);
+        uint64_t head = ring_load_acquire(r->head_p);
         if (head - r->pos > r->cap || (head & 7))
             return -EPROTO;
         r->seen = head;
@@ -175,7 +175,7 @@ int ring_next_record(RingEnd *r, char **rec, uint64_t *n, uint64_t *total)
     return 0;
 }
 
-int ring_consumer_gate(RingEnd *r)
+int spsc_consumer_gate(SpscPort *r)
 {
     if (r->closed || !r->has_view)
         return -EBADF;
@@ -186,47 +186,47 @@ int ring_consumer_gate(RingEnd *r)
 
 /* Level-triggered mode: make "the eventfd is readable" equal "a record is pending".
  * Invariant kept everywhere: consumer_waiting == 1 implies the eventfd counter is 0. */
-void ring_level_resync(RingEnd *r)
+void spsc_level_resync(SpscPort *r)
 {
     efd_drain(r->wait_fd);
     __atomic_store_n(r->cwait_p, 1, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (!ring_empty(r) && __atomic_exchange_n(r->cwait_p, 0, __ATOMIC_SEQ_CST))
-        ring_efd_signal(r->wait_fd);
+    if (!spsc_empty(r) && __atomic_exchange_n(r->cwait_p, 0, __ATOMIC_SEQ_CST))
+        spsc_efd_signal(r->wait_fd);
 }
 
-void ring_level_sync(RingEnd *r)
+void spsc_level_sync(SpscPort *r)
 {
-    if (r->level && ring_empty(r) && __atomic_load_n(r->cwait_p, __ATOMIC_SEQ_CST) != 1)
-        ring_level_resync(r);
+    if (r->level && spsc_empty(r) && __atomic_load_n(r->cwait_p, __ATOMIC_SEQ_CST) != 1)
+        spsc_level_resync(r);
 }
 
-void ring_consume(RingEnd *r, uint64_t total)
+void spsc_consume(SpscPort *r, uint64_t total)
 {
     r->pos += total;
     __atomic_store_n(r->tail_p, r->pos, __ATOMIC_RELEASE);
     wake_other(r, r->pwait_p);
-    ring_level_sync(r);
+    spsc_level_sync(r);
 }
 
 /* ---- waiting -------------------------------------------------------------------------------- */
 
 /* Whether the wait is over.  Runs without the GIL, so it reads the cursors but changes nothing. */
-static int ready(RingEnd *r, uint64_t n)
+static int ready(SpscPort *r, uint64_t n)
 {
     if (!r->producer)
-        return !ring_empty(r);
-    uint64_t rec = rec_size(n), p = r->pos & r->mask, tail = ld_acq(r->tail_p);
+        return !spsc_empty(r);
+    uint64_t rec = rec_size(n), p = r->pos & r->mask, tail = ring_load_acquire(r->tail_p);
     uint64_t adv = (p + rec > r->cap ? r->cap - p : 0) + rec;
     return r->pos - tail > r->cap || r->pos - tail + adv <= r->cap; /* a corrupt cursor: let send() say so */
 }
 
-int ring_other_closed(RingEnd *r)
+int spsc_other_closed(SpscPort *r)
 {
     return __atomic_load_n(r->producer ? r->cclosed_p : r->pclosed_p, __ATOMIC_ACQUIRE) != 0;
 }
 
-static int watch_fired(RingEnd *r)
+static int watch_fired(SpscPort *r)
 {
     struct pollfd fds[4];
     for (int i = 0; i < r->nwatch; i++)
@@ -235,21 +235,21 @@ static int watch_fired(RingEnd *r)
 }
 
 /* The other side is gone: clean close (-ESHUTDOWN) or death (-EPIPE); what it left is still served. */
-static int gone(RingEnd *r, uint64_t n)
+static int gone(SpscPort *r, uint64_t n)
 {
     if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
         return -EBADF; /* we closed, and the descriptors being watched went with it */
-    int closed = ring_other_closed(r); /* read before the cursors: a producer closes after its last push */
+    int closed = spsc_other_closed(r); /* read before the cursors: a producer closes after its last push */
     if (ready(r, n) && !(r->producer && closed))
         return 0;
     return closed ? -ESHUTDOWN : -EPIPE;
 }
 
-static int settle(RingEnd *r, uint64_t n)
+static int settle(SpscPort *r, uint64_t n)
 {
     if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
         return -EBADF;
-    int closed = ring_other_closed(r); /* read before the cursors: a producer closes after its last push */
+    int closed = spsc_other_closed(r); /* read before the cursors: a producer closes after its last push */
     if (r->producer && closed)
         return -ESHUTDOWN;
     if (ready(r, n))
@@ -257,18 +257,18 @@ static int settle(RingEnd *r, uint64_t n)
     return closed ? -ESHUTDOWN : 1;
 }
 
-/* One slice of a wait, without the GIL: returns 0 (ready), WAIT_SIGNALS (take the GIL, run signal
+/* One slice of a wait, without the GIL: returns 0 (ready), RING_WAIT_SIGNALS (take the GIL, run signal
  * handlers, come back) or -errno.  *spin_until is when spinning stops and sleeping starts. */
-int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline, long long spin_until)
+int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadline, long long spin_until)
 {
     uint32_t *flag = r->producer ? r->pwait_p : r->cwait_p;
-    long long now = now_ns(), slice_end = now + CHECK_SIGNALS_NS, next_watch = now;
+    long long now = ring_now_ns(), slice_end = now + CHECK_SIGNALS_NS, next_watch = now;
     for (unsigned i = 0; r->spin_ns < 0 || now < spin_until; i++) {
         int s = settle(r, n);
         if (s <= 0)
             return s;
         if ((i & 63) == 0) {
-            now = now_ns();
+            now = ring_now_ns();
             if (has_deadline && now >= deadline)
                 return -ETIMEDOUT;
             if (now >= next_watch) {
@@ -277,9 +277,9 @@ int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline
                 next_watch = now + WATCH_NS;
             }
             if (now >= slice_end)
-                return WAIT_SIGNALS;
+                return RING_WAIT_SIGNALS;
         }
-        cpu_relax();
+        ring_cpu_relax();
     }
     for (;;) {
         int s = settle(r, n);
@@ -291,7 +291,7 @@ int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline
         s = settle(r, n);
         if (s <= 0) {
             if (__atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST) && !r->producer && r->level)
-                ring_efd_signal(r->wait_fd);
+                spsc_efd_signal(r->wait_fd);
             return s;
         }
         struct pollfd fds[5];
@@ -300,7 +300,7 @@ int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline
             fds[i + 1] = (struct pollfd){.fd = r->watch_fds[i], .events = POLLIN};
         struct timespec ts, *tsp = NULL;
         if (has_deadline) {
-            long long left = deadline - now_ns();
+            long long left = deadline - ring_now_ns();
             if (left < 0)
                 left = 0;
             ts.tv_sec = left / 1000000000LL;
@@ -309,7 +309,7 @@ int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline
         }
         int rc = ppoll(fds, (nfds_t)(r->nwatch + 1), tsp, NULL);
         if (rc < 0)
-            return errno == EINTR ? WAIT_SIGNALS : -errno;
+            return errno == EINTR ? RING_WAIT_SIGNALS : -errno;
         if (rc == 0)
             return settle(r, n) == 0 ? 0 : -ETIMEDOUT;
         for (int i = 1; i <= r->nwatch; i++)

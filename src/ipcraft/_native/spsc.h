@@ -1,17 +1,17 @@
-/* The SPSC ring shared by ring.c (the algorithms) and ringend.c (the RingEnd type): constants, the
- * per-side state, and the core operations.  The layout is documented in ipcraft/_ring.py. */
-#ifndef IPCRAFT_RING_H
-#define IPCRAFT_RING_H
+/* The SPSC ring shared by spsc.c (the algorithms) and spsc_port.c (the SpscPort type): constants, the
+ * per-side state, and the core operations.  The layout is documented in ipcraft/_rings/spsc.py. */
+#ifndef IPCRAFT_SPSC_H
+#define IPCRAFT_SPSC_H
 
-#include "native.h"
+#include "rings.h"
 #include <errno.h>
 #include <stdint.h>
 #include <time.h>
 
-#define RING_MAGIC 0x5254464152435049ULL /* b"IPCRAFTR" little-endian */
-#define RING_VERSION 1u
-#define RING_HEADER_SIZE 4096u
-#define RING_MIN_CAPACITY 64u
+#define SPSC_MAGIC 0x5254464152435049ULL /* b"IPCRAFTR" little-endian */
+#define SPSC_VERSION 1u
+#define SPSC_HEADER_SIZE 4096u
+#define SPSC_MIN_CAPACITY 64u
 #define OFF_MAGIC 0
 #define OFF_VERSION 8
 #define OFF_FLAGS 12
@@ -42,7 +42,6 @@
 #define SPIN_ADAPT_MAX_NS 2000000LL
 #define SPIN_ADAPT_RESET_NS 5000000LL
 #define GIL_FREE_COPY 262144u       /* copies this large release the GIL */
-#define WAIT_SIGNALS 1
 
 typedef struct {
     PyObject_HEAD
@@ -61,25 +60,25 @@ typedef struct {
     int spun; /* try_recv just spun in vain: the next wait() sleeps at once */
     long long spin_cur;  /* the spin budget now: spin_ns, stretched while the peer answers promptly */
     long long wait_t0;   /* when try_recv's spin began (the wait it hands over started then) */
-} RingEnd;
+} SpscPort;
 
 static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }
 
-static inline int ring_empty(RingEnd *r) { return ld_acq(r->head_p) == r->pos; }
+static inline int spsc_empty(SpscPort *r) { return ring_load_acquire(r->head_p) == r->pos; }
 
-void ring_efd_signal(int fd);
-void ring_release_if_done(RingEnd *r);
-int ring_place(RingEnd *r, uint64_t n, uint64_t *pad, uint64_t *adv);
-void ring_put_header(char *rec, int sid, unsigned flags, uint32_t n);
-void ring_publish(RingEnd *r, uint64_t adv);
-int ring_producer_gate(RingEnd *r, uint64_t n);
-int ring_push(RingEnd *r, int sid, const char *src, uint64_t n);
-int ring_next_record(RingEnd *r, char **rec, uint64_t *n, uint64_t *total);
-int ring_consumer_gate(RingEnd *r);
-void ring_level_resync(RingEnd *r);
-void ring_level_sync(RingEnd *r);
-void ring_consume(RingEnd *r, uint64_t total);
-int ring_other_closed(RingEnd *r);
-int ring_wait_slice(RingEnd *r, uint64_t n, int has_deadline, long long deadline, long long spin_until);
+void spsc_efd_signal(int fd);
+void spsc_release_if_done(SpscPort *r);
+int spsc_place(SpscPort *r, uint64_t n, uint64_t *pad, uint64_t *adv);
+void spsc_put_header(char *rec, int sid, unsigned flags, uint32_t n);
+void spsc_publish(SpscPort *r, uint64_t adv);
+int spsc_producer_gate(SpscPort *r, uint64_t n);
+int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n);
+int spsc_next_record(SpscPort *r, char **rec, uint64_t *n, uint64_t *total);
+int spsc_consumer_gate(SpscPort *r);
+void spsc_level_resync(SpscPort *r);
+void spsc_level_sync(SpscPort *r);
+void spsc_consume(SpscPort *r, uint64_t total);
+int spsc_other_closed(SpscPort *r);
+int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadline, long long spin_until);
 
 #endif

@@ -37,8 +37,8 @@ static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
     memcpy(&version, base + OFF_VERSION, 4);
     memcpy(&cap, base + OFF_CAPACITY, 8);
     memcpy(&doff, base + OFF_DATA, 8);
-    head = ld_acq((uint64_t *)(base + OFF_HEAD));
-    tail = ld_acq((uint64_t *)(base + OFF_TAIL));
+    head = ring_load_acquire((uint64_t *)(base + OFF_HEAD));
+    tail = ring_load_acquire((uint64_t *)(base + OFF_TAIL));
     if (((uintptr_t)base & (uintptr_t)(pagesize - 1)) != 0)
         bad = "the ring must start page aligned";
     else if (magic != MPMC_MAGIC || version != MPMC_VERSION)
@@ -78,7 +78,7 @@ static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
 static void MpmcPort_dealloc(MpmcPort *self)
 {
     self->inflight = 0;
-    release_if_done(self, 1);
+    mpmc_release_if_done(self, 1);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -98,7 +98,7 @@ static int usable(MpmcPort *self, Py_ssize_t nargs, Py_ssize_t want, const char 
 
 static PyObject *result_of(long long rc)
 {
-    if (rc == PY_ERROR)
+    if (rc == RING_PY_ERROR)
         return NULL;
     return PyLong_FromLongLong(rc);
 }
@@ -121,7 +121,7 @@ static PyObject *MpmcPort_send(MpmcPort *self, PyObject *const *args, Py_ssize_t
     long long rc = 0;
     for (Py_ssize_t i = 0; i < k; i++) {
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &views[i], PyBUF_SIMPLE) < 0) {
-            rc = PY_ERROR;
+            rc = RING_PY_ERROR;
             break;
         }
         parts.src[i] = views[i].buf;
@@ -132,7 +132,7 @@ static PyObject *MpmcPort_send(MpmcPort *self, PyObject *const *args, Py_ssize_t
     if (rc == 0) {
         if (parts.total > UINT32_MAX || rec_size(parts.total) > self->cap)
             rc = -EMSGSIZE;
-        else if ((rc = operate(self, OP_SEND, &parts, NULL, 0, args[1])) == 0)
+        else if ((rc = mpmc_operate(self, OP_SEND, &parts, NULL, 0, args[1])) == 0)
             rc = __atomic_load_n(self->fdarm_p, __ATOMIC_RELAXED) != 0; /* 1: wake the fd waiters */
     }
     for (int i = 0; i < parts.nparts; i++)
@@ -148,7 +148,7 @@ static PyObject *MpmcPort_recv_into(MpmcPort *self, PyObject *const *args, Py_ss
     Py_buffer out;
     if (PyObject_GetBuffer(args[0], &out, PyBUF_WRITABLE) < 0)
         return NULL;
-    long long rc = operate(self, OP_RECV, NULL, out.buf, (uint64_t)out.len, args[1]);
+    long long rc = mpmc_operate(self, OP_RECV, NULL, out.buf, (uint64_t)out.len, args[1]);
     PyBuffer_Release(&out);
     return result_of(rc);
 }
@@ -157,7 +157,7 @@ static PyObject *MpmcPort_wait(MpmcPort *self, PyObject *const *args, Py_ssize_t
 {
     if (usable(self, nargs, 1, "wait(timeout)") < 0)
         return NULL;
-    return result_of(operate(self, OP_WAIT, NULL, NULL, 0, args[0]));
+    return result_of(mpmc_operate(self, OP_WAIT, NULL, NULL, 0, args[0]));
 }
 
 /* ---- the channel's fast path: complete the common case at once, else leave it to the general path */
@@ -185,23 +185,19 @@ static PyObject *MpmcPort_try_send(MpmcPort *self, PyObject *const *args, Py_ssi
     uint32_t n32 = (uint32_t)n;
     memcpy(hdr + 4, &n32, 4);
     Parts parts = {.src = {(const char *)hdr, v.buf}, .len = {8, n}, .nparts = 2, .total = n + 8};
-    int ok = !self->sync && n <= self->limit && n < GIL_FREE_BYTES && lock_try(self, self->plock) == 0 &&
-             attempt(self, 1, &parts, NULL, 0) == 0;
+    int ok = !self->sync && n <= self->limit && n < GIL_FREE_BYTES && mpmc_lock_try(self, self->plock) == 0 &&
+             mpmc_attempt(self, 1, &parts, NULL, 0) == 0;
     PyBuffer_Release(&v);
     return PyBool_FromLong(ok);
 }
 
-/* Without the GIL: spin up to ns for a pending record (the fast receive's brief wait).  1 if one is. */
-static int spin_for(MpmcPort *p, long long ns)
+/* ring_spin's check for try_recv: a record is pending (1), or this port was closed meanwhile (-1). */
+static int mpmc_spin_check(void *ctx)
 {
-    long long end = now_ns() + ns;
-    for (unsigned i = 1;; i++) {
-        if (ready(p, 0))
-            return 1;
-        if ((i & 63) == 0 && (now_ns() >= end || __atomic_load_n(&p->closed, __ATOMIC_RELAXED)))
-            return 0;
-        cpu_relax();
-    }
+    MpmcPort *p = ctx;
+    if (mpmc_ready(p, 0))
+        return 1;
+    return __atomic_load_n(&p->closed, __ATOMIC_RELAXED) ? -1 : 0;
 }
 
 static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
@@ -212,24 +208,24 @@ static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
     uint32_t len;
     if (!self->has_view || self->closed || self->sync || self->fd_user)
         Py_RETURN_NONE;
-    if (!ready(self, 0) && self->spin_ns != 0) {
+    if (!mpmc_ready(self, 0) && self->spin_ns != 0) {
         /* An empty ring: spin here (a reply often comes within microseconds, and the general path
          * costs more than that in Python); if in vain, the general path sleeps without spinning again. */
         long long ns = self->spin_ns < 0 || self->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : self->spin_ns;
         int got;
         self->inflight++;
         Py_BEGIN_ALLOW_THREADS
-        got = spin_for(self, ns);
+        got = ring_spin(mpmc_spin_check, self, ns);
         Py_END_ALLOW_THREADS
         self->inflight--;
-        release_if_done(self, 0);
+        mpmc_release_if_done(self, 0);
         self->spun = !got && self->spin_ns >= 0;
         if (!got || self->closed)
             Py_RETURN_NONE;
     }
-    if (lock_try(self, self->clock_) != 0)
+    if (mpmc_lock_try(self, self->clock_) != 0)
         Py_RETURN_NONE;
-    long long n = peek_locked(self, &tail, &head);
+    long long n = mpmc_peek_locked(self, &tail, &head);
     if (n >= 8) {
         memcpy(hdr, self->data + ((tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
         memcpy(&len, hdr + 4, 4);
@@ -241,12 +237,12 @@ static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
     }
     PyObject *b = PyBytes_FromStringAndSize(NULL, len);
     if (b != NULL) {
-        copy_out(self, tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
+        mpmc_copy_out(self, tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
         __atomic_store_n(self->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(self->clock_);
     if (b != NULL)
-        wake_sleepers(self->psleep_p, self->tail_p);
+        mpmc_wake_sleepers(self->psleep_p, self->tail_p);
     return b;
 }
 
@@ -255,14 +251,14 @@ static PyObject *MpmcPort_pending(MpmcPort *self, PyObject *unused)
     if (usable(self, 0, 0, "pending()") < 0)
         return NULL;
     (void)unused;
-    return PyLong_FromUnsignedLongLong(ld_acq(self->head_p) - ld_acq(self->tail_p));
+    return PyLong_FromUnsignedLongLong(ring_load_acquire(self->head_p) - ring_load_acquire(self->tail_p));
 }
 
 static PyObject *MpmcPort_close(MpmcPort *self, PyObject *unused)
 {
     (void)unused;
     self->closed = 1;
-    release_if_done(self, 0);
+    mpmc_release_if_done(self, 0);
     Py_RETURN_NONE;
 }
 
@@ -336,13 +332,13 @@ static PyGetSetDef MpmcPort_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject MpmcPortType = {
+static PyTypeObject MpmcPort_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ipcraft._native.MpmcPort",
     .tp_basicsize = sizeof(MpmcPort),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "MpmcPort(buf, spin_ns=100000, sync=False, limit=-1): one process's handle on a multi-producer "
-              "multi-consumer ring formatted in buf (see ipcraft/_mpmc.py).",
+              "multi-consumer ring formatted in buf (see ipcraft/_rings/mpmc.py).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)MpmcPort_init,
     .tp_dealloc = (destructor)MpmcPort_dealloc,
@@ -377,12 +373,7 @@ int ipc_mpmc_register(PyObject *m)
         PyErr_SetString(PyExc_ImportError, "pthread_mutex_t does not fit the MPMC ring header");
         return -1;
     }
-    if (PyType_Ready(&MpmcPortType) < 0)
+    if (ipc_add_type(m, &MpmcPort_Type, "MpmcPort") < 0)
         return -1;
-    Py_INCREF(&MpmcPortType);
-    if (PyModule_AddObject(m, "MpmcPort", (PyObject *)&MpmcPortType) < 0) {
-        Py_DECREF(&MpmcPortType);
-        return -1;
-    }
     return PyModule_AddFunctions(m, mpmc_functions);
 }

@@ -1,4 +1,5 @@
-"""The multi-producer multi-consumer ring of ring:// and file://: layout, recovery, and the Python side.
+"""The multi-producer multi-consumer ring of ring:// and file://: layout, recovery, and its port over
+_native.MpmcPort.
 
 Layout (little-endian; offsets from the start of the mapping, which is page aligned)::
 
@@ -97,11 +98,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from . import _framing, _native
-from ._errors import mpmc_error
-from ._ring import check_native_layout, pow2_capacity
-from ._wait import remaining
-from .errors import LimitExceeded, ProtocolError
+from .. import _framing, _native
+from .._errors import mpmc_error
+from .._wait import remaining
+from ..errors import LimitExceeded, ProtocolError
+from . import check_native_layout, pow2_capacity
 
 MAGIC: Final = int.from_bytes(b"IPCRAFTQ", "little")
 VERSION: Final = 1
@@ -273,7 +274,7 @@ class FdWake:
             raise
         sock.close()
         raise LimitExceeded(errno.EMFILE, f"fileno() of {self._what}: all {FD_SLOTS} fd slots of the queue "
-                                          "are held by live handles (limit: FD_SLOTS in ipcraft/_mpmc.py)")
+                                          "are held by live handles (limit: FD_SLOTS in ipcraft/_rings/mpmc.py)")
 
     def _reap(self) -> None:
         """Free the slots whose socket is gone (their process died without closing)."""
@@ -335,7 +336,7 @@ class FdWake:
             sender.close()
 
 
-class MpmcRing:
+class MpmcPort:
     """One handle's access to a formatted ring: send, receive, wait, fileno; errors translated."""
 
     _port: _native.MpmcPort | None = None

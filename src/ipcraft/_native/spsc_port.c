@@ -1,11 +1,11 @@
-/* The RingEnd type: Python's handle on one side of an SPSC ring (the algorithms are in ring.c).
+/* The SpscPort type: Python's handle on one side of an SPSC ring (the algorithms are in spsc.c).
  *
  * Argument parsing, buffer exports, the fast path and the general methods.  The try_* methods are the
  * channel's fast path (METH_FASTCALL / METH_NOARGS): they return True/bytes when they completed the
  * operation, and False/None whenever anything else has to happen (the general methods, which return
- * 0 / -errno, then tell what).  See ring.c for the ordering and wake-up rules.
+ * 0 / -errno, then tell what).  See spsc.c for the ordering and wake-up rules.
  */
-#include "ring.h"
+#include "spsc.h"
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
@@ -26,7 +26,7 @@ static int fd_arg(PyObject *o, int *fd)
     return 0;
 }
 
-static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
+static int SpscPort_init(SpscPort *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buf", "offset", "producer", "signal_fd", "wait_fd", "watch_fds",
                              "spin_ns", "limit", NULL};
@@ -35,10 +35,10 @@ static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
     int producer;
     long long spin_ns = 100000, limit = -1;
     if (self->has_view) {
-        PyErr_SetString(PyExc_TypeError, "RingEnd is already initialised");
+        PyErr_SetString(PyExc_TypeError, "SpscPort is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onp|OOOLL:RingEnd", kwlist, &buf, &offset, &producer,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onp|OOOLL:SpscPort", kwlist, &buf, &offset, &producer,
                                      &sig, &wfd, &watch, &spin_ns, &limit))
         return -1;
     self->signal_fd = self->wait_fd = -1;
@@ -72,7 +72,7 @@ static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
     }
     if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE) < 0)
         return -1;
-    char *base = ipc_buffer_at(&self->view, offset, RING_HEADER_SIZE);
+    char *base = ipc_buffer_at(&self->view, offset, SPSC_HEADER_SIZE);
     uint64_t magic, cap, doff, head, tail;
     uint32_t version, flags;
     if (base == NULL || ((uintptr_t)base & 63) != 0) {
@@ -86,13 +86,13 @@ static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
     memcpy(&flags, base + OFF_FLAGS, 4);
     memcpy(&cap, base + OFF_CAPACITY, 8);
     memcpy(&doff, base + OFF_DATA, 8);
-    head = ld_acq((uint64_t *)(base + OFF_HEAD));
-    tail = ld_acq((uint64_t *)(base + OFF_TAIL));
+    head = ring_load_acquire((uint64_t *)(base + OFF_HEAD));
+    tail = ring_load_acquire((uint64_t *)(base + OFF_TAIL));
     const char *bad = NULL;
-    if (magic != RING_MAGIC || version != RING_VERSION || flags != 0)
+    if (magic != SPSC_MAGIC || version != SPSC_VERSION || flags != 0)
         bad = "bad ring magic, version or flags (a variant this SPSC code cannot serve)";
-    else if (cap < RING_MIN_CAPACITY || (cap & (cap - 1)) || cap > (1ULL << 40) || doff != RING_HEADER_SIZE ||
-             (uint64_t)(self->view.len - offset) < RING_HEADER_SIZE + cap)
+    else if (cap < SPSC_MIN_CAPACITY || (cap & (cap - 1)) || cap > (1ULL << 40) || doff != SPSC_HEADER_SIZE ||
+             (uint64_t)(self->view.len - offset) < SPSC_HEADER_SIZE + cap)
         bad = "the ring capacity is not a power of two >= 64 that fits the buffer";
     else if (head - tail > cap || (head & 7) || (tail & 7))
         bad = "the ring cursors are out of range";
@@ -103,7 +103,7 @@ static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
     }
     self->has_view = 1;
     self->base = base;
-    self->data = base + RING_HEADER_SIZE;
+    self->data = base + SPSC_HEADER_SIZE;
     self->cap = cap;
     self->mask = cap - 1;
     uint64_t most = cap / 2 - REC_HEADER; /* a record of up to cap/2 bytes always fits an empty ring */
@@ -124,7 +124,7 @@ static int RingEnd_init(RingEnd *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static void RingEnd_dealloc(RingEnd *self)
+static void SpscPort_dealloc(SpscPort *self)
 {
     if (self->has_view)
         PyBuffer_Release(&self->view);
@@ -166,7 +166,7 @@ static int send_args(PyObject *const *args, Py_ssize_t nargs, const char *name, 
     return 0;
 }
 
-static PyObject *RingEnd_try_send(RingEnd *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *SpscPort_try_send(SpscPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int sid;
     Py_buffer v;
@@ -178,13 +178,13 @@ static PyObject *RingEnd_try_send(RingEnd *self, PyObject *const *args, Py_ssize
         PyErr_Clear();
         Py_RETURN_FALSE;
     }
-    int rc = ring_push(self, sid, src, (uint64_t)n);
+    int rc = spsc_push(self, sid, src, (uint64_t)n);
     if (v.obj)
         PyBuffer_Release(&v);
     return PyBool_FromLong(rc == 0);
 }
 
-static PyObject *RingEnd_send(RingEnd *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *SpscPort_send(SpscPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int sid;
     Py_buffer v;
@@ -192,47 +192,45 @@ static PyObject *RingEnd_send(RingEnd *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t n;
     if (send_args(args, nargs, "send", &sid) < 0 || get_src(args[0], &v, &src, &n) < 0)
         return NULL;
-    int rc = ring_push(self, sid, src, (uint64_t)n);
+    int rc = spsc_push(self, sid, src, (uint64_t)n);
     if (v.obj)
         PyBuffer_Release(&v);
     return PyLong_FromLong(rc);
 }
 
-/* Spin (without the GIL) until a record is pending or `ns` pass; 1 if one is. */
-static int spin_for(RingEnd *r, long long ns)
+/* ring_spin's check for try_recv: a record is pending, or the producer is gone (the caller looks). */
+static int spsc_spin_check(void *ctx)
 {
-    int got = 0;
+    SpscPort *r = ctx;
+    return !spsc_empty(r) || spsc_other_closed(r);
+}
+
+/* Spin (without the GIL) until a record is pending or `ns` pass; 1 if one is. */
+static int spin_for(SpscPort *r, long long ns)
+{
+    int got;
     r->inflight++;
     Py_BEGIN_ALLOW_THREADS
-    long long until = now_ns() + ns;
-    for (unsigned i = 1;; i++) {
-        if (!ring_empty(r) || ring_other_closed(r)) {
-            got = 1;
-            break;
-        }
-        if ((i & 63) == 0 && now_ns() >= until)
-            break;
-        cpu_relax();
-    }
+    got = ring_spin(spsc_spin_check, r, ns);
     Py_END_ALLOW_THREADS
     r->inflight--;
-    ring_release_if_done(r);
+    spsc_release_if_done(r);
     return got;
 }
 
-static PyObject *RingEnd_try_recv(RingEnd *self, PyObject *unused)
+static PyObject *SpscPort_try_recv(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     char *rec;
     uint64_t n, total;
-    if (ring_consumer_gate(self) < 0)
+    if (spsc_consumer_gate(self) < 0)
         Py_RETURN_NONE;
-    int rc = ring_next_record(self, &rec, &n, &total);
-    if (rc == -EAGAIN && self->spin_ns != 0 && !ring_other_closed(self)) {
+    int rc = spsc_next_record(self, &rec, &n, &total);
+    if (rc == -EAGAIN && self->spin_ns != 0 && !spsc_other_closed(self)) {
         long long ns = self->spin_ns < 0 || self->spin_cur > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : self->spin_cur;
-        self->wait_t0 = now_ns();
-        if (spin_for(self, ns) && ring_consumer_gate(self) == 0)
-            rc = ring_next_record(self, &rec, &n, &total);
+        self->wait_t0 = ring_now_ns();
+        if (spin_for(self, ns) && spsc_consumer_gate(self) == 0)
+            rc = spsc_next_record(self, &rec, &n, &total);
         self->spun = rc == -EAGAIN && self->spin_ns >= 0; /* the general path goes straight to sleep */
     }
     if (rc < 0 || n > self->limit)
@@ -250,23 +248,23 @@ static PyObject *RingEnd_try_recv(RingEnd *self, PyObject *unused)
         self->inflight--;
         self->busy = 0;
         if (self->closed) {
-            ring_release_if_done(self);
+            spsc_release_if_done(self);
             Py_DECREF(b);
             Py_RETURN_NONE;
         }
     }
-    ring_consume(self, total);
+    spsc_consume(self, total);
     return b;
 }
 
-static PyObject *RingEnd_peek(RingEnd *self, PyObject *unused)
+static PyObject *SpscPort_peek(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     char *rec;
     uint64_t n, total;
-    int rc = ring_consumer_gate(self);
+    int rc = spsc_consumer_gate(self);
     if (rc == 0)
-        rc = ring_next_record(self, &rec, &n, &total);
+        rc = spsc_next_record(self, &rec, &n, &total);
     if (rc < 0)
         return PyLong_FromLong(rc);
     self->busy = self->borrowed = 1;
@@ -275,7 +273,7 @@ static PyObject *RingEnd_peek(RingEnd *self, PyObject *unused)
     return Py_BuildValue("(nKi)", off, (unsigned long long)n, (int)(unsigned char)rec[1]);
 }
 
-static PyObject *RingEnd_consume(RingEnd *self, PyObject *unused)
+static PyObject *SpscPort_consume(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     if (!self->borrowed)
@@ -283,12 +281,12 @@ static PyObject *RingEnd_consume(RingEnd *self, PyObject *unused)
     self->busy = self->borrowed = 0;
     if (self->closed)
         return PyLong_FromLong(-EBADF);
-    ring_consume(self, self->borrow_total);
+    spsc_consume(self, self->borrow_total);
     return PyLong_FromLong(0);
 }
 
 /* Give back a borrowed record (kept in the ring) or a loan (never published). */
-static PyObject *give_back(RingEnd *self, int *lent)
+static PyObject *give_back(SpscPort *self, int *lent)
 {
     if (!*lent)
         return PyLong_FromLong(-EINVAL);
@@ -296,13 +294,13 @@ static PyObject *give_back(RingEnd *self, int *lent)
     return PyLong_FromLong(0);
 }
 
-static PyObject *RingEnd_unpeek(RingEnd *self, PyObject *unused)
+static PyObject *SpscPort_unpeek(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     return give_back(self, &self->borrowed);
 }
 
-static PyObject *RingEnd_reserve(RingEnd *self, PyObject *arg)
+static PyObject *SpscPort_reserve(SpscPort *self, PyObject *arg)
 {
     long long n = PyLong_AsLongLong(arg);
     uint64_t pad, adv;
@@ -310,9 +308,9 @@ static PyObject *RingEnd_reserve(RingEnd *self, PyObject *arg)
         return NULL;
     if (n < 0)
         return PyLong_FromLong(-EINVAL);
-    int rc = ring_producer_gate(self, (uint64_t)n);
+    int rc = spsc_producer_gate(self, (uint64_t)n);
     if (rc == 0)
-        rc = ring_place(self, (uint64_t)n, &pad, &adv);
+        rc = spsc_place(self, (uint64_t)n, &pad, &adv);
     if (rc < 0)
         return PyLong_FromLong(rc);
     self->busy = self->loaned = 1;
@@ -322,7 +320,7 @@ static PyObject *RingEnd_reserve(RingEnd *self, PyObject *arg)
     return PyLong_FromSsize_t(self->data + self->loan_off + REC_HEADER - (char *)self->view.buf);
 }
 
-static PyObject *RingEnd_commit(RingEnd *self, PyObject *arg)
+static PyObject *SpscPort_commit(SpscPort *self, PyObject *arg)
 {
     long sid = PyLong_AsLong(arg);
     if (sid == -1 && PyErr_Occurred())
@@ -333,19 +331,33 @@ static PyObject *RingEnd_commit(RingEnd *self, PyObject *arg)
     if (self->closed)
         return PyLong_FromLong(-EBADF);
     if (self->loan_pad)
-        ring_put_header(self->data + (self->pos & self->mask), 0, REC_FLAG_WRAP, 0);
-    ring_put_header(self->data + self->loan_off, (int)(sid & 255), 0, (uint32_t)self->loan_len);
-    ring_publish(self, self->loan_pad + rec_size(self->loan_len));
+        spsc_put_header(self->data + (self->pos & self->mask), 0, REC_FLAG_WRAP, 0);
+    spsc_put_header(self->data + self->loan_off, (int)(sid & 255), 0, (uint32_t)self->loan_len);
+    spsc_publish(self, self->loan_pad + rec_size(self->loan_len));
     return PyLong_FromLong(0);
 }
 
-static PyObject *RingEnd_abort(RingEnd *self, PyObject *unused)
+static PyObject *SpscPort_abort(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     return give_back(self, &self->loaned);
 }
 
-static PyObject *RingEnd_wait(RingEnd *self, PyObject *const *args, Py_ssize_t nargs)
+/* One wait's arguments, for ring_wait_loop. */
+struct spsc_wait {
+    SpscPort *r;
+    uint64_t n;
+    int has_deadline;
+    long long deadline, spin_until;
+};
+
+static long long spsc_wait_slice_of(void *ctx)
+{
+    struct spsc_wait *w = ctx;
+    return spsc_wait_slice(w->r, w->n, w->has_deadline, w->deadline, w->spin_until);
+}
+
+static PyObject *SpscPort_wait(SpscPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
     struct timespec ts = {0, 0};
     int has_timeout;
@@ -362,29 +374,23 @@ static PyObject *RingEnd_wait(RingEnd *self, PyObject *const *args, Py_ssize_t n
         return PyLong_FromLong(-EMSGSIZE);
     if (self->closed || !self->has_view)
         return PyLong_FromLong(-EBADF);
-    long long start = now_ns();
+    long long start = ring_now_ns();
     long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     long long spin_until = self->spun ? start : start + self->spin_cur;
     long long began = self->spun ? self->wait_t0 : start;
     if (has_timeout && deadline < spin_until)
         spin_until = deadline;
     self->spun = 0;
-    int rc;
+    struct spsc_wait w = {self, (uint64_t)n, has_timeout, deadline, spin_until};
     self->inflight++;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = ring_wait_slice(self, (uint64_t)n, has_timeout, deadline, spin_until);
-        Py_END_ALLOW_THREADS
-        if (rc != WAIT_SIGNALS)
-            break;
-        if (PyErr_CheckSignals() < 0) {
-            self->inflight--;
-            ring_release_if_done(self);
-            return NULL;
-        }
+    long long rc = ring_wait_loop(spsc_wait_slice_of, &w);
+    if (rc == RING_PY_ERROR) {
+        self->inflight--;
+        spsc_release_if_done(self);
+        return NULL;
     }
     if (rc == 0 && self->spin_ns >= 0) {
-        long long waited = now_ns() - began;
+        long long waited = ring_now_ns() - began;
         if (waited <= SPIN_ADAPT_RESET_NS) {
             long long next = 2 * waited;
             self->spin_cur = next < self->spin_ns ? self->spin_ns : next > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : next;
@@ -394,12 +400,12 @@ static PyObject *RingEnd_wait(RingEnd *self, PyObject *const *args, Py_ssize_t n
     }
     self->inflight--;
     if (!self->closed && !self->producer && rc != 0)
-        ring_level_sync(self);
-    ring_release_if_done(self);
-    return PyLong_FromLong(rc);
+        spsc_level_sync(self);
+    spsc_release_if_done(self);
+    return PyLong_FromLongLong(rc);
 }
 
-static PyObject *RingEnd_set_level(RingEnd *self, PyObject *arg)
+static PyObject *SpscPort_set_level(SpscPort *self, PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
     if (on < 0)
@@ -408,113 +414,113 @@ static PyObject *RingEnd_set_level(RingEnd *self, PyObject *arg)
         return PyLong_FromLong(self->closed || !self->has_view ? -EBADF : -EINVAL);
     if (on && !self->level) {
         self->level = 1;
-        ring_level_resync(self);
+        spsc_level_resync(self);
     }
     self->level = on;
     return PyLong_FromLong(0);
 }
 
-static PyObject *RingEnd_shutdown(RingEnd *self, PyObject *unused)
+static PyObject *SpscPort_shutdown(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     if (self->closed || !self->has_view)
         return PyLong_FromLong(-EBADF);
     __atomic_store_n(self->producer ? self->pclosed_p : self->cclosed_p, 1, __ATOMIC_SEQ_CST);
-    ring_efd_signal(self->signal_fd);
+    spsc_efd_signal(self->signal_fd);
     return PyLong_FromLong(0);
 }
 
-static PyObject *RingEnd_close(RingEnd *self, PyObject *unused)
+static PyObject *SpscPort_close(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     int wake = !self->closed && self->inflight;
     __atomic_store_n(&self->closed, 1, __ATOMIC_RELAXED);
     if (wake)
-        ring_efd_signal(self->wait_fd); /* a thread of ours sleeping in wait() wakes, sees closed: -EBADF */
-    ring_release_if_done(self);
+        spsc_efd_signal(self->wait_fd); /* a thread of ours sleeping in wait() wakes, sees closed: -EBADF */
+    spsc_release_if_done(self);
     Py_RETURN_NONE;
 }
 
-static PyObject *RingEnd_pending(RingEnd *self, void *unused)
+static PyObject *SpscPort_pending(SpscPort *self, void *unused)
 {
     (void)unused;
     if (!self->has_view)
         return PyLong_FromLong(0);
-    return PyLong_FromUnsignedLongLong(ld_acq(self->head_p) - ld_acq(self->tail_p));
+    return PyLong_FromUnsignedLongLong(ring_load_acquire(self->head_p) - ring_load_acquire(self->tail_p));
 }
 
-static PyObject *RingEnd_get_u64(RingEnd *self, void *which)
+static PyObject *SpscPort_get_u64(SpscPort *self, void *which)
 {
     uintptr_t w = (uintptr_t)which;
     return PyLong_FromUnsignedLongLong(w == 0 ? self->cap : w == 1 ? self->limit : self->pos);
 }
 
-static PyObject *RingEnd_closed(RingEnd *self, void *unused)
+static PyObject *SpscPort_closed(SpscPort *self, void *unused)
 {
     (void)unused;
     return PyBool_FromLong(self->closed);
 }
 
-static PyMethodDef RingEnd_methods[] = {
-    {"try_send", (PyCFunction)(void (*)(void))RingEnd_try_send, METH_FASTCALL,
+static PyMethodDef SpscPort_methods[] = {
+    {"try_send", (PyCFunction)(void (*)(void))SpscPort_try_send, METH_FASTCALL,
      "try_send(data, sid=0) -> bool: push one record now if possible (the channel's fast path)."},
-    {"send", (PyCFunction)(void (*)(void))RingEnd_send, METH_FASTCALL,
+    {"send", (PyCFunction)(void (*)(void))SpscPort_send, METH_FASTCALL,
      "send(data, sid=0) -> int: push one record; 0, -EAGAIN (full), -EMSGSIZE, -ESHUTDOWN (the "
      "consumer closed), -EBUSY (a loan or copy in progress), -EPROTO (corrupt cursor), -EBADF."},
-    {"try_recv", (PyCFunction)RingEnd_try_recv, METH_NOARGS,
+    {"try_recv", (PyCFunction)SpscPort_try_recv, METH_NOARGS,
      "try_recv() -> bytes | None: pop one record's payload, spinning briefly on an empty ring."},
-    {"peek", (PyCFunction)RingEnd_peek, METH_NOARGS,
+    {"peek", (PyCFunction)SpscPort_peek, METH_NOARGS,
      "peek() -> (offset, length, sid) | int: borrow the next record (offset of its payload in the "
-     "buffer) until ring_consume() or unpeek(); -EAGAIN (empty), -EBUSY, -EPROTO, -EBADF."},
-    {"consume", (PyCFunction)RingEnd_consume, METH_NOARGS, "ring_consume() -> int: release and drop the borrowed record."},
-    {"unpeek", (PyCFunction)RingEnd_unpeek, METH_NOARGS, "unpeek() -> int: release the borrowed record, keeping it."},
-    {"reserve", (PyCFunction)RingEnd_reserve, METH_O,
+     "buffer) until spsc_consume() or unpeek(); -EAGAIN (empty), -EBUSY, -EPROTO, -EBADF."},
+    {"consume", (PyCFunction)SpscPort_consume, METH_NOARGS, "spsc_consume() -> int: release and drop the borrowed record."},
+    {"unpeek", (PyCFunction)SpscPort_unpeek, METH_NOARGS, "unpeek() -> int: release the borrowed record, keeping it."},
+    {"reserve", (PyCFunction)SpscPort_reserve, METH_O,
      "reserve(n) -> int: loan n bytes for a record (offset of its payload in the buffer) until "
      "commit() or abort(); -EAGAIN (full), -EMSGSIZE, -EBUSY, -ESHUTDOWN, -EPROTO, -EBADF."},
-    {"commit", (PyCFunction)RingEnd_commit, METH_O, "commit(sid) -> int: publish the loaned record."},
-    {"abort", (PyCFunction)RingEnd_abort, METH_NOARGS, "abort() -> int: drop the loan unpublished."},
-    {"wait", (PyCFunction)(void (*)(void))RingEnd_wait, METH_FASTCALL,
+    {"commit", (PyCFunction)SpscPort_commit, METH_O, "commit(sid) -> int: publish the loaned record."},
+    {"abort", (PyCFunction)SpscPort_abort, METH_NOARGS, "abort() -> int: drop the loan unpublished."},
+    {"wait", (PyCFunction)(void (*)(void))SpscPort_wait, METH_FASTCALL,
      "wait(timeout, n=0) -> int: until a record is pending (consumer) or n payload bytes fit "
      "(producer): spin spin_ns, then sleep on wait_fd.  0, -ETIMEDOUT, -ESHUTDOWN (the other side "
      "closed), -EPIPE (a watch fd fired: the other side died), -EBADF."},
-    {"set_level", (PyCFunction)RingEnd_set_level, METH_O,
+    {"set_level", (PyCFunction)SpscPort_set_level, METH_O,
      "set_level(on) -> int: consumer: keep wait_fd readable exactly while a record is pending."},
-    {"shutdown", (PyCFunction)RingEnd_shutdown, METH_NOARGS,
+    {"shutdown", (PyCFunction)SpscPort_shutdown, METH_NOARGS,
      "shutdown() -> int: mark this side closed in the header and wake the other side."},
-    {"close", (PyCFunction)RingEnd_close, METH_NOARGS, "close(): release the buffer (idempotent)."},
+    {"close", (PyCFunction)SpscPort_close, METH_NOARGS, "close(): release the buffer (idempotent)."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef RingEnd_getset[] = {
-    {"capacity", (getter)RingEnd_get_u64, NULL, "data area bytes", (void *)0},
-    {"limit", (getter)RingEnd_get_u64, NULL, "largest payload sent or received by the fast path", (void *)1},
-    {"position", (getter)RingEnd_get_u64, NULL, "this side's cursor", (void *)2},
-    {"pending", (getter)RingEnd_pending, NULL, "bytes between the cursors", NULL},
-    {"closed", (getter)RingEnd_closed, NULL, "True after close()", NULL},
+static PyGetSetDef SpscPort_getset[] = {
+    {"capacity", (getter)SpscPort_get_u64, NULL, "data area bytes", (void *)0},
+    {"limit", (getter)SpscPort_get_u64, NULL, "largest payload sent or received by the fast path", (void *)1},
+    {"position", (getter)SpscPort_get_u64, NULL, "this side's cursor", (void *)2},
+    {"pending", (getter)SpscPort_pending, NULL, "bytes between the cursors", NULL},
+    {"closed", (getter)SpscPort_closed, NULL, "True after close()", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject RingEnd_Type = {
+static PyTypeObject SpscPort_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ipcraft._native.RingEnd",
-    .tp_basicsize = sizeof(RingEnd),
+    .tp_name = "ipcraft._native.SpscPort",
+    .tp_basicsize = sizeof(SpscPort),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "RingEnd(buf, offset, producer, signal_fd=-1, wait_fd=-1, watch_fds=(), spin_ns=100000, "
+    .tp_doc = "SpscPort(buf, offset, producer, signal_fd=-1, wait_fd=-1, watch_fds=(), spin_ns=100000, "
               "limit=-1): one side of a single-producer single-consumer ring in buf at offset.",
     .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)RingEnd_init,
-    .tp_dealloc = (destructor)RingEnd_dealloc,
-    .tp_methods = RingEnd_methods,
-    .tp_getset = RingEnd_getset,
+    .tp_init = (initproc)SpscPort_init,
+    .tp_dealloc = (destructor)SpscPort_dealloc,
+    .tp_methods = SpscPort_methods,
+    .tp_getset = SpscPort_getset,
 };
 
-static PyObject *ring_layout(PyObject *self, PyObject *unused)
+static PyObject *spsc_layout(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
     static const struct { const char *name; unsigned long long value; } k[] = {
-        {"MAGIC", RING_MAGIC}, {"VERSION", RING_VERSION}, {"HEADER_SIZE", RING_HEADER_SIZE},
-        {"MIN_CAPACITY", RING_MIN_CAPACITY}, {"OFF_MAGIC", OFF_MAGIC}, {"OFF_VERSION", OFF_VERSION},
+        {"MAGIC", SPSC_MAGIC}, {"VERSION", SPSC_VERSION}, {"HEADER_SIZE", SPSC_HEADER_SIZE},
+        {"MIN_CAPACITY", SPSC_MIN_CAPACITY}, {"OFF_MAGIC", OFF_MAGIC}, {"OFF_VERSION", OFF_VERSION},
         {"OFF_FLAGS", OFF_FLAGS}, {"OFF_CAPACITY", OFF_CAPACITY}, {"OFF_DATA", OFF_DATA},
         {"OFF_CREATOR_PID", OFF_CREATOR_PID}, {"OFF_OPENER_PID", OFF_OPENER_PID}, {"OFF_HEAD", OFF_HEAD},
         {"OFF_PRODUCER_CLOSED", OFF_PRODUCER_CLOSED}, {"OFF_TAIL", OFF_TAIL},
@@ -532,20 +538,15 @@ static PyObject *ring_layout(PyObject *self, PyObject *unused)
     return d;
 }
 
-static PyMethodDef ring_methods[] = {
-    {"ring_layout", ring_layout, METH_NOARGS,
-     "ring_layout() -> dict: the ring layout constants compiled into this module (see _ring.py)."},
+static PyMethodDef spsc_methods[] = {
+    {"spsc_layout", spsc_layout, METH_NOARGS,
+     "spsc_layout() -> dict: the ring layout constants compiled into this module (see _rings/spsc.py)."},
     {NULL, NULL, 0, NULL},
 };
 
-int ipc_ring_init(PyObject *m)
+int ipc_spsc_register(PyObject *m)
 {
-    if (PyType_Ready(&RingEnd_Type) < 0 || PyModule_AddFunctions(m, ring_methods) < 0)
+    if (PyModule_AddFunctions(m, spsc_methods) < 0)
         return -1;
-    Py_INCREF(&RingEnd_Type);
-    if (PyModule_AddObject(m, "RingEnd", (PyObject *)&RingEnd_Type) < 0) {
-        Py_DECREF(&RingEnd_Type);
-        return -1;
-    }
-    return 0;
+    return ipc_add_type(m, &SpscPort_Type, "SpscPort");
 }

@@ -1,4 +1,4 @@
-"""The shared-memory ring: layout, validation, and a single-producer single-consumer port over _native.
+"""The single-producer single-consumer ring of shm://: layout, validation, and its port over _native.SpscPort.
 
 Layout (all integers little-endian; offsets from the start of the ring, which is page aligned)::
 
@@ -91,10 +91,11 @@ import os
 import struct
 from typing import Any, Final
 
-from . import _native
-from ._errors import ring_error
-from ._transports._io import remaining
-from .errors import MessageTooLarge, ProtocolError
+from .. import _native
+from .._errors import spsc_error
+from .._wait import remaining
+from ..errors import MessageTooLarge, ProtocolError
+from . import check_native_layout, pow2_capacity
 
 MAGIC: Final = int.from_bytes(b"IPCRAFTR", "little")
 VERSION: Final = 1
@@ -125,24 +126,7 @@ SPIN_NS: Final = 100_000
 _FIXED = struct.Struct("<QIIQQII")  # magic, version, flags, capacity, data offset, creator, opener
 
 
-def check_native_layout(compiled: dict[str, int], namespace: dict[str, object], what: str) -> None:
-    """Refuse to run when the constants compiled into _native differ from ``namespace``'s (a stale build
-    would misread every shared header)."""
-    mine = {k: v for k, v in namespace.items() if k in compiled}
-    if mine != compiled:
-        raise ImportError(f"ipcraft._native was built with another {what} layout: {compiled} != {mine}; "
-                          "rebuild it (pip install -e .)")
-
-
-check_native_layout(_native.ring_layout(), globals(), "ring")
-
-
-def pow2_capacity(n: int, minimum: int, maximum: int) -> int:
-    """The data-area size used for a requested capacity ``n``: the next power of two, at least
-    ``minimum``; ValueError beyond ``maximum``."""
-    if n > maximum:
-        raise ValueError(f"a ring capacity of {n} bytes exceeds ipcraft's maximum of {maximum}")
-    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+check_native_layout(_native.spsc_layout(), globals(), "SPSC ring")
 
 
 def round_capacity(n: int) -> int:
@@ -209,10 +193,10 @@ def check_ring(buf: Any, offset: int, what: str) -> int:
     return int(capacity)
 
 
-class RingPort:
+class SpscPort:
     """One side (producer or consumer) of an SPSC ring, with deadlines and ipcraft's errors.
 
-    ``end`` is the _native.RingEnd doing the work; its ``try_send``/``try_recv`` are the channel's
+    ``native`` is the _native.SpscPort doing the work; its ``try_send``/``try_recv`` are the channel's
     fast path.  The methods here are the general path: they wait (spin, then sleep) until the
     deadline and turn every -errno into the matching exception.
     """
@@ -223,62 +207,63 @@ class RingPort:
         self.what = what
         self.capacity = check_ring(buf, offset, what)
         self._mv = memoryview(buf).cast("B")
-        self.end = _native.RingEnd(buf, offset, producer, signal_fd, wait_fd, watch_fds,
+        self.native = _native.SpscPort(buf, offset, producer, signal_fd, wait_fd, watch_fds,
                                    -1 if spin else SPIN_NS, limit)
-        self.limit = self.end.limit
+        self.limit = self.native.limit
         self.limit_source = limit_source or f"half the {self.capacity}-byte ring"
         self.wait_fd = wait_fd
 
     def _wait(self, deadline: float | None, n: int, doing: str) -> None:
-        rc = self.end.wait(remaining(deadline), n)
+        rc = self.native.wait(remaining(deadline), n)
         if rc:
-            raise ring_error(rc, f"{doing} on {self.what}")
+            raise spsc_error(rc, f"{doing} on {self.what}")
 
     def _fail(self, rc: int, doing: str, size: int | None = None) -> Exception:
-        return ring_error(rc, f"{doing} on {self.what}", size=size, limit=self.limit,
+        return spsc_error(rc, f"{doing} on {self.what}", size=size, limit=self.limit,
                           limit_source=self.limit_source)
 
     # -- producer ----------------------------------------------------------------------------------
 
     def send(self, payload: Any, sid: int, deadline: float | None) -> None:
         """Push one record, waiting for room until ``deadline``."""
-        end = self.end
+        native = self.native
         while True:
-            rc = end.send(payload, sid)
+            rc = native.send(payload, sid)
             if rc == 0:
                 return
             if rc != -errno.EAGAIN:
                 raise self._fail(rc, "sending", memoryview(payload).nbytes)
             self._wait(deadline, memoryview(payload).nbytes, "sending")
 
-    def loan(self, n: int, deadline: float | None) -> memoryview:
-        """Reserve ``n`` bytes for a record; fill the returned view, then commit(sid) or abort()."""
+    def reserve(self, n: int, deadline: float | None) -> memoryview:
+        """Reserve ``n`` bytes for a record, waiting for room until ``deadline``; fill the returned view,
+        then commit(sid) or abort()."""
         while True:
-            off = self.end.reserve(n)
+            off = self.native.reserve(n)
             if off >= 0:
                 return self._mv[off:off + n]
             if off != -errno.EAGAIN:
-                raise self._fail(off, "loaning a record", n)
-            self._wait(deadline, n, "loaning a record")
+                raise self._fail(off, "reserving a record", n)
+            self._wait(deadline, n, "reserving a record")
 
     def commit(self, sid: int) -> None:
-        rc = self.end.commit(sid)
+        rc = self.native.commit(sid)
         if rc:
-            raise self._fail(rc, "publishing a loaned record")
+            raise self._fail(rc, "committing a reserved record")
 
     def abort(self) -> None:
-        self.end.abort()
+        self.native.abort()
 
     # -- consumer ----------------------------------------------------------------------------------
 
-    def _peek(self, deadline: float | None) -> tuple[int, int, int]:
-        end = self.end
+    def _next(self, deadline: float | None) -> tuple[int, int, int]:
+        native = self.native
         while True:
-            got = end.peek()
+            got = native.peek()
             if isinstance(got, tuple):
                 off, n, sid = got
                 if n > self.limit:
-                    end.consume()
+                    native.consume()
                     raise MessageTooLarge(f"receiving on {self.what}: a {n}-byte message exceeds the "
                                           f"limit of {self.limit} bytes ({self.limit_source}); it was "
                                           "discarded", n, self.limit)
@@ -287,32 +272,32 @@ class RingPort:
                 raise self._fail(got, "receiving")
             self._wait(deadline, 0, "receiving")
 
-    def borrow(self, deadline: float | None) -> tuple[memoryview, int]:
-        """Wait for the next record and lend it: ``(read-only payload view, serializer id)``.
+    def peek(self, deadline: float | None) -> tuple[memoryview, int]:
+        """Wait for the next record and show it in place: ``(read-only payload view, serializer id)``.
 
         The record stays in the ring until :meth:`consume` (or :meth:`unpeek`).  A record longer
         than the port's limit is dropped and MessageTooLarge raised.
         """
-        off, n, sid = self._peek(deadline)
+        off, n, sid = self._next(deadline)
         return self._mv[off:off + n].toreadonly(), sid
 
     def consume(self) -> None:
-        self.end.consume()
+        self.native.consume()
 
     def unpeek(self) -> None:
-        self.end.unpeek()
+        self.native.unpeek()
 
     def recv(self, deadline: float | None) -> bytes:
         """Pop one record as bytes: the 8-byte frame header followed by the payload."""
-        off, n, _ = self._peek(deadline)
+        off, n, _ = self._next(deadline)
         try:
             return bytes(self._mv[off - REC_HEADER:off + n])
         finally:
-            self.end.consume()
+            self.native.consume()
 
     def wait_readable(self, deadline: float | None) -> bool:
         """True once a record is pending (or the producer is gone: the next recv says how)."""
-        rc = self.end.wait(remaining(deadline), 0)
+        rc = self.native.wait(remaining(deadline), 0)
         if rc == -errno.ETIMEDOUT:
             return False
         if rc in (0, -errno.ESHUTDOWN, -errno.EPIPE):
@@ -323,9 +308,9 @@ class RingPort:
 
     def shutdown(self) -> None:
         """Mark this side closed in the header and wake the other side."""
-        self.end.shutdown()
+        self.native.shutdown()
 
     def close(self) -> None:
-        self.end.close()
+        self.native.close()
         self._mv.release()
 
