@@ -28,6 +28,7 @@ from ._connect import pipe as pipe
 from ._connect import queue as queue
 from ._endpoint import Endpoint as Endpoint
 from ._peer import Peer as Peer
+from ._relay import relay as relay
 from ._version import __version__ as __version__
 from .errors import (
     AuthenticationError as AuthenticationError,
@@ -75,7 +76,7 @@ from .serializers import RAW as RAW
 from .serializers import Serializer as Serializer
 
 __all__ = (
-    "connect", "listen", "queue", "pipe",
+    "connect", "listen", "queue", "pipe", "relay",
     "Channel", "Listener", "Queue", "Endpoint", "Peer",
     "Serializer", "RAW", "JSON", "MSGPACK", "PICKLE",
     "IPCError", "ChannelClosed", "PeerVanished", "HandleClosed", "Timeout", "Busy", "MessageTooLarge",
@@ -86,7 +87,8 @@ __all__ = (
 
 def _fixup_module_metadata() -> None:
     """Make tracebacks, reprs and pickles say ipcraft.Channel, not ipcraft._channel.Channel (trio)."""
-    for name in ("Channel", "Listener", "Queue", "Endpoint", "Peer", "connect", "listen", "queue", "pipe"):
+    for name in ("Channel", "Listener", "Queue", "Endpoint", "Peer", "connect", "listen", "queue", "pipe",
+                 "relay"):
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("ipcraft._"):
             obj.__module__ = __name__

@@ -152,11 +152,11 @@ class Scheme:
     address: str  # "unix" | "path" | "host_port" | "name" | "key"
     options: frozenset[str]
     summary: str
-    #: Other families the scheme also serves (ZeroMQ: queue and broadcast besides connection).
+    #: Other families the scheme also serves (ZeroMQ: queue and pubsub besides connection).
     more_families: frozenset[str] = frozenset()
 
     def serves(self, family: str) -> bool:
-        """Whether the facade of ``family`` (connection, queue, broadcast) takes this scheme."""
+        """Whether the facade of ``family`` (connection, queue, pubsub) takes this scheme."""
         return family == self.family or family in self.more_families
 
 
@@ -189,9 +189,9 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
     Scheme("file", "queue", "path", _COMMON | {"wait", "capacity", "mode", "sync"},
            "durable memory-mapped ring that survives crashes"),
     Scheme("zmq+tcp", "connection", "host_port", _ZMQ, "ZeroMQ over TCP (pyzmq); CURVE by default",
-           frozenset({"queue", "broadcast"})),
+           frozenset({"queue", "pubsub"})),
     Scheme("zmq+ipc", "connection", "path", _ZMQ | {"mode"}, "ZeroMQ over a Unix socket (pyzmq); CURVE by default",
-           frozenset({"queue", "broadcast"})),
+           frozenset({"queue", "pubsub"})),
 )}
 
 

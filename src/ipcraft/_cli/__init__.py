@@ -22,12 +22,13 @@ def main() -> None:
     cli()
 
 
-# ls, rm, limits, send, recv, relay: one module per command (STYLE.md R25).
+# ls, rm, limits, send, recv, relay, keygen: one module per command (STYLE.md R25).
 from .inventory import ls, rm  # noqa: E402
+from .keygen import keygen  # noqa: E402
 from .limits import limits  # noqa: E402
 from .recv import recv  # noqa: E402
 from .relay import relay  # noqa: E402
 from .send import send  # noqa: E402
 
-for _command in (ls, rm, limits, send, recv, relay):
+for _command in (ls, rm, limits, send, recv, relay, keygen):
     cli.add_command(_command)

@@ -29,6 +29,7 @@ Endpoints:
                 or open an existing queue: mq://name, sysvmq://1234, fifo:///path ...
   listen:URL    listen at URL, accept one peer, then stop listening
   create:URL    create the queue at URL; it is removed when the command ends
+                (zmq+tcp://, zmq+ipc://: bind a PULL queue there, or PUSH with ?role=push)
 """
 
 
@@ -42,10 +43,11 @@ def open_endpoint(spec: str, timeout: float | None) -> Handle:
     prefix, sep, rest = spec.partition(":")
     mode = prefix if sep and prefix in ("listen", "create") else "open"
     url = rest if mode != "open" else spec
-    family = Endpoint.parse(url).info.family
-    if mode == "listen" and family != "connection":
+    info = Endpoint.parse(url).info
+    family = info.family
+    if mode == "listen" and not info.serves("connection"):
         raise click.BadParameter(f"{url!r} is a queue: use create:{url} to create it, or {url} to open it")
-    if mode == "create" and family != "queue":
+    if mode == "create" and not info.serves("queue"):
         raise click.BadParameter(f"{url!r} is a connection scheme: use listen:{url} to wait for a peer, "
                                  f"or {url} to connect")
     if mode == "listen":

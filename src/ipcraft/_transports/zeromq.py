@@ -90,8 +90,12 @@ def has_curve() -> bool:
 def generate_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
     """Write a CURVE key pair as ``<name>.key`` (public) and ``<name>.key_secret`` (mode 0600) in
     ``directory``; return both paths (ZeroMQ's certificate format, readable by zmq.auth)."""
-    public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
-    os.chmod(secret, 0o600)
+    old = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
+    try:
+        public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
+    finally:
+        os.umask(old)
+    os.chmod(public, 0o644)
     return Path(public), Path(secret)
 
 
