@@ -164,6 +164,12 @@ class _Security:
         if not self.curve:
             if given:
                 raise InvalidEndpoint(f"{what}: insecure=True contradicts {', '.join(given)}")
+            serializer = opts.get("serializer")
+            if serializer is not None and serializer.trusted_only:
+                raise AuthenticationError(
+                    f"{what}: serializer {serializer.name} can run code when loading and is allowed only on "
+                    "an authenticated channel; an insecure ZeroMQ socket is not one (use CURVE keys, or the "
+                    "default msgpack)")
             return
         if not has_curve():
             raise AuthenticationError(f"{what}: this libzmq has no CURVE support; pass insecure=True "
@@ -202,6 +208,10 @@ class _ZapHandler:
     public keys it admits.  Refusals are counted per domain."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a forked child starts with no handler thread and a free lock)."""
         self._lock = threading.Lock()
         self._auth: ThreadAuthenticator | None = None
         self._pid = 0
@@ -246,6 +256,7 @@ class _ZapHandler:
 
 
 _ZAP = _ZapHandler()
+os.register_at_fork(after_in_child=_ZAP.reset)
 
 
 def _context() -> zmq.Context[Any]:
@@ -302,6 +313,25 @@ def _bind(sock: zmq.Socket[Any], url: str, endpoint: Endpoint) -> str:
     if bound.startswith("ipc://"):
         os.chmod(bound[len("ipc://"):], endpoint.options.get("mode", DEFAULT_MODE))
     return bound
+
+
+def _ipc_file(bound: str) -> tuple[str, int] | None:
+    """(path, inode) of the socket file a bind to ``ipc://path`` created, to remove it on close."""
+    if not bound.startswith("ipc://"):
+        return None
+    path = bound[len("ipc://"):]
+    return path, os.stat(path).st_ino
+
+
+def _remove_ipc_file(f: tuple[str, int] | None) -> None:
+    """Remove the socket file now, if it is still ours (ZeroMQ's I/O thread would, but later)."""
+    if f is None:
+        return
+    try:
+        if os.stat(f[0]).st_ino == f[1]:
+            os.unlink(f[0])
+    except FileNotFoundError:
+        pass
 
 
 def _endpoint_of(endpoint: Endpoint, bound: str) -> Endpoint:
@@ -367,6 +397,7 @@ class ZmqTransport(Transport):
         self._had_peer = connected
         self._vanished = False
         self._eof = False
+        self._ipc_file: tuple[str, int] | None = None
         self.last_meta: dict[str, Any] = {}
         self.authenticated = sock.mechanism == zmq.CURVE
         self.peer = peer or Peer()
@@ -390,6 +421,7 @@ class ZmqTransport(Transport):
 
     def extra(self) -> dict[str, Any]:
         sock = self._live()
+        self._drain_monitor()
         return {"zmq_socket": sock, "zmq_type": zmq.SocketType(int(sock.type)).name, "peers": self._peers,
                 "last_endpoint": _last_endpoint(sock)}
 
@@ -412,6 +444,7 @@ class ZmqTransport(Transport):
             if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._peers += 1
                 self._had_peer = True
+                self._vanished = False
             elif e == zmq.EVENT_DISCONNECTED and self._had_peer:
                 self._peers = max(0, self._peers - 1)
                 if self._peers == 0:
@@ -430,7 +463,7 @@ class ZmqTransport(Transport):
         try:
             while True:
                 self._drain_monitor()
-                if _events(sock) & event or self._vanished:
+                if _events(sock) & event or self._ended(event):
                     return True
                 left = remaining(deadline)
                 if left == 0:
@@ -454,6 +487,10 @@ class ZmqTransport(Transport):
         if not self._can_send:
             raise self._unsupported("send")
         data = b"".join(parts)
+        if self._pair:
+            self._drain_monitor()  # a peer gone is told at once, not after a high-water mark of sends
+            if self._vanished:
+                raise self._gone("sending to")
         if topic is not None and self._topic is None:
             raise TypeError(f"{self._endpoint}: topic= is for publishers only")
         head = self._topic if topic is None else (topic.encode() if isinstance(topic, str) else bytes(topic))
@@ -467,7 +504,7 @@ class ZmqTransport(Transport):
                     return
                 except zmq.Again:
                     pass
-                if self._vanished or (self._pair and self._eof):
+                if self._ended(zmq.POLLOUT):
                     raise self._gone("sending to")
                 if not self._wait(sock, zmq.POLLOUT, deadline):
                     raise Timeout(f"sending to {self._endpoint}: no room (the peer's high-water mark, or no "
@@ -492,7 +529,7 @@ class ZmqTransport(Transport):
                     else:
                         data = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
-                    if self._vanished:
+                    if self._ended(zmq.POLLIN):
                         raise self._gone("receiving from") from None
                     if not self._wait(sock, zmq.POLLIN, deadline):
                         raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the "
@@ -506,6 +543,11 @@ class ZmqTransport(Transport):
             raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
         finally:
             self._refresh()
+
+    def _ended(self, event: int) -> bool:
+        """Whether waiting for ``event`` is pointless: a pair's peer is gone, or every receiver of a
+        sending socket left (a receiving queue has no end: a sender may come later)."""
+        return self._vanished and (self._pair or event == zmq.POLLOUT)
 
     def _gone(self, doing: str) -> PeerVanished:
         return PeerVanished(f"{doing} {self._endpoint}: the peer's connection dropped without closing "
@@ -543,6 +585,7 @@ class ZmqTransport(Transport):
         if mon is not None:
             mon.close(0)
         sock.close(linger)
+        _remove_ipc_file(self._ipc_file)
         _ZAP.unregister(self._domain)
 
 
@@ -586,8 +629,12 @@ def _open(kind: int, endpoint: Endpoint, bind: bool, **kw: Any) -> ZmqTransport:
         raise
     try:
         if bind:
-            t.endpoint = _endpoint_of(endpoint, _bind(sock, _zmq_url(endpoint), endpoint))  # type: ignore[attr-defined]
+            bound = _bind(sock, _zmq_url(endpoint), endpoint)
+            t._ipc_file = _ipc_file(bound)
+            t.endpoint = _endpoint_of(endpoint, bound)  # type: ignore[attr-defined]
         else:
+            if kind == zmq.PUSH:  # deal only to completed connections, never to a receiver that left
+                sock.immediate = True  # (not on PAIR: a dropped connection would lose what it received)
             try:
                 sock.connect(_zmq_url(endpoint))
             except zmq.ZMQError as exc:
@@ -665,6 +712,7 @@ class ZmqListener:
         sock, self._domain = _new_socket(zmq.ROUTER, endpoint, self._security)
         try:
             self._bound = _bind(sock, _zmq_url(endpoint), endpoint)
+            self._ipc_file = _ipc_file(self._bound)
             self._ready = _Readiness(sock)
         except BaseException:
             sock.close(0)
@@ -736,6 +784,7 @@ class ZmqListener:
         self._ready.close()
         if os.getpid() == self._pid:
             sock.close(0)
+            _remove_ipc_file(self._ipc_file)
             _ZAP.unregister(self._domain)
 
 
