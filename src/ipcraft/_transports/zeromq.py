@@ -61,7 +61,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._framing import HEADER_SIZE
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, header
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import deadline_after, remaining
@@ -654,18 +654,80 @@ def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
     return _open(zmq.PULL if role == "pull" else zmq.PUSH, endpoint, bind)
 
 
-def open_publisher(endpoint: Endpoint, bind: bool = True) -> Transport:
-    """A PUB socket; messages carry ``topic=`` (default empty) in their first frame."""
-    return _open(zmq.PUB, endpoint, bind, topic=_topic(endpoint))
-
-
-def open_subscriber(endpoint: Endpoint, bind: bool = False) -> Transport:
-    """A SUB socket subscribed to messages whose topic starts with ``topic=`` (default: all)."""
-    return _open(zmq.SUB, endpoint, bind, topic=_topic(endpoint))
-
-
 def _topic(endpoint: Endpoint) -> bytes:
     return str(endpoint.options.get("topic", "")).encode()
+
+
+class ZmqPublisherPort:
+    """The port behind ``ipcraft.publish("zmq+tcp://...")``: a PUB socket, bound unless create=False.
+
+    ZeroMQ drops a message for a subscriber whose queue is at its high-water mark (``hwm=``) and for
+    one that has not finished subscribing yet; nothing counts those losses.  No zero copy.
+    """
+
+    def __init__(self, endpoint: Endpoint, create: bool | str = True) -> None:
+        self._t = _open(zmq.PUB, endpoint, create is not False, topic=_topic(endpoint))
+        self.endpoint: Endpoint = getattr(self._t, "endpoint", endpoint)
+        self.authenticated = self._t.authenticated
+        self.max_payload = endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE) + HEADER_SIZE
+        self.limit_source = "this publisher's max_message_size"
+
+    def send(self, sid: int, payload: Any, deadline: float | None) -> None:
+        mv = memoryview(payload).cast("B")
+        self._t.send_message([header(sid, mv.nbytes), mv], deadline)
+
+    def loan(self, n: int, deadline: float | None) -> memoryview:
+        raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers; use send_bytes")
+
+    def end_loan(self, publish: bool) -> None:
+        raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers")
+
+    def extra(self) -> dict[str, Any]:
+        return self._t.extra()
+
+    def close(self) -> None:
+        self._t.close()
+
+
+class ZmqSubscriberPort:
+    """The port behind ``ipcraft.subscribe("zmq+tcp://...?topic=prefix")``: a SUB socket, connected
+    unless create is true.  ZeroMQ has no end of stream here (a publisher may come back), so recv
+    waits until a message or its timeout; ``missed`` stays 0 because ZeroMQ does not report drops."""
+
+    missed = 0
+
+    def __init__(self, endpoint: Endpoint, create: bool | str = False) -> None:
+        self._t = _open(zmq.SUB, endpoint, create is not False, topic=_topic(endpoint))
+        self.endpoint: Endpoint = getattr(self._t, "endpoint", endpoint)
+        self.authenticated = self._t.authenticated
+
+    @property
+    def last_meta(self) -> dict[str, Any]:
+        return self._t.last_meta
+
+    def recv(self, deadline: float | None) -> memoryview:
+        return memoryview(self._t.recv_message(deadline))
+
+    def borrow(self, deadline: float | None) -> tuple[memoryview, int]:
+        raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers; use recv_bytes_into")
+
+    def end_borrow(self) -> None:
+        raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers")
+
+    def latest(self, deadline: float | None) -> memoryview:
+        raise NotImplementedError(f"{self.endpoint}: ZeroMQ keeps no last message; use recv")
+
+    def wait_readable(self, deadline: float | None) -> bool:
+        return self._t.wait_readable(deadline)
+
+    def fileno(self) -> int:
+        return self._t.fileno()
+
+    def extra(self) -> dict[str, Any]:
+        return self._t.extra()
+
+    def close(self) -> None:
+        self._t.close()
 
 
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
@@ -793,4 +855,4 @@ def listen(endpoint: Endpoint) -> ZmqListener:
 
 
 __all__ = ("HELLO", "ZmqListener", "ZmqTransport", "connect", "generate_keypair", "has_curve", "listen",
-           "open_publisher", "open_queue", "open_subscriber")
+           "open_queue", "ZmqPublisherPort", "ZmqSubscriberPort")
