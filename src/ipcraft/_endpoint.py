@@ -134,13 +134,15 @@ OPTIONS: Mapping[str, _Option] = {
     "role": _Option(_choice("push", "pull"), doc="ZeroMQ queue: push (send) or pull (receive)"),
     "topic": _Option(str, doc="ZeroMQ publish/subscribe: the topic sent, or the prefix subscribed to"),
     "hwm": _Option(_nonneg_int, doc="ZeroMQ: high-water mark in messages (default 1000; 0: none)"),
+    "linger": _Option(_float, doc="ZeroMQ pair: seconds close() waits for the peer to take what was sent "
+                      "(default 5)"),
     "heartbeat": _Option(_float, doc="ZeroMQ: seconds between heartbeats (default 1; a peer silent for 3 "
                          "is dropped; 0: off)"),
 }
 
 _COMMON = frozenset({"serializer", "max_message_size"})
 _ZMQ = _COMMON | {"insecure", "curve_keys", "curve_server", "curve_clients", "role", "topic", "hwm", "heartbeat",
-                  "handshake_timeout"}
+                  "handshake_timeout", "linger"}
 
 
 @dataclass(frozen=True)

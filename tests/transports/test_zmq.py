@@ -95,9 +95,9 @@ def test_pair_in_two_processes_both_ways_then_end_of_stream(scheme: str, tmp_ipc
                 ch.send({"echo": msg["i"], "n": len(msg["blob"])})
             assert ch.recv(timeout=10) == b"raw"
             ch.send_bytes(b"back")
-            got, authenticated = child.result(30)
             with pytest.raises(ChannelClosed):
                 ch.recv(timeout=10)
+            got, authenticated = child.result(30)
     assert got[:50] == [{"echo": i, "n": i * 997 % 70000} for i in range(50)]
     assert got[50] == b"back" and authenticated is False
     if scheme == "ipc":
@@ -209,13 +209,13 @@ def test_non_forking_conformance_checks_over_a_queue_and_a_pair() -> None:
         push = ipcraft.queue(_plain_url(pull.endpoint), **INSECURE)
         return push, pull
 
-    def make_pair() -> tuple[Any, Any]:
-        listener = ipcraft.listen(LOCAL, **INSECURE)
+    def make_pair() -> tuple[Any, Any]:  # linger: here the reader reads only after the sender's close()
+        listener = ipcraft.listen(LOCAL, linger=0.2, **INSECURE)
         box: list[Any] = []
         t = threading.Thread(target=lambda: box.append(listener.accept(timeout=10)))
         t.start()
         try:
-            a = ipcraft.connect(_plain_url(listener.endpoint), timeout=10, **INSECURE)
+            a = ipcraft.connect(_plain_url(listener.endpoint), timeout=10, linger=0.2, **INSECURE)
         finally:
             t.join()
             listener.close()

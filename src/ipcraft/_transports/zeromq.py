@@ -14,10 +14,13 @@ Decisions:
   and file descriptor; demultiplexing one ROUTER into many Channels would need a shared reader and
   per-peer buffers, and fileno() could not say which peer is ready.
 * **End of stream**: ZeroMQ has none, so close() sends one empty frame (never a valid ipcraft frame,
-  which has at least its header) and lingers up to a second to deliver it; the peer's recv then
-  raises ChannelClosed after the last message.  A peer whose connection drops without it (killed,
-  cable pulled: heartbeats every second, a silent peer is dropped after three) makes a blocking
-  send or recv raise PeerVanished, from the socket monitor's DISCONNECTED event.
+  which has at least its header); the peer's recv raises ChannelClosed after the last message and
+  answers with an empty frame of its own.  close() waits for that answer (or the peer's own close)
+  up to ``linger=`` seconds (default 5): ZeroMQ's queues live in this process, so without it a
+  process that exits right after close() could lose what it sent last.  A peer whose connection
+  drops without it (killed, cable pulled: heartbeats every second, a silent peer is dropped after
+  three) makes a blocking send or recv raise PeerVanished, from the socket monitor's DISCONNECTED
+  event (read between slices of at most 100 ms of a wait).
 * **queue: PUSH/PULL.**  The creating handle (create=True or "if_missing") binds and the others
   connect; by default the creator receives (PULL) and openers send (PUSH), as with fifo:// and udp://;
   ``role=push`` on the creator turns that round.  ZeroMQ deals each message to one receiver, round
@@ -45,7 +48,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,14 @@ _BYE = b""
 _HEARTBEAT_S = 1.0
 _DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _CLOSE_LINGER_MS = 1000
+#: Seconds a pair's close() waits for the peer to acknowledge the end of stream (``linger=``).
+_DEFAULT_LINGER = 5.0
+#: Longest wait inside libzmq, in ms, before the monitor is read again (a dead peer is seen within it).
+_SLICE_MS = 100
+#: How often a pair's sends read the monitor, in seconds.
+_CHECK_S = 0.005
+#: Messages from this size on are handed to ZeroMQ without another copy (pyzmq's zero-copy send).
+_ZERO_COPY_FROM = 64 * 1024
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _AUTH_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -189,78 +200,64 @@ class _Security:
                                           "side's public key or .key file)")
             self.server_key = _public_key(opts["curve_server"], what)
 
-    def apply(self, sock: zmq.Socket[Any]) -> str | None:
-        """Set the CURVE options on ``sock``; return the ZAP domain registered for a server."""
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        """Set the CURVE options on ``sock`` (a server's clients are checked by its context's ZAP handler)."""
         if self.keys is None:
-            return None
-        sock.curve_publickey, sock.curve_secretkey = self.keys
-        if not self.server:
-            sock.curve_serverkey = self.server_key
-            return None
-        sock.curve_server = True
-        domain = _ZAP.register(self.clients)
-        sock.zap_domain = domain.encode()
-        return domain
-
-
-class _ZapHandler:
-    """One pyzmq ThreadAuthenticator per process; each server socket has its own ZAP domain and the
-    public keys it admits.  Refusals are counted per domain."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything (a forked child starts with no handler thread and a free lock)."""
-        self._lock = threading.Lock()
-        self._auth: ThreadAuthenticator | None = None
-        self._pid = 0
-        self._domains: dict[str, frozenset[bytes]] = {}
-        self.refused: dict[str, int] = {}
-        self._n = 0
-
-    def register(self, clients: frozenset[bytes]) -> str:
-        with self._lock:
-            if self._auth is None or self._pid != os.getpid():
-                self._domains.clear()
-                self.refused.clear()
-                auth = ThreadAuthenticator(_context())
-                auth.start()
-                self._auth, self._pid = auth, os.getpid()
-            self._n += 1
-            domain = f"ipcraft-{os.getpid()}-{self._n}"
-            self._auth.configure_curve_callback(domain, credentials_provider=self)
-            self._domains[domain] = clients
-            self.refused[domain] = 0
-            return domain
-
-    def unregister(self, domain: str | None) -> None:
-        if domain is None:
             return
-        with self._lock:
-            self._domains.pop(domain, None)
-            self.refused.pop(domain, None)
-            if self._auth is not None:
-                self._auth.credentials_providers.pop(domain, None)
-            if not self._domains and self._auth is not None and self._pid == os.getpid():
-                self._auth.stop()
-                self._auth = None
+        sock.curve_publickey, sock.curve_secretkey = self.keys
+        if self.server:
+            sock.curve_server = True
+        else:
+            sock.curve_serverkey = self.server_key
+
+
+class _Context:
+    """A ZeroMQ context of our own per listener, queue, port or connection: closing the last socket
+    terminates it, which waits (up to each socket's linger) until ZeroMQ has handed what was queued to
+    the kernel, so a process that exits right after close() loses nothing.  A CURVE server's context
+    also runs pyzmq's ZAP handler (a thread), which admits the clients' public keys and counts
+    refusals."""
+
+    def __init__(self, clients: frozenset[bytes] | None) -> None:
+        self.zmq: zmq.Context[Any] = zmq.Context(io_threads=1)
+        self._pid = os.getpid()
+        self._refs = 0
+        self._clients = clients or frozenset()
+        self.refused = 0
+        self._auth: ThreadAuthenticator | None = None
+        if clients is not None:
+            try:
+                self._auth = ThreadAuthenticator(self.zmq)
+                self._auth.start()
+                self._auth.configure_curve_callback("*", credentials_provider=self)
+            except BaseException:
+                self.zmq.term()
+                raise
 
     def callback(self, domain: str, key: bytes) -> bool:
-        """Called by the authenticator thread for each CURVE client (key in Z85)."""
-        with self._lock:
-            ok = key in self._domains.get(domain, ())
-            if not ok and domain in self.refused:
-                self.refused[domain] += 1
-            return ok
+        """Called by the ZAP thread for each CURVE client (its public key in Z85)."""
+        ok = key in self._clients
+        if not ok:
+            self.refused += 1
+        return ok
+
+    def acquire(self) -> _Context:
+        self._refs += 1
+        return self
+
+    def release(self) -> None:
+        """One user fewer; the last one's release terminates the context (a forked child's never)."""
+        self._refs -= 1
+        if self._refs > 0 or os.getpid() != self._pid:
+            return
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        self.zmq.term()
 
 
-_ZAP = _ZapHandler()
-os.register_at_fork(after_in_child=_ZAP.reset)
-
-
-def _context() -> zmq.Context[Any]:
-    return zmq.Context.instance()  # pyzmq makes a fresh one in a forked child
+def _context_for(security: _Security) -> _Context:
+    return _Context(security.clients if security.server and security.curve else None)
 
 
 # -- sockets -------------------------------------------------------------------------------------------
@@ -281,9 +278,9 @@ def _zmq_url(endpoint: Endpoint) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
-def _new_socket(kind: int, endpoint: Endpoint, security: _Security) -> tuple[zmq.Socket[Any], str | None]:
+def _new_socket(kind: int, endpoint: Endpoint, security: _Security, ctx: _Context) -> zmq.Socket[Any]:
     opts = endpoint.options
-    sock = _context().socket(kind)
+    sock: zmq.Socket[Any] = ctx.zmq.socket(kind)
     try:
         sock.linger = 0
         if ":" in endpoint.address and endpoint.scheme == "zmq+tcp":
@@ -296,11 +293,11 @@ def _new_socket(kind: int, endpoint: Endpoint, security: _Security) -> tuple[zmq
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(beat * 3000))
             sock.setsockopt(zmq.HEARTBEAT_TTL, int(beat * 3000))
         sock.setsockopt(zmq.MAXMSGSIZE, opts.get("max_message_size", 64 << 20) + HEADER_SIZE + 256)
-        domain = security.apply(sock)
+        security.apply(sock)
     except BaseException:
         sock.close(0)
         raise
-    return sock, domain
+    return sock
 
 
 def _bind(sock: zmq.Socket[Any], url: str, endpoint: Endpoint) -> str:
@@ -384,12 +381,12 @@ class ZmqTransport(Transport):
     #: ipcraft.aio: fileno() never signals room to send; retry sends on a timer instead.
     fd_writable = False
 
-    def __init__(self, sock: zmq.Socket[Any], endpoint: Endpoint, *, domain: str | None = None,
+    def __init__(self, sock: zmq.Socket[Any], endpoint: Endpoint, ctx: _Context, *,
                  pair: bool = False, topic: bytes | None = None, peer: Peer | None = None,
                  connected: bool = False) -> None:
         self._sock: zmq.Socket[Any] | None = sock
         self._endpoint = endpoint
-        self._domain = domain
+        self._ctx = ctx.acquire()
         self._pair = pair
         self._topic = topic
         self._pid = os.getpid()
@@ -410,13 +407,21 @@ class ZmqTransport(Transport):
         except BaseException:
             self._mon.close(0)
             raise
-        self._poller = zmq.Poller()
-        self._poller.register(self._mon, zmq.POLLIN)
+        self._pollers: dict[int, zmq.Poller] = {}
+        for event in (zmq.POLLIN, zmq.POLLOUT):
+            poller = self._pollers[event] = zmq.Poller()
+            poller.register(sock, event)
+            poller.register(self._mon, zmq.POLLIN)
+        self._exposed = False  # fileno() was handed out: keep its eventfd exact after every operation
+        self._next_check = 0.0
+        self._timeouts: dict[int, int] = {}
 
     # -- facts ------------------------------------------------------------------------------------------
 
     def fileno(self) -> int:
         self._live()
+        self._exposed = True
+        self._refresh()
         return self._ready.fileno()
 
     def extra(self) -> dict[str, Any]:
@@ -459,7 +464,7 @@ class ZmqTransport(Transport):
     def _wait(self, sock: zmq.Socket[Any], event: int, deadline: float | None) -> bool:
         """Wait until ``sock`` has ``event`` (level-triggered zmq_poll), the peer vanished, or the
         deadline passed (False)."""
-        self._poller.register(sock, event)
+        poll = self._pollers[event].poll
         try:
             while True:
                 self._drain_monitor()
@@ -468,10 +473,55 @@ class ZmqTransport(Transport):
                 left = remaining(deadline)
                 if left == 0:
                     return False
-                self._poller.poll(None if left is None else max(1, int(left * 1000)))
+                poll(None if left is None else max(1, int(left * 1000)))
         finally:
-            self._poller.unregister(sock)
             self._refresh()
+
+    def fast_path(self) -> tuple[Any, Any]:
+        """``(try_send, None)`` for Channel's fast path: one non-blocking ZeroMQ send that gives up
+        (False, nothing sent) when the socket would block or the peer is gone, so that the general path
+        waits and reports.  There is no fast receive: in pyzmq a receive that finds nothing costs an
+        exception, more than the general path's receive that blocks inside libzmq."""
+        if self._topic is not None or not self._can_send:
+            return None, None
+        send, noblock, limit, big = self._live().send, zmq.NOBLOCK, self._send_limit(), _ZERO_COPY_FROM
+
+        def try_send(data: Any, sid: int = 0) -> bool:
+            n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+            if n > limit or (self._pair and (self._eof or self._peer_gone())):
+                return False
+            try:
+                if n < big:
+                    send(header(sid, n) + data, noblock)
+                else:
+                    send(b"".join((header(sid, n), data)), noblock, copy=False)
+            except zmq.ZMQError:
+                return False
+            if self._exposed:
+                self._refresh()
+            return True
+
+        return try_send, None
+
+    def _send_limit(self) -> int:
+        return int(self._endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
+
+    def _peer_gone(self) -> bool:
+        """A pair's peer vanished, from the monitor read at most every _CHECK_S (reading it costs)."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + _CHECK_S
+            self._drain_monitor()
+        return self._vanished
+
+    def _timeout(self, sock: zmq.Socket[Any], option: int, deadline: float | None) -> None:
+        """Set RCVTIMEO/SNDTIMEO to the next slice of the wait: at most _SLICE_MS, so that the monitor
+        is read between slices; 0 (do not wait) once the deadline passed."""
+        left = remaining(deadline)
+        ms = _SLICE_MS if left is None else min(_SLICE_MS, max(1, int(left * 1000)) if left > 0 else 0)
+        if self._timeouts.get(option) != ms:
+            sock.setsockopt(option, ms)
+            self._timeouts[option] = ms
 
     def wait_readable(self, deadline: float | None) -> bool:
         sock = self._live()
@@ -486,33 +536,37 @@ class ZmqTransport(Transport):
         sock = self._live()
         if not self._can_send:
             raise self._unsupported("send")
-        data = b"".join(parts)
-        if self._pair:
-            self._drain_monitor()  # a peer gone is told at once, not after a high-water mark of sends
-            if self._vanished:
-                raise self._gone("sending to")
         if topic is not None and self._topic is None:
             raise TypeError(f"{self._endpoint}: topic= is for publishers only")
         head = self._topic if topic is None else (topic.encode() if isinstance(topic, str) else bytes(topic))
+        data = b"".join(parts)
+        copy = len(data) < _ZERO_COPY_FROM
         try:
             while True:
+                if self._pair and self._eof:
+                    raise ChannelClosed(f"sending to {self._endpoint}: the peer closed")
+                if self._pair and self._peer_gone():
+                    raise self._gone("sending to")
+                self._timeout(sock, zmq.SNDTIMEO, deadline)
                 try:
                     if head is not None:
-                        sock.send_multipart((head, data), zmq.NOBLOCK)
+                        sock.send_multipart((head, data), copy=copy)
                     else:
-                        sock.send(data, zmq.NOBLOCK)
+                        sock.send(data, 0, copy=copy)
                     return
                 except zmq.Again:
                     pass
+                self._drain_monitor()
                 if self._ended(zmq.POLLOUT):
                     raise self._gone("sending to")
-                if not self._wait(sock, zmq.POLLOUT, deadline):
+                if remaining(deadline) == 0:
                     raise Timeout(f"sending to {self._endpoint}: no room (the peer's high-water mark, or no "
                                   "peer connected) before the timeout; nothing was sent")
         except zmq.ZMQError as exc:
             raise os_error(exc.errno or errno.EIO, f"sending to {self._endpoint}") from exc
         finally:
-            self._refresh()
+            if self._exposed:
+                self._refresh()
 
     def recv_message(self, deadline: float | None) -> bytes:
         sock = self._live()
@@ -522,27 +576,34 @@ class ZmqTransport(Transport):
             raise ChannelClosed(f"the peer closed {self._endpoint}")
         try:
             while True:
+                self._timeout(sock, zmq.RCVTIMEO, deadline)
                 try:
                     if self._topic is not None:
-                        topic, data = sock.recv_multipart(zmq.NOBLOCK)[-2:]
+                        topic, data = sock.recv_multipart()[-2:]
                         self.last_meta = {"topic": topic}
                     else:
-                        data = sock.recv(zmq.NOBLOCK)
+                        data = sock.recv()
                 except zmq.Again:
+                    self._drain_monitor()
                     if self._ended(zmq.POLLIN):
                         raise self._gone("receiving from") from None
-                    if not self._wait(sock, zmq.POLLIN, deadline):
+                    if remaining(deadline) == 0:
                         raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the "
                                       "timeout") from None
                     continue
                 if data == _BYE and self._pair:
                     self._eof = True
+                    try:
+                        sock.send(_BYE, zmq.NOBLOCK)  # the peer's close() waits for this answer
+                    except zmq.ZMQError:
+                        pass
                     raise ChannelClosed(f"the peer closed {self._endpoint}")
                 return data
         except zmq.ZMQError as exc:
             raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
         finally:
-            self._refresh()
+            if self._exposed:
+                self._refresh()
 
     def _ended(self, event: int) -> bool:
         """Whether waiting for ``event`` is pointless: a pair's peer is gone, or every receiver of a
@@ -565,19 +626,14 @@ class ZmqTransport(Transport):
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        mon, self._mon = self._mon, None
         self._ready.close()
         if os.getpid() != self._pid:
+            self._mon = None
             return  # a forked child's copy: the parent's context and sockets are not ours to touch
-        linger = 0
-        if self._pair and not self._eof and not self._vanished:
-            try:
-                sock.send(_BYE, zmq.NOBLOCK)
-                linger = _CLOSE_LINGER_MS
-            except zmq.ZMQError:
-                pass
-        elif self._can_send:
-            linger = _CLOSE_LINGER_MS  # deliver what is queued, up to a second
+        linger = _CLOSE_LINGER_MS if self._can_send else 0  # deliver what is queued, up to a second
+        if self._pair and not self._eof and not self._vanished and self._goodbye(sock):
+            linger = 0  # the peer received everything
+        mon, self._mon = self._mon, None
         try:
             sock.disable_monitor()
         except zmq.ZMQError:
@@ -586,7 +642,28 @@ class ZmqTransport(Transport):
             mon.close(0)
         sock.close(linger)
         _remove_ipc_file(self._ipc_file)
-        _ZAP.unregister(self._domain)
+        self._ctx.release()
+
+
+    def _goodbye(self, sock: zmq.Socket[Any]) -> bool:
+        """Send the end-of-stream frame and wait (up to ``linger=`` seconds) for the peer's, which it
+        sends when it reads ours, or sends first when it closes too: then the peer has received every
+        message sent before, even if this process exits at once.  Messages still arriving are discarded."""
+        deadline = deadline_after(self._endpoint.options.get("linger", _DEFAULT_LINGER))
+        try:
+            self._timeout(sock, zmq.SNDTIMEO, deadline)
+            sock.send(_BYE)
+            while True:
+                self._timeout(sock, zmq.RCVTIMEO, deadline)
+                try:
+                    if sock.recv() == _BYE:
+                        return True
+                except zmq.Again:
+                    self._drain_monitor()
+                    if self._vanished or remaining(deadline) == 0:
+                        return False
+        except zmq.ZMQError:
+            return False
 
 
 def _await_handshake(t: ZmqTransport, deadline: float | None, what: str) -> None:
@@ -614,18 +691,24 @@ def _handshake_deadline(endpoint: Endpoint, deadline: float | None) -> float | N
     return hs if deadline is None else min(deadline, hs) if hs is not None else deadline
 
 
-def _open(kind: int, endpoint: Endpoint, bind: bool, **kw: Any) -> ZmqTransport:
-    """A transport over a new ``kind`` socket bound to or connected to ``endpoint`` (the monitor is
-    attached first, so no handshake event is missed)."""
+def _open(kind: int, endpoint: Endpoint, bind: bool, ctx: _Context | None = None, **kw: Any) -> ZmqTransport:
+    """A transport over a new ``kind`` socket bound to or connected to ``endpoint``, in ``ctx`` or a
+    context of its own (the monitor is attached first, so no handshake event is missed)."""
     security = _Security(endpoint, server=bind)
-    sock, domain = _new_socket(kind, endpoint, security)
+    own = ctx is None
+    ctx = _context_for(security) if ctx is None else ctx
     try:
-        if kind == zmq.SUB:
-            sock.setsockopt(zmq.SUBSCRIBE, kw["topic"])
-        t = ZmqTransport(sock, endpoint, domain=domain, **kw)
+        sock = _new_socket(kind, endpoint, security, ctx)
+        try:
+            if kind == zmq.SUB:
+                sock.setsockopt(zmq.SUBSCRIBE, kw["topic"])
+            t = ZmqTransport(sock, endpoint, ctx, **kw)
+        except BaseException:
+            sock.close(0)
+            raise
     except BaseException:
-        sock.close(0)
-        _ZAP.unregister(domain)
+        if own:
+            ctx.acquire().release()  # terminates it
         raise
     try:
         if bind:
@@ -734,7 +817,15 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Ask the listener for a PAIR socket of our own, connect to it, and wait for the handshake."""
     what = f"connecting to {endpoint}"
     hs = _handshake_deadline(endpoint, deadline)
-    ask = _open(zmq.DEALER, endpoint, False)
+    ctx = _context_for(_Security(endpoint, server=False)).acquire()  # one for the question and the pair
+    try:
+        return _connect(endpoint, ctx, hs, what)
+    finally:
+        ctx.release()
+
+
+def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> Transport:
+    ask = _open(zmq.DEALER, endpoint, False, ctx)
     try:
         _await_handshake(ask, hs, what)
         sock = ask._live()
@@ -753,7 +844,7 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     else:
         target = Endpoint(endpoint.scheme, f"{endpoint.address.rpartition(':')[0]}:{int(where)}",
                           endpoint.options)
-    t = _open(zmq.PAIR, target, False, pair=True, peer=Peer(address=endpoint.address))
+    t = _open(zmq.PAIR, target, False, ctx, pair=True, peer=Peer(address=endpoint.address))
     try:
         _await_handshake(t, hs, what)
     except BaseException:
@@ -771,14 +862,18 @@ class ZmqListener:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._security = _Security(endpoint, server=True)
-        sock, self._domain = _new_socket(zmq.ROUTER, endpoint, self._security)
+        self._ctx = _context_for(self._security).acquire()  # shared with the accepted channels
         try:
-            self._bound = _bind(sock, _zmq_url(endpoint), endpoint)
-            self._ipc_file = _ipc_file(self._bound)
-            self._ready = _Readiness(sock)
+            sock = _new_socket(zmq.ROUTER, endpoint, self._security, self._ctx)
+            try:
+                self._bound = _bind(sock, _zmq_url(endpoint), endpoint)
+                self._ipc_file = _ipc_file(self._bound)
+                self._ready = _Readiness(sock)
+            except BaseException:
+                sock.close(0)
+                raise
         except BaseException:
-            sock.close(0)
-            _ZAP.unregister(self._domain)
+            self._ctx.release()
             raise
         self._sock: zmq.Socket[Any] | None = sock
         self._pid = os.getpid()
@@ -787,7 +882,7 @@ class ZmqListener:
 
     @property
     def refused(self) -> int:
-        return _ZAP.refused.get(self._domain or "", 0)
+        return self._ctx.refused
 
     def fileno(self) -> int:
         return self._ready.fileno()
@@ -823,7 +918,7 @@ class ZmqListener:
             per_peer = Endpoint(ep.scheme, f"{ep.address}.{self._n}", ep.options)
         else:
             per_peer = Endpoint(ep.scheme, f"{ep.address.rpartition(':')[0]}:0", ep.options)
-        t = _open(zmq.PAIR, per_peer, True, pair=True, peer=Peer(address=address))
+        t = _open(zmq.PAIR, per_peer, True, self._ctx, pair=True, peer=Peer(address=address))
         try:
             bound = _last_endpoint(t._live())
             where = bound[len("ipc://"):] if ep.scheme == "zmq+ipc" else bound.rpartition(":")[2]
@@ -847,7 +942,7 @@ class ZmqListener:
         if os.getpid() == self._pid:
             sock.close(0)
             _remove_ipc_file(self._ipc_file)
-            _ZAP.unregister(self._domain)
+            self._ctx.release()
 
 
 def listen(endpoint: Endpoint) -> ZmqListener:
