@@ -54,6 +54,14 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "proj_id": st.integers(0, 255),
     "recv_buffer": _pos,
     "handshake_timeout": st.floats(0, 1e6, allow_nan=False),
+    "curve_keys": _abs_path,
+    "curve_server": _abs_path,
+    "curve_clients": _abs_path,
+    "role": st.sampled_from(["push", "pull"]),
+    "topic": st.text(st.characters(blacklist_categories=("Cs",))),
+    "hwm": st.integers(0, 2**31),
+    "heartbeat": st.floats(0, 1e6, allow_nan=False),
+    "linger": st.floats(0, 1e6, allow_nan=False),
 }
 
 

@@ -10,7 +10,7 @@ an exact name wins over a pattern::
     command     __main__ _cli _cli.* _bench _bench.*
     checks      testing _child _conformance _conformance.*
     facade      ipcraft aio inventory limits
-    channels    _connect _channel _zerocopy
+    channels    _connect _channel _zerocopy _relay
     transports  _transports.*
     seam        _transports _transports._contract _transports._framed _transports._io
     rings       _rings _rings.*
@@ -24,8 +24,8 @@ an exact name wins over a pattern::
 * **facade**: ``connect``/``listen``/``queue``/``pipe`` (this file), mirrored by ``ipcraft.aio``;
   ``ipcraft.inventory`` and ``ipcraft.limits``.
 * **channels**: Channel, Queue and Listener: serializers on top of one message port per channel, one
-  send path and one receive path; ``send_view``/``recv_view``.
-* **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe).
+  send path and one receive path; ``send_view``/``recv_view``; ``relay`` between two of them.
+* **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe, zeromq).
 * **seam**: the typed contract between channels and transports (ByteStream, MessagePort, Message, the
   capability protocols), the framing adapter, and fd byte streams.
 * **rings**: the two shared-memory ring engines over ``_native`` (SPSC for shm://, MPMC for ring://

@@ -49,7 +49,7 @@ import errno
 import os
 import select
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,8 @@ from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import deadline_after, remaining
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, InvalidEndpoint, PeerVanished, Timeout
-from . import Transport
+from . import framed, unframe
+from ._contract import Message, Transport
 
 #: What a client sends to a listener's ROUTER to ask for its own PAIR socket.
 HELLO = b"ipcraft-zmq/1"
@@ -531,15 +532,19 @@ class ZmqTransport(Transport):
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, *,
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, *,
                      topic: str | bytes | None = None) -> None:
-        sock = self._live()
-        if not self._can_send:
-            raise self._unsupported("send")
+        """Send one message (one frame: ipcraft's header and the payload; a publisher's topic frame
+        first), waiting for room until ``deadline``; Timeout with nothing sent."""
         if topic is not None and self._topic is None:
             raise TypeError(f"{self._endpoint}: topic= is for publishers only")
         head = self._topic if topic is None else (topic.encode() if isinstance(topic, str) else bytes(topic))
-        data = b"".join(parts)
+        self._send_raw(b"".join(framed(sid, payload)), head, deadline)
+
+    def _send_raw(self, data: bytes, head: bytes | None, deadline: float | None) -> None:
+        sock = self._live()
+        if not self._can_send:
+            raise self._unsupported("send")
         copy = len(data) < _ZERO_COPY_FROM
         try:
             while True:
@@ -568,7 +573,12 @@ class ZmqTransport(Transport):
             if self._exposed:
                 self._refresh()
 
-    def recv_message(self, deadline: float | None) -> bytes:
+    def recv_message(self, deadline: float | None) -> Message:
+        """Receive one message (ChannelClosed at a pair's end of stream, PeerVanished when the peer
+        dropped); a frame without ipcraft's header is a ProtocolError, and the port stays usable."""
+        return unframe(self._recv_raw(deadline), self.last_meta)
+
+    def _recv_raw(self, deadline: float | None) -> bytes:
         sock = self._live()
         if not self._can_recv:
             raise self._unsupported("receive")
@@ -756,8 +766,7 @@ class ZmqPublisherPort:
         self.limit_source = "this publisher's max_message_size"
 
     def send(self, sid: int, payload: Any, deadline: float | None) -> None:
-        mv = memoryview(payload).cast("B")
-        self._t.send_message([header(sid, mv.nbytes), mv], deadline)
+        self._t.send_message(sid, memoryview(payload).cast("B"), deadline)
 
     def loan(self, n: int, deadline: float | None) -> memoryview:
         raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers; use send_bytes")
@@ -789,7 +798,7 @@ class ZmqSubscriberPort:
         return self._t.last_meta
 
     def recv(self, deadline: float | None) -> memoryview:
-        return memoryview(self._t.recv_message(deadline))
+        return memoryview(self._t._recv_raw(deadline))
 
     def borrow(self, deadline: float | None) -> tuple[memoryview, int]:
         raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers; use recv_bytes_into")
