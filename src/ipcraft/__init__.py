@@ -10,7 +10,7 @@ an exact name wins over a pattern::
     command     __main__ _cli _cli.* _bench _bench.*
     checks      testing _child _conformance _conformance.*
     facade      ipcraft aio inventory limits
-    channels    _connect _channel _zerocopy _relay
+    channels    _connect _channel _zerocopy _relay _zmq_pubsub
     transports  _transports.*
     seam        _transports _transports._contract _transports._framed _transports._io
     rings       _rings _rings.*
@@ -50,6 +50,10 @@ from ._endpoint import Endpoint as Endpoint
 from ._peer import Peer as Peer
 from ._relay import relay as relay
 from ._version import __version__ as __version__
+from ._zmq_pubsub import Publisher as Publisher
+from ._zmq_pubsub import Subscriber as Subscriber
+from ._zmq_pubsub import publish as publish
+from ._zmq_pubsub import subscribe as subscribe
 from .errors import (
     AuthenticationError as AuthenticationError,
 )
@@ -96,8 +100,8 @@ from .serializers import RAW as RAW
 from .serializers import Serializer as Serializer
 
 __all__ = (
-    "connect", "listen", "queue", "pipe", "relay",
-    "Channel", "Listener", "Queue", "Endpoint", "Peer",
+    "connect", "listen", "queue", "pipe", "relay", "publish", "subscribe",
+    "Channel", "Listener", "Queue", "Publisher", "Subscriber", "Endpoint", "Peer",
     "Serializer", "RAW", "JSON", "MSGPACK", "PICKLE",
     "IPCError", "ChannelClosed", "PeerVanished", "HandleClosed", "Timeout", "Busy", "MessageTooLarge",
     "BufferTooSmall", "OwnerDied", "ProtocolError", "AuthenticationError", "InvalidEndpoint", "LimitExceeded",
@@ -108,7 +112,7 @@ __all__ = (
 def _fixup_module_metadata() -> None:
     """Make tracebacks, reprs and pickles say ipcraft.Channel, not ipcraft._channel.Channel (trio)."""
     for name in ("Channel", "Listener", "Queue", "Endpoint", "Peer", "connect", "listen", "queue", "pipe",
-                 "relay"):
+                 "relay", "Publisher", "Subscriber", "publish", "subscribe"):
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("ipcraft._"):
             obj.__module__ = __name__

@@ -279,6 +279,103 @@ def test_aio_receive_wakes_when_a_message_arrives_and_send_waits_for_a_peer() ->
     asyncio.run(main())
 
 
+# -- publish/subscribe ------------------------------------------------------------------------------------
+
+def _subscriber(url: str, topic: str, ready: int) -> list[Any]:
+    got = []
+    with ipcraft.subscribe(url, topic=topic, **INSECURE) as sub:
+        while True:
+            msg = sub.recv(timeout=30)
+            if msg == "probe":  # the publisher probes until every subscription has reached it
+                if ready >= 0:
+                    os.write(ready, b"1")
+                    os.close(ready)
+                    ready = -1
+                continue
+            if msg == "end":
+                return got
+            assert sub.last_meta["topic"].decode().startswith(topic)
+            got.append(msg)
+
+
+@pytest.mark.timeout(60)
+def test_publish_subscribe_three_subscribers_with_a_topic_filter() -> None:
+    """Two subscriber processes take topic prefix "a." and one "b."; 600 messages on a.x, b.y and c.z
+    reach exactly the matching subscribers, each in order and intact; c.z reaches nobody."""
+    with ipcraft.publish(LOCAL, **INSECURE) as pub:
+        url = _plain_url(pub.endpoint)
+        pipes = [os.pipe() for _ in range(3)]
+        subs = [Child(_subscriber, url, topic, w) for topic, (_, w) in zip(["a.", "a.", "b."], pipes, strict=True)]
+        pending = []
+        for r, w in pipes:
+            os.close(w)
+            pending.append(r)
+        deadline = time.monotonic() + 20
+        while pending:
+            assert time.monotonic() < deadline, "the subscriptions never reached the publisher"
+            for topic in ("a.probe", "b.probe"):
+                pub.send("probe", topic=topic)
+            for r in select.select(pending, [], [], 0.05)[0]:
+                assert os.read(r, 1) == b"1"
+                os.close(r)
+                pending.remove(r)
+        sent: dict[str, list[Any]] = {"a.x": [], "b.y": [], "c.z": []}
+        for i in range(600):
+            topic = ("a.x", "b.y", "c.z")[i % 3]
+            msg = {"i": i, "crc": zlib.crc32(str(i).encode())}
+            sent[topic].append(msg)
+            pub.send(msg, topic=topic, timeout=10)
+        for topic in ("a.end", "b.end"):
+            pub.send("end", topic=topic)
+        got = [c.result(30) for c in subs]
+    assert got[0] == got[1] == sent["a.x"]
+    assert got[2] == sent["b.y"]
+
+
+def test_publisher_and_subscriber_refuse_the_other_direction_and_other_schemes() -> None:
+    """A subscriber cannot send nor a publisher receive (io.UnsupportedOperation); publish() of a
+    scheme without publish/subscribe is InvalidEndpoint."""
+    import io
+
+    with ipcraft.publish(LOCAL, **INSECURE) as pub, \
+            ipcraft.subscribe(_plain_url(pub.endpoint), **INSECURE) as sub:
+        with pytest.raises(io.UnsupportedOperation):
+            sub.send(1)
+        with pytest.raises(io.UnsupportedOperation):
+            pub.recv(timeout=0)
+        with pytest.raises(Timeout):
+            sub.recv(timeout=0.05)
+    with pytest.raises(InvalidEndpoint, match="publish"):
+        ipcraft.publish("mq://nothing")
+
+
+def test_ports_for_the_generic_publisher_and_subscriber() -> None:
+    """The PUB/SUB ports (the interface a generic Publisher/Subscriber drives) carry framed
+    messages with their serializer id between real sockets, filtered by topic."""
+    from ipcraft._framing import check_message_header
+    from ipcraft._transports.zeromq import ZmqPublisherPort, ZmqSubscriberPort
+
+    pub = ZmqPublisherPort(ipcraft.Endpoint.parse(LOCAL, topic="t.1", **INSECURE))
+    url = _plain_url(pub.endpoint)
+    sub = ZmqSubscriberPort(ipcraft.Endpoint.parse(url, topic="t", **INSECURE))
+    other = ZmqSubscriberPort(ipcraft.Endpoint.parse(url, topic="u", **INSECURE))
+    try:
+        deadline = time.monotonic() + 10
+        while not sub.wait_readable(time.monotonic() + 0.05):
+            assert time.monotonic() < deadline
+            pub.send(0, b"warm", None)
+        while sub.wait_readable(time.monotonic()):
+            sub.recv(None)
+        pub.send(3, memoryview(b"payload"), None)
+        sid, payload = check_message_header(sub.recv(time.monotonic() + 10), 1 << 20)
+        assert (sid, payload.tobytes(), sub.last_meta) == (3, b"payload", {"topic": b"t.1"})
+        assert not other.wait_readable(time.monotonic() + 0.2)
+        assert sub.missed == 0 and not pub.authenticated
+    finally:
+        for port in (pub, sub, other):
+            port.close()
+
+
 # -- security ---------------------------------------------------------------------------------------------
 
 def _curve_client(url: str, opts: dict[str, Any]) -> tuple[str, Any]:

@@ -747,6 +747,16 @@ def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
     return _open(zmq.PULL if role == "pull" else zmq.PUSH, endpoint, bind)
 
 
+def open_publisher(endpoint: Endpoint, bind: bool = True) -> ZmqTransport:
+    """A PUB socket; each message carries the topic (``topic=``, default empty) in a first frame."""
+    return _open(zmq.PUB, endpoint, bind, topic=_topic(endpoint))
+
+
+def open_subscriber(endpoint: Endpoint, bind: bool = False) -> ZmqTransport:
+    """A SUB socket subscribed to the topics that start with ``topic=`` (default: every topic)."""
+    return _open(zmq.SUB, endpoint, bind, topic=_topic(endpoint))
+
+
 def _topic(endpoint: Endpoint) -> bytes:
     return str(endpoint.options.get("topic", "")).encode()
 
@@ -759,7 +769,7 @@ class ZmqPublisherPort:
     """
 
     def __init__(self, endpoint: Endpoint, create: bool | str = True) -> None:
-        self._t = _open(zmq.PUB, endpoint, create is not False, topic=_topic(endpoint))
+        self._t = open_publisher(endpoint, create is not False)
         self.endpoint: Endpoint = getattr(self._t, "endpoint", endpoint)
         self.authenticated = self._t.authenticated
         self.max_payload = endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE) + HEADER_SIZE
@@ -789,7 +799,7 @@ class ZmqSubscriberPort:
     missed = 0
 
     def __init__(self, endpoint: Endpoint, create: bool | str = False) -> None:
-        self._t = _open(zmq.SUB, endpoint, create is not False, topic=_topic(endpoint))
+        self._t = open_subscriber(endpoint, create is not False)
         self.endpoint: Endpoint = getattr(self._t, "endpoint", endpoint)
         self.authenticated = self._t.authenticated
 
@@ -959,4 +969,5 @@ def listen(endpoint: Endpoint) -> ZmqListener:
 
 
 __all__ = ("HELLO", "ZmqListener", "ZmqTransport", "connect", "generate_keypair", "has_curve", "listen",
-           "open_queue", "ZmqPublisherPort", "ZmqSubscriberPort")
+           "open_publisher", "open_queue", "open_subscriber",
+           "ZmqPublisherPort", "ZmqSubscriberPort")
