@@ -967,7 +967,3 @@ class ZmqListener:
 def listen(endpoint: Endpoint) -> ZmqListener:
     return ZmqListener(endpoint)
 
-
-__all__ = ("HELLO", "ZmqListener", "ZmqTransport", "connect", "generate_keypair", "has_curve", "listen",
-           "open_publisher", "open_queue", "open_subscriber",
-           "ZmqPublisherPort", "ZmqSubscriberPort")
