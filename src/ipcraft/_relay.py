@@ -17,9 +17,9 @@ Decisions:
 * **A clean end.**  One thread per direction, each receiving with a short timeout so that it notices
   when the other direction ended.  The relay returns when either side's peer closes (ChannelClosed,
   PeerVanished) or ``stop`` is set; any other error is re-raised in the caller once both threads ended.
-* **Directions.**  Messages move from ``a`` to ``b``, and back from ``b`` to ``a`` unless
-  ``one_way=True`` or either side is a queue (a queue has no sides: the relay would read back what it
-  wrote), or a side cannot do it (a publisher only sends, a subscriber only receives).
+* **Directions.**  Messages move from ``a`` to ``b``, and back from ``b`` to ``a`` only when both are
+  channels and ``one_way`` is False: a queue has no sides (the relay would read back what it wrote),
+  a publisher only sends and a subscriber only receives.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._channel import Queue
+from ._channel import Channel
+from ._zmq_pubsub import Publisher, Subscriber
 from .errors import ChannelClosed, Timeout
 
 __all__ = ("relay",)
@@ -50,7 +51,7 @@ def relay(a: Any, b: Any, *, one_way: bool = False, stop: threading.Event | None
     .. versionadded:: 0.2
     """
     stop = stop or threading.Event()
-    both = not (one_way or isinstance(a, Queue) or isinstance(b, Queue))
+    both = not one_way and isinstance(a, Channel) and isinstance(b, Channel)
     moves = [(a, b)] if _can_recv(a) and _can_send(b) else []
     if both and _can_recv(b) and _can_send(a):
         moves.append((b, a))
@@ -76,11 +77,11 @@ def relay(a: Any, b: Any, *, one_way: bool = False, stop: threading.Event | None
 
 
 def _can_recv(h: Any) -> bool:
-    return hasattr(h, "_recv_frame") or hasattr(h, "_next")
+    return (hasattr(h, "_recv_frame") or hasattr(h, "_next")) and not isinstance(h, Publisher)
 
 
 def _can_send(h: Any) -> bool:
-    return hasattr(h, "_send_frame") or hasattr(h, "_publish")
+    return (hasattr(h, "_send_frame") or hasattr(h, "_publish")) and not isinstance(h, Subscriber)
 
 
 def _take(src: Any, timeout: float) -> tuple[int, memoryview]:

@@ -617,3 +617,97 @@ def test_without_pyzmq_the_error_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "pip install 'ipcraft[zmq]'" in out.stdout, out.stderr
 
+
+
+# -- relay: the other combinations, and the command --------------------------------------------------------
+
+def _pull_n(url: str, n: int) -> list[int]:
+    with ipcraft.queue(url, role="pull", **INSECURE) as q:
+        return [q.recv(timeout=30) for _ in range(n)]
+
+
+@pytest.mark.timeout(60)
+def test_relay_a_local_queue_to_the_network_and_a_broadcast_into_a_local_ring() -> None:
+    """ring:// -> relay -> a bound zmq PUSH -> a consumer process (the local queue exposed); then a zmq
+    subscriber -> relay -> ring:// (a remote broadcast fed into a local ring), ended by ``stop``."""
+    name = ipcraft.testing.unique_name("zq")
+    with ipcraft.queue(f"ring://{name}", create=True) as ring, \
+            ipcraft.queue(LOCAL, create=True, role="push", **INSECURE) as push:
+        consumer = Child(_pull_n, _plain_url(push.endpoint), 500)
+        for i in range(500):
+            ring.send(i)
+        stop = threading.Event()
+        result: list[Any] = []
+        relay = threading.Thread(target=lambda: result.append(ipcraft.relay(ring, push, stop=stop)))
+        relay.start()
+        assert consumer.result(30) == list(range(500))
+        stop.set()
+        relay.join(10)
+        assert result == [(500, 0)]
+
+        with ipcraft.publish(LOCAL, **INSECURE) as pub, \
+                ipcraft.subscribe(_plain_url(pub.endpoint), **INSECURE) as sub:
+            stop = threading.Event()
+            relay = threading.Thread(target=lambda: result.append(ipcraft.relay(sub, ring, stop=stop)))
+            relay.start()
+            deadline = time.monotonic() + 10
+            while not ring.poll(0.05):  # until the subscription has reached the publisher
+                assert time.monotonic() < deadline
+                pub.send("warm")
+            while ring.poll(0):
+                assert ring.recv(timeout=1) == "warm"
+            for i in range(100):
+                pub.send(i)
+            assert [ring.recv(timeout=10) for _ in range(100)] == list(range(100))
+            stop.set()
+            relay.join(10)
+            assert not relay.is_alive() and result[1][1] == 0
+
+
+def test_relay_refuses_directions_that_cannot_exist() -> None:
+    """Two publishers have no direction: ValueError before any thread starts."""
+    with ipcraft.publish(LOCAL, **INSECURE) as p1, ipcraft.publish(LOCAL, **INSECURE) as p2:
+        with pytest.raises(ValueError, match="cannot move"):
+            ipcraft.relay(p1, p2)
+
+
+@pytest.mark.timeout(60)
+def test_relay_command_shm_to_zmq_and_keygen(tmp_path: Path) -> None:
+    """`ipcraft relay listen:shm://... listen:zmq+tcp://...` carries messages from a shm:// client to a
+    zmq client and ends when the shm side closes; `ipcraft keygen` writes a pair the scheme accepts."""
+    name = ipcraft.testing.unique_name("zc")
+    port = _free_port()
+    zurl = f"zmq+tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "ipcraft", "relay", "--one-way", "--timeout", "30",
+                             f"listen:shm://{name}", f"listen:{zurl}?insecure=true"])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                src = ipcraft.connect(f"shm://{name}", timeout=10)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with src, ipcraft.connect(zurl, timeout=20, **INSECURE) as dst:
+            for i in range(1000):
+                src.send({"i": i})
+            assert [dst.recv(timeout=10)["i"] for _ in range(1000)] == list(range(1000))
+            src.close()
+            with pytest.raises(ChannelClosed):
+                dst.recv(timeout=10)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    out = subprocess.run([sys.executable, "-m", "ipcraft", "keygen", "node", "--dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "node.key_secret").stat().st_mode & 0o077 == 0
+    if zmq.has("curve"):
+        with ipcraft.queue(LOCAL, create=True, curve_keys=str(tmp_path / "node.key_secret"),
+                           curve_clients=str(tmp_path / "node.key")) as q:
+            assert q.authenticated
+    again = subprocess.run([sys.executable, "-m", "ipcraft", "keygen", "node", "--dir", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "not overwriting" in again.stderr
