@@ -143,6 +143,31 @@ def test_each_client_is_its_own_channel() -> None:
     assert child.result(30) == [10, 11, 12] and answers == [20, 22, 24]
 
 
+def _echo_all(url: str) -> int:
+    n = 0
+    with ipcraft.connect(url, timeout=10, **INSECURE) as ch:
+        for msg in ch:
+            ch.send_bytes(msg)
+            n += 1
+    return n
+
+
+@pytest.mark.timeout(60)
+def test_one_channel_sends_in_one_thread_while_another_receives() -> None:
+    """ZeroMQ sockets are not thread-safe; a channel is: one thread sends 20,000 messages while another
+    receives their echoes from a child process, concurrently on the same channel, all in order."""
+    n = 20_000
+    with ipcraft.listen(LOCAL, **INSECURE) as listener:
+        child = Child(_echo_all, _plain_url(listener.endpoint))
+        with listener.accept(timeout=10) as ch:
+            sender = threading.Thread(target=lambda: [ch.send_bytes(i.to_bytes(4, "little")) for i in range(n)])
+            sender.start()
+            got = [int.from_bytes(ch.recv_bytes(timeout=20), "little") for _ in range(n)]
+            sender.join(20)
+        assert got == list(range(n))
+        assert child.result(30) == n
+
+
 # -- work queue ------------------------------------------------------------------------------------------
 
 def _consumer(url: str) -> dict[int, int]:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -408,26 +409,29 @@ class ZmqTransport(Transport):
         except BaseException:
             self._mon.close(0)
             raise
-        self._pollers: dict[int, zmq.Poller] = {}
-        for event in (zmq.POLLIN, zmq.POLLOUT):
-            poller = self._pollers[event] = zmq.Poller()
-            poller.register(sock, event)
-            poller.register(self._mon, zmq.POLLIN)
-        self._exposed = False  # fileno() was handed out: keep its eventfd exact after every operation
+        # A ZeroMQ socket must not be used by two threads at once; a channel may send in one thread
+        # and receive in another, so every socket call holds this lock, and waits happen outside it.
+        self._lock = threading.Lock()
+        self._waiters = 0  # threads waiting for a message: whoever touches the socket keeps the eventfd exact
+        self._exposed = False  # fileno() was handed out: the same
+        self._room = select.poll()  # a sender waits on ZeroMQ's FD and the monitor's, not the eventfd
+        self._room.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
+        self._room.register(int(self._mon.getsockopt(zmq.FD)), select.POLLIN)
         self._next_check = 0.0
-        self._timeouts: dict[int, int] = {}
 
     # -- facts ------------------------------------------------------------------------------------------
 
     def fileno(self) -> int:
-        self._live()
-        self._exposed = True
-        self._refresh()
-        return self._ready.fileno()
+        with self._lock:
+            self._live()
+            self._exposed = True
+            self._refresh()
+            return self._ready.fileno()
 
     def extra(self) -> dict[str, Any]:
-        sock = self._live()
-        self._drain_monitor()
+        with self._lock:
+            sock = self._live()
+            self._drain_monitor()
         return {"zmq_socket": sock, "zmq_type": zmq.SocketType(int(sock.type)).name, "peers": self._peers,
                 "last_endpoint": _last_endpoint(sock)}
 
@@ -441,12 +445,8 @@ class ZmqTransport(Transport):
     def _drain_monitor(self) -> None:
         mon = self._mon
         assert mon is not None
-        while True:
-            try:
-                ev = recv_monitor_message(mon, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            e = ev["event"]
+        while _events(mon) & zmq.POLLIN:  # cheaper than a receive that fails (a pyzmq exception)
+            e = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
             if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._peers += 1
                 self._had_peer = True
@@ -457,78 +457,97 @@ class ZmqTransport(Transport):
                     self._vanished = True
 
     def _refresh(self) -> None:
-        """After any operation: the eventfd says whether a message is ready (edge-triggered FD)."""
+        """After an operation (lock held): the eventfd says whether a message is ready, for select()
+        users and waiting threads (ZeroMQ's own FD is edge-triggered: an operation may consume its
+        signal while a message stays queued)."""
         sock = self._sock
         if sock is not None:
             self._ready.update(bool(_events(sock) & zmq.POLLIN) or self._eof)
 
-    def _wait(self, sock: zmq.Socket[Any], event: int, deadline: float | None) -> bool:
-        """Wait until ``sock`` has ``event`` (level-triggered zmq_poll), the peer vanished, or the
-        deadline passed (False)."""
-        poll = self._pollers[event].poll
-        try:
-            while True:
-                self._drain_monitor()
-                if _events(sock) & event or self._ended(event):
-                    return True
-                left = remaining(deadline)
-                if left == 0:
-                    return False
-                poll(None if left is None else max(1, int(left * 1000)))
-        finally:
+    def _after(self) -> None:
+        if self._exposed or self._waiters:
             self._refresh()
 
+    def _sleep(self, poller: Any, deadline: float | None) -> None:
+        """Wait outside the lock, at most one slice, for something to change."""
+        left = remaining(deadline)
+        ms = _SLICE_MS if left is None else min(_SLICE_MS, max(1, int(left * 1000)))
+        poller.poll(ms)
+
+    def _wait_message(self, deadline: float | None) -> bool:
+        """Whether a message (or the end) is ready, waiting until ``deadline``."""
+        ready = select.poll()
+        ready.register(self._ready.fileno(), select.POLLIN)
+        while True:
+            with self._lock:
+                sock = self._live()
+                self._drain_monitor()
+                self._refresh()
+                if self._eof or _events(sock) & zmq.POLLIN or self._ended(zmq.POLLIN):
+                    return True
+                if remaining(deadline) == 0:
+                    return False
+                self._waiters += 1
+            try:
+                self._sleep(ready, deadline)
+            finally:
+                with self._lock:
+                    self._waiters -= 1
+
     def fast_path(self) -> tuple[Any, Any]:
-        """``(try_send, None)`` for Channel's fast path: one non-blocking ZeroMQ send that gives up
-        (False, nothing sent) when the socket would block or the peer is gone, so that the general path
-        waits and reports.  There is no fast receive: in pyzmq a receive that finds nothing costs an
-        exception, more than the general path's receive that blocks inside libzmq."""
-        if self._topic is not None or not self._can_send:
+        """``(try_send, try_recv)`` for Channel's fast path: one ZeroMQ call each that never blocks and
+        gives up (False / None, nothing sent or taken) when the socket would block, the peer is gone or
+        the stream ended, so that the general path waits and reports."""
+        if self._topic is not None:
             return None, None
-        send, noblock, limit, big = self._live().send, zmq.NOBLOCK, self._send_limit(), _ZERO_COPY_FROM
+        sock = self._live()
+        send, recv, noblock, limit, big = sock.send, sock.recv, zmq.NOBLOCK, self._send_limit(), _ZERO_COPY_FROM
+        lock, pair = self._lock, self._pair
 
         def try_send(data: Any, sid: int = 0) -> bool:
             n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
-            if n > limit or (self._pair and (self._eof or self._peer_gone())):
+            if n > limit:
                 return False
-            try:
-                if n < big:
-                    send(header(sid, n) + data, noblock)
-                else:
-                    send(b"".join((header(sid, n), data)), noblock, copy=False)
-            except zmq.ZMQError:
-                return False
-            if self._exposed:
-                self._refresh()
+            frame = header(sid, n) + data if n < big else b"".join((header(sid, n), data))
+            with lock:
+                if self._sock is None or (pair and (self._eof or self._peer_gone())):
+                    return False
+                try:
+                    send(frame, noblock, copy=n < big)
+                except zmq.ZMQError:
+                    return False
+                self._after()
             return True
 
-        return try_send, None
+        def try_recv() -> bytes | None:
+            with lock:
+                if self._sock is None or self._eof or not _events(sock) & zmq.POLLIN:
+                    return None
+                data = recv(noblock)
+                self._after()
+                if not data and pair:
+                    self._eof = True  # the peer's close: answer it and let the general path say so
+                    self._answer_bye(sock)
+                    return None
+            return unframe(data).payload.tobytes()
+
+        return (try_send if self._can_send else None), (try_recv if self._can_recv else None)
 
     def _send_limit(self) -> int:
         return int(self._endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
 
     def _peer_gone(self) -> bool:
-        """A pair's peer vanished, from the monitor read at most every _CHECK_S (reading it costs)."""
+        """A pair's peer vanished, from the monitor read at most every _CHECK_S (lock held)."""
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + _CHECK_S
             self._drain_monitor()
         return self._vanished
 
-    def _timeout(self, sock: zmq.Socket[Any], option: int, deadline: float | None) -> None:
-        """Set RCVTIMEO/SNDTIMEO to the next slice of the wait: at most _SLICE_MS, so that the monitor
-        is read between slices; 0 (do not wait) once the deadline passed."""
-        left = remaining(deadline)
-        ms = _SLICE_MS if left is None else min(_SLICE_MS, max(1, int(left * 1000)) if left > 0 else 0)
-        if self._timeouts.get(option) != ms:
-            sock.setsockopt(option, ms)
-            self._timeouts[option] = ms
-
     def wait_readable(self, deadline: float | None) -> bool:
-        sock = self._live()
         if not self._can_recv:
             raise self._unsupported("receive")
-        return self._eof or self._wait(sock, zmq.POLLIN, deadline)
+        return self._wait_message(deadline)
 
     # -- data -------------------------------------------------------------------------------------------
 
@@ -542,36 +561,35 @@ class ZmqTransport(Transport):
         self._send_raw(b"".join(framed(sid, payload)), head, deadline)
 
     def _send_raw(self, data: bytes, head: bytes | None, deadline: float | None) -> None:
-        sock = self._live()
         if not self._can_send:
             raise self._unsupported("send")
         copy = len(data) < _ZERO_COPY_FROM
-        try:
-            while True:
+        while True:
+            with self._lock:
+                sock = self._live()
                 if self._pair and self._eof:
                     raise ChannelClosed(f"sending to {self._endpoint}: the peer closed")
                 if self._pair and self._peer_gone():
                     raise self._gone("sending to")
-                self._timeout(sock, zmq.SNDTIMEO, deadline)
                 try:
                     if head is not None:
-                        sock.send_multipart((head, data), copy=copy)
+                        sock.send_multipart((head, data), zmq.NOBLOCK, copy=copy)
                     else:
-                        sock.send(data, 0, copy=copy)
+                        sock.send(data, zmq.NOBLOCK, copy=copy)
+                    self._after()
                     return
                 except zmq.Again:
                     pass
+                except zmq.ZMQError as exc:
+                    raise os_error(exc.errno or errno.EIO, f"sending to {self._endpoint}") from exc
                 self._drain_monitor()
+                self._after()
                 if self._ended(zmq.POLLOUT):
                     raise self._gone("sending to")
                 if remaining(deadline) == 0:
                     raise Timeout(f"sending to {self._endpoint}: no room (the peer's high-water mark, or no "
                                   "peer connected) before the timeout; nothing was sent")
-        except zmq.ZMQError as exc:
-            raise os_error(exc.errno or errno.EIO, f"sending to {self._endpoint}") from exc
-        finally:
-            if self._exposed:
-                self._refresh()
+            self._sleep(self._room, deadline)
 
     def recv_message(self, deadline: float | None) -> Message:
         """Receive one message (ChannelClosed at a pair's end of stream, PeerVanished when the peer
@@ -579,41 +597,41 @@ class ZmqTransport(Transport):
         return unframe(self._recv_raw(deadline), self.last_meta)
 
     def _recv_raw(self, deadline: float | None) -> bytes:
-        sock = self._live()
         if not self._can_recv:
             raise self._unsupported("receive")
-        if self._eof:
-            raise ChannelClosed(f"the peer closed {self._endpoint}")
-        try:
-            while True:
-                self._timeout(sock, zmq.RCVTIMEO, deadline)
-                try:
-                    if self._topic is not None:
-                        topic, data = sock.recv_multipart()[-2:]
-                        self.last_meta = {"topic": topic}
-                    else:
-                        data = sock.recv()
-                except zmq.Again:
-                    self._drain_monitor()
-                    if self._ended(zmq.POLLIN):
-                        raise self._gone("receiving from") from None
-                    if remaining(deadline) == 0:
-                        raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the "
-                                      "timeout") from None
-                    continue
-                if data == _BYE and self._pair:
-                    self._eof = True
-                    try:
-                        sock.send(_BYE, zmq.NOBLOCK)  # the peer's close() waits for this answer
-                    except zmq.ZMQError:
-                        pass
+        while True:
+            with self._lock:
+                sock = self._live()
+                if self._eof:
                     raise ChannelClosed(f"the peer closed {self._endpoint}")
-                return data
-        except zmq.ZMQError as exc:
-            raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
-        finally:
-            if self._exposed:
-                self._refresh()
+                if _events(sock) & zmq.POLLIN:  # the receive below cannot fail for want of a message
+                    try:
+                        if self._topic is not None:
+                            topic, data = sock.recv_multipart(zmq.NOBLOCK)[-2:]
+                            self.last_meta = {"topic": topic}
+                        else:
+                            data = sock.recv(zmq.NOBLOCK)
+                    except zmq.ZMQError as exc:
+                        raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
+                    finally:
+                        self._after()
+                    if data == _BYE and self._pair:
+                        self._eof = True
+                        self._answer_bye(sock)
+                        raise ChannelClosed(f"the peer closed {self._endpoint}")
+                    return data
+            if not self._wait_message(deadline):
+                raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the timeout")
+            with self._lock:
+                if self._ended(zmq.POLLIN) and not _events(self._live()) & zmq.POLLIN:
+                    raise self._gone("receiving from")
+
+    @staticmethod
+    def _answer_bye(sock: zmq.Socket[Any]) -> None:
+        try:
+            sock.send(_BYE, zmq.NOBLOCK)  # the peer's close() waits for this answer
+        except zmq.ZMQError:
+            pass
 
     def _ended(self, event: int) -> bool:
         """Whether waiting for ``event`` is pointless: a pair's peer is gone, or every receiver of a
@@ -633,46 +651,45 @@ class ZmqTransport(Transport):
     # -- end ---------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
+        """Close the socket (a pair first says goodbye, see _goodbye); a thread waiting on it gets
+        HandleClosed.  In a forked child, only this process's descriptors are closed."""
+        if self._sock is None:
             return
-        self._ready.close()
         if os.getpid() != self._pid:
-            self._mon = None
+            self._sock = self._mon = None
+            self._ready.close()
             return  # a forked child's copy: the parent's context and sockets are not ours to touch
         linger = _CLOSE_LINGER_MS if self._can_send else 0  # deliver what is queued, up to a second
-        if self._pair and not self._eof and not self._vanished and self._goodbye(sock):
+        if self._pair and not self._eof and not self._vanished and self._goodbye():
             linger = 0  # the peer received everything
-        mon, self._mon = self._mon, None
-        try:
-            sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        if mon is not None:
-            mon.close(0)
-        sock.close(linger)
+        with self._lock:
+            sock, self._sock = self._sock, None
+            if sock is None:
+                return
+            mon, self._mon = self._mon, None
+            self._ready.close()
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            if mon is not None:
+                mon.close(0)
+            sock.close(linger)
         _remove_ipc_file(self._ipc_file)
         self._ctx.release()
 
-
-    def _goodbye(self, sock: zmq.Socket[Any]) -> bool:
+    def _goodbye(self) -> bool:
         """Send the end-of-stream frame and wait (up to ``linger=`` seconds) for the peer's, which it
         sends when it reads ours, or sends first when it closes too: then the peer has received every
         message sent before, even if this process exits at once.  Messages still arriving are discarded."""
         deadline = deadline_after(self._endpoint.options.get("linger", _DEFAULT_LINGER))
         try:
-            self._timeout(sock, zmq.SNDTIMEO, deadline)
-            sock.send(_BYE)
+            self._send_raw(_BYE, None, deadline)
             while True:
-                self._timeout(sock, zmq.RCVTIMEO, deadline)
-                try:
-                    if sock.recv() == _BYE:
-                        return True
-                except zmq.Again:
-                    self._drain_monitor()
-                    if self._vanished or remaining(deadline) == 0:
-                        return False
-        except zmq.ZMQError:
+                self._recv_raw(deadline)
+        except ChannelClosed as exc:
+            return not isinstance(exc, PeerVanished)
+        except (Timeout, OSError):
             return False
 
 
