@@ -37,6 +37,11 @@ Decisions:
   reads ZMQ_EVENTS and keeps the eventfd set exactly while a message is ready: the descriptor is then
   readable whenever a message (or the end) is ready, possibly also when none is (callers retry).  It
   never signals writability; ``fd_writable = False`` tells ipcraft.aio to retry sends on a timer.
+* **Threads.**  ZeroMQ sockets are not thread-safe and a channel may send in one thread while it
+  receives in another, so every socket call holds a per-socket lock and every wait happens outside
+  it (a sender on ZeroMQ's and the monitor's FDs, a receiver on the fileno() descriptor, in slices of
+  at most 100 ms).  A receive takes a message only when ZMQ_EVENTS says one is there: in pyzmq a
+  receive that finds nothing costs an exception, several times the price of the check.
 * **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
   is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
   ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
