@@ -269,9 +269,13 @@ def _context_for(security: _Security) -> _Context:
 
 # -- sockets -------------------------------------------------------------------------------------------
 
+#: Plain ints: pyzmq's constants are enums, whose operators cost more than the calls they guard.
+_EV, _IN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+
+
 def _events(sock: zmq.Socket[Any]) -> int:
     """ZMQ_EVENTS: POLLIN/POLLOUT now (reading it also processes ZeroMQ's pending commands)."""
-    return int(sock.getsockopt(zmq.EVENTS))
+    return sock.getsockopt(_EV)  # type: ignore[return-value]
 
 
 def _last_endpoint(sock: zmq.Socket[Any]) -> str:
@@ -365,6 +369,10 @@ class _Readiness:
     def fileno(self) -> int:
         return self._ep.fileno()
 
+    @property
+    def efd(self) -> int:
+        return self._efd
+
     def update(self, ready: bool) -> None:
         if ready and not self._set:
             os.eventfd_write(self._efd, 1)
@@ -420,6 +428,10 @@ class ZmqTransport(Transport):
         self._waiters = 0  # threads waiting for a message: whoever touches the socket keeps the eventfd exact
         self._exposed = False  # fileno() was handed out: the same
         self._room = select.poll()  # a sender waits on ZeroMQ's FD and the monitor's, not the eventfd
+        self._inbox = select.poll()  # a receiver on the same three as fileno(), told apart
+        self._mon_fd = int(self._mon.getsockopt(zmq.FD))
+        for fd in (self._ready.efd, int(sock.getsockopt(zmq.FD)), self._mon_fd):
+            self._inbox.register(fd, select.POLLIN)
         self._room.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
         self._room.register(int(self._mon.getsockopt(zmq.FD)), select.POLLIN)
         self._next_check = 0.0
@@ -450,7 +462,7 @@ class ZmqTransport(Transport):
     def _drain_monitor(self) -> None:
         mon = self._mon
         assert mon is not None
-        while _events(mon) & zmq.POLLIN:  # cheaper than a receive that fails (a pyzmq exception)
+        while _events(mon) & _IN:  # cheaper than a receive that fails (a pyzmq exception)
             e = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
             if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._peers += 1
@@ -467,37 +479,39 @@ class ZmqTransport(Transport):
         signal while a message stays queued)."""
         sock = self._sock
         if sock is not None:
-            self._ready.update(bool(_events(sock) & zmq.POLLIN) or self._eof)
+            self._ready.update(bool(_events(sock) & _IN) or self._eof)
 
     def _after(self) -> None:
         if self._exposed or self._waiters:
             self._refresh()
 
-    def _sleep(self, poller: Any, deadline: float | None) -> None:
-        """Wait outside the lock, at most one slice, for something to change."""
+    def _sleep(self, poller: Any, deadline: float | None) -> list[tuple[int, int]]:
+        """Wait outside the lock, at most one slice, for something to change; what woke it."""
         left = remaining(deadline)
         ms = _SLICE_MS if left is None else min(_SLICE_MS, max(1, int(left * 1000)))
-        poller.poll(ms)
+        return poller.poll(ms)  # type: ignore[no-any-return]
 
     def _wait_message(self, deadline: float | None) -> bool:
-        """Whether a message (or the end) is ready, waiting until ``deadline``."""
-        ready = select.poll()
-        ready.register(self._ready.fileno(), select.POLLIN)
+        """Whether a message (or the end, or a pair's vanished peer) is ready, waiting until
+        ``deadline``.  The monitor is read at most every _CHECK_S: between, a waiter whose monitor FD
+        stays readable may wake early, never late."""
         while True:
             with self._lock:
                 sock = self._live()
-                self._drain_monitor()
-                self._refresh()
-                if self._eof or _events(sock) & zmq.POLLIN or self._ended(zmq.POLLIN):
+                ready = self._eof or bool(_events(sock) & _IN)
+                self._ready.update(ready)
+                if ready or (self._peer_gone() and self._pair):
                     return True
                 if remaining(deadline) == 0:
                     return False
                 self._waiters += 1
             try:
-                self._sleep(ready, deadline)
+                woke = self._sleep(self._inbox, deadline)
             finally:
                 with self._lock:
                     self._waiters -= 1
+            if any(fd == self._mon_fd for fd, _ in woke):
+                self._next_check = 0.0  # the monitor has news: read it now
 
     def fast_path(self) -> tuple[Any, Any]:
         """``(try_send, try_recv)`` for Channel's fast path: one ZeroMQ call each that never blocks and
@@ -506,7 +520,7 @@ class ZmqTransport(Transport):
         if self._topic is not None:
             return None, None
         sock = self._live()
-        send, recv, noblock, limit, big = sock.send, sock.recv, zmq.NOBLOCK, self._send_limit(), _ZERO_COPY_FROM
+        send, recv, noblock, limit, big = sock.send, sock.recv, _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM
         lock, pair = self._lock, self._pair
 
         def try_send(data: Any, sid: int = 0) -> bool:
@@ -526,7 +540,7 @@ class ZmqTransport(Transport):
 
         def try_recv() -> bytes | None:
             with lock:
-                if self._sock is None or self._eof or not _events(sock) & zmq.POLLIN:
+                if self._sock is None or self._eof or not _events(sock) & _IN:
                     return None
                 data = recv(noblock)
                 self._after()
@@ -578,9 +592,9 @@ class ZmqTransport(Transport):
                     raise self._gone("sending to")
                 try:
                     if head is not None:
-                        sock.send_multipart((head, data), zmq.NOBLOCK, copy=copy)
+                        sock.send_multipart((head, data), _NOBLOCK, copy=copy)
                     else:
-                        sock.send(data, zmq.NOBLOCK, copy=copy)
+                        sock.send(data, _NOBLOCK, copy=copy)
                     self._after()
                     return
                 except zmq.Again:
@@ -609,13 +623,13 @@ class ZmqTransport(Transport):
                 sock = self._live()
                 if self._eof:
                     raise ChannelClosed(f"the peer closed {self._endpoint}")
-                if _events(sock) & zmq.POLLIN:  # the receive below cannot fail for want of a message
+                if _events(sock) & _IN:  # the receive below cannot fail for want of a message
                     try:
                         if self._topic is not None:
                             topic, data = sock.recv_multipart(zmq.NOBLOCK)[-2:]
                             self.last_meta = {"topic": topic}
                         else:
-                            data = sock.recv(zmq.NOBLOCK)
+                            data = sock.recv(_NOBLOCK)
                     except zmq.ZMQError as exc:
                         raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
                     finally:
@@ -625,11 +639,10 @@ class ZmqTransport(Transport):
                         self._answer_bye(sock)
                         raise ChannelClosed(f"the peer closed {self._endpoint}")
                     return data
+                if self._ended(zmq.POLLIN):
+                    raise self._gone("receiving from")
             if not self._wait_message(deadline):
                 raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the timeout")
-            with self._lock:
-                if self._ended(zmq.POLLIN) and not _events(self._live()) & zmq.POLLIN:
-                    raise self._gone("receiving from")
 
     @staticmethod
     def _answer_bye(sock: zmq.Socket[Any]) -> None:
@@ -936,11 +949,11 @@ class ZmqListener:
         while True:
             left = remaining(deadline)
             ready = sock.poll(None if left is None else int(left * 1000))
-            self._ready.update(bool(_events(sock) & zmq.POLLIN))
+            self._ready.update(bool(_events(sock) & _IN))
             if not ready:
                 raise Timeout(f"accepting on {self.endpoint}: no client before the timeout")
             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            self._ready.update(bool(_events(sock) & zmq.POLLIN))
+            self._ready.update(bool(_events(sock) & _IN))
             if len(frames) != 2 or frames[1].bytes != HELLO:
                 continue  # not an ipcraft client: ignore it
             rid = frames[0].bytes
