@@ -538,11 +538,23 @@ class ZmqTransport(Transport):
                 self._after()
             return True
 
+        hot = [False]  # the last try found a message: try the next one directly, else ask ZMQ_EVENTS first
+
         def try_recv() -> bytes | None:
             with lock:
-                if self._sock is None or self._eof or not _events(sock) & _IN:
+                if self._sock is None or self._eof:
                     return None
-                data = recv(noblock)
+                if hot[0]:
+                    try:
+                        data = recv(noblock)
+                    except zmq.ZMQError:
+                        hot[0] = False
+                        return None
+                elif _events(sock) & _IN:
+                    data = recv(noblock)
+                    hot[0] = True
+                else:
+                    return None
                 self._after()
                 if not data and pair:
                     self._eof = True  # the peer's close: answer it and let the general path say so
