@@ -33,10 +33,11 @@ Decisions:
   connect() raises AuthenticationError.  Only a CURVE socket is ``authenticated`` (pickle allowed).
 * **fileno()** is an epoll descriptor holding ZeroMQ's own FD, the monitor's FD and an eventfd.
   ZeroMQ's FD is edge-triggered: it signals that the socket's state changed, and any operation on the
-  socket may consume the signal while a message is still waiting.  So after every operation this module
-  reads ZMQ_EVENTS and keeps the eventfd set exactly while a message is ready: the descriptor is then
-  readable whenever a message (or the end) is ready, possibly also when none is (callers retry).  It
-  never signals writability; ``fd_writable = False`` tells ipcraft.aio to retry sends on a timer.
+  socket may consume the signal while a message is still waiting.  So once fileno() has been handed
+  out (and while a thread of ours waits), every operation reads ZMQ_EVENTS afterwards and keeps the
+  eventfd set exactly while a message is ready: the descriptor is then readable whenever a message
+  (or the end) is ready, possibly also when none is (callers retry).  It never signals writability;
+  ``fd_writable = False`` tells ipcraft.aio to retry sends on a timer.
 * **Threads.**  ZeroMQ sockets are not thread-safe and a channel may send in one thread while it
   receives in another, so every socket call holds a per-socket lock and every wait happens outside
   it (a sender on ZeroMQ's and the monitor's FDs, a receiver on the fileno() descriptor, in slices of
