@@ -506,13 +506,7 @@ class ZmqTransport(Transport):
                 if remaining(deadline) == 0:
                     return False
                 self._waiters += 1
-            try:
-                woke = self._sleep(self._inbox, deadline)
-            finally:
-                with self._lock:
-                    self._waiters -= 1
-            if any(fd == self._mon_fd for fd, _ in woke):
-                self._next_check = 0.0  # the monitor has news: read it now
+            self._nap(deadline)
 
     def fast_path(self) -> tuple[Any, Any]:
         """``(try_send, try_recv)`` for Channel's fast path: one ZeroMQ call each that never blocks and
@@ -652,10 +646,23 @@ class ZmqTransport(Transport):
                         self._answer_bye(sock)
                         raise ChannelClosed(f"the peer closed {self._endpoint}")
                     return data
-                if self._ended(zmq.POLLIN):
+                self._ready.update(False)  # nothing is ready: clear a stale signal before sleeping on it
+                if self._peer_gone() and self._pair:  # reads the monitor (every kind must drain it)
                     raise self._gone("receiving from")
-            if not self._wait_message(deadline):
-                raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the timeout")
+                if remaining(deadline) == 0:
+                    raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the timeout")
+                self._waiters += 1
+            self._nap(deadline)
+
+    def _nap(self, deadline: float | None) -> None:
+        """Sleep (the caller counted itself in _waiters) until something may have changed."""
+        try:
+            woke = self._sleep(self._inbox, deadline)
+        finally:
+            with self._lock:
+                self._waiters -= 1
+        if any(fd == self._mon_fd for fd, _ in woke):
+            self._next_check = 0.0  # the monitor has news: read it now
 
     @staticmethod
     def _answer_bye(sock: zmq.Socket[Any]) -> None:
