@@ -736,3 +736,30 @@ def test_relay_command_shm_to_zmq_and_keygen(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "ipcraft", "keygen", "node", "--dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "not overwriting" in again.stderr
+
+
+def test_ipc_socket_files_are_owner_only(tmp_ipc_dir: str) -> None:
+    """A zmq+ipc:// listener's socket file, and a bound queue's, are created mode 0600 (mode= changes it)."""
+    with ipcraft.listen(f"zmq+ipc://{tmp_ipc_dir}/l.sock", **INSECURE):
+        assert os.stat(f"{tmp_ipc_dir}/l.sock").st_mode & 0o777 == 0o600
+    with ipcraft.queue(f"zmq+ipc://{tmp_ipc_dir}/q.sock", create=True, mode=0o660, **INSECURE):
+        assert os.stat(f"{tmp_ipc_dir}/q.sock").st_mode & 0o777 == 0o660
+    assert os.listdir(tmp_ipc_dir) == []
+
+
+@needs_curve
+@pytest.mark.timeout(60)
+def test_curve_publisher_serves_admitted_subscribers_only(keys: dict[str, Any]) -> None:
+    """Over CURVE an admitted subscriber receives what is published; an outsider's subscription is
+    refused by the publisher's ZAP check and it receives nothing."""
+    with ipcraft.publish(LOCAL, **_server_opts(keys)) as pub:
+        url = _plain_url(pub.endpoint)
+        with ipcraft.subscribe(url, **_client_opts(keys)) as good, \
+                ipcraft.subscribe(url, **_client_opts(keys, "outsider")) as bad:
+            deadline = time.monotonic() + 10
+            while not good.poll(0.05):
+                assert time.monotonic() < deadline, "the admitted subscriber never got a message"
+                pub.send("hello")
+            assert good.recv(timeout=1) == "hello" and good.authenticated
+            with pytest.raises(Timeout):
+                bad.recv(timeout=0.5)
