@@ -61,6 +61,14 @@ OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "slow_timeout": st.floats(0, 1e6, allow_nan=False),
     "start": st.sampled_from(["next", "latest", "oldest"]),
     "max_subscribers": st.integers(1, 4096),
+    "curve_keys": _abs_path,
+    "curve_server": _abs_path,
+    "curve_clients": _abs_path,
+    "role": st.sampled_from(["push", "pull"]),
+    "topic": st.text(st.characters(blacklist_categories=("Cs",))),
+    "hwm": st.integers(0, 2**31 - 1),
+    "heartbeat": st.floats(0, 1e6, allow_nan=False),
+    "linger": st.floats(0, 1e6, allow_nan=False),
 }
 
 

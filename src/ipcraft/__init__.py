@@ -10,7 +10,7 @@ an exact name wins over a pattern::
     command     __main__ _cli _cli.* _bench _bench.* _tour
     checks      testing _child _conformance _conformance.*
     facade      ipcraft aio _aio_pubsub inventory limits
-    channels    _connect _channel _zerocopy _pubsub
+    channels    _connect _channel _zerocopy _pubsub _relay
     transports  _transports.*
     seam        _transports _transports._contract _transports._framed _transports._io _transports._sockets
     rings       _rings _rings.*
@@ -25,9 +25,11 @@ an exact name wins over a pattern::
 * **facade**: ``connect``/``listen``/``queue``/``pipe``/``publish``/``subscribe`` (this file), mirrored
   by ``ipcraft.aio`` (the pub/sub half in ``_aio_pubsub``); ``ipcraft.inventory`` and ``ipcraft.limits``.
 * **channels**: Channel, Queue and Listener: serializers on top of one message port per channel, one
-  send path and one receive path; ``send_view``/``recv_view``.  Publisher and Subscriber
-  (``_pubsub``): the one-to-many pair, over a publisher port and a subscriber port.
-* **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe, bcast).
+  send path and one receive path; ``send_view``/``recv_view``; ``relay`` between two of them.
+  Publisher and Subscriber (``_pubsub``): the one-to-many pair, over a publisher port and a
+  subscriber port.
+* **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe, bcast,
+  zeromq).
 * **seam**: the typed contract between channels and transports (ByteStream, MessagePort, Message, the
   capability protocols), the framing adapter, fd byte streams, and the socket helpers every socket
   scheme shares (addresses, handshakes as resumable steps, concurrent listeners).
@@ -55,6 +57,7 @@ from ._pubsub import Publisher as Publisher
 from ._pubsub import Subscriber as Subscriber
 from ._pubsub import publish as publish
 from ._pubsub import subscribe as subscribe
+from ._relay import relay as relay
 from ._version import __version__ as __version__
 from .errors import (
     AuthenticationError as AuthenticationError,
@@ -108,7 +111,7 @@ from .serializers import RAW as RAW
 from .serializers import Serializer as Serializer
 
 __all__ = (
-    "connect", "listen", "queue", "pipe", "publish", "subscribe",
+    "connect", "listen", "queue", "pipe", "relay", "publish", "subscribe",
     "Channel", "Listener", "Queue", "Publisher", "Subscriber", "Endpoint", "Peer",
     "Serializer", "RAW", "JSON", "MSGPACK", "PICKLE",
     "IPCError", "ChannelClosed", "PeerVanished", "HandleClosed", "Timeout", "Busy", "MessageTooLarge",
@@ -120,8 +123,8 @@ __all__ = (
 
 def _fixup_module_metadata() -> None:
     """Make tracebacks, reprs and pickles say ipcraft.Channel, not ipcraft._channel.Channel (trio)."""
-    for name in ("Channel", "Listener", "Queue", "Publisher", "Subscriber", "Endpoint", "Peer", "connect", "listen",
-                 "queue", "pipe", "publish", "subscribe"):
+    for name in ("Channel", "Listener", "Queue", "Endpoint", "Peer", "connect", "listen", "queue", "pipe",
+                 "relay", "Publisher", "Subscriber", "publish", "subscribe"):
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("ipcraft._"):
             obj.__module__ = __name__

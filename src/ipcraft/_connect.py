@@ -24,7 +24,7 @@ def _channel_options(ep: Endpoint) -> dict[str, Any]:
 
 def _endpoint(url: str | Endpoint, family: str, verb: str, opts: dict[str, Any]) -> Endpoint:
     ep = Endpoint.parse(url, **opts)
-    if ep.info.family != family:
+    if not ep.info.serves(family):
         hint = {"queue": "ipcraft.queue()", "pubsub": "ipcraft.publish()/subscribe()"}.get(
             ep.info.family, "ipcraft.connect()/listen()")
         raise InvalidEndpoint(f"{ep.scheme}:// is a {ep.info.family} scheme; {verb}() does not take it "

@@ -159,6 +159,18 @@ OPTIONS: Mapping[str, _Option] = {
     "framing": _Option(_choice("ipcraft", "none", "lines", "length"),
                        doc="ipcraft (default) | none (message schemes) | lines, length (byte streams)"),
     "handshake": _Option(_bool, doc="with raw framing: run the peer handshake anyway (default off)"),
+    "curve_keys": _Option(_keep, doc="ZeroMQ: this side's CURVE key pair (.key_secret file, or a (public, secret) "
+                          "pair as a keyword argument)"),
+    "curve_server": _Option(_keep, doc="ZeroMQ: the binding side's CURVE public key or .key file"),
+    "curve_clients": _Option(_keep, doc="ZeroMQ: the CURVE public keys the binding side admits (directory, "
+                             ".key file, or a list as a keyword argument)"),
+    "role": _Option(_choice("push", "pull"), doc="ZeroMQ queue: push (send) or pull (receive)"),
+    "topic": _Option(str, doc="ZeroMQ publish/subscribe: the topic sent, or the prefix subscribed to"),
+    "hwm": _Option(_int_in(0, 2**31 - 1), doc="ZeroMQ: high-water mark in messages (default 1000; 0: none)"),
+    "linger": _Option(_float, doc="ZeroMQ pair: seconds close() waits for the peer to take what was sent "
+                      "(default 5)"),
+    "heartbeat": _Option(_float, doc="ZeroMQ: seconds between heartbeats (default 1; a peer silent for 3 "
+                         "is dropped; 0: off)"),
 }
 
 #: The framings each scheme takes (``framing=``): ipcraft's frames everywhere; without them, whole
@@ -177,6 +189,8 @@ FRAMINGS: Mapping[str, frozenset[str]] = {
 
 _COMMON = frozenset({"serializer", "max_message_size"})
 _RAW = frozenset({"framing"})
+_ZMQ = _COMMON | {"insecure", "curve_keys", "curve_server", "curve_clients", "role", "topic", "hwm", "heartbeat",
+                  "handshake_timeout", "linger"}
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,12 @@ class Scheme:
     address: str  # "unix" | "path" | "host_port" | "name" | "key"
     options: frozenset[str]
     summary: str
+    #: Other families the scheme also serves (ZeroMQ: queue and pubsub besides connection).
+    more_families: frozenset[str] = frozenset()
+
+    def serves(self, family: str) -> bool:
+        """Whether the facade of ``family`` (connection, queue, pubsub) takes this scheme."""
+        return family == self.family or family in self.more_families
 
 
 SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
@@ -221,6 +241,10 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
     Scheme("bcast", "pubsub", "name",
            _COMMON | {"wait", "capacity", "mode", "on_slow", "slow_timeout", "start", "max_subscribers"},
            "one-to-many shared-memory broadcast ring"),
+    Scheme("zmq+tcp", "connection", "host_port", _ZMQ, "ZeroMQ over TCP (pyzmq); CURVE by default",
+           frozenset({"queue", "pubsub"})),
+    Scheme("zmq+ipc", "connection", "path", _ZMQ | {"mode"}, "ZeroMQ over a Unix socket (pyzmq); CURVE by default",
+           frozenset({"queue", "pubsub"})),
 )}
 
 
@@ -343,7 +367,8 @@ class Endpoint:
                 base = f"{self.scheme}:{_quote(self.address)}"
         else:
             base = f"{self.scheme}://{_quote(self.address)}"
-        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items()) if OPTIONS[k].url]
+        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items())
+                 if OPTIONS[k].url and not isinstance(v, (tuple, list, bytes))]  # key pairs given as values
         if query:
             base += "?" + urllib.parse.urlencode(query)
         return base

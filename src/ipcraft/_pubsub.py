@@ -316,13 +316,19 @@ class Subscriber(_PubSubHandle, Generic[T]):
                 return
 
 
-def _port_module(ep: Endpoint, verb: str) -> Any:
-    if ep.info.family != "pubsub":
+def _ports(ep: Endpoint, verb: str) -> tuple[Any, Any]:
+    """The (publisher port, subscriber port) classes of ``ep``'s scheme: bcast:// or ZeroMQ's PUB/SUB."""
+    if not ep.info.serves("pubsub"):
         raise InvalidEndpoint(f"{ep.scheme}:// is a {ep.info.family} scheme; {verb}() takes a one-to-many "
-                              "scheme (bcast://)")
-    from ._transports import bcast
+                              "scheme (bcast://, zmq+tcp://, zmq+ipc://)")
+    if ep.scheme == "bcast":
+        from ._transports import bcast
 
-    return bcast
+        return bcast.BcastPublisherPort, bcast.BcastSubscriberPort
+    from ._transports import module_for  # zmq+tcp, zmq+ipc: names the ipcraft[zmq] extra when pyzmq is missing
+
+    zmq = module_for(ep.scheme)
+    return zmq.ZmqPublisherPort, zmq.ZmqSubscriberPort
 
 
 def _handle_options(ep: Endpoint) -> dict[str, Any]:
@@ -336,7 +342,7 @@ def _check_create(create: bool | str) -> None:
 
 
 def publish(url: str | Endpoint, create: bool | str = "if_missing", **options: Any) -> Publisher[Any]:
-    """Open a :class:`Publisher` on a one-to-many ``bcast://name``.
+    """Open a :class:`Publisher` on a one-to-many ``bcast://name`` (or ZeroMQ PUB, ``zmq+tcp://``/``zmq+ipc://``).
 
     ``create="if_missing"`` (the default) creates the ring when it does not exist yet, ``True`` only
     creates (FileExistsError if it exists), ``False`` only opens.  The handle that created it owns it
@@ -349,7 +355,7 @@ def publish(url: str | Endpoint, create: bool | str = "if_missing", **options: A
     """
     _check_create(create)
     ep = Endpoint.parse(url, **options)
-    port = _port_module(ep, "publish").BcastPublisherPort(ep, create)
+    port = _ports(ep, "publish")[0](ep, create)
     try:
         return Publisher._create(port, **_handle_options(ep))  # type: ignore[no-any-return]
     except BaseException:
@@ -358,7 +364,7 @@ def publish(url: str | Endpoint, create: bool | str = "if_missing", **options: A
 
 
 def subscribe(url: str | Endpoint, create: bool | str = False, **options: Any) -> Subscriber[Any]:
-    """Open a :class:`Subscriber` on a one-to-many ``bcast://name``.
+    """Open a :class:`Subscriber` on a one-to-many ``bcast://name`` (or ZeroMQ SUB, ``zmq+tcp://``/``zmq+ipc://``).
 
     ``start="next"`` (default) receives what is published from now on, ``"latest"`` also the most
     recent message already there, ``"oldest"`` everything still in the ring (its history is its
@@ -369,7 +375,7 @@ def subscribe(url: str | Endpoint, create: bool | str = False, **options: Any) -
     """
     _check_create(create)
     ep = Endpoint.parse(url, **options)
-    port = _port_module(ep, "subscribe").BcastSubscriberPort(ep, create)
+    port = _ports(ep, "subscribe")[1](ep, create)
     try:
         return Subscriber._create(port, **_handle_options(ep))  # type: ignore[no-any-return]
     except BaseException:

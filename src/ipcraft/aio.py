@@ -333,13 +333,14 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
     async def _send_message(self, op: Callable[[float | None], None], deadline: float | None,
                             timeout: float | None) -> None:
         spins = 0
+        timer = self._thread_mode or not getattr(self._sync._live(), "fd_writable", True)  # zmq: never writable
         while True:
             try:
                 op(0)  # a message port sends a whole message or nothing
                 return
             except Timeout:
                 pass
-            if self._thread_mode or spins > 1:  # no fd, or one that does not signal room: back off
+            if timer or spins > 1:  # no fd, or one that does not signal room: back off
                 if remaining(deadline) == 0:
                     raise Timeout(f"sending on {self!r}: timed out after {timeout} s (nothing was sent)")
                 await asyncio.sleep(min(0.0005 * 2 ** spins, 0.01))
