@@ -40,7 +40,7 @@ class PublisherPort(Protocol):
     max_payload: int  # the largest message, frame header included
     limit_source: str
 
-    def send(self, sid: int, payload: Any, deadline: float | None) -> None: ...
+    def send(self, sid: int, payload: Any, deadline: float | None, **extra: Any) -> None: ...
     def reserve(self, n: int, deadline: float | None) -> memoryview: ...  # zero copy: fill, then
     def commit(self) -> None: ...                                         # publish it
     def abort(self) -> None: ...                                          # or drop it
@@ -85,6 +85,17 @@ class _PubSubHandle(Handle, metaclass=_NoPublicConstructor):
     def endpoint(self) -> Endpoint:
         """The endpoint this handle was made for."""
         return self._live().endpoint  # type: ignore[no-any-return]
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the other side is authenticated (bcast://: the ring is the user's own, so always;
+        ZeroMQ: CURVE admitted it), which pickle requires."""
+        return bool(self._live().authenticated)
+
+    @property
+    def last_meta(self) -> dict[str, Any]:
+        """What the mechanism said of the last message received (ZeroMQ: its ``topic``); empty if nothing."""
+        return dict(getattr(self._live(), "last_meta", {}))
 
     @property
     def owner(self) -> bool:
@@ -134,8 +145,10 @@ class Publisher(_PubSubHandle, Generic[T]):
                               else "this publisher's max_message_size")
         self._fast = getattr(port, "send_raw", None)
 
-    def send(self, obj: T, *, timeout: float | None = None) -> None:
+    def send(self, obj: T, *, timeout: float | None = None, **extra: Any) -> None:
         """Serialize ``obj`` with the serializer and publish it as one message.
+
+        ``extra`` holds the scheme's per-message options (ZeroMQ: ``topic=``); bcast:// takes none.
 
         Raises:
             MessageTooLarge: larger than max_message_size or half the ring; nothing was sent, usable.
@@ -143,22 +156,29 @@ class Publisher(_PubSubHandle, Generic[T]):
             HandleClosed: this publisher was closed.
         """
         s = self.serializer
-        self._publish(s.id, s.dumps(obj), timeout)
+        self._publish(s.id, s.dumps(obj), timeout, extra)
 
     def send_bytes(self, data: Any, offset: int = 0, size: int | None = None, *,
-                   timeout: float | None = None) -> None:
+                   timeout: float | None = None, **extra: Any) -> None:
         """Publish the bytes-like ``data`` (or ``size`` bytes of it from ``offset``) as one message.
 
         Subscribers get exactly these bytes from ``recv_bytes`` (or ``recv``, as ``bytes``).  Raises as
         :meth:`send`.
         """
-        self._publish(0, bytes_view(data, offset, size) if offset or size is not None else data, timeout)
+        self._publish(0, bytes_view(data, offset, size) if offset or size is not None else data, timeout, extra)
 
-    def _publish(self, sid: int, payload: Any, timeout: float | None) -> None:
+    def _publish(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any] | None = None) -> None:
         port = self._live()
         n = len(payload) if isinstance(payload, bytes) else memoryview(payload).nbytes
         if n > self._limit:
             raise self._too_large(n)
+        if extra:
+            unknown = set(extra) - getattr(port, "send_options", frozenset())
+            if unknown:
+                raise TypeError(f"{self!r} takes no per-message option {', '.join(sorted(unknown))}")
+            with self._sending:
+                port.send(sid, payload, deadline_after(timeout), **extra)
+            return
         fast = self._fast
         if fast is not None:
             with self._sending:

@@ -56,7 +56,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -830,13 +830,19 @@ class ZmqPublisherPort:
         self.max_payload = endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE) + HEADER_SIZE
         self.limit_source = "this publisher's max_message_size"
 
-    def send(self, sid: int, payload: Any, deadline: float | None) -> None:
-        self._t.send_message(sid, memoryview(payload).cast("B"), deadline)
+    #: Per-message options Publisher.send passes through: the topic frame in front of the message.
+    send_options = frozenset({"topic"})
 
-    def loan(self, n: int, deadline: float | None) -> memoryview:
+    def send(self, sid: int, payload: Any, deadline: float | None, **extra: Any) -> None:
+        self._t.send_message(sid, memoryview(payload).cast("B"), deadline, **extra)
+
+    def reserve(self, n: int, deadline: float | None) -> memoryview:
         raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers; use send_bytes")
 
-    def end_loan(self, publish: bool) -> None:
+    def commit(self) -> None:
+        raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers")
+
+    def abort(self) -> None:
         raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers")
 
     def extra(self) -> dict[str, Any]:
@@ -865,10 +871,13 @@ class ZmqSubscriberPort:
     def recv(self, deadline: float | None) -> memoryview:
         return memoryview(self._t._recv_raw(deadline))
 
-    def borrow(self, deadline: float | None) -> tuple[memoryview, int]:
+    def try_recv(self, limit: int) -> tuple[bytes, int] | None:
+        return None  # no fast path: Subscriber takes the general one (recv)
+
+    def peek(self, deadline: float | None) -> tuple[memoryview, int]:
         raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers; use recv_bytes_into")
 
-    def end_borrow(self) -> None:
+    def consume(self) -> None:
         raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers")
 
     def latest(self, deadline: float | None) -> memoryview:
@@ -896,6 +905,17 @@ def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
         return _connect(endpoint, ctx, hs, what)
     finally:
         ctx.release()
+
+
+def connect_steps(endpoint: Endpoint, deadline: float | None) -> Generator[tuple[int, int, float | None], bool,
+                                                                            Transport]:
+    """:func:`connect` in the resumable-steps form the facade drives (see _transports._sockets).
+
+    ZeroMQ runs its handshake on its own I/O thread and offers no step to resume, so this runs the whole
+    connect at once: under ipcraft.aio it holds the loop for that exchange (a loopback round trip;
+    at most ``handshake_timeout``)."""
+    return connect(endpoint, deadline)
+    yield  # a generator with no step to wait on
 
 
 def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> Transport:
@@ -957,6 +977,10 @@ class ZmqListener:
     @property
     def refused(self) -> int:
         return self._ctx.refused
+
+    def next_deadline(self) -> float | None:
+        """No handshake of ours is pending between accepts (ZeroMQ runs its own), so nothing expires."""
+        return None
 
     def fileno(self) -> int:
         return self._ready.fileno()
