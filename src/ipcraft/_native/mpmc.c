@@ -10,7 +10,7 @@
  * the next consumer.  The kernel releases a dead holder's mutex (FUTEX_OWNER_DIED), the next locker
  * gets EOWNERDEAD, marks it consistent and carries on: there is nothing to repair.
  *
- * Waiting: spin, then sleep in FUTEX_WAIT on the low 32 bits of the cursor the waiter needs to move
+ * Waiting: spin (briefly on a busy machine, see rings.h), then sleep in FUTEX_WAIT on the low 32 bits of the cursor the waiter needs to move
  * (head for consumers, tail for producers), in slices of SLEEP_SLICE_NS so that a wake-up lost with
  * a killed process costs at most one slice.  Dekker's pattern: the waiter stores its side's "sleeping"
  * flag, fences, re-checks; the other side publishes its cursor, fences, reads the flag, and only then
@@ -157,8 +157,10 @@ static int sync_header(MpmcPort *p)
 void mpmc_wake_sleepers(uint32_t *flag, uint64_t *cursor)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST))
+    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST)) {
         syscall(SYS_futex, (uint32_t *)cursor, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        ipc_woke_peer = 1;
+    }
 }
 
 /* ---- one attempt, the lock taken ----------------------------------------------------------- */
@@ -300,19 +302,25 @@ int mpmc_ready(MpmcPort *p, uint64_t need)
     return need ? head - tail + need <= p->cap : head != tail;
 }
 
-/* Without the GIL: wait until mpmc_ready().  0 ready, -ETIMEDOUT, -EBADF, RING_WAIT_SIGNALS or -errno. */
+/* Without the GIL: wait until mpmc_ready(), spinning until spin_until (sooner on a busy machine, see
+ * rings.h), then sleeping.  0 ready, -ETIMEDOUT, -EBADF, RING_WAIT_SIGNALS or -errno. */
 static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long deadline,
                       long long spin_until)
 {
     uint32_t *flag = need ? p->psleep_p : p->csleep_p;
     uint64_t *cursor = need ? p->tail_p : p->head_p;
-    long long now = ring_now_ns(), slice_end = now + SIGNAL_SLICE_NS;
+    long long now = ring_now_ns(), start = now, slice_end = now + SIGNAL_SLICE_NS;
+    int woke = ring_take_woke();
     for (unsigned i = 0; p->spin_ns < 0 || now < spin_until; i++) {
         if (mpmc_ready(p, need))
             return 0;
-        int rc;
-        if ((i & 63) == 0 && (rc = spin_check(p, has_deadline, deadline, slice_end, &now)) != 0)
-            return rc;
+        if ((i & 63) == 0) {
+            int rc = spin_check(p, has_deadline, deadline, slice_end, &now);
+            if (rc != 0)
+                return rc;
+            if (ring_spin_futile(start, now, woke, p->spin_ns < 0))
+                break; /* a busy machine: sleep now (rings.h) */
+        }
         ring_cpu_relax();
     }
     for (;;) {
