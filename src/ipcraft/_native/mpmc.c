@@ -10,9 +10,9 @@
  * the next consumer.  The kernel releases a dead holder's mutex (FUTEX_OWNER_DIED), the next locker
  * gets EOWNERDEAD, marks it consistent and carries on: there is nothing to repair.
  *
- * Waiting: spin (briefly on a busy machine, see rings.h), then sleep in FUTEX_WAIT on the low 32 bits of the cursor the waiter needs to move
- * (head for consumers, tail for producers), in slices of SLEEP_SLICE_NS so that a wake-up lost with
- * a killed process costs at most one slice.  Dekker's pattern: the waiter stores its side's "sleeping"
+ * Waiting: spin (briefly, yielding, on a busy machine: see rings.h), then sleep in FUTEX_WAIT on the
+ * low 32 bits of the cursor the waiter needs to move (head for consumers, tail for producers), in
+ * slices of SLEEP_SLICE_NS so that a wake-up lost with a killed process costs at most one slice.  Dekker's pattern: the waiter stores its side's "sleeping"
  * flag, fences, re-checks; the other side publishes its cursor, fences, reads the flag, and only then
  * pays for FUTEX_WAKE (of every sleeper: one flag serves all of them).
  *
@@ -157,10 +157,8 @@ static int sync_header(MpmcPort *p)
 void mpmc_wake_sleepers(uint32_t *flag, uint64_t *cursor)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST)) {
+    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST))
         syscall(SYS_futex, (uint32_t *)cursor, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-        ipc_woke_peer = 1;
-    }
 }
 
 /* ---- one attempt, the lock taken ----------------------------------------------------------- */
@@ -310,7 +308,6 @@ static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long de
     uint32_t *flag = need ? p->psleep_p : p->csleep_p;
     uint64_t *cursor = need ? p->tail_p : p->head_p;
     long long now = ring_now_ns(), start = now, slice_end = now + SIGNAL_SLICE_NS;
-    int woke = ring_take_woke();
     for (unsigned i = 0; p->spin_ns < 0 || now < spin_until; i++) {
         if (mpmc_ready(p, need))
             return 0;
@@ -318,7 +315,7 @@ static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long de
             int rc = spin_check(p, has_deadline, deadline, slice_end, &now);
             if (rc != 0)
                 return rc;
-            if (ring_spin_futile(start, now, woke, p->spin_ns < 0))
+            if (ring_spin_futile(start, now, p->spin_ns < 0))
                 break; /* a busy machine: sleep now (rings.h) */
         }
         ring_cpu_relax();

@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-__thread int ipc_woke_peer;
-
 /* Per thread: when the run queue was last read and what it said. */
 static __thread long long busy_checked_at = -RING_BUSY_CHECK_NS - 1;
 static __thread int busy_last;
@@ -49,3 +47,17 @@ int ipc_cpus_busy(long long now)
     busy_last = running > ncpus;
     return busy_last;
 }
+
+static PyObject *ring_cpus_busy(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyBool_FromLong(ipc_cpus_busy(ring_now_ns()));
+}
+
+PyMethodDef ipc_rings_methods[] = {
+    {"ring_cpus_busy", ring_cpus_busy, METH_NOARGS,
+     "ring_cpus_busy() -> bool: what the ring waits of this thread believe now: more tasks are runnable "
+     "than there are online CPUs, so a spin stops after 20 us (re-read at most every 0.5 ms)."},
+    {NULL, NULL, 0, NULL},
+};

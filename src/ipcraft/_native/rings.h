@@ -6,18 +6,17 @@
  * slice returns to ask for the GIL; the layouts stay in each engine's own header.
  *
  * Spinning pays only while a CPU is free to spin on.  On a machine where every CPU is taken (more
- * runnable tasks than CPUs), the peer a spinner waits for is often the task that waits for a CPU: the
- * spin then burns the very time the peer needs, and a 1 MiB round trip stretched from 0.14 ms to 4 ms
+ * runnable tasks than CPUs), the peer a spinner waits for is often a task that waits for a CPU: the
+ * spin then burns the very time the peer needs, and a 1 MiB round trip stretched from 0.14 ms to 4-9 ms
  * beside a single CPU-bound neighbour on two cores.  So every spin here asks, at most every
  * RING_BUSY_CHECK_NS, whether the kernel counts more runnable tasks than online CPUs (the fourth field
- * of /proc/loadavg, an instantaneous count), and on a busy machine it spins at most RING_BUSY_SPIN_NS
- * (less than a cross-core wake-up costs), then sleeps: its CPU goes idle, the scheduler moves a
- * waiting task (often the peer) onto it, and the peer's next publication wakes the sleeper at once
- * (Dekker's flag, see spsc.c and mpmc.c).  A waiter that has just woken its peer with a system call
- * does not spin at all on a busy machine: the scheduler tends to queue the woken peer on the waker's
- * own CPU, behind the spin (a 64-byte round trip took 49 us instead of 5 that way).  A waiter that
- * must never sleep (wait="spin") yields its CPU at those points instead.  An idle machine keeps the
- * full spin.
+ * of /proc/loadavg, an instantaneous count).  On a busy machine the spinner calls sched_yield() at
+ * every check (every 64 rounds): a peer queued on the spinner's own CPU (where the scheduler tends to
+ * put a task the spinner has just woken) runs at once, and a running peer still finds its reply
+ * picked up within microseconds.  After RING_BUSY_SPIN_NS of that the waiter sleeps: its CPU goes
+ * idle, the scheduler moves a waiting task (often the peer) onto it, and the peer's next publication
+ * wakes the sleeper at once (Dekker's flag, see spsc.c and mpmc.c).  A waiter that must never sleep
+ * (wait="spin") keeps spinning and yielding.  An idle machine keeps the full spin.
  */
 #ifndef IPCRAFT_RINGS_H
 #define IPCRAFT_RINGS_H
@@ -34,17 +33,13 @@
 #define RING_PY_ERROR (-100000LL)
 /* How often (per thread) a spinner reads the kernel's count of runnable tasks: a read costs ~3 us. */
 #define RING_BUSY_CHECK_NS 500000LL
-/* On a busy machine a spin lasts at most this long: a prompt peer still answers within it, and it is
- * less than the 25-30 us that a sleep and a cross-core wake-up cost together. */
+/* On a busy machine a spin (yielding) lasts at most this long: a prompt peer still answers within it,
+ * and it is less than the 25-30 us that a sleep and a cross-core wake-up cost together. */
 #define RING_BUSY_SPIN_NS 20000LL
 
 /* 1 when more tasks are runnable than there are online CPUs (re-read at most every RING_BUSY_CHECK_NS
  * per thread; `now` is ring_now_ns()), else 0, and 0 when the count cannot be read (no /proc). */
 int ipc_cpus_busy(long long now);
-
-/* Set (per thread) when this thread woke a sleeping peer with a system call; the next spin reads and
- * clears it (ring_spin_futile). */
-extern __thread int ipc_woke_peer;
 
 static inline uint64_t ring_load_acquire(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
@@ -64,26 +59,18 @@ static inline long long ring_now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Whether a spin that began at `start` should stop now (`now`: the clock just read): the machine is
- * busy, and the spin has lasted RING_BUSY_SPIN_NS or this thread has just woken its peer (`woke`, the
- * value of ipc_woke_peer taken when the spin began).  A spinner that must not sleep (`spinning`) calls
- * sched_yield() instead of stopping: its CPU goes to whoever waits for it, the woken peer included. */
-static inline int ring_spin_futile(long long start, long long now, int woke, int spinning)
+/* Called by a spinner at each periodic check (`now`: the clock just read; the spin began at `start`):
+ * 1 when it should stop and sleep, else 0.  On a busy machine it yields the CPU first, and stops once
+ * the spin has lasted RING_BUSY_SPIN_NS, unless it must never sleep (`spinning`). */
+static inline int ring_spin_futile(long long start, long long now, int spinning)
 {
-    if ((!woke && now - start < RING_BUSY_SPIN_NS) || !ipc_cpus_busy(now))
+    if (!ipc_cpus_busy(now))
         return 0;
-    if (!spinning)
-        return 1;
-    sched_yield();
-    return 0;
-}
-
-/* ipc_woke_peer, cleared: a spin calls this once, as it begins. */
-static inline int ring_take_woke(void)
-{
-    int woke = ipc_woke_peer;
-    ipc_woke_peer = 0;
-    return woke;
+    if (spinning || now - start < RING_BUSY_SPIN_NS) {
+        sched_yield();
+        return 0;
+    }
+    return 1;
 }
 
 /* Spin (the caller has released the GIL) until check(ctx) is non-zero or `ns` pass, or sooner on a
@@ -93,14 +80,13 @@ static inline int ring_take_woke(void)
 static inline int ring_spin(int (*check)(void *), void *ctx, long long ns)
 {
     long long start = ring_now_ns(), until = start + ns;
-    int woke = ring_take_woke();
-    for (unsigned i = 0;; i++) {
+    for (unsigned i = 1;; i++) {
         int got = check(ctx);
         if (got)
             return got > 0;
         if ((i & 63) == 0) {
-            long long now = i ? ring_now_ns() : start;
-            if (now >= until || ring_spin_futile(start, now, woke, 0))
+            long long now = ring_now_ns();
+            if (now >= until || ring_spin_futile(start, now, 0))
                 return 0;
         }
         ring_cpu_relax();

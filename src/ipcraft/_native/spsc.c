@@ -44,10 +44,8 @@ static void efd_drain(int fd)
 static inline void wake_other(SpscPort *r, uint32_t *flag)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST)) {
+    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST))
         spsc_efd_signal(r->signal_fd);
-        ipc_woke_peer = 1;
-    }
 }
 
 void spsc_release_if_done(SpscPort *r)
@@ -266,7 +264,6 @@ int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadlin
 {
     uint32_t *flag = r->producer ? r->pwait_p : r->cwait_p;
     long long now = ring_now_ns(), start = now, slice_end = now + CHECK_SIGNALS_NS, next_watch = now;
-    int woke = ring_take_woke();
     for (unsigned i = 0; r->spin_ns < 0 || now < spin_until; i++) {
         int s = settle(r, n);
         if (s <= 0)
@@ -275,7 +272,7 @@ int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadlin
             now = ring_now_ns();
             if (has_deadline && now >= deadline)
                 return -ETIMEDOUT;
-            if (ring_spin_futile(start, now, woke, r->spin_ns < 0))
+            if (ring_spin_futile(start, now, r->spin_ns < 0))
                 break; /* a busy machine: sleep now */
             if (now >= next_watch) {
                 if (watch_fired(r))

@@ -57,7 +57,9 @@ Decisions:
   ppoll(2) on an eventfd rather than a futex: an eventfd is a file descriptor, so the channel has a
   fileno() for select/poll/asyncio, and one ppoll also watches the peer-liveness descriptors, which a
   futex cannot.  (A futex wake is cheaper, 0.29 us, but a wake happens only when the peer sleeps, and
-  then the 25-30 us wake-up dominates.)  ``wait="spin"`` never sleeps.
+  then the 25-30 us wake-up dominates.)  ``wait="spin"`` never sleeps.  On a busy machine (more
+  runnable tasks than CPUs) spinning steals the CPU the peer is waiting for: there a waiter yields
+  its CPU while it spins and sleeps after 20 us, and ``wait="spin"`` keeps yielding (see rings.h).
 * **Wake only a sleeper.**  The sender writes the eventfd only when the peer's "waiting" flag is set
   (store flag, full fence, re-check / publish cursor, full fence, read flag: Dekker's pattern, so no
   wake-up is lost), and clears the flag with an exchange so one sleep costs one write.  A busy
