@@ -164,30 +164,40 @@ void mpmc_wake_sleepers(uint32_t *flag, uint64_t *cursor)
 /* ---- one attempt, the lock taken ----------------------------------------------------------- */
 
 
-/* Producer, holding its lock: 0 (published), -EAGAIN (no room now) or -EPROTO. */
-static int push_locked(MpmcPort *p, const Parts *parts)
+/* Producer, holding its lock: write one record at *head, unpublished, and advance *head past it.
+ * 0, -EAGAIN (no room now) or -EPROTO, with nothing written. */
+int mpmc_write_locked(MpmcPort *p, uint64_t *head, const Parts *parts)
 {
-    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), need = rec_size(parts->total);
-    if (head - p->seen_tail > p->cap || head - p->seen_tail + need > p->cap) {
+    uint64_t need = rec_size(parts->total);
+    if (*head - p->seen_tail > p->cap || *head - p->seen_tail + need > p->cap) {
         uint64_t tail = ring_load_acquire(p->tail_p);
-        if (head - tail > p->cap || ((head | tail) & 7))
+        if (*head - tail > p->cap || ((*head | tail) & 7))
             return -EPROTO;
         p->seen_tail = tail;
-        if (head - tail + need > p->cap)
+        if (*head - tail + need > p->cap)
             return -EAGAIN;
     }
     uint32_t hdr[2] = {(uint32_t)parts->total, ~(uint32_t)parts->total};
-    memcpy(p->data + (head & p->mask), hdr, REC_HEADER); /* 8-aligned: never split */
-    uint64_t pos = head + REC_HEADER;
+    memcpy(p->data + (*head & p->mask), hdr, REC_HEADER); /* 8-aligned: never split */
+    uint64_t pos = *head + REC_HEADER;
     for (int i = 0; i < parts->nparts; i++) {
         copy_in(p, pos, parts->src[i], parts->len[i]);
         pos += parts->len[i];
     }
-    if (p->sync) {
-        int rc = sync_range(p, head, need);
-        if (rc < 0)
-            return rc; /* nothing published: the message is not sent */
-    }
+    *head += need;
+    return 0;
+}
+
+/* Producer, holding its lock: 0 (published), -EAGAIN (no room now) or -EPROTO. */
+static int push_locked(MpmcPort *p, const Parts *parts)
+{
+    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), need = rec_size(parts->total);
+    int rc = mpmc_write_locked(p, &head, parts);
+    if (rc < 0)
+        return rc;
+    head -= need;
+    if (p->sync && (rc = sync_range(p, head, need)) < 0)
+        return rc; /* nothing published: the message is not sent */
     __atomic_store_n(p->head_p, head + need, __ATOMIC_RELEASE);
     return 0;
 }
@@ -196,12 +206,18 @@ static int push_locked(MpmcPort *p, const Parts *parts)
  * (empty), -EPROTO (corrupt cursors), -EBADMSG (a corrupt record header).  Changes nothing shared. */
 long long mpmc_peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out)
 {
-    uint64_t tail = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED), head = p->seen_head;
+    *tail_out = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED);
+    return mpmc_peek_at(p, *tail_out, head_out);
+}
+
+/* mpmc_peek_locked at a tail of the caller's (a batch that has not published its progress yet). */
+long long mpmc_peek_at(MpmcPort *p, uint64_t tail, uint64_t *head_out)
+{
+    uint64_t head = p->seen_head;
     if ((int64_t)(head - tail) <= 0) {
         head = ring_load_acquire(p->head_p);
         p->seen_head = head;
     }
-    *tail_out = tail;
     *head_out = head;
     if (head == tail)
         return -EAGAIN;
@@ -262,6 +278,14 @@ static void wake_fd_slots(MpmcPort *p)
     }
 }
 
+/* After head moved (the producer lock released): wake the sleeping consumers and the armed fd users. */
+void mpmc_wake_consumers(MpmcPort *p)
+{
+    mpmc_wake_sleepers(p->csleep_p, p->head_p);
+    if (__atomic_load_n(p->fdarm_p, __ATOMIC_RELAXED))
+        wake_fd_slots(p);
+}
+
 long long mpmc_attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room)
 {
     if (producer) {
@@ -270,9 +294,7 @@ long long mpmc_attempt(MpmcPort *p, int producer, const Parts *parts, char *out,
         if (rc == 0) {
             if (p->sync && (rc = sync_header(p)) < 0)
                 return rc;
-            mpmc_wake_sleepers(p->csleep_p, p->head_p);
-            if (__atomic_load_n(p->fdarm_p, __ATOMIC_RELAXED))
-                wake_fd_slots(p);
+            mpmc_wake_consumers(p);
         }
         return rc;
     }

@@ -93,6 +93,19 @@ static inline int ring_spin(int (*check)(void *), void *ctx, long long ns)
     }
 }
 
+/* The arguments of both ports' try_recv_many(max_messages, sid=-1).  0, or -1 with TypeError set. */
+static inline int ring_recv_many_args(PyObject *const *args, Py_ssize_t nargs, long long *most, long long *sid)
+{
+    *sid = -1;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "try_recv_many(max_messages, sid=-1) takes 1 or 2 arguments");
+        return -1;
+    }
+    if ((*most = PyLong_AsLongLong(args[0])) == -1 && PyErr_Occurred())
+        return -1;
+    return nargs == 2 && (*sid = PyLong_AsLongLong(args[1])) == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* Run slice(ctx) without the GIL until it returns anything but RING_WAIT_SIGNALS, taking the GIL
  * between slices to run signal handlers.  Called with the GIL; returns with it.  Returns the slice's
  * result, or RING_PY_ERROR when a signal handler raised (the exception is set). */
