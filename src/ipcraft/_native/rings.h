@@ -16,7 +16,10 @@
  * picked up within microseconds.  After RING_BUSY_SPIN_NS of that the waiter sleeps: its CPU goes
  * idle, the scheduler moves a waiting task (often the peer) onto it, and the peer's next publication
  * wakes the sleeper at once (Dekker's flag, see spsc.c and mpmc.c).  A waiter that must never sleep
- * (wait="spin") keeps spinning and yielding.  An idle machine keeps the full spin.
+ * (wait="spin") keeps spinning and yielding.  An idle machine keeps the full spin.  (Yielding once,
+ * only after waking the peer, then spinning plainly, measured 27 us per 64-byte round trip beside a
+ * neighbour, against 2.5 us yielding at every check: two waiters queued on one CPU hand it to each
+ * other only if both yield.)
  */
 #ifndef IPCRAFT_RINGS_H
 #define IPCRAFT_RINGS_H
