@@ -148,7 +148,7 @@ def test_cancelled_recv_mid_frame_leaves_the_channel_usable() -> None:
     async def main() -> None:
         task = asyncio.create_task(reader.recv_bytes())
         deadline = time.monotonic() + 10
-        fr = reader._sync._reader  # type: ignore[attr-defined]
+        fr = reader._sync._port.reader  # the FramedStream over the pipe
         while fr.buffered < 150_000 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert fr.in_frame  # the recv really holds half a frame when it is cancelled
@@ -216,12 +216,14 @@ def test_stream_send_cut_mid_frame_closes_but_unsent_send_does_not() -> None:
         with reader, writer:
             cap = 1 << 20
             await writer.send_bytes(b"f" * (cap - 100))  # fills the 1 MiB pipe (frame header + payload)
-            with pytest.raises(Timeout, match="timed out"):
+            with pytest.raises(Timeout, match="timed out") as unsent:
                 await writer.send_bytes(b"g" * 1000, timeout=0.05)
+            assert (unsent.value.closed, unsent.value.written) == (False, 0)
             assert not writer.closed
             assert len(await reader.recv_bytes(timeout=5)) == cap - 100
-            with pytest.raises(Timeout, match="mid-frame"):
+            with pytest.raises(Timeout, match="mid-frame") as cut:
                 await writer.send_bytes(b"h" * (4 * cap), timeout=0.1)
+            assert cut.value.closed and 0 < cut.value.written < 4 * cap + 8
             assert writer.closed
 
     run(main())

@@ -197,8 +197,9 @@ def test_wrong_serializer_id(forged: tuple[socket.socket, Any]) -> None:
     raw.sendall(frame(JSON.dumps([1, 2]), JSON.id) + frame(b"?", 77) + frame(MSGPACK.dumps("ok")))
     with pytest.raises(ProtocolError, match="json.*msgpack"):
         ch.recv(timeout=10)
-    with pytest.raises(ProtocolError, match="unknown id 77"):
+    with pytest.raises(ProtocolError, match="unknown id 77") as info:
         ch.recv(timeout=10)
+    assert not info.value.closed
     assert ch.recv(timeout=10) == "ok" and not ch.closed
 
 
@@ -207,9 +208,9 @@ def test_bad_magic_closes_the_channel(forged: tuple[socket.socket, Any]) -> None
     closed (HandleClosed afterwards), never half-broken."""
     raw, ch = forged
     raw.sendall(HEADER.pack(MAGIC ^ 0xFF, MSGPACK.id, 0, 1) + b"x")
-    with pytest.raises(ProtocolError, match="magic"):
+    with pytest.raises(ProtocolError, match="magic") as info:
         ch.recv(timeout=10)
-    assert ch.closed
+    assert info.value.closed and ch.closed
     with pytest.raises(HandleClosed):
         ch.recv(timeout=0)
 
@@ -324,3 +325,22 @@ def test_listener_accept_timeout_leaves_it_usable(abstract_url: str) -> None:
             raw.sendall(frame(MSGPACK.dumps(1)))
             assert ch.recv(timeout=10) == 1
         raw.close()
+
+
+@pytest.mark.timeout(60)
+def test_send_timeout_says_whether_the_stream_was_cut() -> None:
+    """On a byte stream a send that timed out before any byte went out says closed=False, written=0 and
+    leaves the channel usable; one cut mid-frame says closed=True with the bytes written, and the
+    channel is closed (the stream cannot be resumed there)."""
+    reader, writer = ipcraft.pipe(duplex=False)
+    with reader, writer:
+        cap = 1 << 20
+        writer.send_bytes(b"f" * (cap - 100))  # fills the 1 MiB pipe (frame header + payload)
+        with pytest.raises(Timeout) as unsent:
+            writer.send_bytes(b"g" * 1000, timeout=0.05)
+        assert (unsent.value.closed, unsent.value.written) == (False, 0) and not writer.closed
+        assert len(reader.recv_bytes(timeout=5)) == cap - 100
+        with pytest.raises(Timeout) as cut:
+            writer.send_bytes(b"h" * (4 * cap), timeout=0.1)
+        assert cut.value.closed and 0 < cut.value.written < 4 * cap + 8
+        assert writer.closed

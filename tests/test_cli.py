@@ -297,7 +297,7 @@ def test_relay_moves_messages_both_ways_until_one_side_closes(tmp_ipc_dir, spawn
 
 
 def test_import_ipcraft_loads_neither_click_nor_rich():
-    """The library, inventory and limits included, costs nothing of the command line (R25)."""
+    """The library, inventory and limits included, costs nothing of the command line."""
     code = ("import sys, ipcraft, ipcraft.inventory, ipcraft.limits; "
             "print(sorted(m for m in ('click', 'rich') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)

@@ -155,3 +155,21 @@ def test_no_foreign_class_escapes(cls: type[Exception]) -> None:
             raise cls("some failure")
     assert not isinstance(info.value, (posix_ipc.Error, sysv_ipc.Error)), f"{cls.__name__} escaped"
     assert isinstance(info.value, E.IPCError) or (isinstance(info.value, OSError) and info.value.errno)
+
+
+def test_timeout_and_protocol_error_carry_their_state_as_attributes() -> None:
+    """Timeout.written/closed and ProtocolError.closed are declared, default to "nothing done, still
+    usable", survive pickling (a Child sends exceptions back that way), and are keyword-only."""
+    import pickle
+
+    plain = E.Timeout("receiving on x: timed out")
+    assert (plain.written, plain.closed) == (0, False)
+    cut = E.Timeout("sending on x: cut", written=12, closed=True)
+    back = pickle.loads(pickle.dumps(cut))
+    assert type(back) is E.Timeout and str(back) == str(cut) and (back.written, back.closed) == (12, True)
+    assert isinstance(back, TimeoutError)
+    bad = pickle.loads(pickle.dumps(E.ProtocolError("bad frame", closed=True)))
+    assert type(bad) is E.ProtocolError and bad.closed and not E.ProtocolError("x").closed
+    with pytest.raises(TypeError):
+        E.Timeout("x", 3)  # type: ignore[misc]  # positional state would be ambiguous
+    assert set(E.Timeout.__annotations__) == {"written", "closed"}

@@ -1,4 +1,4 @@
-"""Every example in examples/ runs as real processes and says what it should (STYLE.md R22)."""
+"""Every example in examples/ runs as real processes and says what it should."""
 
 from __future__ import annotations
 

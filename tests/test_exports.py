@@ -1,11 +1,8 @@
-"""The public surface and the layering (STYLE.md R1, R2, R3, R25).
+"""The public surface and the layering.
 
-Layer decision (R1): the brief orders the layers primitives < _transports < _framing/_auth/serializers
-< _channel < _connect < facade.  The sans-I/O value modules (_endpoint, serializers, _framing, _auth)
-contain no I/O and import only the shared internals, and transports are *handed* their values (a
-transport's connect() takes an Endpoint, reports a Peer, and tcp:// runs the _auth handshake), so here
-they rank below _transports.  What the rule protects is unchanged: a primitive never imports a
-transport, a transport never imports a channel, the channel never imports the facade.
+The layers are the table in ipcraft's package docstring; this file parses that table and checks every
+import of every module under src/ipcraft against it (lazy imports included), and that the import graph
+has no cycle.  There is no list of exceptions: a module that needs one belongs in another layer.
 """
 
 from __future__ import annotations
@@ -24,18 +21,41 @@ import ipcraft
 
 SRC = Path(ipcraft.__file__).parent
 
-#: Importable by every module; they import nothing ranked (only each other).
-SHARED = {"_errors", "_resource", "_names", "errors", "_native", "_version", "_wait", "_peer"}
-#: Rank of each top-level module or package under ipcraft; a module may import its own rank or lower.
-LAYERS = {
-    "primitives": 0, "_unix_diag": 0,
-    "_endpoint": 1, "serializers": 1, "_framing": 1, "_auth": 1,
-    "_transports": 2, "_rings": 2,
-    "_channel": 3, "_zerocopy": 3,
-    "_connect": 4,
-    "": 5, "__main__": 5, "aio": 5, "testing": 5, "_conformance": 5, "_cli": 5, "_bench": 5,
-    "inventory": 5, "limits": 5,
-}
+
+
+def layer_table(doc: str) -> list[tuple[str, list[str]]]:
+    """The layer table of ipcraft's package docstring: ``[(layer, [module patterns])]``, top first."""
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.rstrip().endswith("::")) + 1
+    table = []
+    for line in lines[start:]:
+        if not line.strip():
+            if table:
+                break
+            continue
+        if not line.startswith("    "):
+            break
+        name, *patterns = line.split()
+        table.append((name, patterns))
+    return table
+
+
+LAYERS = layer_table(ipcraft.__doc__ or "")
+
+
+def layer_of(module: str, table: list[tuple[str, list[str]]] = LAYERS) -> int | None:
+    """The rank of ``module`` (0 = bottom) in ``table``; an exact name wins over an ``x.*`` pattern."""
+    rel = "ipcraft" if module == "ipcraft" else module.removeprefix("ipcraft.")
+    exact = [rank for rank, (_, pats) in enumerate(reversed(table)) if rel in pats]
+    if exact:
+        assert len(exact) == 1, f"{rel} is named by several layers"
+        return exact[0]
+    matched = [rank for rank, (_, pats) in enumerate(reversed(table))
+               if any(p.endswith(".*") and rel.startswith(p[:-1]) for p in pats)]
+    assert len(matched) <= 1, f"{rel} matches patterns of several layers"
+    return matched[0] if matched else None
+
+
 #: Private packages behind the `ipcraft` command: their __all__ is their interface to _cli, not names
 #: the library promises (they are still bound by the layering).
 COMMAND_MACHINERY = {"_bench", "_cli"}
@@ -59,11 +79,6 @@ def public_modules() -> list[ModuleType]:
     return [importlib.import_module(n) for n in sorted(names)]
 
 
-def top_level(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""
-
-
 def imports_of(module: str, path: Path) -> set[str]:
     """Every ipcraft module that ``module`` imports, at any depth of the file (lazy imports too)."""
     is_pkg = path.name == "__init__.py"
@@ -83,35 +98,80 @@ def imports_of(module: str, path: Path) -> set[str]:
                 continue
             if node.module is None:  # from . import _framing: names that are modules, else the package
                 modules = module_files()
-                found |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules or a.name in SHARED else target
+                found |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules or a.name == "_native" else target
                           for a in node.names}
             else:
                 found.add(target)
     return found
 
 
-def test_every_module_has_a_layer() -> None:
-    """Each module is in SHARED or LAYERS, so the layering test sees it (add new modules there)."""
-    missing = {m for m in module_files() if top_level(m) not in SHARED and top_level(m) not in LAYERS}
-    assert not missing, f"modules without a layer: {sorted(missing)}"
+def import_graph() -> dict[str, set[str]]:
+    """module -> the ipcraft modules it imports (itself excluded)."""
+    return {m: imports_of(m, path) - {m} for m, path in module_files().items()}
+
+
+def test_the_layer_table_is_there_and_every_module_has_a_layer() -> None:
+    """The package docstring has the table, and each module (and ipcraft._native) is in one layer."""
+    assert [name for name, _ in LAYERS][:1] == ["command"] and LAYERS[-1][0] == "foundation", LAYERS
+    missing = sorted(m for m in [*module_files(), "ipcraft._native"] if layer_of(m) is None)
+    assert not missing, f"modules without a layer in ipcraft's docstring table: {missing}"
 
 
 def test_imports_only_point_down() -> None:
-    """No module imports a module of a higher layer; the shared internals import only each other (R1)."""
+    """No module imports a module of a higher layer, lazily or not."""
     bad = []
-    for module, path in module_files().items():
-        me = top_level(module)
-        for target in imports_of(module, path):
-            it = top_level(target)
-            if it in SHARED or it == me:
-                continue
-            if me in SHARED:
-                bad.append(f"{module} (shared) imports {target}")
-            elif it not in LAYERS:
+    for module, targets in import_graph().items():
+        mine = layer_of(module)
+        assert mine is not None
+        for target in sorted(targets):
+            theirs = layer_of(target)
+            if theirs is None:
                 bad.append(f"{module} imports {target}, which has no layer")
-            elif LAYERS[it] > LAYERS[me]:
-                bad.append(f"{module} (layer {LAYERS[me]}) imports {target} (layer {LAYERS[it]})")
-    assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
+            elif theirs > mine:
+                bad.append(f"{module} ({LAYERS[-1 - mine][0]}) imports {target} ({LAYERS[-1 - theirs][0]})")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in ``graph`` as a path that starts and ends at the same module, or None."""
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        color[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if color.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in color and (found := visit(nxt)):
+                return found
+        stack.pop()
+        color[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in color and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle() -> None:
+    """The module import graph under src/ipcraft is acyclic (a cycle is reported as its path)."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_layering_rules_catch_what_they_must() -> None:
+    """The checks cannot pass vacuously: the table parser, the ranks, an upward edge and a cycle."""
+    table = layer_table("x::\n\n    top  a b.*\n    low  b.c z\n\nafter\n")
+    assert table == [("top", ["a", "b.*"]), ("low", ["b.c", "z"])]
+    assert layer_of("ipcraft.b.c", table) == 0 and layer_of("ipcraft.b.d", table) == 1
+    assert layer_of("ipcraft.a", table) == 1 and layer_of("ipcraft.q", table) is None
+    assert layer_of("ipcraft._transports.unix") == layer_of("ipcraft._transports.tcp")
+    seam, scheme = layer_of("ipcraft._transports._contract"), layer_of("ipcraft._transports.unix")
+    assert seam is not None and scheme is not None and seam < scheme
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
 def test_layering_test_sees_upward_imports(tmp_path: Path) -> None:
@@ -124,7 +184,7 @@ def test_layering_test_sees_upward_imports(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mod", public_modules(), ids=lambda m: m.__name__)
 def test_public_module_has_a_tuple_all(mod: ModuleType) -> None:
     """Every public module has a tuple __all__ whose names exist, and lists every public class and
-    function it defines (R2)."""
+    function it defines."""
     assert isinstance(getattr(mod, "__all__", None), tuple), f"{mod.__name__}.__all__ is not a tuple"
     for name in mod.__all__:
         assert hasattr(mod, name), f"{mod.__name__}.__all__ names {name!r}, which does not exist"
@@ -136,7 +196,7 @@ def test_public_module_has_a_tuple_all(mod: ModuleType) -> None:
 
 def test_each_public_name_has_one_home() -> None:
     """Each public object is exported by at most one leaf public module (the facades may re-export it),
-    and every name a private module lists in __all__ is exported by some public module (R2)."""
+    and every name a private module lists in __all__ is exported by some public module."""
     exporters: dict[int, set[str]] = {}
     for mod in public_modules():
         for name in mod.__all__:
@@ -158,13 +218,13 @@ def test_each_public_name_has_one_home() -> None:
 
 
 def test_no_module_shadows_a_facade_function() -> None:
-    """No public submodule shares a name with something the facade exports (R3: ipcraft.pipe)."""
+    """No public submodule shares a name with something the facade exports (ipcraft.pipe must stay the function)."""
     subs = {m.name for m in pkgutil.iter_modules(ipcraft.__path__)}
     assert not subs & set(ipcraft.__all__), sorted(subs & set(ipcraft.__all__))
 
 
 def test_import_ipcraft_loads_neither_click_nor_rich() -> None:
-    """`import ipcraft` (and every public module) costs nothing of the command line's dependencies (R25)."""
+    """`import ipcraft` (and every public module) costs nothing of the command line's dependencies."""
     code = ("import sys, importlib, ipcraft, ipcraft.errors, ipcraft.serializers, ipcraft.testing\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich'))\n"
             "print(','.join(bad))\n")

@@ -28,7 +28,7 @@ def stub_functions() -> dict[str, ast.FunctionDef]:
 
 
 def test_stub_names_equal_module_names() -> None:
-    """_native.pyi declares exactly the functions and classes the compiled module exports (R18)."""
+    """_native.pyi declares exactly the functions and classes the compiled module exports."""
     exported = {n for n in dir(_native) if not n.startswith("_") and callable(getattr(_native, n))}
     assert set(stub_items()) == exported
 

@@ -1,20 +1,40 @@
 """ipcraft: every classic Unix IPC mechanism behind one API, and the fastest way for two Python
 processes on one machine to talk.
 
-Layers (send flows down, receive flows up; imports only point down)::
+Layers, top to bottom (send flows down, receive flows up).  A module imports only modules of its
+own layer or of the layers below it, and no import cycle exists anywhere under ``ipcraft``; the
+layering test (``tests/test_exports.py``) reads this table and enforces it file by file.  Names are
+modules relative to ``ipcraft`` (``ipcraft`` itself is this file); ``x.*`` is every module under ``x``;
+an exact name wins over a pattern::
 
-    ipcraft.connect / listen / queue / pipe     facade (this file), mirrored by ipcraft.aio
-           |  URL -> Endpoint                                      _endpoint.py
-           v
-    Channel / Listener / Queue                                     _channel.py, _connect.py
-           |  object <-> bytes      serializers                    serializers.py
-           |  bytes  <-> frames     byte streams only, sans-I/O    _framing.py, _auth.py
-           v
-    transports: one adapter per scheme                             _transports/*.py
-           v
-    primitives: one faithful wrapper per kernel facility           primitives/*.py
-           v
-    the kernel: os/socket/mmap/fcntl/signal, posix_ipc, sysv_ipc, ipcraft._native (the only C)
+    command     __main__ _cli _cli.* _bench _bench.*
+    checks      testing _child _conformance _conformance.*
+    facade      ipcraft aio inventory limits
+    channels    _connect _channel _zerocopy
+    transports  _transports.*
+    seam        _transports _transports._contract _transports._framed _transports._io
+    rings       _rings _rings.*
+    primitives  primitives primitives.*
+    values      _endpoint serializers _framing _auth _names _unix_diag
+    foundation  errors _errors _wait _resource _peer _version _native
+
+* **command**: the ``ipcraft`` command (click and rich are imported only here) and its benchmark.
+* **checks**: ``ipcraft.testing`` (forked children with timeouts, unique names) and the conformance
+  suite every scheme passes.
+* **facade**: ``connect``/``listen``/``queue``/``pipe`` (this file), mirrored by ``ipcraft.aio``;
+  ``ipcraft.inventory`` and ``ipcraft.limits``.
+* **channels**: Channel, Queue and Listener: serializers on top of one message port per channel, one
+  send path and one receive path; ``send_view``/``recv_view``.
+* **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe).
+* **seam**: the typed contract between channels and transports (ByteStream, MessagePort, Message, the
+  capability protocols), the framing adapter, and fd byte streams.
+* **rings**: the two shared-memory ring engines over ``_native`` (SPSC for shm://, MPMC for ring://
+  and file://).
+* **primitives**: one faithful wrapper per kernel facility, usable alone.
+* **values**: sans-I/O values and formats: endpoints, serializers, frames, the authkey handshake's
+  messages, name rules.
+* **foundation**: what every layer may use: errors and their translation, deadlines and fd waits,
+  the handle lifecycle, ``Peer``, and ``ipcraft._native`` (the only C).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Who may talk to whom: the authkey handshake for TCP and the peer-credential policy for Unix sockets.
 
-Sans-I/O (STYLE.md R15): these objects compute what to send and judge what arrived; the transport
+Sans-I/O: these objects compute what to send and judge what arrived; the transport
 moves the bytes.
 
 **Authkey handshake** (every TCP connection starts with it, so a side that wants an authkey and a side

@@ -12,18 +12,26 @@ serializer that can run code (pickle) is decoded only when the transport authent
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from . import _framing
 from ._endpoint import Endpoint
-from ._framing import END, NEED_DATA, FrameReader, frame_parts, header
 from ._peer import Peer
 from ._resource import ConflictDetector, Handle
-from ._transports import Transport
-from ._transports._io import deadline_after
+from ._transports._contract import (
+    BoundEndpoint,
+    ByteStream,
+    FastPath,
+    MessagePort,
+    Transport,
+    TryRecv,
+    TrySend,
+    ZeroCopy,
+)
+from ._transports._framed import FramedStream
+from ._wait import deadline_after
 from ._zerocopy import RecvView, SendView
 from .errors import (
     AuthenticationError,
@@ -53,17 +61,23 @@ class _NoPublicConstructor(type):
 
 
 class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
-    """The surface Channel and Queue share."""
+    """The surface Channel and Queue share.
+
+    ``_transport`` is the transport (its facts and lifecycle); ``_port`` is the message port every
+    message goes through: the transport itself, or a FramedStream over it when it is a byte stream.
+    One send path (``_send_frame``) and one receive path (``_recv_frame``) serve every scheme.
+    """
 
     _transport: Transport | None = None
+    _port: MessagePort
     #: A channel that saw its peer close stays at end of stream; a queue has no end of stream (a
     #: vanished writer loses its message, and the next writer's messages still arrive).
     _latch_eof = True
     # A message transport may offer a fast path in C (shm://): try_send(data, sid) -> bool and
     # try_recv() -> bytes | None, which finish the common case at once and otherwise return
     # False/None, leaving the general path below to do the same call with its full semantics.
-    _fast_send: Any = None
-    _fast_recv: Any = None
+    _fast_send: TrySend | None = None
+    _fast_recv: TryRecv | None = None
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
@@ -85,14 +99,19 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         else:
             self._send_limit = max_message_size
             self._send_limit_source = "this channel's max_message_size"
-        self._stream = transport.kind == "stream"
-        self._reader = FrameReader(max_message_size) if self._stream else None
+        if isinstance(transport, MessagePort):
+            self._port, self._framed = transport, False
+        elif isinstance(transport, ByteStream):
+            self._port, self._framed = FramedStream(transport, max_message_size, repr(self)), True
+        else:
+            transport.close()
+            self._closed = True
+            raise TypeError(f"{transport!r} is neither a ByteStream nor a MessagePort")
         self._sending = ConflictDetector("sending")
         self._receiving = ConflictDetector("receiving")
         self._eof = False
-        fast = getattr(transport, "fast_path", None)
-        if fast is not None:
-            self._fast_send, self._fast_recv = fast()
+        if isinstance(transport, FastPath):
+            self._fast_send, self._fast_recv = transport.fast_path()
 
     # -- facts -------------------------------------------------------------------------------------
 
@@ -115,7 +134,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     def last_meta(self) -> dict[str, Any]:
         """Mechanism facts about the last message received: ``priority`` (mq://), ``type``
         (sysvmq://), ``address`` of the sender (udp://, unix+dgram://); empty where there are none."""
-        return dict(getattr(self._live(), "last_meta", {}))
+        return dict(self._live().last_meta)
 
     def extra(self, name: str, default: Any = None) -> Any:
         """A transport-specific fact, e.g. ``extra("ring_capacity")``; ``default`` if it has none."""
@@ -130,6 +149,12 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if t is None or self._closed:
             self._raise_closed()
         return t
+
+    def _open_port(self) -> MessagePort:
+        """The message port every message goes through (HandleClosed once closed); ipcraft.aio drives
+        it directly where it must not block: a FramedStream's ``stream.write_some``."""
+        self._live()
+        return self._port
 
     def _close(self) -> None:
         self._fast_send = self._fast_recv = None
@@ -182,20 +207,14 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         return mv
 
     def _send_frame(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
-        t = self._live()
+        self._live()
         mv = self._outgoing(payload)
-        n = mv.nbytes
         deadline = None if timeout is None else deadline_after(timeout)
         with self._sending:
             try:
-                if self._stream:
-                    if extra:
-                        _no_extras(self, extra)
-                    t.send_all(frame_parts(sid, mv), deadline)  # type: ignore[attr-defined]
-                else:
-                    t.send_message([header(sid, n), mv], deadline, **extra)  # type: ignore[attr-defined]
+                self._port.send_message(sid, mv, deadline, **extra)
             except Timeout as exc:
-                if exc.__class__ is Timeout and "channel was closed" in str(exc):
+                if exc.closed:  # the stream was cut mid-frame and its transport closed
                     self.close()
                 raise
 
@@ -235,7 +254,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if pop is not None and maxlength is None and timeout is None and not extra:
             data = pop()
             if data is not None:
-                return data  # type: ignore[no-any-return]
+                return data
         with self._receiving:
             _sid, view = self._recv_frame(timeout, extra)
             if maxlength is not None and view.nbytes > maxlength:
@@ -309,49 +328,28 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             raise self._too_large(n)
         return SendView(t, self._sending, n, timeout)
 
-    def _lender(self, method: str, instead: str) -> Transport:
+    def _lender(self, method: str, instead: str) -> ZeroCopy:
         t = self._live()
-        if getattr(t, "peek", None) is None:
+        if not isinstance(t, ZeroCopy):
             raise NotImplementedError(f"{method}() lends shared memory and needs shm://; {self!r} has "
                                       f"none (use {instead})")
         return t
 
     def _recv_frame(self, timeout: float | None, extra: dict[str, Any]) -> tuple[int, memoryview]:
-        t = self._live()
+        self._live()
         if self._eof:
             raise ChannelClosed(f"the peer closed {self!r}")
         deadline = None if timeout is None else deadline_after(timeout)
-        if not self._stream:
-            try:
-                msg = t.recv_message(deadline, **extra)  # type: ignore[attr-defined]
-            except ChannelClosed:
-                self._eof = self._latch_eof
-                raise
-            return _framing.check_message_header(memoryview(msg), self.max_message_size)
-        if extra:
-            _no_extras(self, extra)
-        reader = self._reader
-        assert reader is not None
         try:
-            while True:
-                frame = reader.next_frame()
-                if frame is NEED_DATA:
-                    buf = reader.buffer()
-                    if reader.in_body:
-                        reader.advance(t.recv_into(buf, deadline, True))  # type: ignore[attr-defined]
-                    else:
-                        reader.advance(t.recv_into(buf, deadline))  # type: ignore[attr-defined]
-                    continue
-                if frame is END:
-                    self._eof = self._latch_eof
-                    raise ChannelClosed(f"the peer closed {self!r}")
-                return frame  # type: ignore[return-value]
-        except ProtocolError:
-            self.close()
-            raise
+            msg = self._port.recv_message(deadline, **extra)
         except ChannelClosed:
             self._eof = self._latch_eof
             raise
+        except ProtocolError as exc:
+            if exc.closed:  # a byte stream cannot be resynchronised after a bad frame
+                self.close()
+            raise
+        return msg.sid, msg.payload
 
     def _decode(self, sid: int, view: memoryview) -> Any:
         s = self.serializer
@@ -372,26 +370,14 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         ``timeout=0`` (the default) checks and returns at once; None waits until something arrives.
         """
-        t = self._live()
+        self._live()
         deadline = deadline_after(timeout)
         if self._eof:
             return True
-        if not self._stream:
-            return t.wait_readable(deadline)
-        reader = self._reader
-        assert reader is not None
-        with self._receiving:
-            while not reader.frame_ready():
-                if not t.wait_readable(deadline):
-                    return False
-                try:
-                    n = t.recv_into(reader.buffer(), time.monotonic())  # type: ignore[attr-defined]
-                except Timeout:
-                    continue
-                reader.advance(n)
-                if n == 0:
-                    return True
-            return True
+        if not self._framed:
+            return self._port.wait_readable(deadline)
+        with self._receiving:  # a framed stream reads ahead into its frame reader
+            return self._port.wait_readable(deadline)
 
     def __iter__(self) -> Iterator[T]:
         """Yield received messages until the peer closes."""
@@ -469,7 +455,8 @@ class Listener(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def __init__(self, impl: Any, endpoint: Endpoint, channel_options: dict[str, Any]) -> None:
         self._impl = impl
-        self.endpoint: Endpoint = impl.endpoint if getattr(impl, "endpoint", None) else endpoint
+        bound = impl.endpoint if isinstance(impl, BoundEndpoint) else None
+        self.endpoint: Endpoint = bound or endpoint
         self._channel_options = channel_options
 
     def accept(self, timeout: float | None = None) -> Channel[T]:

@@ -8,7 +8,7 @@ from . import _framing
 from ._channel import Channel, Listener, Queue
 from ._endpoint import Endpoint
 from ._transports import module_for
-from ._transports._io import deadline_after
+from ._wait import deadline_after
 from .errors import InvalidEndpoint
 from .serializers import MSGPACK, Serializer, by_name
 

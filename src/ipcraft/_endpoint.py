@@ -1,4 +1,4 @@
-"""Endpoints: a URL parsed once into a frozen value whose scheme chooses the transport (STYLE.md R13).
+"""Endpoints: a URL parsed once into a frozen value whose scheme chooses the transport.
 
 Address forms::
 

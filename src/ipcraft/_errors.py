@@ -1,4 +1,4 @@
-"""The one place where foreign errors become ipcraft's (STYLE.md R10).
+"""The one place where foreign errors become ipcraft's.
 
 Sources: the kernel's errno (as OSError), posix_ipc's and sysv_ipc's exception classes (which are not
 OSError subclasses and drop errno), and ipcraft._native's ``-errno`` return codes.  Nothing else in the

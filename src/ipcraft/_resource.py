@@ -1,4 +1,4 @@
-"""The one handle lifecycle every ipcraft object shares (STYLE.md R8).
+"""The one handle lifecycle every ipcraft object shares.
 
 ``close()`` is idempotent and always closes: an error raised while closing means "not graceful", never
 "still open".  ``closed`` is a property.  ``with handle:`` closes on exit (lock-like handles override
@@ -15,7 +15,7 @@ import os
 import threading
 import warnings
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import Busy, HandleClosed
 
@@ -107,3 +107,25 @@ class ConflictDetector:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+class LockLike:
+    """Mixin: ``with obj:`` calls ``obj.acquire()`` and ``obj.release()`` (put it first in the bases).
+
+    Lock-like handles (locks, semaphores) use ``with`` to acquire and release, as threading does; their
+    lifetime ends with ``close()`` (or ``contextlib.closing``).
+    """
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()

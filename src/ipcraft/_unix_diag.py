@@ -1,6 +1,6 @@
 """What the kernel knows of every Unix domain socket on the machine (for ipcraft.inventory).
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **sock_diag first, /proc/net/unix as the fallback.**  /proc/net/unix gives each socket's inode,
   type, state and the path it was *bound* as, nothing more.  A socket file that was renamed or

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._resource import ConflictDetector
-from ._transports._io import deadline_after
+from ._wait import deadline_after
 
 
 def release_view(view: memoryview) -> None:

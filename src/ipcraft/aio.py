@@ -1,4 +1,4 @@
-"""asyncio mirror of ipcraft's facade: the same names, with ``async`` methods (STYLE.md R17).
+"""asyncio mirror of ipcraft's facade: the same names, with ``async`` methods.
 
 ::
 
@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -52,8 +51,8 @@ from ._errors import os_error
 from ._framing import frame_parts
 from ._peer import Peer
 from ._resource import ConflictDetector
-from ._transports import Transport
-from ._transports._io import FdStream, SocketStream, consume
+from ._transports._framed import FramedStream
+from ._transports._io import consume
 from ._wait import deadline_after, remaining
 from .errors import ChannelClosed, HandleClosed, Timeout
 from .serializers import MSGPACK, Serializer
@@ -236,7 +235,7 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         spins = 0
         # A readable stream always yields bytes or EOF; a message fd may stay readable with nothing
         # to take (another consumer was faster, an eventfd): count those wake-ups and back off.
-        counts = self._sync._live().kind != "stream"
+        counts = not isinstance(self._sync._open_port(), FramedStream)
         with self._receiving:
             while True:
                 try:
@@ -252,7 +251,9 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
     async def _readable(self, deadline: float | None) -> bool:
         if not self._thread_mode:
             return await self._waiter.wait(False, deadline)
-        transport = self._sync._live()
+        port = self._sync._open_port()
+        # Only wait for readiness here (a framed stream's reader belongs to the receiving task).
+        ready = port.stream.wait_readable if isinstance(port, FramedStream) else port.wait_readable
         stop = threading.Event()
 
         def wait() -> bool:
@@ -260,7 +261,7 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
                 left = remaining(deadline)
                 if left == 0:
                     return False
-                if transport.wait_readable(deadline_after(_SLICE if left is None else min(_SLICE, left))):
+                if ready(deadline_after(_SLICE if left is None else min(_SLICE, left))):
                     return True
             return False
 
@@ -293,20 +294,20 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
     async def _send(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
         sync = self._sync
         mv = sync._outgoing(payload)
-        transport: Transport = sync._live()
+        port = sync._open_port()
         deadline = deadline_after(timeout)
         with self._sending:
-            if transport.kind != "stream":
+            if not isinstance(port, FramedStream):
                 await self._send_message(sid, mv, deadline, timeout, extra)
                 return
             if extra:
                 _no_extras(sync, extra)
-            write = None if self._thread_mode else _stream_writer(transport)
-            if write is None:
+            stream = port.stream
+            if self._thread_mode or not stream.splits_writes:  # TLS: a worker thread sends the frame
                 await asyncio.to_thread(sync._send_frame, sid, mv, remaining(deadline), extra)
                 return
             with sync._sending:  # keeps sync senders in other threads off the stream meanwhile
-                await self._send_stream(write, frame_parts(sid, mv), deadline, timeout)
+                await self._send_stream(stream.write_some, frame_parts(sid, mv), deadline, timeout)
 
     async def _send_message(self, sid: int, mv: memoryview, deadline: float | None,
                             timeout: float | None, extra: dict[str, Any]) -> None:
@@ -348,19 +349,9 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
             self.close()
             if isinstance(exc, Timeout):
                 raise Timeout(f"sending on {self!r}: timed out after {sent} of {total} bytes of a frame; "
-                              "the byte stream cannot be resumed mid-frame, so the channel was closed") from None
+                              "the byte stream cannot be resumed mid-frame, so the channel was closed",
+                              written=sent, closed=True) from None
             raise
-
-
-def _stream_writer(t: Transport) -> Callable[[list[memoryview]], int] | None:
-    """A non-blocking 'write some of these buffers' for the fd under a stream transport, if known."""
-    if isinstance(t, FdStream):
-        return t.write_now
-    if isinstance(t, SocketStream) and not hasattr(t.sock, "cipher"):
-        sock = t.sock
-        flags = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT  # the socket itself may be in blocking mode
-        return lambda views: sock.sendmsg(views, (), flags)
-    return None
 
 
 class Channel(_AsyncMessageIO[_T]):

@@ -28,6 +28,8 @@ closed.  Never half-broken.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = (
     "IPCError",
     "ChannelClosed",
@@ -79,9 +81,29 @@ class HandleClosed(IPCError, ValueError):
 class Timeout(IPCError, TimeoutError):
     """A deadline passed before the operation completed.
 
-    Nothing was sent or received; the handle is still usable, unless the message says it was closed
-    because a byte stream was cut in the middle of a frame.
+    The state it leaves is in two attributes, never only in the text:
+
+    * ``written``: how many bytes of the message went out before the deadline (0 for most
+      operations: a message transport sends a whole message or nothing).  A byte stream cannot take
+      back a partial write, so a primitive's ``write`` reports where it stopped.
+    * ``closed``: True when the handle was closed because of the timeout: a channel over a byte
+      stream whose send stopped in the middle of a frame (the stream cannot be resumed there).  False
+      means the handle is still usable.
+
+    .. versionchanged:: 0.2
+       ``written`` and ``closed`` are declared attributes with defaults (0 and False).
     """
+
+    written: int
+    closed: bool
+
+    def __init__(self, message: str = "", *, written: int = 0, closed: bool = False) -> None:
+        super().__init__(message)
+        self.written = written
+        self.closed = closed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_timeout, (type(self), str(self), self.written, self.closed)
 
 
 class Busy(IPCError, RuntimeError):
@@ -121,8 +143,21 @@ class ProtocolError(IPCError):
     """Bytes arrived that do not follow ipcraft's wire or shared-memory format.
 
     A bad frame header, magic, version or serializer id, or a corrupt shared-memory header.  A byte
-    stream cannot be resynchronised after a bad header, so such a channel is closed.
+    stream cannot be resynchronised after a bad header, so such a channel is closed: ``closed`` is
+    then True.  False means the handle is still usable (a message transport dropped the bad message).
+
+    .. versionchanged:: 0.2
+       ``closed`` is a declared attribute (default False).
     """
+
+    closed: bool
+
+    def __init__(self, message: str = "", *, closed: bool = False) -> None:
+        super().__init__(message)
+        self.closed = closed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_protocol_error, (type(self), str(self), self.closed)
 
 
 class AuthenticationError(IPCError):
@@ -151,3 +186,13 @@ class OwnerDied(IPCError):
     mutex, then release it.  Releasing without ``make_consistent()`` marks the mutex permanently
     unusable (ENOTRECOVERABLE), so that nobody trusts data the repair never checked.
     """
+
+
+def _rebuild_protocol_error(cls: type[ProtocolError], message: str, closed: bool) -> ProtocolError:
+    """Unpickle a ProtocolError with its ``closed`` attribute."""
+    return cls(message, closed=closed)
+
+
+def _rebuild_timeout(cls: type[Timeout], message: str, written: int, closed: bool) -> Timeout:
+    """Unpickle a Timeout with its attributes (they are keyword-only, which pickle's default cannot pass)."""
+    return cls(message, written=written, closed=closed)

@@ -16,7 +16,7 @@ kind             the kernel's own listing
 ``fifo``         none: see below
 ===============  ================================================================================
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **FIFOs cannot be listed machine-wide.**  A FIFO is a file like any other; the kernel keeps no
   table of them, and finding them all means walking every filesystem.  ``list_objects(dirs=...)``

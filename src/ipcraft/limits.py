@@ -2,9 +2,9 @@
 
 Each :class:`Limit` says where the number comes from (a /proc/sys file, an rlimit, a constant of the
 ABI, or a measurement) so that a refused request can be traced to the knob that refused it; ipcraft's
-error messages name the same sources (STYLE.md R11).
+error messages name the same sources.
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **Read at call time, never cached.**  An administrator may change a knob while a program runs; a
   stale number would point at the wrong cause.

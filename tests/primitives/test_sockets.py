@@ -212,7 +212,7 @@ def test_stream_send_timeout_reports_bytes_written() -> None:
     with a, b:
         with pytest.raises(Timeout) as info:
             a.send(b"x" * (16 << 20), timeout=0.1)
-        written = info.value.written  # type: ignore[attr-defined]
+        written = info.value.written
         assert 0 < written < 16 << 20
         got = 0
         while got < written:

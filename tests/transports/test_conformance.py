@@ -1,7 +1,7 @@
 """The conformance suite (ipcraft.testing.check_channel) over every scheme, one test per check.
 
 A scheme whose transport module is not in this build (module_for raises NotImplementedError) is
-skipped; every other failure is a failure.  The factories follow DESIGN.md: connection schemes pair a
+skipped; every other failure is a failure.  The factories: connection schemes pair a
 connect() with an accept(); queue schemes pair the creating handle with an opener, and for fifo://,
 unix+dgram:// and udp:// the creator is the receiving side.  For mq://, sysvmq://, ring:// and file://
 the creator can send too, so those also run with the creator as the sender.

@@ -210,8 +210,7 @@ def _reader(url: str, **opts: Any) -> fifo_transport.FifoReader:
 
 
 def _recv(t: Any, timeout: float = 20) -> bytes:
-    msg = t.recv_message(time.monotonic() + timeout)
-    return bytes(msg[8:])
+    return bytes(t.recv_message(time.monotonic() + timeout).payload)
 
 
 @pytest.mark.timeout(30)

@@ -316,6 +316,11 @@ def test_producers_killed_at_random_moments_wedge_nobody(ring_url: str) -> None:
         try:
             for tag in range(1, 31):
                 victim = Child(_produce_forever, ring_url, tag, w, big)
+                # The random moment counts from the victim's first message, so that on a loaded
+                # machine a victim is not killed before it was ever scheduled.
+                started = time.monotonic() + 5
+                while tag not in seen and time.monotonic() < started:
+                    _collect(q, time.monotonic() + 0.01, seen)
                 _collect(q, time.monotonic() + rnd.uniform(0.005, 0.05), seen)
                 victim.kill()
                 victim.wait(10)

@@ -3,7 +3,8 @@
 A run measures *subjects* (ipcraft's schemes through the public API, bare Python loops over the
 kernel, and peer libraries) at a few message sizes, each in a fresh pair of forked, pinned processes:
 round-trip latency (p50/p99), one-way throughput (msg/s, MB/s) and CPU time per message.  The method
-copies shared/reference/peers-measured.md so that figures can be set beside those.
+is the one the peer libraries publish their own figures with, so that figures can be set beside
+those.
 
 Decisions:
 

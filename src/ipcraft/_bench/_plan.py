@@ -1,6 +1,6 @@
 """What one bench run measures: sizes, iteration counts, repetitions and process placement.
 
-The counts follow the method of the reference measurements (shared/reference/peers-measured.md):
+The counts follow the method the peer libraries publish their own figures with:
 ping-pong round trips with a warm-up of 10 % (at least 20, at most 1000), and one-way runs whose
 length grows as the size shrinks.  Quick mode divides them so that the whole default run stays under a
 minute on two cores; ``full`` uses the reference counts and three repetitions.

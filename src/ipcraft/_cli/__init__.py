@@ -1,4 +1,4 @@
-"""The ``ipcraft`` command.  The only place click and rich are imported (STYLE.md R25)."""
+"""The ``ipcraft`` command.  The only place click and rich are imported."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def main() -> None:
     cli()
 
 
-# ls, rm, limits, send, recv, relay: one module per command (STYLE.md R25).
+# ls, rm, limits, send, recv, relay: one module per command.
 from .inventory import ls, rm  # noqa: E402
 from .limits import limits  # noqa: E402
 from .recv import recv  # noqa: E402

@@ -15,7 +15,7 @@ from ..errors import IPCError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: ``--format table|json``, on every listing command (STYLE.md R25).
+#: ``--format table|json``, on every listing command.
 format_option = click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
     help="A table for people, or JSON (a list of objects) for programs.")

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .._child import Child
 from .._framing import HEADER_SIZE, SCRATCH_SIZE
-from ..testing import Child
 
 MiB = 1024 * 1024
 MAX_PAYLOAD = 16 * MiB  # the largest message the suite ever builds

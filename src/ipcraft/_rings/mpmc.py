@@ -404,7 +404,7 @@ class MpmcPort:
         port.fd_user = True  # receive by the general path from now on: it re-arms the fd
         return fd
 
-    def fast_path(self) -> tuple[object, object]:
+    def fast_path(self) -> tuple[Callable[..., bool], Callable[[], bytes | None]]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for the channel."""
         port = self._live()
         return port.try_send, port.try_recv

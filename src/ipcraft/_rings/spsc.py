@@ -289,11 +289,11 @@ class SpscPort:
     def unpeek(self) -> None:
         self.native.unpeek()
 
-    def recv(self, deadline: float | None) -> bytes:
-        """Pop one record as bytes: the 8-byte frame header followed by the payload."""
-        off, n, _ = self._next(deadline)
+    def recv(self, deadline: float | None) -> tuple[bytes, int]:
+        """Pop one record: ``(payload, serializer id)``."""
+        off, n, sid = self._next(deadline)
         try:
-            return bytes(self._mv[off - REC_HEADER:off + n])
+            return bytes(self._mv[off:off + n]), sid
         finally:
             self.native.consume()
 

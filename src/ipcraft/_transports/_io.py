@@ -8,38 +8,32 @@ timeouts and asyncio (add_reader) work on every fd transport the same way.
 from __future__ import annotations
 
 import errno
+import io
 import os
-import select
 import socket
 from collections.abc import Sequence
 
 from .._errors import os_error
-from .._wait import POLLIN as _POLLIN
-from .._wait import POLLOUT as _POLLOUT
-from .._wait import deadline_after as deadline_after
-from .._wait import remaining as remaining
-from .._wait import wait_fd as wait_fd
+from .._wait import POLLIN, POLLOUT, wait_fd
 from ..errors import HandleClosed, Timeout
-from . import Transport
-
-_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+from ..primitives._pipeio import OneShotIO
+from ._contract import Transport
 
 
 def timed_out(what: str) -> Timeout:
     return Timeout(f"{what}: timed out")
 
 
-class FdStream(Transport):
+class FdStream(OneShotIO, Transport):
     """A byte stream over a pipe or FIFO fd (os.readv/os.writev).
 
     With ``blocking=False`` the fd is non-blocking and every wait is a poll(2).  With ``blocking=True``
     (an anonymous pipe this process owns) the fd stays blocking, so a call without a deadline is one
-    system call that sleeps in the kernel, and a call with a deadline uses RWF_NOWAIT (this call only)
-    before polling.  Where the kernel refuses RWF_NOWAIT (EOPNOTSUPP), such calls poll first and then
-    read, or write at most PIPE_BUF bytes, which POLLOUT guarantees to fit.
+    system call that sleeps in the kernel, and a call with a deadline first tries the one-shot read or
+    write of the primitives' pipes (``OneShotIO``: RWF_NOWAIT, else poll then at most PIPE_BUF bytes).
     """
 
-    kind = "stream"
+    splits_writes = True
 
     def __init__(self, fd: int, what: str, *, readable: bool = True, writable: bool = True,
                  blocking: bool = False) -> None:
@@ -48,7 +42,7 @@ class FdStream(Transport):
         self.readable = readable
         self.writable = writable
         self.blocking = blocking
-        self._nowait = blocking and bool(_RWF_NOWAIT)
+        self._nonblock = not blocking
         os.set_blocking(fd, blocking)
 
     def fileno(self) -> int:
@@ -62,7 +56,7 @@ class FdStream(Transport):
             os.close(fd)
 
     def wait_readable(self, deadline: float | None) -> bool:
-        return wait_fd(self.fileno(), _POLLIN, deadline)
+        return wait_fd(self.fileno(), POLLIN, deadline)
 
     def recv_into(self, buf: memoryview, deadline: float | None, exact: bool = False) -> int:
         fd = self._fd
@@ -70,44 +64,19 @@ class FdStream(Transport):
             try:
                 if deadline is None or not self.blocking:
                     return os.readv(fd, [buf])
-                return self.read_now(buf)
+                return self._read_now(fd, buf)
             except BlockingIOError:
-                if not wait_fd(fd, _POLLIN, deadline):
+                if not wait_fd(fd, POLLIN, deadline):
                     raise timed_out(f"receiving on {self._what}") from None
             except OSError as exc:
                 raise os_error(exc.errno or errno.EIO, f"receiving on {self._what}") from exc
 
-    def read_now(self, buf: memoryview) -> int:
-        """One read that never blocks; BlockingIOError when nothing is there yet."""
-        fd = self._fd
-        if not self.blocking:
-            return os.readv(fd, [buf])
-        if self._nowait:
-            try:
-                return os.preadv(fd, [buf], -1, _RWF_NOWAIT)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                self._nowait = False
-        if not wait_fd(fd, _POLLIN, 0.0):
-            raise BlockingIOError(errno.EAGAIN, "no data yet")
-        return os.readv(fd, [buf])
+    def write_some(self, views: list[memoryview]) -> int:
+        """Write a prefix of ``views`` without blocking; return how many bytes went out.
 
-    def write_now(self, views: list[memoryview]) -> int:
-        """One write that never blocks; BlockingIOError when no byte fits yet."""
-        fd = self._fd
-        if not self.blocking:
-            return os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
-        if self._nowait:
-            try:
-                return os.pwritev(fd, views, -1, _RWF_NOWAIT)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                self._nowait = False
-        if not wait_fd(fd, _POLLOUT, 0.0):
-            raise BlockingIOError(errno.EAGAIN, "no room yet")
-        return os.write(fd, views[0][:select.PIPE_BUF])
+        Raises BlockingIOError when no byte fits yet (the caller waits for POLLOUT on fileno()).
+        """
+        return self._write_now(self.fileno(), views)
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         fd = self._fd
@@ -127,9 +96,9 @@ class FdStream(Transport):
                 if deadline is None and self.blocking:
                     n = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
                 else:
-                    n = self.write_now(views)
+                    n = self._write_now(fd, views)
             except BlockingIOError:
-                if not wait_fd(fd, _POLLOUT, deadline):
+                if not wait_fd(fd, POLLOUT, deadline):
                     raise send_timeout(self, self._what, sent, total) from None
                 continue
             except OSError as exc:
@@ -163,18 +132,17 @@ class SocketStream(SocketTransport):
     per-call flags, so they are non-blocking throughout.
     """
 
-    kind = "stream"
-
     def __init__(self, sock: socket.socket, what: str) -> None:
         self.sock = sock
         self._what = what
         self._tls = hasattr(sock, "cipher")
+        self.splits_writes = not self._tls
         sock.setblocking(self._tls is False)
 
     def wait_readable(self, deadline: float | None) -> bool:
         if self._tls and self.sock.pending():  # type: ignore[attr-defined]  # decrypted bytes waiting
             return True
-        return wait_fd(self.fileno(), _POLLIN, deadline)
+        return wait_fd(self.fileno(), POLLIN, deadline)
 
     def recv_into(self, buf: memoryview, deadline: float | None, exact: bool = False) -> int:
         """Read into ``buf``; with ``exact`` and no deadline, wait until it is full (or EOF)."""
@@ -187,14 +155,25 @@ class SocketStream(SocketTransport):
             try:
                 return sock.recv_into(buf, 0, flags)
             except (BlockingIOError, _SSLWantRead):
-                if not wait_fd(self.fileno(), _POLLIN, deadline):
+                if not wait_fd(self.fileno(), POLLIN, deadline):
                     raise timed_out(f"receiving on {self._what}") from None
             except _SSLWantWrite:
-                wait_fd(self.fileno(), _POLLOUT, deadline)
+                wait_fd(self.fileno(), POLLOUT, deadline)
             except OSError as exc:
                 if exc.errno is None:  # an ssl.SSLError without errno: a broken TLS stream
                     raise os_error(errno.ECONNRESET, f"receiving on {self._what} ({exc})") from exc
                 raise os_error(exc.errno, f"receiving on {self._what}") from exc
+
+    def write_some(self, views: list[memoryview]) -> int:
+        """Send a prefix of ``views`` without blocking; return how many bytes went out.
+
+        Raises BlockingIOError when no byte fits yet.  Not for TLS (``splits_writes`` is False there:
+        an SSL write that could not finish must be retried with the same buffer).
+        """
+        if self._tls:
+            raise io.UnsupportedOperation(f"{self._what}: a TLS stream cannot write part of a frame "
+                                          "without blocking")
+        return self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
 
     def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
         sock = self.sock
@@ -221,11 +200,11 @@ class SocketStream(SocketTransport):
                 else:
                     n = sock.send(views[0], flags)
             except (BlockingIOError, _SSLWantWrite):
-                if not wait_fd(self.fileno(), _POLLOUT, deadline):
+                if not wait_fd(self.fileno(), POLLOUT, deadline):
                     raise send_timeout(self, self._what, sent, total) from None
                 continue
             except _SSLWantRead:
-                wait_fd(self.fileno(), _POLLIN, deadline)
+                wait_fd(self.fileno(), POLLIN, deadline)
                 continue
             except OSError as exc:
                 raise os_error(exc.errno or errno.EPIPE, f"sending on {self._what}") from exc
@@ -281,9 +260,10 @@ def consume(views: list[memoryview], n: int) -> list[memoryview]:
 
 
 def send_timeout(transport: Transport, what: str, sent: int, total: int) -> Timeout:
-    """The Timeout for a send that could not finish.  Mid-frame, the stream is cut, so close it."""
+    """The Timeout for a send that could not finish.  Mid-frame, the stream is cut, so close it: the
+    Timeout then says ``closed=True`` and how much was ``written``."""
     if sent == 0:
         return Timeout(f"sending on {what}: timed out (nothing was sent; still usable)")
     transport.close()
     return Timeout(f"sending on {what}: timed out after {sent} of {total} bytes of a frame; the byte "
-                   "stream cannot be resumed mid-frame, so the channel was closed")
+                   "stream cannot be resumed mid-frame, so the channel was closed", written=sent, closed=True)

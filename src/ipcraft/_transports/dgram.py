@@ -35,7 +35,6 @@ import io
 import os
 import socket
 import struct
-from collections.abc import Sequence
 from typing import Any
 
 from .._auth import uid_allowed
@@ -43,10 +42,12 @@ from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE
 from .._peer import Peer
+from .._wait import wait_fd
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
 from ..primitives.sockets import _bind_path, _inet
-from . import Transport
-from ._io import raise_sndbuf, timed_out, wait_fd
+from . import framed, unframe
+from ._contract import Message, Transport
+from ._io import raise_sndbuf, timed_out
 from .tcp import bound_endpoint
 from .unix import _bind, sockaddr
 
@@ -187,8 +188,6 @@ def _owned_by_us_or_root(path: str) -> bool:
 class DatagramTransport(Transport):
     """One bound receiver or one connected sender of a datagram queue."""
 
-    kind = "message"
-
     def __init__(self, sock: socket.socket, endpoint: Endpoint, *, receiver: bool) -> None:
         self.sock = sock
         self.endpoint = endpoint
@@ -240,11 +239,12 @@ class DatagramTransport(Transport):
         self._only(True, "receive")
         return wait_fd(self.fileno(), _POLLIN, deadline)
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
         """Send one datagram; waits for room in a unix receiver's queue (udp never waits)."""
         self._only(False, "send")
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
+        parts = framed(sid, payload)
         size = sum(memoryview(p).nbytes for p in parts)
         if self.max_payload is not None and size > self.max_payload:
             raise MessageTooLarge(f"a {size}-byte datagram does not fit {self.endpoint}: the limit is "
@@ -277,8 +277,8 @@ class DatagramTransport(Transport):
                                           f"({self.limit_source})", size, self.max_payload) from None
                 raise os_error(exc.errno or errno.EIO, f"sending on {self.endpoint}") from exc
 
-    def recv_message(self, deadline: float | None, **extra: Any) -> memoryview:
-        """One whole datagram; ``last_meta`` then says who sent it."""
+    def recv_message(self, deadline: float | None, **extra: Any) -> Message:
+        """One whole datagram; its ``meta`` (and ``last_meta``) says who sent it."""
         self._only(True, "receive")
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
@@ -287,8 +287,8 @@ class DatagramTransport(Transport):
                 if not self._unix:
                     n, addr = self.sock.recvfrom_into(self._scratch)
                     self.last_meta = {"address": addr}
-                    return memoryview(self._scratch)[:n]
-                return self._recv_unix()
+                    return unframe(memoryview(self._scratch)[:n], self.last_meta)
+                return unframe(self._recv_unix(), self.last_meta)
             except BlockingIOError:
                 if not wait_fd(self.fileno(), _POLLIN, deadline):
                     raise timed_out(f"receiving on {self.endpoint}") from None

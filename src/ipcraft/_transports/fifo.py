@@ -45,18 +45,19 @@ import os
 import select
 import struct
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
 from .._errors import os_error, translating
-from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, SCRATCH_SIZE, parse_header
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, SCRATCH_SIZE, FrameReader
 from .._names import DEFAULT_MODE
 from .._peer import Peer
-from ..errors import HandleClosed, MessageTooLarge, PeerVanished, ProtocolError, Timeout
+from .._wait import wait_fd
+from ..errors import HandleClosed, PeerVanished, ProtocolError, Timeout
 from ..primitives.fifo import Fifo
-from . import Transport
-from ._io import FdStream, timed_out, wait_fd
+from . import framed
+from ._contract import Message, Transport
+from ._io import FdStream, timed_out
 from .pipe import PIPE_SIZE, set_pipe_size
 
 PIPE_BUF: int = select.PIPE_BUF
@@ -113,7 +114,6 @@ class _FifoBase(Transport):
     create, exact mode, ENXIO explained, unlink only of the FIFO it made), a stream over a dup of that
     end, and the mmapped lock file."""
 
-    kind = "message"
     _lockfd = -1
     _map: mmap.mmap | None = None
     _stream: FdStream | None = None
@@ -213,17 +213,17 @@ class FifoWriter(_FifoBase):
     def wait_readable(self, deadline: float | None) -> bool:
         raise self._unsupported("receive")
 
-    def recv_message(self, deadline: float | None, **extra: Any) -> memoryview:
+    def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         raise self._unsupported("receive")
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
         """Write one frame without interleaving (see the module docstring)."""
         if extra:
             raise TypeError(f"fifo:// takes no per-message options; got {', '.join(extra)}")
         stream, m = self._stream, self._map
         if stream is None or m is None:
             raise HandleClosed(f"{self.endpoint} is closed")
-        parts = [p for p in parts if memoryview(p).nbytes]  # FdStream.send_all spins on an empty tail
+        parts = [p for p in framed(sid, payload) if memoryview(p).nbytes]  # send_all spins on an empty tail
         total = sum(memoryview(p).nbytes for p in parts)
         self._lock(deadline)
         try:
@@ -297,12 +297,8 @@ class FifoReader(_FifoBase):
             raise
         # Only this uid (and root) can write unless mode= lets group or others in.
         self.authenticated = not mode & 0o022
-        self._scratch = bytearray(SCRATCH_SIZE)
-        self._view = memoryview(self._scratch)
-        self._start = self._end = 0  # unconsumed bytes: scratch[_start:_end]
-        self._body: bytearray | None = None  # a frame too large for the scratch, header included
-        self._filled = 0
-        self._skip = 0  # bytes of an oversized frame still to discard
+        self._reader = FrameReader(self._max)  # the channels' frame reader: one frame format, one parser
+        self._junk = bytearray(SCRATCH_SIZE)  # where _drain() throws away what is not a frame
 
     def close(self) -> None:
         dummy, self._dummy = self._dummy, None
@@ -328,7 +324,7 @@ class FifoReader(_FifoBase):
         except OSError:
             pass
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
         raise self._unsupported("send")
 
     def _live(self) -> tuple[FdStream, mmap.mmap]:
@@ -340,71 +336,32 @@ class FifoReader(_FifoBase):
 
     def _partial(self) -> bool:
         """Part of a frame (or of an oversized frame being skipped) is held here."""
-        return self._end > self._start or self._body is not None or self._skip > 0
-
-    def _frame_ready(self) -> bool:
-        if self._body is not None:
-            return self._filled == len(self._body)
-        avail = self._end - self._start
-        if self._skip or avail < HEADER_SIZE:
-            return False
-        try:
-            _, length = parse_header(self._view[self._start:self._start + HEADER_SIZE], self._max)
-        except ProtocolError:
-            return True
-        return length > self._max or avail >= HEADER_SIZE + length
+        return self._reader.in_frame
 
     def wait_readable(self, deadline: float | None) -> bool:
         stream, _ = self._live()
-        return self._frame_ready() or wait_fd(stream.fileno(), _POLLIN, deadline)
+        return self._reader.frame_ready() or wait_fd(stream.fileno(), _POLLIN, deadline)
 
-    def recv_message(self, deadline: float | None, **extra: Any) -> memoryview:
-        """One whole frame, header included."""
+    def recv_message(self, deadline: float | None, **extra: Any) -> Message:
+        """One whole message, read with the same FrameReader as the byte-stream channels.
+
+        A frame over max_message_size raises MessageTooLarge and is skipped as it arrives; bytes that
+        are not a frame raise ProtocolError after the queue was resynchronised (see _resync).
+        """
         if extra:
             raise TypeError(f"fifo:// takes no per-message options; got {', '.join(extra)}")
         self._live()
         while True:
-            if self._skip:
-                n = min(self._skip, self._end - self._start)
-                self._start += n
-                self._skip -= n
-                if self._skip:
-                    self._start = self._end = 0
-                    self._skip -= self._fill(self._view[:min(self._skip, len(self._scratch))], deadline)
-                    continue
-            if self._body is not None:
-                if self._filled == len(self._body):
-                    body, self._body, self._filled = self._body, None, 0
-                    return memoryview(body)
-                self._filled += self._fill(memoryview(self._body)[self._filled:], deadline)
-                continue
-            start, avail = self._start, self._end - self._start
-            if avail >= HEADER_SIZE:
-                try:
-                    _, length = parse_header(self._view[start:start + HEADER_SIZE], self._max)
-                except ProtocolError:
-                    self._resync()
-                    raise
-                total = HEADER_SIZE + length
-                if length > self._max:
-                    self._start += HEADER_SIZE
-                    self._skip = length
-                    raise MessageTooLarge(
-                        f"a writer sent a {length}-byte message on {self.endpoint}; this queue's "
-                        f"max_message_size is {self._max} (the message is discarded)", length, self._max)
-                if avail >= total:
-                    self._start += total
-                    return self._view[start:start + total]
-                if total > len(self._scratch):
-                    self._body = bytearray(total)
-                    self._body[:avail] = self._view[start:self._end]
-                    self._filled, self._start, self._end = avail, 0, 0
-                    continue
-            if self._start and (self._start == self._end or self._end == len(self._scratch)):
-                n = self._end - self._start
-                self._scratch[:n] = self._view[self._start:self._end]
-                self._start, self._end = 0, n
-            self._end += self._fill(self._view[self._end:], deadline)
+            reader = self._reader
+            try:
+                frame = reader.next_frame()
+            except ProtocolError:
+                self._resync()
+                raise
+            if isinstance(frame, tuple):
+                return Message(frame[0], frame[1])
+            # NEED_DATA (END cannot come: this handle holds a write end of its own).
+            reader.advance(self._fill(reader.buffer(), deadline))
 
     def _fill(self, target: memoryview, deadline: float | None) -> int:
         """Read at least one byte into ``target``, watching for writers that vanish mid-frame."""
@@ -455,8 +412,7 @@ class FifoReader(_FifoBase):
                            "timed out); the part received was discarded and the queue is still usable")
 
     def _discard(self, m: mmap.mmap) -> None:
-        self._start = self._end = self._filled = self._skip = 0
-        self._body = None
+        self._reader = FrameReader(self._max)  # it held only the partial frame: nothing else is lost
         m[_STATE] = _CLEAN
         m[_READER] = 0
 
@@ -481,6 +437,6 @@ class FifoReader(_FifoBase):
     def _drain(self, stream: FdStream) -> None:
         while True:
             try:
-                stream.recv_into(self._view, time.monotonic())
+                stream.recv_into(memoryview(self._junk), time.monotonic())
             except Timeout:
                 return

@@ -27,25 +27,23 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
 from .._names import DEFAULT_MODE
+from .._wait import wait_fd
 from ..errors import InvalidEndpoint, PeerVanished, Timeout
 from ..primitives import _mq_common as _common
 from ..primitives.posix_mq import PosixMessageQueue
-from . import Transport, framed_fast_path
-from ._io import wait_fd
+from . import QueueFastPath, framed, unframe
+from ._contract import Message, Transport, TryRecv, TrySend
 
 #: Longest single sleep of a wait before the name is checked again, in seconds.
 _SLICE = 0.5
 
 
-class MqTransport(Transport):
+class MqTransport(QueueFastPath):
     """Messages over one PosixMessageQueue."""
-
-    kind = "message"
 
     def __init__(self, queue: PosixMessageQueue, endpoint: Endpoint) -> None:
         self._q = queue
@@ -77,7 +75,7 @@ class MqTransport(Transport):
         q = self._q
         return {"name": q.name, "maxmsg": q.maxmsg, "msgsize": q.msgsize, "queue": q}
 
-    def fast_path(self) -> tuple[Any, Any]:
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path.
 
         They cover the common call (no timeout, no priority) in one slice of the wait and give up
@@ -85,12 +83,11 @@ class MqTransport(Transport):
         same call with its full semantics and error reports.
         """
         q = self._q
-        return framed_fast_path(self, lambda frame: q.send(frame, 0, _SLICE), lambda: q.recv(_SLICE),
-                                "priority", lambda: not self._gone)
+        return self._queue_fast_path(lambda frame: q.send(frame, 0, _SLICE), lambda: q.recv(_SLICE),
+                                     "priority", lambda: not self._gone)
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None,
-                     priority: int = 0) -> None:
-        data = b"".join(parts)
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, priority: int = 0) -> None:
+        data = b"".join(framed(sid, payload))
         q = self._q
         while True:
             try:
@@ -99,7 +96,7 @@ class MqTransport(Transport):
             except Timeout as exc:
                 self._after_slice(exc, deadline, "sending to")
 
-    def recv_message(self, deadline: float | None) -> bytes:
+    def recv_message(self, deadline: float | None) -> Message:
         q = self._q
         while True:
             try:
@@ -108,7 +105,7 @@ class MqTransport(Transport):
                 self._after_slice(exc, deadline, "receiving from")
                 continue
             self.last_meta = {"priority": priority}
-            return data
+            return unframe(data, self.last_meta)
 
     def wait_readable(self, deadline: float | None) -> bool:
         fd = self._q.fileno()

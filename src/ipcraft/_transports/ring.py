@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
@@ -37,7 +36,8 @@ from .._rings import mpmc as _mpmc
 from ..errors import HandleClosed
 from ..primitives.mmap_file import MappedFile
 from ..primitives.shm import PosixSharedMemory
-from . import Transport
+from . import framed, unframe
+from ._contract import Message, Transport, TryRecv, TrySend
 
 _OPEN_RETRIES = 100  # create="if_missing": rounds of "missing -> create -> exists" before giving up
 
@@ -61,7 +61,6 @@ def open_queue(endpoint: Endpoint, create: bool | str) -> Transport:
 class MpmcTransport(Transport):
     """A ring:// or file:// queue handle: a mapping, its MpmcPort, and (file://) a shared flock."""
 
-    kind = "message"
     _mem: PosixSharedMemory | MappedFile | None = None
     _view: memoryview | None = None
     _port: _mpmc.MpmcPort | None = None
@@ -75,7 +74,6 @@ class MpmcTransport(Transport):
 
     def __init__(self, endpoint: Endpoint, create: bool) -> None:
         self.endpoint = endpoint
-        self.last_meta: dict[str, Any] = {}
         self.durable = endpoint.scheme == "file"
         self.discarded = 0  # bytes of damaged records cut by recovery when this handle opened
         opts = endpoint.options
@@ -143,20 +141,20 @@ class MpmcTransport(Transport):
             raise HandleClosed(f"{self.endpoint} is closed")
         return ring
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None, **extra: Any) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
-        self._live().send(parts, deadline)
+        self._live().send(framed(sid, payload), deadline)  # a record holds the whole frame (see mpmc.py)
 
-    def recv_message(self, deadline: float | None, **extra: Any) -> memoryview:
+    def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
-        return self._live().recv(deadline)
+        return unframe(self._live().recv(deadline))
 
     def wait_readable(self, deadline: float | None) -> bool:
         return self._live().wait(deadline)
 
-    def fast_path(self) -> tuple[Any, Any]:
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)``: the channel's fast path in
         C, which completes a send or receive that needs no wait and returns False/None otherwise."""
         return self._live().fast_path()

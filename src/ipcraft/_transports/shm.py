@@ -64,9 +64,11 @@ from .._rings.spsc import (
     ring_size,
     round_capacity,
 )
+from .._wait import wait_fd
 from ..errors import HandleClosed, ProtocolError, Timeout
-from . import Transport, unix
-from ._io import timed_out, wait_fd
+from . import unix
+from ._contract import Message, Transport, TryRecv, TrySend
+from ._io import timed_out
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 _HELLO = struct.Struct("<8sIQ")
@@ -84,8 +86,6 @@ def _rendezvous(endpoint: Endpoint) -> Endpoint:
 
 class ShmTransport(Transport):
     """One end of an shm:// connection: a producer port on one ring, a consumer port on the other."""
-
-    kind = "message"
 
     def __init__(self, sock: socket.socket, mm: mmap.mmap, capacity: int, server: bool,
                  efds: Sequence[int], endpoint: Endpoint, peer: Any) -> None:
@@ -119,7 +119,7 @@ class ShmTransport(Transport):
 
     # -- the channel's fast path and zero copy -----------------------------------------------------
 
-    def fast_path(self) -> tuple[Any, Any]:
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path."""
         return self.tx.native.try_send, self.rx.native.try_recv
 
@@ -149,15 +149,14 @@ class ShmTransport(Transport):
 
     # -- the message transport contract ------------------------------------------------------------
 
-    def send_message(self, parts: Sequence[Any], deadline: float | None) -> None:
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None) -> None:
         self._check_open()
-        head = parts[0]
-        payload = parts[1] if len(parts) == 2 else b"".join(bytes(p) for p in parts[1:])
-        self.tx.send(payload, head[1], deadline)
+        self.tx.send(payload, sid, deadline)  # the ring writes the frame header itself (see spsc.py)
 
-    def recv_message(self, deadline: float | None) -> bytes:
+    def recv_message(self, deadline: float | None) -> Message:
         self._check_open()
-        return self.rx.recv(deadline)
+        payload, sid = self.rx.recv(deadline)
+        return Message(sid, memoryview(payload))
 
     def wait_readable(self, deadline: float | None) -> bool:
         self._check_open()

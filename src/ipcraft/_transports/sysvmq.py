@@ -28,24 +28,21 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
 from .._errors import removed_as_vanished
 from .._names import DEFAULT_MODE
+from .._wait import remaining, retry_until
 from ..errors import InvalidEndpoint
 from ..primitives import _mq_common as _common
-from ..primitives._timeouts import retry_until
 from ..primitives.sysv_mq import SysVMessageQueue, ftok
-from . import Transport, framed_fast_path
-from ._io import remaining
+from . import QueueFastPath, framed, unframe
+from ._contract import Message, Transport, TryRecv, TrySend
 
 
-class SysVMqTransport(Transport):
+class SysVMqTransport(QueueFastPath):
     """Messages over one SysVMessageQueue."""
-
-    kind = "message"
 
     def __init__(self, queue: SysVMessageQueue, endpoint: Endpoint) -> None:
         self._q = queue
@@ -78,7 +75,7 @@ class SysVMqTransport(Transport):
         q = self._q
         return {"key": q.key, "id": q.id, "qbytes": q.qbytes, "queue": q}
 
-    def fast_path(self) -> tuple[Any, Any]:
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path.
 
         They cover the common call (no timeout, type 1 out, any type in) and give up (False / None,
@@ -86,24 +83,24 @@ class SysVMqTransport(Transport):
         full semantics and error reports.
         """
         q = self._q
-        return framed_fast_path(self, lambda frame: q.send(frame, 1, None), lambda: q.recv(0, None), "type")
+        return self._queue_fast_path(lambda frame: q.send(frame, 1, None), lambda: q.recv(0, None), "type")
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None,
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None,
                      type: int = 1) -> None:  # noqa: A002
         try:
-            self._q.send(b"".join(parts), type, None if deadline is None else remaining(deadline))
+            self._q.send(b"".join(framed(sid, payload)), type, None if deadline is None else remaining(deadline))
         except OSError as exc:
             raise removed_as_vanished(exc) from exc
 
     def recv_message(self, deadline: float | None, type: int = 0,  # noqa: A002
-                     except_type: bool = False) -> bytes:
+                     except_type: bool = False) -> Message:
         try:
             data, got = self._q.recv(type, None if deadline is None else remaining(deadline),
                                     except_type=except_type)
         except OSError as exc:
             raise removed_as_vanished(exc) from exc
         self.last_meta = {"type": got}
-        return data
+        return unframe(data, self.last_meta)
 
     def wait_readable(self, deadline: float | None) -> bool:
         q = self._q

@@ -33,10 +33,11 @@ from .._auth import HELLO_SIZE, PROOF_SIZE, Handshake
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._peer import Peer
+from .._wait import deadline_after, wait_fd
 from ..errors import AuthenticationError, InvalidEndpoint, IPCError, PeerVanished, Timeout
 from ..primitives.sockets import _inet
-from . import Transport
-from ._io import SocketStream, deadline_after, timed_out, wait_fd
+from ._contract import Transport
+from ._io import SocketStream, timed_out
 from .unix import UnixListener
 
 _POLLIN, _POLLOUT = 1, 4

@@ -20,17 +20,18 @@ import errno
 import mmap
 import os
 import socket
-from collections.abc import Sequence
 
 from .._auth import VERDICT_OK, VERDICT_REFUSED, uid_allowed
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._names import DEFAULT_MODE, validate_unix_path
 from .._peer import Peer
+from .._wait import deadline_after, wait_fd
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
 from ..primitives.sockets import _bind_path, peer_credentials
-from . import Transport
-from ._io import SocketStream, SocketTransport, deadline_after, raise_sndbuf, send_timeout, timed_out, wait_fd
+from . import framed, unframe
+from ._contract import Message, Transport
+from ._io import SocketStream, SocketTransport, raise_sndbuf, send_timeout, timed_out
 
 _SOCK_TYPES = {"unix": socket.SOCK_STREAM, "unix+seqpacket": socket.SOCK_SEQPACKET}
 _DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -135,8 +136,6 @@ class SeqpacketTransport(SocketTransport):
     and it is reused, so a 1 MiB record is never a fresh allocation.
     """
 
-    kind = "message"
-
     def __init__(self, sock: socket.socket, what: str) -> None:
         self.sock = sock
         self._what = what
@@ -156,8 +155,8 @@ class SeqpacketTransport(SocketTransport):
     def wait_readable(self, deadline: float | None) -> bool:
         return wait_fd(self.fileno(), 1, deadline)
 
-    def send_message(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
-        sock = self.sock
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None) -> None:
+        sock, parts = self.sock, framed(sid, payload)
         flags = socket.MSG_NOSIGNAL if deadline is None else socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
         while True:
             try:
@@ -174,7 +173,7 @@ class SeqpacketTransport(SocketTransport):
                         f"the socket send buffer ({self.limit_source})", size, self.max_payload) from None
                 raise os_error(exc.errno or errno.EIO, f"sending on {self._what}") from exc
 
-    def recv_message(self, deadline: float | None) -> memoryview:
+    def recv_message(self, deadline: float | None) -> Message:
         sock = self.sock
         buf = self._buf
         if buf is None:
@@ -196,7 +195,7 @@ class SeqpacketTransport(SocketTransport):
             raise MessageTooLarge(f"a record on {self._what} was larger than the {len(buf)}-byte receive "
                                   "area (the peer raised its send buffer past net.core.wmem_max with "
                                   "SO_SNDBUFFORCE); it was discarded", None, len(buf))
-        return memoryview(buf)[:n]
+        return unframe(memoryview(buf)[:n])
 
 
 def _record_room() -> int:

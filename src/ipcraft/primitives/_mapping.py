@@ -1,6 +1,6 @@
 """What PosixSharedMemory and MappedFile share: a file mapped whole with mmap(MAP_SHARED), its views.
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **Every view counts.**  ``buf`` returns a *new* memoryview of the mmap object on each call, and numpy
   views are built on such a memoryview.  The mmap object therefore counts every live view (slices and
@@ -8,7 +8,8 @@ Decisions (STYLE.md R20):
   memory: Python code cannot crash by touching a view.
 * **close() never fails on views.**  With views alive, ``close()`` closes the file descriptor and lets
   go of the mmap object; the views keep it alive, and it unmaps itself when the last one is released.
-  (CPython's ``SharedMemory.close()`` raises BufferError instead and stays open, which breaks R8.)
+  (CPython's ``SharedMemory.close()`` raises BufferError instead and stays open: a handle neither
+  usable nor closed.)
 * **resize()/remap() refuse with BufferError while views exist**, before changing anything: a mapping
   cannot move or shrink under a memoryview.  Release the views (``del``, ``view.release()``), then
   resize, then take new views.
@@ -70,7 +71,7 @@ def check_mode(mode: object) -> int:
 
 
 def no_constructor(cls: type) -> NoReturn:
-    """What a handle's __init__ raises: they are made by their classmethods (R6)."""
+    """What a handle's __init__ raises: they are made by their classmethods."""
     raise TypeError(f"use {cls.__name__}.create(), .open() or .open_or_create()")
 
 
@@ -214,7 +215,7 @@ class MemoryHandle(Handle):
 
 
 class Owned:
-    """The owner duty of named objects (STYLE.md R7): only the creator's handle unlinks on close.
+    """The owner duty of named objects: only the creator's handle unlinks on close.
 
     Ownership belongs to the creating *process*: the copy of an owner handle that a fork()ed child
     inherits is not the owner, so a child closing what it inherited never removes the parent's object.

@@ -1,8 +1,8 @@
 """The kernel knobs that limit the two message-queue primitives, read when needed.
 
 Each knob is named by its /proc file, because that is what an error message tells a user to look at
-or change (STYLE.md R11).  Knobs are read at call time: an administrator may change them while a
-program runs.  (ipcraft.limits reports the same knobs, but a primitive may not import it: R1.)
+or change.  Knobs are read at call time: an administrator may change them while a
+program runs.  (ipcraft.limits reports the same knobs, but a primitive may not import it: it is a higher layer.)
 """
 
 from __future__ import annotations

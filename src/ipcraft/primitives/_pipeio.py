@@ -43,11 +43,14 @@ def _read_knob(path: str) -> int | None:
         return None
 
 
-class PipeIO:
-    """The byte-stream surface of a pipe end: read, write, capacity, non-blocking mode.
+class OneShotIO:
+    """One read or one write on a pipe or FIFO fd that never blocks, whatever its O_NONBLOCK flag.
 
-    A subclass provides ``_end(write)`` (the fd of that direction, or raises) and ``_fds()`` (every
-    open fd it holds).
+    The primitives' pipes and FIFOs and the fd byte streams under channels (pipe://, fifo://) share it.
+    ``_nonblock`` says the fd is non-blocking (then the plain call is the try); on a blocking fd the
+    try is ``preadv2``/``pwritev2`` with RWF_NOWAIT, and where the kernel refuses that (EOPNOTSUPP,
+    EINVAL) a poll(2) with a zero timeout and then the call, a write then taking at most PIPE_BUF bytes,
+    which POLLOUT guarantees room for.
     """
 
     #: Writes of at most this many bytes are atomic: they are never interleaved with other writers'
@@ -56,6 +59,44 @@ class PipeIO:
 
     _nonblock: bool = False
     _nowait: bool = bool(_RWF_NOWAIT)  # RWF_NOWAIT works on this fd until the kernel says otherwise
+
+    def _read_now(self, fd: int, view: memoryview) -> int:
+        """One read that never blocks; BlockingIOError if there is nothing to read yet."""
+        if self._nonblock:
+            return os.readv(fd, [view])
+        if self._nowait:
+            try:
+                return os.preadv(fd, [view], -1, _RWF_NOWAIT)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._nowait = False
+        if not wait_fd(fd, POLLIN, 0.0):
+            raise BlockingIOError(errno.EAGAIN, "no data")
+        return os.readv(fd, [view])
+
+    def _write_now(self, fd: int, views: list[memoryview]) -> int:
+        """One write of (a prefix of) ``views`` that never blocks; BlockingIOError if no byte fits yet."""
+        if self._nonblock:
+            return os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+        if self._nowait:
+            try:
+                return os.pwritev(fd, views, -1, _RWF_NOWAIT)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._nowait = False
+        if not wait_fd(fd, POLLOUT, 0.0):
+            raise BlockingIOError(errno.EAGAIN, "no room")
+        return os.write(fd, views[0][:self.PIPE_BUF])  # POLLOUT promises room for PIPE_BUF bytes
+
+
+class PipeIO(OneShotIO):
+    """The byte-stream surface of a pipe end: read, write, capacity, non-blocking mode.
+
+    A subclass provides ``_end(write)`` (the fd of that direction, or raises) and ``_fds()`` (every
+    open fd it holds).
+    """
 
     def _end(self, write: bool) -> int:
         raise NotImplementedError
@@ -109,21 +150,6 @@ class PipeIO:
             raise ChannelClosed(f"end of file on {self!r}: every write end is closed and the pipe is empty")
         return n
 
-    def _read_now(self, fd: int, view: memoryview) -> int:
-        """One read that never blocks; BlockingIOError if there is nothing to read yet."""
-        if self._nonblock:
-            return os.readv(fd, [view])
-        if self._nowait:
-            try:
-                return os.preadv(fd, [view], -1, _RWF_NOWAIT)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                self._nowait = False
-        if not wait_fd(fd, POLLIN, 0.0):
-            raise BlockingIOError(errno.EAGAIN, "no data")
-        return os.readv(fd, [view])
-
     # -- writing ------------------------------------------------------------------------------------
 
     def write(self, data: Any, *, timeout: float | None = None) -> int:
@@ -150,15 +176,13 @@ class PipeIO:
                 if timeout is None:
                     n = os.write(fd, view[sent:])  # blocking fd: the kernel waits for room
                 else:
-                    n = self._write_now(fd, view[sent:])
+                    n = self._write_now(fd, [view[sent:]])
             except BlockingIOError:
                 if deadline is None:
                     deadline = deadline_after(timeout)
                 if not wait_fd(fd, POLLOUT, deadline):
-                    exc = Timeout(f"writing to {self!r}: the reader made no room within {timeout} s; "
-                                  f"{sent} of {total} bytes were written")
-                    exc.written = sent  # type: ignore[attr-defined]
-                    raise exc from None
+                    raise Timeout(f"writing to {self!r}: the reader made no room within {timeout} s; "
+                                  f"{sent} of {total} bytes were written", written=sent) from None
                 continue
             except OSError as exc:
                 if exc.errno == errno.EPIPE:
@@ -167,21 +191,6 @@ class PipeIO:
                 raise os_error(exc.errno or errno.EIO, f"writing to {self!r}") from exc
             sent += n
         return total
-
-    def _write_now(self, fd: int, view: memoryview) -> int:
-        """One write that never blocks; BlockingIOError if no byte fits yet."""
-        if self._nonblock:
-            return os.write(fd, view)
-        if self._nowait:
-            try:
-                return os.pwritev(fd, [view], -1, _RWF_NOWAIT)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                self._nowait = False
-        if not wait_fd(fd, POLLOUT, 0.0):
-            raise BlockingIOError(errno.EAGAIN, "no room")
-        return os.write(fd, view[:self.PIPE_BUF])  # POLLOUT promises room for PIPE_BUF bytes
 
     # -- kernel attributes --------------------------------------------------------------------------
 

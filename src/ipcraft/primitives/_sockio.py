@@ -154,8 +154,7 @@ class SocketBase(Handle):
             try:
                 sent += self._io(functools.partial(op, view[sent:]), POLLOUT, remaining(deadline), "sending on")
             except Timeout as exc:
-                exc.written = sent  # type: ignore[attr-defined]
-                raise
+                raise Timeout(str(exc), written=sent) from exc
             if sent >= len(view):
                 return sent
 

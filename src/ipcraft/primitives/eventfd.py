@@ -1,8 +1,8 @@
 """EventFD: a 64-bit kernel counter behind a file descriptor (eventfd(2)), for wake-ups.
 
-Decisions (STYLE.md R20): the fd is always opened EFD_NONBLOCK; blocking and timeouts are done
+Decisions: the fd is always opened EFD_NONBLOCK; blocking and timeouts are done
 with poll(2), so one fd serves blocking calls, timeouts, select/epoll and asyncio alike (the same
-pattern as every fd transport).  Verbs follow ipcraft's vocabulary (STYLE.md R5): ``send`` adds to
+pattern as every fd transport).  Verbs follow ipcraft's vocabulary: ``send`` adds to
 the counter (write(2)), ``recv`` takes from it (read(2)).
 
 .. versionadded:: 0.1
@@ -17,8 +17,8 @@ from typing import TypeVar
 
 from .._errors import translating
 from .._resource import FdHandle
+from .._wait import deadline_after, wait_fd
 from ..errors import Timeout
-from ._timeouts import deadline_after, wait_fd
 
 __all__ = ("EventFD",)
 

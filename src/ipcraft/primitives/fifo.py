@@ -17,7 +17,7 @@ Decisions:
   nothing.  The fd is switched back to blocking mode afterwards (it is this open's own description).
 * **The creator owns the name** and unlinks it on ``close()`` (unless ``unlink_on_close=False`` or
   ``release_ownership()``), and only if the path still names the FIFO it created.  A handle from
-  ``open()`` never unlinks by itself (STYLE.md R7).
+  ``open()`` never unlinks by itself.
 * Files are created owner-only (0600) unless ``mode=`` says otherwise; the umask never loosens or
   tightens the mode asked for.
 

@@ -1,6 +1,6 @@
 """Advisory file locks: whole-file flock(2) and fcntl(2) byte-range (record) locks.
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **Two classes, because the kernel has two lock families with different owners.**  A flock lock
   belongs to the *open file description*; a classic fcntl record lock belongs to the *process*
@@ -43,8 +43,8 @@ from typing import NamedTuple
 
 from .._errors import lock_error, translating
 from .._names import DEFAULT_MODE
-from .._resource import FdHandle
-from ._timeouts import LockLike, deadline_after, retry_until
+from .._resource import FdHandle, LockLike
+from .._wait import deadline_after, retry_until
 
 __all__ = ("FileLock", "RecordLock", "LockHolder")
 
@@ -85,7 +85,7 @@ class FileLock(LockLike, _FileLockBase):
 
     A lock-like handle: ``with lock:`` acquires and releases it (exclusive unless the handle was
     made with ``shared=True``), as ``threading.Lock`` does; the handle's lifetime (its fd) is ended
-    with :meth:`close` (or ``contextlib.closing``), which also drops the lock (STYLE.md R8's
+    with :meth:`close` (or ``contextlib.closing``), which also drops the lock (the
     exception for lock-like handles).
 
     The lock belongs to the open file description: two handles opened separately exclude each other
@@ -193,7 +193,7 @@ class RecordLock(LockLike, _FileLockBase):
 
     A lock-like handle: ``with lock:`` acquires and releases the range given at construction (the
     whole file, exclusive, by default); the fd's lifetime is ended with :meth:`close` (or
-    ``contextlib.closing``) (STYLE.md R8's exception for lock-like handles).  Other ranges are locked
+    ``contextlib.closing``) (the exception for lock-like handles: ``with`` acquires).  Other ranges are locked
     with ``acquire(start, length)``; ``length=0`` means "to the end of the file, however it grows".
 
     Classic locks (the default) belong to the process: threads of one process never exclude each

@@ -1,6 +1,6 @@
 """A regular file mapped into memory (mmap MAP_SHARED): views, msync, resize.
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **The whole file is mapped**, as with shared memory; the views, resize and remap rules are those of
   ``ipcraft.primitives._mapping`` (every view counted, resize refused with BufferError while views live,

@@ -6,11 +6,12 @@ descriptor, so a queue can be watched with select/poll/epoll.
 
 Decisions:
 
-* **posix_ipc makes the system calls**; this module adds the three constructors (STYLE.md R6),
-  ownership (R7), size checks that name their knob (R11) and error translation (``_errors.py`` only).
+* **posix_ipc makes the system calls**; this module adds the three constructors (create, open,
+  open_or_create), ownership (only the creator unlinks), size checks that name their knob and error
+  translation (``_errors.py`` only).
   The queue is always opened read-write.
 * **Timeouts are the kernel's own** (mq_timedsend/mq_timedreceive), so a timed wait costs no CPU and
-  ends on time.  ``timeout=0`` is the non-blocking form; there is no ``block=`` flag (R24), and the
+  ends on time.  ``timeout=0`` is the non-blocking form; there is no ``block=`` flag, and the
   descriptor itself never gets O_NONBLOCK (select/epoll users rely on ``recv(timeout=0)``).
 * **A signal whose handler returns does not end a wait** (PEP 475): the call resumes with the time
   left.  A handler that raises (Ctrl-C) ends it with that exception.
@@ -39,10 +40,10 @@ import posix_ipc
 from .._errors import translated, translating
 from .._names import DEFAULT_MODE, validate_name
 from .._resource import Handle
+from .._wait import deadline_after, remaining
 from ..errors import MessageTooLarge
 from . import _mq_common as _common
 from ._mapping import Owned, open_or_create
-from ._timeouts import deadline_after, remaining
 
 __all__ = ("PosixMessageQueue", "unlink_message_queue", "PRIORITY_MAX")
 

@@ -1,6 +1,6 @@
 """Counting semaphores: named POSIX semaphores and System V semaphore sets.
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **PosixSemaphore wraps posix_ipc** (sem_open/sem_timedwait with the GIL released).  A POSIX
   semaphore has *no owner*: if a process dies between acquire and release, the count stays taken
@@ -31,8 +31,8 @@ import posix_ipc
 
 from .._errors import lock_error, os_error, translating
 from .._names import DEFAULT_MODE, NAME_MAX, validate_name
-from .._resource import Handle
-from ._timeouts import LockLike, deadline_after, remaining
+from .._resource import Handle, LockLike
+from .._wait import deadline_after, remaining
 
 __all__ = ("PosixSemaphore", "SysVSemaphoreSet", "unlink_posix_semaphore")
 
@@ -59,7 +59,7 @@ class PosixSemaphore(LockLike, Handle):
     """A named POSIX counting semaphore (sem_open), shared by every process that opens the name.
 
     A lock-like handle: ``with sem:`` acquires and releases it, as ``threading.Semaphore`` does; its
-    lifetime is ended with :meth:`close` (or ``contextlib.closing``) (STYLE.md R8's exception).
+    lifetime is ended with :meth:`close` (or ``contextlib.closing``) (the exception for lock-like handles).
     The semaphore lives in /dev/shm as ``sem.<name>`` until unlinked.
 
     .. warning:: A POSIX semaphore has no owner.  If a process dies (SIGKILL, a crash) after

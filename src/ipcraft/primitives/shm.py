@@ -1,6 +1,6 @@
 """Shared memory segments: POSIX (a file in /dev/shm) and System V (a key), as memoryviews and arrays.
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **No resource tracker.**  CPython's ``multiprocessing.shared_memory`` registers every segment it
   *opens* with ``resource_tracker``, which unlinks it when that process exits: a reader that only

@@ -1,6 +1,6 @@
 """Signals: scoped handlers, real-time signals with a payload (sigqueue), and signalfd.
 
-Decisions (STYLE.md R20) — handlers vs signalfd vs sigwaitinfo, the three ways to receive a signal:
+Decisions — handlers vs signalfd vs sigwaitinfo, the three ways to receive a signal:
 
 * **Python handlers (signal.signal)** run only in the main thread, later, between bytecodes, and get
   only the signal number: no sender pid, no payload.  Python's C-level handler just sets a flag, so
@@ -42,8 +42,8 @@ from typing import Any, NamedTuple
 
 from .._errors import os_error, translating
 from .._resource import FdHandle, Handle
+from .._wait import deadline_after, wait_fd
 from ..errors import Timeout
-from ._timeouts import deadline_after, wait_fd
 
 __all__ = ("SignalReceiver", "SignalFD", "SigInfo", "sigqueue", "SI_USER", "SI_KERNEL", "SI_QUEUE", "SI_TKILL")
 

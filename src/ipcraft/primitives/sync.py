@@ -1,6 +1,6 @@
 """Robust process-shared mutexes and conditions that live in any shared buffer.
 
-Decisions (STYLE.md R20):
+Decisions:
 
 * **The mutex is a glibc robust pthread mutex** (process-shared, robust, error-checking), because only
   the kernel's robust-futex list can release a lock whose owner was SIGKILLed: on the owner's death the
@@ -78,7 +78,7 @@ class SharedMutex(_native.PMutex, Handle):
 
     A lock-like handle: ``with mutex:`` acquires and releases it, as ``threading.Lock`` does; the
     handle's lifetime is ended with :meth:`close` (or ``contextlib.closing``), which only unpins the
-    buffer and never touches the lock state (STYLE.md R8's exception for lock-like handles).
+    buffer and never touches the lock state (the exception for lock-like handles: ``with`` acquires).
 
     The buffer is anything writable that several processes map: an ``mmap`` of a memfd, of a file or
     of /dev/shm, a ``PosixSharedMemory``, a ring header.  Every process attaches its own handle with

@@ -13,7 +13,7 @@ Decisions:
   is the kernel's.  sysv_ipc has neither MSG_EXCEPT nor MSG_NOERROR, so a receive that asks for
   either (or for a ``max_size``) calls libc's msgrcv through ctypes, which also releases the GIL.
 * **Timeouts by polling.**  msgrcv/msgsnd have no timed form and a queue has no descriptor, so a
-  wait with a timeout retries IPC_NOWAIT with a pause growing from 50 us to 5 ms (``_timeouts.
+  wait with a timeout retries IPC_NOWAIT with a pause growing from 50 us to 5 ms (``_wait.
   retry_until``): a message that arrives is taken within about as long as the wait had lasted (at
   most 5 ms later), the last pause is cut to the time left, so the wait ends 0.1-0.5 ms after the
   deadline, and each poll wakes a vCPU (30-50 us here), so a long wait burns about 1.5-3.5 % of a
@@ -43,10 +43,10 @@ import sysv_ipc
 from .._errors import translated
 from .._names import DEFAULT_MODE
 from .._resource import Handle
+from .._wait import deadline_after, retry_until
 from ..errors import MessageTooLarge, Timeout
 from . import _mq_common as _common
 from ._mapping import Owned, open_or_create
-from ._timeouts import deadline_after, retry_until
 
 __all__ = ("SysVMessageQueue", "SysVMessageQueueStat", "ftok", "remove_message_queue", "IPC_PRIVATE",
            "TYPE_MAX")

@@ -1,0 +1,171 @@
+"""The typed seam between a channel and its transports.
+
+Every transport is a :class:`Transport` (the facts a channel reports and the lifecycle) and exactly
+one of two data contracts:
+
+* :class:`ByteStream` moves bytes without boundaries: ``send_all(parts, deadline)``,
+  ``write_some(views)`` (never blocks), ``recv_into(buf, deadline, exact) -> n`` (0 at end of stream).
+  unix://, tcp://, ipcraft.pipe().
+* :class:`MessagePort` keeps boundaries: ``send_message(sid, payload, deadline, **extra)`` and
+  ``recv_message(deadline, **extra) -> Message``.  A :class:`Message` carries its serializer id and
+  the mechanism's metadata (``priority``, ``type``, the sender's ``address``) as fields, so the channel
+  never parses bytes a port already understood.  unix+seqpacket://, unix+dgram://, udp://, mq://,
+  sysvmq://, shm://, ring://, file://, fifo://.
+
+The channel turns a byte stream into a message port with :class:`~._framed.FramedStream` (ipcraft's
+frames on the stream), so it has one send path and one receive path.
+
+Optional capabilities are small protocols checked once, with ``isinstance``, when a channel is made:
+
+* :class:`FastPath`: ``fast_path() -> (try_send, try_recv)``, calls in C (or one primitive call) that
+  finish the common case at once and return False/None for the general path to do the rest.
+* :class:`ZeroCopy`: ``reserve``/``commit``/``abort`` and ``peek``/``consume`` (Channel.send_view()
+  and recv_view()), the verbs of the ring ports down to C.
+* :class:`BoundEndpoint`: a listener that knows the address it is bound to (a port 0 resolved).
+
+Deadlines are absolute ``time.monotonic()`` values or None (wait forever; see ``_wait``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+from .._peer import Peer
+
+if TYPE_CHECKING:
+    from .._endpoint import Endpoint
+
+#: The metadata of a message whose mechanism has none.
+NO_META: Mapping[str, Any] = MappingProxyType({})
+
+#: ``try_send(data, sid=0) -> bool``: sent at once, or False with nothing sent.
+TrySend = Callable[..., bool]
+#: ``try_recv() -> bytes | None``: a payload taken at once, or None with nothing taken.
+TryRecv = Callable[[], "bytes | None"]
+
+
+class Message(NamedTuple):
+    """One message as a port receives it."""
+
+    #: The wire id of the serializer that made ``payload`` (0: raw bytes).
+    sid: int
+    #: The message bytes; valid until the next receive on the same port.
+    payload: memoryview
+    #: What the mechanism tells about it: ``priority`` (mq://), ``type`` (sysvmq://), ``address``
+    #: and credentials of the sender (datagrams); empty where there is nothing.
+    meta: Mapping[str, Any] = NO_META
+
+
+class Transport:
+    """What every transport has: the facts a channel reports and the lifecycle.
+
+    A transport is also a :class:`ByteStream` or a :class:`MessagePort`.
+    """
+
+    peer: Peer = Peer()
+    #: True when the peer is authenticated, so a serializer that can run code may be decoded.
+    authenticated: bool = False
+    #: Largest frame (header included) one message may carry, None if unlimited.
+    max_payload: int | None = None
+    #: Where max_payload comes from, for error messages.
+    limit_source: str = ""
+    #: True for the queue handle that created (and will unlink) the named object.
+    owner: bool = False
+    #: The metadata of the last message received (see Message.meta); kept by the transport itself.
+    last_meta: Mapping[str, Any] = NO_META
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def wait_readable(self, deadline: float | None) -> bool:
+        """Whether a message (or end of stream) is ready, waiting until ``deadline``."""
+        raise NotImplementedError
+
+    def unlink(self) -> None:
+        """Remove the named object now (queues); a no-op where nothing is named."""
+
+    def extra(self) -> dict[str, Any]:
+        """Transport-specific facts for Channel.extra (typed attributes, anyio style)."""
+        return {}
+
+
+@runtime_checkable
+class ByteStream(Protocol):
+    """Bytes without boundaries, over one fd."""
+
+    #: True when write_some() may write part of a buffer without blocking (False for TLS, whose
+    #: interrupted writes must be retried with the same buffer).
+    splits_writes: bool
+
+    def send_all(self, parts: Sequence[bytes | memoryview], deadline: float | None) -> None:
+        """Write every byte of ``parts``.  A Timeout after part of them went out closes the stream
+        (``Timeout.closed``), since a frame cannot be resumed in the middle."""
+
+    def write_some(self, views: list[memoryview]) -> int:
+        """Write a prefix of ``views`` without blocking; BlockingIOError when no byte fits yet."""
+
+    def recv_into(self, buf: memoryview, deadline: float | None, exact: bool = False) -> int:
+        """Read into ``buf``; 0 at end of stream.  ``exact`` with no deadline: fill it if possible."""
+
+    def wait_readable(self, deadline: float | None) -> bool: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class MessagePort(Protocol):
+    """Whole messages, each with its serializer id and metadata."""
+
+    def send_message(self, sid: int, payload: memoryview, deadline: float | None, **extra: Any) -> None:
+        """Send one message whole, or nothing (a Timeout leaves the port usable)."""
+
+    def recv_message(self, deadline: float | None, **extra: Any) -> Message:
+        """Receive one whole message."""
+
+    def wait_readable(self, deadline: float | None) -> bool: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FastPath(Protocol):
+    """A transport that can finish the common send and receive without the general path."""
+
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
+        """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)``."""
+
+
+@runtime_checkable
+class ZeroCopy(Protocol):
+    """A transport that lends its shared memory: fill a record in place, read one in place."""
+
+    def reserve(self, n: int, deadline: float | None) -> memoryview:
+        """``n`` writable bytes inside the ring, until commit() or abort()."""
+
+    def commit(self) -> None:
+        """Publish the reserved bytes as one raw message."""
+
+    def abort(self) -> None:
+        """Drop the reserved bytes unpublished."""
+
+    def peek(self, deadline: float | None) -> tuple[memoryview, int]:
+        """The next message in place, ``(read-only view, serializer id)``, until consume()."""
+
+    def consume(self) -> None:
+        """Drop the peeked message."""
+
+
+@runtime_checkable
+class BoundEndpoint(Protocol):
+    """A listener that knows the address it is bound to (a port 0 resolved)."""
+
+    endpoint: Endpoint
