@@ -409,6 +409,11 @@ class MpmcPort:
         port = self._live()
         return port.try_send, port.try_recv
 
+    def fast_batches(self) -> tuple[Callable[..., int], Callable[..., list[bytes]]]:
+        """``(try_send_many(payloads, sid=0) -> int, try_recv_many(max_messages, sid) -> list[bytes])``."""
+        port = self._live()
+        return port.try_send_many, port.try_recv_many
+
     def pending(self) -> int:
         return self._live().pending()
 
