@@ -59,6 +59,17 @@ class FramedStream:
             exc.closed = True
             raise
 
+    def next_buffered(self) -> Message | None:
+        """The next message if its whole frame is already read, else None; no system call
+        (Channel.recv_many takes a batch this way).  Raises as recv_message."""
+        try:
+            frame = self.reader.next_frame()
+        except ProtocolError as exc:
+            self.stream.close()
+            exc.closed = True
+            raise
+        return Message(frame[0], frame[1], NO_META) if isinstance(frame, tuple) else None
+
     def wait_readable(self, deadline: float | None) -> bool:
         """Whether a whole frame (or the end of the stream, or an error) is ready."""
         reader, stream = self.reader, self.stream
