@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -255,8 +257,10 @@ def test_raw_bytes_travel_unchanged(tmp_ipc_dir, spawn):
     data = bytes(range(256)) * 1000
     p = spawn("recv", "--raw", f"listen:unix://{path}", "--timeout", "20")
     wait_listening(path)
+    # send returns once recv has read everything, and recv prints it all into our pipe: read meanwhile.
+    reader = concurrent.futures.ThreadPoolExecutor(1).submit(p.communicate, timeout=20)
     assert invoke("send", "--raw", "--chunk", "10000", f"unix://{path}", input=data).exit_code == 0
-    out, err = p.communicate(timeout=20)
+    out, err = reader.result(timeout=25)
     assert p.returncode == 0 and out == data, err
 
 
@@ -310,3 +314,46 @@ def test_python_dash_m_ipcraft_ls_runs_as_a_real_process():
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert isinstance(json.loads(out.stdout), list)
+
+
+def _accept_and_drop_unread(url: str, linger: float) -> None:
+    """Accept one peer, wait until its data is there, and close without reading it (after ``linger``)."""
+    with ipcraft.listen(url) as listener, listener.accept(timeout=15) as ch:
+        assert select.select([ch.fileno()], [], [], 10)[0]  # the kernel's readiness: nothing read
+        time.sleep(linger)
+
+
+@pytest.mark.timeout(60)
+def test_send_whose_messages_the_peer_never_read_exits_nonzero(tmp_ipc_dir):
+    """A peer that closes with the messages unread: they are lost, and send says so with status 1."""
+    for scheme in ("unix", "unix+seqpacket"):
+        path = os.path.join(tmp_ipc_dir, f"drop-{scheme}.sock")
+        child = Child(_accept_and_drop_unread, f"{scheme}://{path}", 0.0)
+        wait_listening(path)
+        # One message: the peer closes only once it is in its socket, so send is past sending by then.
+        result = invoke("send", f"{scheme}://{path}", "--timeout", "10", "lost")
+        child.result(20)
+        assert result.exit_code == 1, result.output
+        assert "before reading everything" in result.stderr and "lost" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_send_to_a_peer_that_does_not_read_in_time_exits_nonzero(tmp_ipc_dir):
+    """--timeout bounds the wait for the peer to read: past it, status 1 naming the unread bytes."""
+    path = os.path.join(tmp_ipc_dir, "slow.sock")
+    child = Child(_accept_and_drop_unread, f"unix://{path}", 3.0)
+    wait_listening(path)
+    t0 = time.monotonic()
+    result = invoke("send", f"unix://{path}", "--timeout", "0.5", "unread")
+    assert time.monotonic() - t0 < 2.5
+    child.result(20)
+    assert result.exit_code == 1 and "has not read the last" in result.stderr, result.output
+
+
+@pytest.mark.timeout(60)
+def test_relay_to_a_missing_peer_fails_before_it_listens(tmp_ipc_dir):
+    """relay listen:A shm://nobody opens shm:// first: it fails at once and never binds A."""
+    path = os.path.join(tmp_ipc_dir, "in.sock")
+    result = invoke("relay", f"listen:unix://{path}", f"shm://{unique_name('nobody')}", "--timeout", "5")
+    assert result.exit_code == 1 and "no listener" in result.stderr, result.output
+    assert not os.path.exists(path)

@@ -84,11 +84,13 @@ def test_cli_runner_writes_report_with_machine_info_targets_and_plot(tmp_path, m
     pytest.importorskip("matplotlib")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    result = CliRunner().invoke(cli, ["bench", *TINY, *PLACEMENT, "--only", "unix://", "--only", "bare AF_UNIX loop",
+    result = CliRunner().invoke(cli, ["bench", *TINY, *PLACEMENT, "--only", "unix://,bare AF_UNIX loop",
                                       "--only", "mp.Pipe", "--idle", "0.2", "--json", str(out_json),
                                       "--plot", str(out_png)])
     assert result.exit_code == 0, result.output
-    assert "Round-trip latency" in result.output and "placement" in result.output
+    assert "Round-trip latency" in result.output and "Placement: " in result.output
+    assert "Machine: " in result.output and "Load: other processes used" in result.output
+    assert "targets" not in result.output.lower()  # the project's own targets: only with --details
     report = json.loads(out_json.read_text())
     assert report["schema"] == "ipcraft-bench/1"
     m = report["machine"]
@@ -156,7 +158,7 @@ def test_scheme_without_transport_is_listed_not_available(tmp_path, monkeypatch)
     result = CliRunner().invoke(cli, ["bench", *TINY, *PLACEMENT, "--schemes", "unix", "--only", "unix://",
                                       "--json", str(out_json)])
     assert result.exit_code == 0, result.output
-    assert "Not available" in result.output and "unix://" in result.output
+    assert "Not measured here: unix:// (--details says why)" in " ".join(result.output.split())
     (subject,) = json.loads(out_json.read_text())["subjects"]
     assert subject["status"] == "unavailable" and "not available in this build" in subject["reason"]
 
@@ -283,8 +285,15 @@ def test_bad_options_are_usage_errors():
     assert result.exit_code == 2 and "valid:" in result.output and "unix" in result.output
     result = runner.invoke(cli, ["bench", "--sizes", "lots"])
     assert result.exit_code == 2 and "is not a size" in result.output
-    result = runner.invoke(cli, ["bench", "--only", "no-such-subject-anywhere"])
-    assert result.exit_code == 2 and "no subject matches" in result.output
+    result = runner.invoke(cli, ["bench", "--only", "shm,no-such-subject-anywhere"])
+    assert result.exit_code == 2 and "'no-such-subject-anywhere' matches no subject" in result.output
+    assert "\n  shm:// block\n" in result.output and "\n  bare AF_UNIX loop\n" in result.output
+    result = runner.invoke(cli, ["bench", "--schemes", "unix,shm", "--only", "ring"])
+    assert result.exit_code == 2 and "matches no subject of --schemes" in result.output
+    assert "ring:// spin" not in result.output and "shm:// spin" in result.output
+    for bad in ("-1", "257", "many"):
+        result = runner.invoke(cli, ["bench", "--load", bad])
+        assert result.exit_code == 2 and "--load" in result.output
 
 
 def test_sizes_parse_and_format_in_binary_units():
@@ -300,3 +309,108 @@ def test_bench_machinery_imports_neither_click_nor_rich():
     code = "import sys, ipcraft._bench; print('click' in sys.modules, 'rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.timeout(120)
+def test_default_output_has_only_measurements_and_details_has_the_rest(tmp_path, monkeypatch):
+    """No target table and no object repr by default; --details shows why a subject is absent."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    args = ["bench", *TINY, *PLACEMENT, "--schemes", "ring", "--only", "ring:// block"]
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 0, plain.output
+    assert "ring:// block zero-copy (--details says why)" in plain.output.replace("\n", " ")
+    assert "<Queue" not in plain.output and "targets" not in plain.output.lower()
+    detailed = CliRunner().invoke(cli, [*args, "--details"])
+    assert detailed.exit_code == 0, detailed.output
+    assert "Not measured" in detailed.output and "ring:// block zero-copy: " in detailed.output
+
+
+@pytest.mark.timeout(120)
+def test_load_runs_cpu_bound_neighbours_and_reports_them(tmp_path):
+    """--load 2: two unpinned spinning processes run during the measurement, are reported, and are gone after."""
+    out_json = tmp_path / "load.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ipcraft", "bench", *TINY, "--placement", "none",
+                             "--only", "bare AF_UNIX loop", "--load", "2", "--json", str(out_json)],
+                            env=_bench_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        spinners: set[int] = set()
+        running = False  # a neighbour seen running or runnable (state R), not asleep
+        while proc.poll() is None:  # the bench's children that run the neighbours' code
+            for kid in _children_of(proc.pid):
+                try:
+                    with open(f"/proc/{kid}/cmdline", "rb") as f:
+                        if b"while True: pass" not in f.read():
+                            continue
+                    spinners.add(kid)
+                    with open(f"/proc/{kid}/stat") as f:
+                        running |= f.read().rsplit(")", 1)[1].split()[0] == "R"
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=100)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    assert len(spinners) == 2
+    assert not any(_alive(pid) for pid in spinners)
+    assert "--load 2: 2 CPU-bound neighbour process(es)" in " ".join(out.split())
+    report = json.loads(out_json.read_text())
+    assert report["config"]["load"] == 2 and report["load"]["neighbours"] == 2
+    assert running and report["load"]["neighbour_cpus"] > 0.05  # they spun (how much depends on the machine)
+    for when in ("before", "during"):
+        assert report["load"][when]["seconds"] > 0 and report["load"][when]["other_cpus"] >= 0
+
+
+@pytest.mark.timeout(60)
+def test_load_meter_sees_another_process_burning_cpu_and_the_verdict_says_so():
+    """A spinning process that is not the bench's counts as other load, and the verdict warns plainly."""
+    from ipcraft._bench._load import BUSY_CPUS, LoadMeter, verdict
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"])
+    try:
+        time.sleep(0.3)
+        meter = LoadMeter()
+        time.sleep(1.5)
+        during = meter.stop()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert during["other_cpus"] >= 0.5, during
+    warning = verdict({"other_cpus": 0.0, "steal_cpus": 0.0}, during, 0)
+    assert warning is not None and "unreliable" in warning and "busy" in warning
+    assert verdict({"other_cpus": 0.0}, {"other_cpus": BUSY_CPUS / 2, "steal_cpus": 0.0}, 0) is None
+
+
+def test_plot_panels_say_which_way_is_better_and_tell_spin_from_block_with_spread():
+    """The figure: titled panels, spin dashed and block solid, a min-max band where runs differ."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from ipcraft._cli._bench_plot import figure
+
+    def cell(name: str, size: int, p50: tuple[float, float, float], mbps: tuple[float, float, float]) -> dict:
+        return {"name": name, "group": "ipcraft", "size": size, "status": "ok", "runs": 3,
+                "latency_us": {"p50": p50[1], "p50_min": p50[0], "p50_max": p50[2]},
+                "throughput": {"mb_per_s": mbps[1], "mb_per_s_min": mbps[0], "mb_per_s_max": mbps[2]}}
+
+    results = [cell(n, z, (1.0, 2.0, 3.0), (10.0, 20.0, 30.0)) for n in ("shm:// spin", "shm:// block")
+               for z in (64, 4096)]
+    report = {"results": results, "load": {"neighbours": 1, "warning": "busy"},
+              "machine": {"cpu_model": "cpu", "cpus": 2, "kernel": "k", "python": "py", "placement_text": "none"}}
+    fig = figure(report)
+    try:
+        rtt, tput = fig.axes[:2]
+        assert "lower is better" in rtt.get_title() and "higher is better" in tput.get_title()
+        styles = {line.get_label(): (line.get_linestyle(), line.get_markerfacecolor()) for line in rtt.get_lines()}
+        assert styles["shm:// spin"][0] == "--" and styles["shm:// spin"][1] == "none"
+        assert styles["shm:// block"][0] == "-" and styles["shm:// block"][1] != "none"
+        assert sum(isinstance(c, PolyCollection) for c in rtt.collections) == 2  # one band per subject
+        assert "--load 1" in fig._suptitle.get_text() and "unreliable" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)

@@ -58,7 +58,7 @@ def layer_of(module: str, table: list[tuple[str, list[str]]] = LAYERS) -> int | 
 
 #: Private packages behind the `ipcraft` command: their __all__ is their interface to _cli, not names
 #: the library promises (they are still bound by the layering).
-COMMAND_MACHINERY = {"_bench", "_cli"}
+COMMAND_MACHINERY = {"_bench", "_cli", "_tour"}
 #: Public packages whose __init__ re-exports (the others are leaf modules).
 FACADES = {"ipcraft", "ipcraft.primitives"}
 

@@ -7,7 +7,7 @@ layering test (``tests/test_exports.py``) reads this table and enforces it file 
 modules relative to ``ipcraft`` (``ipcraft`` itself is this file); ``x.*`` is every module under ``x``;
 an exact name wins over a pattern::
 
-    command     __main__ _cli _cli.* _bench _bench.*
+    command     __main__ _cli _cli.* _bench _bench.* _tour
     checks      testing _child _conformance _conformance.*
     facade      ipcraft aio inventory limits
     channels    _connect _channel _zerocopy
@@ -18,7 +18,8 @@ an exact name wins over a pattern::
     values      _endpoint serializers _framing _auth _names _unix_diag
     foundation  errors _errors _wait _resource _peer _version _native
 
-* **command**: the ``ipcraft`` command (click and rich are imported only here) and its benchmark.
+* **command**: the ``ipcraft`` command (click and rich are imported only here), its benchmark and
+  its tour.
 * **checks**: ``ipcraft.testing`` (forked children with timeouts, unique names) and the conformance
   suite every scheme passes.
 * **facade**: ``connect``/``listen``/``queue``/``pipe`` (this file), mirrored by ``ipcraft.aio``;

@@ -30,13 +30,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ._harness import Env, Subject, run_trial
+from ._load import BUSY_CPUS, LoadMeter, Neighbours, sample_before, verdict
 from ._peers import peer_subjects
 from ._plan import DEFAULT_SIZES, Plan, format_size, parse_size
 from ._report import SCHEMA, aggregate, check_targets, machine_info
 from ._subjects import ipcraft_subjects
 from ._sweep import IceoryxFiles, sweep
 
-__all__ = ("Plan", "Subject", "DEFAULT_SIZES", "parse_size", "format_size", "select_subjects", "run")
+__all__ = ("Plan", "Subject", "DEFAULT_SIZES", "parse_size", "format_size", "select_subjects", "sample_before",
+           "BUSY_CPUS", "run")
 
 Progress = Callable[[int, int, str], None]
 
@@ -78,23 +80,32 @@ def _set_malloc_top_pad(pad: int) -> None:
 
 
 def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
-        tick: Callable[[], None] | None = None) -> dict[str, Any]:
+        tick: Callable[[], None] | None = None, before: dict[str, float] | None = None) -> dict[str, Any]:
     """Measure ``subjects`` as ``plan`` says; return the report (JSON-ready).
 
     ``progress(done, total, label)`` is called before and after each trial; ``tick()`` about ten times
-    a second while a trial runs.  Every child is reaped and every IPC object removed however this
+    a second while a trial runs.  ``before`` is the load sampled by ``sample_before()`` (taken here
+    when None).  Every child is reaped and every IPC object removed however this
     returns (KeyboardInterrupt included).
     """
     started = time.monotonic()
+    if before is None:
+        before = sample_before()  # the machine's load before any process of ours runs
     if plan.malloc_top_pad:
         _set_malloc_top_pad(plan.malloc_top_pad)  # the forked subject processes inherit it
-    tmpdir = tempfile.mkdtemp(prefix="ipcraft-bench-", dir=_tmp_root())
+    neighbours = Neighbours(plan.load)  # kills the ones it started if it cannot start them all
+    try:
+        tmpdir = tempfile.mkdtemp(prefix="ipcraft-bench-", dir=_tmp_root())
+    except BaseException:
+        neighbours.stop()
+        raise
     env = Env(tmpdir, f"b{os.getpid()}x{os.urandom(2).hex()}", max(plan.sizes))
     iox = IceoryxFiles()
     trials: dict[str, list[dict[str, Any]]] = {s.name: [] for s in subjects}
     status: dict[str, tuple[str, str]] = {}
     leftovers: dict[str, list[str]] = {}
     total, done = len(subjects) * plan.repeat, 0
+    meter = LoadMeter(exclude=neighbours.pids)
     try:
         for rep in range(plan.repeat):  # repetitions outermost, interleaved as in the reference
             trial_plan = plan if rep == 0 else dataclasses.replace(plan, idle=0.0)  # idle CPU: once
@@ -126,17 +137,22 @@ def run(plan: Plan, subjects: list[Subject], progress: Progress | None = None,
                 if progress:
                     progress(done, total, subject.name)
     finally:
+        neighbour_cpu = neighbours.stop()
+        during = meter.stop()
         found = sweep(env)
         if found:
             leftovers.setdefault("(end of run)", []).extend(found)
         shutil.rmtree(tmpdir, ignore_errors=True)
         iox.cleanup()
-    return _report(plan, subjects, trials, status, leftovers, time.monotonic() - started)
+    load = {"neighbours": plan.load, "neighbour_cpus": round(neighbour_cpu / max(during["seconds"], 1e-9), 3),
+            "before": before, "during": during, "busy_threshold_cpus": BUSY_CPUS,
+            "warning": verdict(before, during, plan.load)}
+    return _report(plan, subjects, trials, status, leftovers, time.monotonic() - started, load)
 
 
 def _report(plan: Plan, subjects: list[Subject], trials: dict[str, list[dict[str, Any]]],
             status: dict[str, tuple[str, str]], leftovers: dict[str, list[str]],
-            seconds: float) -> dict[str, Any]:
+            seconds: float, load: dict[str, Any]) -> dict[str, Any]:
     results, idle, errors = [], [], []
     for s in subjects:
         runs = trials[s.name]
@@ -161,7 +177,8 @@ def _report(plan: Plan, subjects: list[Subject], trials: dict[str, list[dict[str
                    "placement": plan.placement, "waits": list(plan.waits),
                    "round_trips": {str(z): plan.round_trips(z) for z in plan.sizes},
                    "messages": {str(z): plan.messages(z) for z in plan.sizes},
-                   "idle_seconds": plan.idle},
+                   "idle_seconds": plan.idle, "load": plan.load},
+        "load": load,
         "subjects": [{"name": s.name, "group": s.group, **s.facts,
                       "status": status.get(s.name, ("ok", ""))[0],
                       "reason": status.get(s.name, ("ok", ""))[1],

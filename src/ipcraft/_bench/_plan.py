@@ -85,9 +85,13 @@ class Plan:
     #: of the heap back to the kernel after each large free, so every fresh 1 MiB result faults its
     #: pages in again; on this kind of VM that costs up to ~1 ms for a process that had gone idle.
     malloc_top_pad: int = 0
+    #: CPU-bound neighbour processes (not pinned) that run during the measurement (``--load N``).
+    load: int = 0
     cpus: tuple[int | None, int | None] = field(default=(None, None))
 
     def __post_init__(self) -> None:
+        if self.load < 0:
+            raise ValueError(f"load is a number of processes, at least 0, not {self.load}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be at least 1, not {self.repeat}")
         for w in self.waits:

@@ -1,19 +1,22 @@
 """``ipcraft bench``: measure every scheme beside bare loops and peer libraries; tables, JSON, plot.
 
 The measuring lives in ipcraft._bench (no click or rich there); this module parses options, shows
-progress, prints the tables and the issues' targets, and writes the JSON and the plot.
+progress, prints the measurements, the machine, the placement and the load (with a plain warning
+when the machine was busy), and writes the JSON and the plot.  The project's own performance
+targets and why each absent subject is absent are printed only with --details.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from typing import Any
 
 import click
 
-from .._bench import DEFAULT_SIZES, Plan, format_size, parse_size, run, select_subjects
+from .._bench import BUSY_CPUS, DEFAULT_SIZES, Plan, format_size, parse_size, run, sample_before, select_subjects
 from .._bench._plan import PLACEMENTS, WAITS
 from .._endpoint import SCHEMES
 
@@ -44,8 +47,9 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 @click.option("--full", is_flag=True, help="Reference iteration counts and 3 repetitions (several minutes).")
 @click.option("--repeat", type=click.IntRange(min=1), default=None,
               help="Repetitions (fresh process pairs); cells show the median and min-max.  [default: 1, --full 3]")
-@click.option("--only", "only", multiple=True, metavar="PATTERN",
-              help="Measure only subjects whose name matches (glob, or substring); repeatable.")
+@click.option("--only", "only", multiple=True, metavar="LIST",
+              help="Measure only subjects whose name matches one of these comma-separated patterns (glob, "
+                   "or substring), e.g. 'shm,bare AF_UNIX loop'; repeatable.")
 @click.option("--schemes", callback=_schemes, metavar="LIST",
               help="ipcraft schemes to measure, e.g. unix,shm,pipe (baselines and peers still run).")
 @click.option("--sizes", callback=_sizes, metavar="LIST",
@@ -64,6 +68,11 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
               help="glibc M_TOP_PAD for every subject (e.g. 16777216): stops glibc returning the heap top "
                    "to the kernel after each large message, which dominates 1 MiB copies on some VMs. "
                    "[default: 0, glibc's own]")
+@click.option("--load", type=click.IntRange(min=0, max=256), default=0, show_default=True, metavar="N",
+              help="Run N CPU-bound neighbour processes (not pinned, at most 256) during the measurement: "
+                   "the figures of a busy machine, on purpose.")
+@click.option("--details", is_flag=True,
+              help="Also print why each absent subject is absent and the project's performance targets.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the machine-readable report here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -71,8 +80,7 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[str] | None,
           sizes: tuple[int, ...], waits: tuple[str, ...], placement: str, iterations: int | None,
           count: int | None, idle: float | None, trial_timeout: float | None, malloc_top_pad: int,
-          json_path: str | None,
-          plot_path: str | None) -> None:
+          load: int, details: bool, json_path: str | None, plot_path: str | None) -> None:
     """Measure ipcraft's schemes beside bare Python loops and peer libraries.
 
     Each subject runs in a fresh pair of forked processes (pinned as --placement says): ping-pong
@@ -91,18 +99,21 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
         plan = Plan(sizes=sizes, full=full, repeat=repeat or (3 if full else 1), placement=placement,
                     waits=tuple(dict.fromkeys(waits)) or WAITS, iterations=iterations, count=count,
                     idle=idle if idle is not None else (5.0 if full else 0.0), trial_timeout=trial_timeout,
-                    malloc_top_pad=malloc_top_pad)
+                    malloc_top_pad=malloc_top_pad, load=load)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    subjects = select_subjects(plan, only, schemes)
-    if not subjects:
-        raise click.UsageError("no subject matches --only/--schemes")
+    subjects = _select(plan, only, schemes)
     out, err = Console(), Console(stderr=True)
     out.print(f"[bold]ipcraft bench[/] · {'full' if full else 'quick'} · "
               f"placement {plan.describe_placement()} · repeat {plan.repeat} · "
-              f"sizes {', '.join(format_size(z) for z in plan.sizes)} · {plan.describe_malloc()}")
-    report = _run_with_progress(plan, subjects, err)
-    _print_report(out, report)
+              f"sizes {', '.join(format_size(z) for z in plan.sizes)} · {plan.describe_malloc()}"
+              + (f" · [bold]--load {load}[/]: {load} CPU-bound neighbour process(es), not pinned" if load else ""))
+    before = sample_before()
+    if before["other_cpus"] + before["steal_cpus"] > BUSY_CPUS:
+        err.print(f"[yellow]The machine is busy[/]: other processes use {before['other_cpus']:.2f} of "
+                  f"{os.cpu_count()} CPUs right now, so these figures will be unreliable (Ctrl-C to stop).")
+    report = _run_with_progress(plan, subjects, err, before)
+    _print_report(out, report, details)
     if json_path:
         report["config"]["argv"] = sys.argv[1:]
         with open(json_path, "w") as f:
@@ -115,7 +126,23 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
         out.print(f"plot written to {plot_path}")
 
 
-def _run_with_progress(plan: Plan, subjects: list[Any], err: Any) -> dict[str, Any]:
+def _select(plan: Plan, only: tuple[str, ...], schemes: set[str] | None) -> list[Any]:
+    """The subjects to measure; a pattern of --only that matches none is an error naming the valid ones."""
+    patterns = tuple(p.strip() for arg in only for p in arg.split(",") if p.strip())
+    everyone = select_subjects(plan, (), schemes)
+    unknown = [p for p in patterns if not select_subjects(plan, (p,), schemes)]
+    if unknown:
+        names = "\n  ".join(s.name for s in everyone)
+        raise click.BadParameter(f"{', '.join(map(repr, unknown))} matches no subject"
+                                 f"{' of --schemes' if schemes else ''}; the subjects are:\n  {names}",
+                                 param_hint="--only")
+    subjects = select_subjects(plan, patterns, schemes)
+    if not subjects:
+        raise click.UsageError("no subject matches --only/--schemes")
+    return subjects
+
+
+def _run_with_progress(plan: Plan, subjects: list[Any], err: Any, before: dict[str, float]) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # No refresh thread: the runner forks, and a fork must not copy a lock another thread holds.
@@ -130,7 +157,7 @@ def _run_with_progress(plan: Plan, subjects: list[Any], err: Any) -> dict[str, A
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         with progress:
-            return run(plan, subjects, on_progress, progress.refresh)
+            return run(plan, subjects, on_progress, progress.refresh, before)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the bench's processes were killed and its IPC objects removed")
         sys.exit(130)
@@ -174,7 +201,7 @@ def _cell(r: dict[str, Any], metric: str) -> str:
     return _num(tp["cpu_us_per_msg"])
 
 
-def _print_report(out: Any, report: dict[str, Any]) -> None:
+def _print_report(out: Any, report: dict[str, Any], details: bool = False) -> None:
     from rich.table import Table
 
     sizes = report["config"]["sizes"]
@@ -198,10 +225,12 @@ def _print_report(out: Any, report: dict[str, Any]) -> None:
                           *(_cell(cells[z], metric) for z in sizes))
         out.print(table)
     absent = [s for s in report["subjects"] if s["status"] in ("unavailable", "n/a")]
-    if absent:
-        out.print("[bold]Not available[/]")
+    if absent and details:
+        out.print("[bold]Not measured[/]")
         for s in absent:
             out.print(f"  {s['name']}: {s['reason']}")
+    elif absent:
+        out.print(f"[dim]Not measured here: {', '.join(s['name'] for s in absent)} (--details says why)[/]")
     for e in report["errors"]:
         out.print(f"[red]error[/] {e['name']}: {e['reason']}")
     for who, items in report["leftovers_removed"].items():
@@ -209,10 +238,28 @@ def _print_report(out: Any, report: dict[str, Any]) -> None:
     if report["idle"]:
         out.print("[bold]Idle receiver[/] (blocked in recv; CPU as % of one core): " + ", ".join(
             f"{i['name']} {i['cpu_percent']:.2f} %" for i in report["idle"]))
-    _print_targets(out, report["targets"])
+    if details:
+        _print_targets(out, report["targets"])
     m = report["machine"]
-    out.print(f"[dim]{m['cpu_model']} · {m['cpus']} CPUs · kernel {m['kernel']} · {m['python']} · "
-              f"placement {m['placement_text']} · {report['duration_s']:.0f} s[/]")
+    out.print(f"[bold]Machine[/]: {m['cpu_model']} · {m['cpus']} CPUs · kernel {m['kernel']} · {m['python']} · "
+              f"{report['duration_s']:.0f} s")
+    out.print(f"[bold]Placement[/]: {m['placement_text']}")
+    out.print(f"[bold]Load[/]: {_describe_load(report['load'])}")
+    if report["load"]["warning"]:
+        out.print(f"[bold red]Warning[/]: {report['load']['warning']}")
+
+
+def _describe_load(load: dict[str, Any]) -> str:
+    before, during = load["before"], load["during"]
+    text = (f"other processes used {before['other_cpus']:.2f} CPUs before the run "
+            f"(1-min load average {before.get('loadavg_1min', float('nan')):.2f}) and "
+            f"{during['other_cpus']:.2f} during it")
+    if during.get("steal_cpus", 0) > 0.01:
+        text += f", the hypervisor took {during['steal_cpus']:.2f}"
+    if load["neighbours"]:
+        text += (f"; --load {load['neighbours']}: {load['neighbours']} CPU-bound neighbour process(es) "
+                 f"ran during the measurement, using {load['neighbour_cpus']:.2f} CPUs")
+    return text
 
 
 def _fmt_target(t: dict[str, Any], value: float) -> str:

@@ -31,14 +31,17 @@ _TICK = 0.1  # how often a direction checks whether the other one has ended
 def relay(endpoint_a: str, endpoint_b: str, one_way: bool, timeout: float | None) -> None:
     """Move messages between ENDPOINT_A and ENDPOINT_B, both ways, until either side closes.
 
-    ENDPOINT_A is opened first, then ENDPOINT_B.  When either endpoint is a queue, messages only
-    move from ENDPOINT_A to ENDPOINT_B: a queue has no sides, so the relay would read back what it
-    wrote into it.
+    An endpoint that connects or opens is opened before one that listens (else ENDPOINT_A first),
+    so that a missing peer stops the relay before anyone can connect to it and lose messages into
+    it.  When either endpoint is a queue, messages only move from ENDPOINT_A to ENDPOINT_B: a queue
+    has no sides, so the relay would read back what it wrote into it.
     """
-    a = open_endpoint(endpoint_a, timeout)
-    with a:
-        b = open_endpoint(endpoint_b, timeout)
-        with b:
+    b_first = endpoint_a.startswith("listen:") and not endpoint_b.startswith("listen:")
+    first = open_endpoint(endpoint_b if b_first else endpoint_a, timeout)
+    with first:
+        second = open_endpoint(endpoint_a if b_first else endpoint_b, timeout)
+        with second:
+            a, b = (second, first) if b_first else (first, second)
             stop = threading.Event()
             errors: list[BaseException] = []
             pumps = [threading.Thread(target=_pump, args=(a, b, stop, errors), daemon=True)]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
+import socket
+import stat
+import struct
 import sys
+import termios
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import click
 
+from .. import Channel
 from ._common import cli_errors
 from ._open import ENDPOINT_HELP, open_endpoint
 
@@ -32,6 +40,10 @@ def send(endpoint: str, messages: tuple[str, ...], raw: bool, chunk: int, as_jso
 
     A message is sent as bytes (UTF-8 text), which the receiver's recv() returns as bytes; --json
     sends objects instead.  The connection is closed at the end, so the peer sees the end of stream.
+
+    Over a Unix or TCP socket the command then waits (up to --timeout) until the peer has taken
+    every byte out of the kernel's buffers (a TCP peer's kernel has acknowledged them): if the peer
+    closes first, leaving messages unread, they are lost and the status is 1.
     """
     if raw and (messages or as_json):
         raise click.UsageError("--raw sends stdin as it is; it takes no MESSAGE arguments and no --json")
@@ -46,6 +58,37 @@ def send(endpoint: str, messages: tuple[str, ...], raw: bool, chunk: int, as_jso
                 handle.send(obj, timeout=timeout)
             else:
                 handle.send_bytes(data, timeout=timeout)
+        if isinstance(handle, Channel):
+            _await_delivery(handle.fileno(), timeout)
+
+
+def _await_delivery(fd: int, timeout: float | None) -> None:
+    """Wait until the peer of the connected socket ``fd`` has consumed what was sent, or fail.
+
+    SIOCOUTQ is what is still queued: for AF_UNIX the bytes the peer has not read yet, for TCP
+    those its kernel has not acknowledged.  A peer that closes with unread bytes resets the
+    connection (SO_ERROR becomes ECONNRESET): its messages are lost.  Not a socket (shm://, a
+    pipe): nothing to wait for here.
+    """
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        return
+    sock = socket.socket(fileno=os.dup(fd))
+    with sock:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(fd, select.POLLHUP)
+        while True:
+            queued = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0]
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise click.ClickException(f"the peer closed the connection before reading everything "
+                                           f"({os.strerror(error)}): messages were lost")
+            if queued == 0:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise click.ClickException(f"the peer has not read the last {queued} bytes after "
+                                           f"{timeout:g} s: they may be lost")
+            poller.poll(10)  # wakes at once when the peer hangs up; otherwise look again in 10 ms
 
 
 def _messages(args: tuple[str, ...], raw: bool, chunk: int) -> Iterator[bytes]:
