@@ -209,6 +209,7 @@ class SpscPort:
         self.what = what
         self.capacity = check_ring(buf, offset, what)
         self._mv = memoryview(buf).cast("B")
+        self._ro = self._mv.toreadonly()  # peek slices this: one view per record, not two
         self.native = _native.SpscPort(buf, offset, producer, signal_fd, wait_fd, watch_fds,
                                    -1 if spin else SPIN_NS, limit)
         self.limit = self.native.limit
@@ -281,7 +282,7 @@ class SpscPort:
         than the port's limit is dropped and MessageTooLarge raised.
         """
         off, n, sid = self._next(deadline)
-        return self._mv[off:off + n].toreadonly(), sid
+        return self._ro[off:off + n], sid
 
     def consume(self) -> None:
         self.native.consume()
@@ -314,5 +315,6 @@ class SpscPort:
 
     def close(self) -> None:
         self.native.close()
+        self._ro.release()
         self._mv.release()
 
