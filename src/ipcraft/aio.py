@@ -43,7 +43,7 @@ import asyncio
 import errno
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from . import _connect, _framing
@@ -234,6 +234,11 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         return await self._receive(lambda: self._sync.recv_bytes_into(buffer, offset, timeout=0, **extra),
                                    timeout)
 
+    async def recv_many(self, max_messages: int, timeout: float | None = None) -> list[_T]:
+        """Receive 1 to ``max_messages`` messages, waiting up to ``timeout`` for the first; as the sync
+        ``recv_many``."""
+        return await self._receive(lambda: self._sync.recv_many(max_messages, 0), timeout)
+
     async def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message is ready, waiting up to ``timeout`` (None: until one is)."""
         deadline = deadline_after(timeout)
@@ -306,6 +311,21 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         sync = self._sync
         await self._send(lambda t: sync.send_bytes(data, offset, size, timeout=t, **extra),
                          lambda: (0, bytes_view(data, offset, size)), timeout, extra)
+
+    async def send_many(self, objs: Iterable[_T], *, timeout: float | None = None) -> int:
+        """Serialize and send each of ``objs`` as its own message, in order; as the sync ``send_many``."""
+        sync = self._sync
+        s = sync.serializer
+        items = list(objs)
+        payloads = [s.dumps(obj) for obj in items]
+        deadline = deadline_after(timeout)
+        sent = 0
+        while sent < len(payloads):
+            sent += sync._push_now(s.id, payloads, sent)
+            if sent < len(payloads):  # the general path: waits for room without blocking the loop
+                await self.send(items[sent], timeout=remaining(deadline))
+                sent += 1
+        return sent
 
     async def _send(self, op: Callable[[float | None], None], frame: Callable[[], tuple[int, Any]],
                     timeout: float | None, extra: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ from .._rings.spsc import (
 )
 from ..errors import HandleClosed, InvalidEndpoint, ProtocolError
 from . import unix
-from ._contract import Message, Transport, TryRecv, TrySend
+from ._contract import Message, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
 from ._sockets import SocketListener, Steps, close_fds, handshake_deadline, recv_exact, run, send_all
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
@@ -121,6 +121,10 @@ class ShmTransport(Transport):
     def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path."""
         return self.tx.native.try_send, self.rx.native.try_recv
+
+    def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
+        """``(try_send_many, try_recv_many)`` for Channel.send_many()/recv_many() (see _native.SpscPort)."""
+        return self.tx.native.try_send_many, self.rx.native.try_recv_many
 
     def peek(self, deadline: float | None) -> tuple[memoryview, int]:
         """Show the next record in place (Channel.recv_view): ``(read-only payload view, serializer id)``;
