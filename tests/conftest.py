@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 
@@ -73,3 +75,60 @@ def tmp_ipc_dir():
     d = tempfile.mkdtemp(prefix=f"ipcraft-{TOKEN}-", dir="/tmp")
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+class PeakGrowth:
+    """What :func:`peak_rss` measured: ``kib`` is how far the peak RSS rose above the RSS at the start."""
+
+    kib = 0
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@contextmanager
+def measure_peak_rss(bound_kib: int, what: str) -> Iterator[PeakGrowth]:
+    """Measure the peak resident set size over the block and fail if it rose more than ``bound_kib``.
+
+    Writing 5 to /proc/self/clear_refs resets the kernel's high-water mark (VmHWM) to the current RSS,
+    so VmHWM at the end is the peak reached inside the block, not earlier in the test session.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = _status_kib("VmRSS")
+    growth = PeakGrowth()
+    yield growth
+    growth.kib = _status_kib("VmHWM") - start
+    assert growth.kib <= bound_kib, f"{what}: peak RSS rose by {growth.kib} KiB, over the bound of {bound_kib} KiB"
+
+
+@pytest.fixture()
+def peak_rss() -> Callable[[int, str], AbstractContextManager[PeakGrowth]]:
+    """``with peak_rss(bound_kib, what) as growth:``: fail if the block's peak RSS rises over the bound."""
+    return measure_peak_rss
+
+#: Figures the load, fault and fuzz suites report, printed in the run's summary (passing tests'
+#: output is captured, so a print alone would not show in CI).
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request):
+    """``figures(line)`` records a figure for the end-of-run summary (and prints it, for ``-s``)."""
+
+    def add(line: str) -> None:
+        _FIGURES.append(f"{request.node.name}: {line}")
+        print(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures (load, faults, fuzz)")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

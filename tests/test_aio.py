@@ -337,3 +337,47 @@ def test_queues_send_and_a_pending_recv_completes(scheme: str) -> None:
             q.close()
 
     asyncio.run(main())
+
+
+def _send_batches(url: str, n: int, per: int) -> int:
+    with ipcraft.connect(url, timeout=10) as c:
+        for i in range(0, n, per):
+            c.send_many([{"i": j} for j in range(i, min(n, i + per))])
+        got = c.recv_many(2, timeout=20)  # the parent's two messages: close only after both
+        if len(got) < 2:
+            got += c.recv_many(1, timeout=20)
+        assert got == ["done", "extra"]
+    return n
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme", ["shm", "unix"])
+def test_batches_send_many_and_recv_many(scheme: str, tmp_ipc_dir: str) -> None:
+    """aio send_many/recv_many: a child sends batches of 7 (shm:// fills the ring in C; unix:// one
+    by one); the loop gets them in order with recv_many while it waits on the fd, and a recv_many on
+    an empty channel times out with the channel still usable."""
+    from ipcraft.testing import unique_name
+
+    url = f"shm://{unique_name('aio')}" if scheme == "shm" else f"unix://{tmp_ipc_dir}/b.sock"
+    n = 3000
+
+    async def main() -> None:
+        listener = await aio.listen(url)
+        try:
+            child = Child(_send_batches, url, n, 7)
+            ch = await listener.accept(timeout=10)
+            got: list[object] = []
+            while len(got) < n:
+                batch = await ch.recv_many(64, timeout=10)
+                assert 1 <= len(batch) <= 64
+                got += batch
+            assert got == [{"i": i} for i in range(n)]
+            with pytest.raises(Timeout):
+                await ch.recv_many(5, timeout=0.05)
+            assert await ch.send_many(["done", "extra"]) == 2
+            assert child.result(20) == n
+            ch.close()
+        finally:
+            listener.close()
+
+    asyncio.run(main())

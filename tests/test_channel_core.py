@@ -246,6 +246,20 @@ def test_peer_of_another_uid_is_refused(abstract_url: str) -> None:
         assert listener._impl.refused == 1
 
 
+@pytest.mark.timeout(60)
+def test_seqpacket_peer_of_another_uid_learns_why() -> None:
+    """On unix+seqpacket too the refused client gets the listener's reason (it got "no reason given":
+    the verdict and its reason are one record, which a 1-byte receive truncated)."""
+    url = f"unix+seqpacket:@{unique_name('core')}"
+    with ipcraft.listen(url) as listener:
+        child = Child(_connect_as_nobody, url)
+        with pytest.raises(Timeout):
+            listener.accept(timeout=3)  # refuses the child meanwhile
+        refused = child.result(20)
+        assert "uid 65534 is not allowed" in refused, refused
+        assert listener._impl.refused == 1
+
+
 def test_send_on_a_closed_channel(abstract_url: str) -> None:
     """Every operation after our own close() is HandleClosed, not ChannelClosed or EBADF."""
     listener, client, server = pair(abstract_url)

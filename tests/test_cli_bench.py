@@ -311,6 +311,25 @@ def test_bench_machinery_imports_neither_click_nor_rich():
     assert out.split() == ["False", "False"]
 
 
+def test_subscribers_mode_measures_bcast_against_the_peers_and_leaves_nothing(tmp_path):
+    """--subscribers runs one publisher and N subscriber processes per subject; every message is delivered
+    to every subscriber (the report says so), and no ring is left in /dev/shm."""
+    out = tmp_path / "fanout.json"
+    before = {n for n in os.listdir("/dev/shm") if n.startswith("ipcraft-bench-")}
+    result = CliRunner().invoke(cli, ["bench", "--subscribers", "1,2", "--sizes", "64", "--count", "300",
+                                      "--only", "bcast:// block", "--only", "mp.Queue", "--json", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Cost from 1 to 2 subscribers" in result.output
+    report = json.loads(out.read_text())
+    rows = {(r["subject"], r["subscribers"]): r for r in report["results"]}
+    assert set(rows) == {(s, n) for s in ("bcast:// block", "mp.Queue per subscriber") for n in (1, 2)}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["delivered"] == r["expected"] == 300 * r["subscribers"]
+        assert r["latency_us"]["p50"] > 0 and r["deliveries_per_s"] > 0
+    assert {n for n in os.listdir("/dev/shm") if n.startswith("ipcraft-bench-")} == before
+
+
 @pytest.mark.timeout(120)
 def test_default_output_has_only_measurements_and_details_has_the_rest(tmp_path, monkeypatch):
     """No target table and no object repr by default; --details shows why a subject is absent."""

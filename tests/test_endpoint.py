@@ -24,7 +24,7 @@ _hostname = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]{1,8}
 _ipv4 = st.ip_addresses(v=4).map(str)
 _ipv6 = st.ip_addresses(v=6).map(lambda a: f"[{a}]")
 _host_port = st.tuples(st.one_of(_hostname, _ipv4, _ipv6), st.integers(0, 65535)).map(lambda hp: f"{hp[0]}:{hp[1]}")
-_key = st.integers(-(2**31), 2**32 - 1).map(str)
+_key = st.integers(-(2**31), 2**32 - 1).filter(bool).map(str)  # 0 is IPC_PRIVATE, refused
 
 ADDRESSES = {
     "unix": st.one_of(_abs_path, _rel_path, _abstract),
@@ -34,29 +34,41 @@ ADDRESSES = {
     "key": _key,
 }
 
-_pos = st.integers(1, 2**40)
+_int = st.integers(1, 2**31 - 1)
 OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "serializer": st.sampled_from([RAW, JSON, MSGPACK, PICKLE]),
-    "max_message_size": _pos,
+    "max_message_size": st.integers(1, 2**32 - 1),
     "mode": st.integers(0, 0o777),
-    "allowed_uids": st.frozensets(st.integers(0, 2**31)),
-    "backlog": _pos,
+    "allowed_uids": st.frozensets(st.integers(0, 2**32 - 2)),
+    "backlog": _int,
     "insecure": st.booleans(),
-    "server_hostname": st.text(st.characters(blacklist_categories=("Cs",))),
+    "server_hostname": _hostname,
     "nodelay": st.booleans(),
     "sync": st.booleans(),
-    "pipe_size": _pos,
+    "pipe_size": _int,
     "wait": st.sampled_from(["block", "spin"]),
-    "capacity": _pos,
-    "maxmsg": _pos,
-    "msgsize": _pos,
-    "qbytes": _pos,
-    "proj_id": st.integers(0, 255),
+    "capacity": st.integers(1, 2**30),
+    "maxmsg": st.integers(1, 65536),
+    "msgsize": st.integers(1, 16 * 1024 * 1024),
+    "qbytes": _int,
+    "proj_id": st.integers(1, 255),
+    "recv_buffer": _int,
     "access": st.sampled_from(["r", "w", "rw"]),
     "framing": st.sampled_from(["ipcraft", "none", "lines", "length"]),
     "handshake": st.booleans(),
-    "recv_buffer": _pos,
     "handshake_timeout": st.floats(0, 1e6, allow_nan=False),
+    "on_slow": st.sampled_from(["drop", "block"]),
+    "slow_timeout": st.floats(0, 1e6, allow_nan=False),
+    "start": st.sampled_from(["next", "latest", "oldest"]),
+    "max_subscribers": st.integers(1, 4096),
+    "curve_keys": _abs_path,
+    "curve_server": _abs_path,
+    "curve_clients": _abs_path,
+    "role": st.sampled_from(["push", "pull"]),
+    "topic": st.text(st.characters(blacklist_categories=("Cs",))),
+    "hwm": st.integers(0, 2**31 - 1),
+    "heartbeat": st.floats(0, 1e6, allow_nan=False),
+    "linger": st.floats(0, 1e6, allow_nan=False),
 }
 
 

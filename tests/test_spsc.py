@@ -99,6 +99,28 @@ class RingModel(RuleBasedStateMachine):
         else:
             assert rc == EAGAIN
 
+    @precondition(lambda self: self.reserved is None)
+    @rule(items=st.lists(st.binary(max_size=56) | st.binary(min_size=57, max_size=80), max_size=6),
+          sid=st.integers(0, 255))
+    def push_many(self, items: list[bytes], sid: int) -> None:
+        """A batch pushes the longest prefix that fits, each record whole, with one publication."""
+        expected = 0
+        for data in items:
+            if len(data) > 56 or not self._fits(len(data)):
+                break
+            self._pushed(data, sid)
+            expected += 1
+        assert self.p.native.try_send_many(items, sid) == expected
+
+    @precondition(lambda self: not self.peeked)
+    @rule(most=st.integers(0, 5), sid=st.sampled_from([-1, 0, 7, 255]))
+    def pop_many(self, most: int, sid: int) -> None:
+        """A batch pops up to `most` records, stopping before one of another serializer."""
+        want = []
+        while len(want) < most and self.model and sid in (-1, self.model[0][1]):
+            want.append(self._popped()[0])
+        assert self.c.native.try_recv_many(most, sid) == want
+
     @rule(n=st.integers(57, 300))
     def push_too_large(self, n: int) -> None:
         assert self.p.native.send(bytes(n)) in (-errno.EMSGSIZE, -errno.EBUSY)

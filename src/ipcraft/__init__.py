@@ -9,10 +9,10 @@ an exact name wins over a pattern::
 
     command     __main__ _cli _cli.* _bench _bench.* _tour
     checks      testing _child _conformance _conformance.*
-    facade      ipcraft aio inventory limits
-    channels    _connect _channel _zerocopy
+    facade      ipcraft aio _aio_pubsub inventory limits
+    channels    _connect _channel _zerocopy _pubsub _relay
     transports  _transports.*
-    seam        _transports _transports._contract _transports._framed _transports._io
+    seam        _transports _transports._contract _transports._framed _transports._io _transports._sockets
     rings       _rings _rings.*
     primitives  primitives primitives.*
     values      _endpoint serializers _framing _auth _names _unix_diag
@@ -22,15 +22,19 @@ an exact name wins over a pattern::
   its tour.
 * **checks**: ``ipcraft.testing`` (forked children with timeouts, unique names) and the conformance
   suite every scheme passes.
-* **facade**: ``connect``/``listen``/``queue``/``pipe`` (this file), mirrored by ``ipcraft.aio``;
-  ``ipcraft.inventory`` and ``ipcraft.limits``.
+* **facade**: ``connect``/``listen``/``queue``/``pipe``/``publish``/``subscribe`` (this file), mirrored
+  by ``ipcraft.aio`` (the pub/sub half in ``_aio_pubsub``); ``ipcraft.inventory`` and ``ipcraft.limits``.
 * **channels**: Channel, Queue and Listener: serializers on top of one message port per channel, one
-  send path and one receive path; ``send_view``/``recv_view``.
-* **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe).
+  send path and one receive path; ``send_view``/``recv_view``; ``relay`` between two of them.
+  Publisher and Subscriber (``_pubsub``): the one-to-many pair, over a publisher port and a
+  subscriber port.
+* **transports**: one module per scheme (unix, tcp, shm, fifo, mq, sysvmq, dgram, ring, pipe, bcast,
+  zeromq).
 * **seam**: the typed contract between channels and transports (ByteStream, MessagePort, Message, the
-  capability protocols), the framing adapter, and fd byte streams.
-* **rings**: the two shared-memory ring engines over ``_native`` (SPSC for shm://, MPMC for ring://
-  and file://).
+  capability protocols), the framing adapter, fd byte streams, and the socket helpers every socket
+  scheme shares (addresses, handshakes as resumable steps, concurrent listeners).
+* **rings**: the shared-memory ring engines over ``_native`` (SPSC for shm://, MPMC for ring://
+  and file://, the broadcast ring for bcast://).
 * **primitives**: one faithful wrapper per kernel facility, usable alone.
 * **values**: sans-I/O values and formats: endpoints, serializers, frames, the authkey handshake's
   messages, name rules.
@@ -49,6 +53,11 @@ from ._connect import pipe as pipe
 from ._connect import queue as queue
 from ._endpoint import Endpoint as Endpoint
 from ._peer import Peer as Peer
+from ._pubsub import Publisher as Publisher
+from ._pubsub import Subscriber as Subscriber
+from ._pubsub import publish as publish
+from ._pubsub import subscribe as subscribe
+from ._relay import relay as relay
 from ._version import __version__ as __version__
 from .errors import (
     AuthenticationError as AuthenticationError,
@@ -75,6 +84,9 @@ from .errors import (
     LimitExceeded as LimitExceeded,
 )
 from .errors import (
+    MessagesMissed as MessagesMissed,
+)
+from .errors import (
     MessageTooLarge as MessageTooLarge,
 )
 from .errors import (
@@ -87,6 +99,9 @@ from .errors import (
     ProtocolError as ProtocolError,
 )
 from .errors import (
+    SubscriberEvicted as SubscriberEvicted,
+)
+from .errors import (
     Timeout as Timeout,
 )
 from .serializers import JSON as JSON
@@ -96,18 +111,20 @@ from .serializers import RAW as RAW
 from .serializers import Serializer as Serializer
 
 __all__ = (
-    "connect", "listen", "queue", "pipe",
-    "Channel", "Listener", "Queue", "Endpoint", "Peer",
+    "connect", "listen", "queue", "pipe", "relay", "publish", "subscribe",
+    "Channel", "Listener", "Queue", "Publisher", "Subscriber", "Endpoint", "Peer",
     "Serializer", "RAW", "JSON", "MSGPACK", "PICKLE",
     "IPCError", "ChannelClosed", "PeerVanished", "HandleClosed", "Timeout", "Busy", "MessageTooLarge",
     "BufferTooSmall", "OwnerDied", "ProtocolError", "AuthenticationError", "InvalidEndpoint", "LimitExceeded",
+    "MessagesMissed", "SubscriberEvicted",
     "__version__",
 )
 
 
 def _fixup_module_metadata() -> None:
     """Make tracebacks, reprs and pickles say ipcraft.Channel, not ipcraft._channel.Channel (trio)."""
-    for name in ("Channel", "Listener", "Queue", "Endpoint", "Peer", "connect", "listen", "queue", "pipe"):
+    for name in ("Channel", "Listener", "Queue", "Endpoint", "Peer", "connect", "listen", "queue", "pipe",
+                 "relay", "Publisher", "Subscriber", "publish", "subscribe"):
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("ipcraft._"):
             obj.__module__ = __name__

@@ -8,6 +8,7 @@ from . import _framing
 from ._channel import Channel, Listener, Queue
 from ._endpoint import Endpoint
 from ._transports import module_for
+from ._transports._sockets import Steps, run
 from ._wait import deadline_after
 from .errors import InvalidEndpoint
 from .serializers import MSGPACK, RAW, Serializer, by_name
@@ -23,8 +24,9 @@ def _channel_options(ep: Endpoint) -> dict[str, Any]:
 
 def _endpoint(url: str | Endpoint, family: str, verb: str, opts: dict[str, Any]) -> Endpoint:
     ep = Endpoint.parse(url, **opts)
-    if ep.info.family != family:
-        hint = "ipcraft.queue()" if ep.info.family == "queue" else "ipcraft.connect()/listen()"
+    if not ep.info.serves(family):
+        hint = {"queue": "ipcraft.queue()", "pubsub": "ipcraft.publish()/subscribe()"}.get(
+            ep.info.family, "ipcraft.connect()/listen()")
         raise InvalidEndpoint(f"{ep.scheme}:// is a {ep.info.family} scheme; {verb}() does not take it "
                               f"(use {hint})")
     ep.check_framing()
@@ -47,9 +49,18 @@ def connect(url: str | Endpoint, timeout: float | None = None, **options: Any) -
 
     .. versionadded:: 0.1
     """
+    return run(connect_steps(url, timeout, **options))
+
+
+def connect_steps(url: str | Endpoint, timeout: float | None = None, **options: Any) -> Steps[Channel[Any]]:
+    """:func:`connect` as resumable handshake steps, for a driver that waits elsewhere (asyncio)."""
     ep = _endpoint(url, "connection", "connect", options)
-    transport = module_for(ep.scheme).connect(ep, deadline_after(timeout))
-    return Channel._create(transport, ep, **_channel_options(ep))  # type: ignore[no-any-return]
+    transport = yield from module_for(ep.scheme).connect_steps(ep, deadline_after(timeout))
+    try:
+        return Channel._create(transport, ep, **_channel_options(ep))  # type: ignore[no-any-return]
+    except BaseException:
+        transport.close()
+        raise
 
 
 def listen(url: str | Endpoint, **options: Any) -> Listener[Any]:

@@ -4,19 +4,26 @@ Address forms::
 
     unix:///abs/path  unix:rel/path  unix:@abstract     (also unix+seqpacket:, unix+dgram:)
     tcp://host:port   tcp://[::1]:port                   (also udp:)
-    shm://name  ring://name  mq://name                   one path component
+    shm://name  ring://name  mq://name  bcast://name     one path component
     fifo:///abs/path  file:///abs/path                   a file path
     sysvmq://1234  sysvmq://0x4d2                        a System V key
     sysvmq:///path?proj_id=7                             the key ftok(path, proj_id) (default 1)
 
 Options follow ``?``; each scheme accepts a known set, converted to typed values.  Options that are
 secrets or objects (``authkey``, ``ssl_context``) are keyword arguments only, never in a URL.
+
+Parsing is the one validation boundary before anything is created: every address (encodable for the
+kernel, within its length limits) and every option value (type *and* range: what the system call
+taking it can represent) is checked here, and any failure, whatever raised it, is an InvalidEndpoint
+with the cause chained.  A transport therefore never creates a kernel object and then fails on a
+value it could have refused first.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import types
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -25,6 +32,13 @@ from typing import Any
 
 from .errors import InvalidEndpoint
 from .serializers import Serializer, by_name
+
+#: The largest value a C ``int`` holds: listen(2)'s backlog, setsockopt(2) buffer sizes, msgmnb.
+INT_MAX = 2**31 - 1
+#: The largest uid: (uid_t)-1 means "no uid" to the kernel.
+UID_MAX = 2**32 - 2
+#: poll(2) takes milliseconds in an int: longer timeouts cannot be waited for in one call anyway.
+MAX_TIMEOUT = 1e6
 
 
 def _int(v: Any) -> int:
@@ -35,24 +49,22 @@ def _int(v: Any) -> int:
     return int(str(v), 0)
 
 
-def _nonneg_int(v: Any) -> int:
-    n = _int(v)
-    if n < 0:
-        raise ValueError("expected an integer >= 0")
-    return n
-
-
-def _pos_int(v: Any) -> int:
-    n = _int(v)
-    if n <= 0:
-        raise ValueError("expected an integer > 0")
-    return n
+def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
+    """A converter to an integer in ``lo..hi`` (both included)."""
+    def conv(v: Any) -> int:
+        n = _int(v)
+        if not lo <= n <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}")
+        return n
+    return conv
 
 
 def _float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number")
     f = float(v)
-    if not math.isfinite(f) or f < 0:
-        raise ValueError("expected a finite number >= 0")
+    if not math.isfinite(f) or not 0 <= f <= MAX_TIMEOUT:
+        raise ValueError(f"expected a finite number from 0 to {MAX_TIMEOUT:g}")
     return f
 
 
@@ -74,10 +86,21 @@ def _mode(v: Any) -> int:
     return n
 
 
+_uid = _int_in(0, UID_MAX)
+
+
 def _uids(v: Any) -> frozenset[int]:
     if isinstance(v, (str, bytes)):
-        return frozenset(int(x) for x in str(v).split(",") if x)
-    return frozenset(_nonneg_int(x) for x in v)
+        text = v.decode("ascii") if isinstance(v, bytes) else v
+        return frozenset(_uid(x) for x in text.split(",") if x)
+    return frozenset(_uid(x) for x in v)
+
+
+def _hostname(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a str, not {type(v).__name__}")
+    _check_host(v)
+    return v
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -107,29 +130,47 @@ class _Option:
 #: Every option any scheme accepts, with its converter.
 OPTIONS: Mapping[str, _Option] = {
     "serializer": _Option(_serializer, doc="raw | json | msgpack (default) | pickle"),
-    "max_message_size": _Option(_pos_int, doc="largest message accepted or sent, in bytes"),
+    "max_message_size": _Option(_int_in(1, 2**32 - 1), doc="largest message accepted or sent, in bytes"),
     "mode": _Option(_mode, doc="permission bits of what is created (default 600)"),
     "allowed_uids": _Option(_uids, doc="extra uids allowed as Unix peers (comma separated)"),
-    "backlog": _Option(_pos_int, doc="listen() backlog"),
+    "backlog": _Option(_int_in(1, INT_MAX), doc="listen() backlog"),
     "authkey": _Option(_keep, url=False, doc="bytes: shared secret for the TCP handshake"),
     "insecure": _Option(_bool, doc="TCP without an authkey (pickle is then refused)"),
     "ssl_context": _Option(_keep, url=False, doc="ssl.SSLContext for TLS over TCP"),
-    "server_hostname": _Option(str, doc="TLS server name to verify"),
+    "server_hostname": _Option(_hostname, doc="TLS server name to verify"),
     "nodelay": _Option(_bool, doc="TCP_NODELAY (default on)"),
-    "pipe_size": _Option(_pos_int, doc="pipe capacity via F_SETPIPE_SZ"),
+    "pipe_size": _Option(_int_in(1, INT_MAX), doc="pipe capacity via F_SETPIPE_SZ"),
     "wait": _Option(_choice("block", "spin"), doc="shared memory: block (spin, then sleep) or spin"),
-    "capacity": _Option(_pos_int, doc="ring data capacity in bytes"),
+    "capacity": _Option(_int_in(1, 2**32), doc="ring data capacity in bytes (shm://: at most 2**30)"),
     "sync": _Option(_bool, doc="file://: msync every send and receive (survives an OS crash; slower)"),
-    "maxmsg": _Option(_pos_int, doc="POSIX mq: messages the queue holds"),
-    "msgsize": _Option(_pos_int, doc="POSIX mq: largest message"),
-    "qbytes": _Option(_pos_int, doc="System V mq: bytes the queue holds"),
-    "proj_id": _Option(_nonneg_int, doc="System V: ftok project id for a path key"),
+    # HARD_MSGMAX and HARD_MSGSIZEMAX of the kernel: no sysctl allows more.
+    "maxmsg": _Option(_int_in(1, 65536), doc="POSIX mq: messages the queue holds"),
+    "msgsize": _Option(_int_in(1, 16 * 1024 * 1024), doc="POSIX mq: largest message"),
+    "qbytes": _Option(_int_in(1, INT_MAX), doc="System V mq: bytes the queue holds"),
+    "proj_id": _Option(_int_in(1, 255), doc="System V: ftok project id for a path key (ftok keeps 8 bits)"),
+    "recv_buffer": _Option(_int_in(1, INT_MAX), doc="SO_RCVBUF for datagram sockets"),
     "access": _Option(_choice("rw", "r", "w"), doc="message queues: open to receive (r), send (w) or both"),
-    "recv_buffer": _Option(_pos_int, doc="SO_RCVBUF for datagram sockets"),
     "handshake_timeout": _Option(_float, doc="seconds allowed for a connection handshake"),
+    "on_slow": _Option(_choice("drop", "block"),
+                       doc="bcast://, at creation: drop (a lapped subscriber skips) or block (publishers wait)"),
+    "slow_timeout": _Option(_float, doc="bcast:// block mode: evict a subscriber idle this many seconds (0: never)"),
+    "start": _Option(_choice("next", "latest", "oldest"), doc="bcast:// subscriber: where it starts reading"),
+    "max_subscribers": _Option(_int_in(1, 4096), doc="bcast://, at creation: subscriber slots in the ring"),
     "framing": _Option(_choice("ipcraft", "none", "lines", "length"),
                        doc="ipcraft (default) | none (message schemes) | lines, length (byte streams)"),
     "handshake": _Option(_bool, doc="with raw framing: run the peer handshake anyway (default off)"),
+    "curve_keys": _Option(_keep, doc="ZeroMQ: this side's CURVE key pair (.key_secret file, or a (public, secret) "
+                          "pair as a keyword argument)"),
+    "curve_server": _Option(_keep, doc="ZeroMQ: the binding side's CURVE public key or .key file"),
+    "curve_clients": _Option(_keep, doc="ZeroMQ: the CURVE public keys the binding side admits (directory, "
+                             ".key file, or a list as a keyword argument)"),
+    "role": _Option(_choice("push", "pull"), doc="ZeroMQ queue: push (send) or pull (receive)"),
+    "topic": _Option(str, doc="ZeroMQ publish/subscribe: the topic sent, or the prefix subscribed to"),
+    "hwm": _Option(_int_in(0, 2**31 - 1), doc="ZeroMQ: high-water mark in messages (default 1000; 0: none)"),
+    "linger": _Option(_float, doc="ZeroMQ pair: seconds close() waits for the peer to take what was sent "
+                      "(default 5)"),
+    "heartbeat": _Option(_float, doc="ZeroMQ: seconds between heartbeats (default 1; a peer silent for 3 "
+                         "is dropped; 0: off)"),
 }
 
 #: The framings each scheme takes (``framing=``): ipcraft's frames everywhere; without them, whole
@@ -148,6 +189,8 @@ FRAMINGS: Mapping[str, frozenset[str]] = {
 
 _COMMON = frozenset({"serializer", "max_message_size"})
 _RAW = frozenset({"framing"})
+_ZMQ = _COMMON | {"insecure", "curve_keys", "curve_server", "curve_clients", "role", "topic", "hwm", "heartbeat",
+                  "handshake_timeout", "linger"}
 
 
 @dataclass(frozen=True)
@@ -155,10 +198,16 @@ class Scheme:
     """A URL scheme: its family (connection or queue), address form and accepted options."""
 
     name: str
-    family: str  # "connection" | "queue"
+    family: str  # "connection" | "queue" | "pubsub"
     address: str  # "unix" | "path" | "host_port" | "name" | "key"
     options: frozenset[str]
     summary: str
+    #: Other families the scheme also serves (ZeroMQ: queue and pubsub besides connection).
+    more_families: frozenset[str] = frozenset()
+
+    def serves(self, family: str) -> bool:
+        """Whether the facade of ``family`` (connection, queue, pubsub) takes this scheme."""
+        return family == self.family or family in self.more_families
 
 
 SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
@@ -189,6 +238,13 @@ SCHEMES: Mapping[str, Scheme] = {s.name: s for s in (
            "named multi-producer multi-consumer shared-memory ring"),
     Scheme("file", "queue", "path", _COMMON | {"wait", "capacity", "mode", "sync"},
            "durable memory-mapped ring that survives crashes"),
+    Scheme("bcast", "pubsub", "name",
+           _COMMON | {"wait", "capacity", "mode", "on_slow", "slow_timeout", "start", "max_subscribers"},
+           "one-to-many shared-memory broadcast ring"),
+    Scheme("zmq+tcp", "connection", "host_port", _ZMQ, "ZeroMQ over TCP (pyzmq); CURVE by default",
+           frozenset({"queue", "pubsub"})),
+    Scheme("zmq+ipc", "connection", "path", _ZMQ | {"mode"}, "ZeroMQ over a Unix socket (pyzmq); CURVE by default",
+           frozenset({"queue", "pubsub"})),
 )}
 
 
@@ -279,7 +335,7 @@ class Endpoint:
         rest, _, query = rest.partition("?")
         if "#" in query or "#" in rest:
             raise InvalidEndpoint(f"{url!r}: a fragment (#...) has no meaning in an ipcraft URL")
-        address = _parse_address(info, urllib.parse.unquote(rest), url)
+        address = _parse_address(info, _unquote(rest, url), url)
         raw: dict[str, Any] = {}
         try:
             pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -311,14 +367,15 @@ class Endpoint:
                 base = f"{self.scheme}:{_quote(self.address)}"
         else:
             base = f"{self.scheme}://{_quote(self.address)}"
-        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items()) if OPTIONS[k].url]
+        query = [(k, _format_option(k, v)) for k, v in sorted(self.options.items())
+                 if OPTIONS[k].url and not isinstance(v, (tuple, list, bytes))]  # key pairs given as values
         if query:
             base += "?" + urllib.parse.urlencode(query)
         return base
 
 
 def _quote(s: str) -> str:
-    return urllib.parse.quote(s, safe="/@:[]")
+    return urllib.parse.quote(s, safe="/@:[]", errors="surrogateescape")
 
 
 def _format_option(key: str, v: Any) -> str:
@@ -333,6 +390,17 @@ def _format_option(key: str, v: Any) -> str:
     return str(v)
 
 
+def _unquote(text: str, url: str) -> str:
+    """The address with its %-escapes decoded, as one run of bytes: escapes and characters that are not
+    UTF-8 stand for the raw bytes of a file name (as os.fsdecode does), however they were mixed, so
+    that the canonical URL parses back to the same address."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise InvalidEndpoint(f"{url!r}: the address holds a character no file name can: {exc.reason}") from exc
+    return urllib.parse.unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
+
+
 def _valid_schemes() -> str:
     return ", ".join(sorted(SCHEMES))
 
@@ -345,12 +413,50 @@ def _convert_options(info: Scheme, raw: Mapping[str, Any], url: str) -> dict[str
             raise InvalidEndpoint(f"{url!r}: the {info.name} scheme has no option {key!r}; valid: {valid}")
         try:
             converted = OPTIONS[key].convert(value)
-        except (ValueError, TypeError) as exc:
-            raise InvalidEndpoint(f"{url!r}: bad value {value!r} for option {key!r}: {exc}") from None
+            if key == "capacity":
+                _check_capacity(info.name, converted)
+        except Exception as exc:  # any failure of a converter means the value is bad: one typed error
+            raise InvalidEndpoint(f"{url!a}: bad value {value!a} for option {key!r}: {exc}") from exc
         if key == "mode" and isinstance(value, int) and not isinstance(value, bool):
             converted = value
         out[key] = converted
     return out
+
+
+#: The largest ``capacity=`` each shared-memory scheme lays out (its index arithmetic's limit); the
+#: ring engines (_rings.spsc for shm://, _rings.mpmc for ring:// and file://, _rings.bcast for bcast://)
+#: take theirs from here.
+MAX_RING_CAPACITY: Mapping[str, int] = types.MappingProxyType({"shm": 1 << 30, "ring": 1 << 32, "file": 1 << 32,
+                                                                  "bcast": 1 << 32})
+
+
+def _check_capacity(scheme: str, capacity: int) -> None:
+    limit = MAX_RING_CAPACITY[scheme]
+    if capacity > limit:
+        raise ValueError(f"a {scheme}:// ring holds at most {limit} bytes")
+
+
+def _check_host(host: str) -> None:
+    """Refuse a host name the resolver cannot take: not IDNA-encodable, a label over 63 bytes, or
+    longer than 253 bytes (RFC 1035).  Raises ValueError (UnicodeError is one) naming the problem."""
+    if not host:
+        raise ValueError("the host name is empty")
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    encoded = host.encode("idna")  # raises UnicodeError for an empty or over-long label
+    if len(encoded.rstrip(b".")) > 253:
+        raise ValueError(f"a host name is at most 253 bytes, this one is {len(encoded)}")
+
+
+def _check_fs(text: str, url: str) -> None:
+    """Refuse a name or path that cannot be turned into the bytes the kernel takes (a lone surrogate)."""
+    try:
+        os.fsencode(text)
+    except UnicodeError as exc:
+        raise InvalidEndpoint(f"{url!a}: the name cannot be encoded for the kernel ({exc})") from exc
 
 
 def _parse_address(info: Scheme, rest: str, url: str) -> str:
@@ -366,11 +472,13 @@ def _parse_address(info: Scheme, rest: str, url: str) -> str:
                 raise InvalidEndpoint(f"{url!r}: only Unix sockets have abstract (@) names")
             if len(rest) == 1:
                 raise InvalidEndpoint(f"{url!r}: the abstract name is empty")
+            _check_fs(rest, url)
             return rest
         if not rest or rest.endswith("/"):
             raise InvalidEndpoint(f"{url!r}: expected a file path such as {info.name}:///run/app.sock")
         if "\0" in rest:
             raise InvalidEndpoint(f"{url!r}: a path must not contain NUL")
+        _check_fs(rest, url)
         return rest
     if not rest.startswith("//"):
         raise InvalidEndpoint(f"{url!r}: expected {info.name}://...")
@@ -387,7 +495,12 @@ def _parse_address(info: Scheme, rest: str, url: str) -> str:
             except ValueError:
                 raise InvalidEndpoint(f"{url!r}: {host[1:-1]!r} is not an IPv6 address") from None
         elif ":" in host or "/" in host:
-            raise InvalidEndpoint(f"{url!r}: write an IPv6 address in brackets: [::1]:port")
+            raise InvalidEndpoint(f"{url!a}: write an IPv6 address in brackets: [::1]:port")
+        else:
+            try:
+                _check_host(host)
+            except ValueError as exc:
+                raise InvalidEndpoint(f"{url!a}: bad host name: {exc}") from exc
         return f"{host}:{int(port)}"
     if kind == "name":
         name = rest[1:] if rest.startswith("/") else rest
@@ -395,11 +508,12 @@ def _parse_address(info: Scheme, rest: str, url: str) -> str:
         try:
             return validate_name(name, f"{info.name}://")
         except InvalidEndpoint as exc:
-            raise InvalidEndpoint(f"{url!r}: {exc}") from None
+            raise InvalidEndpoint(f"{url!a}: {exc}") from exc
     if kind == "key":
         if rest.startswith("/"):  # sysvmq:///path?proj_id=N: the key is ftok(path, proj_id)
             if rest.endswith("/") or "\0" in rest:
                 raise InvalidEndpoint(f"{url!r}: expected a file path such as {info.name}:///etc/app.conf")
+            _check_fs(rest, url)
             return rest
         try:
             key = int(rest, 0)
@@ -408,5 +522,8 @@ def _parse_address(info: Scheme, rest: str, url: str) -> str:
                                   f"{info.name}://0x4d2, or a file for ftok: {info.name}:///path") from None
         if not -(2**31) <= key < 2**32:
             raise InvalidEndpoint(f"{url!r}: a System V key is a 32-bit number")
+        if key == 0:  # msgget(0, ...) would create a new unnamed queue on every open, never found again
+            raise InvalidEndpoint(f"{url!r}: key 0 is IPC_PRIVATE (a new private queue on every open, which "
+                                  "no other process can find); choose a nonzero key or a file for ftok")
         return str(key)
     raise AssertionError(kind)

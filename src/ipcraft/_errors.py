@@ -105,8 +105,9 @@ def lock_error(err: int, what: str, filename: str | None = None,
 
     "Would block" (EAGAIN/EWOULDBLOCK/EBUSY/EACCES from a non-blocking try, ETIMEDOUT) is a
     :class:`Timeout`; EOWNERDEAD is :class:`OwnerDied`; EPERM from a release is a RuntimeError (as
-    threading says "release unlocked lock"); EDEADLK and ENOTRECOVERABLE stay OSErrors with their errno
-    and a sentence saying what happened.  Anything else goes through :func:`os_error`.
+    threading says "release unlocked lock"); EPROTO (a corrupt mutex, refused before pthread read it)
+    is a :class:`ProtocolError`; EDEADLK and ENOTRECOVERABLE stay OSErrors with their errno and a
+    sentence saying what happened.  Anything else goes through :func:`os_error`.
     """
     if err in (_errno.EAGAIN, _errno.EBUSY, _errno.EACCES, _errno.ETIMEDOUT):
         return Timeout(f"{what}: timed out")
@@ -120,6 +121,10 @@ def lock_error(err: int, what: str, filename: str | None = None,
     if err == _errno.ENOTRECOVERABLE:
         return OSError(err, f"{what}: not recoverable: an owner died and the next holder released it "
                             "without make_consistent(); initialise it again with create()")
+    if err == _errno.EPROTO:
+        return ProtocolError(f"{what}: the mutex's words in shared memory are corrupt (values pthread never "
+                             "writes: another process scribbled on them); it was left untouched. Initialise "
+                             "it again with create() once nobody uses it")
     return os_error(err, what, filename, limits)
 
 
@@ -287,14 +292,16 @@ def mpmc_error(rc: int, what: str, *, size: int | None = None, limit: int | None
                limit_source: str = "") -> Exception:
     """The exception for ``-errno`` ``rc`` from a ring:// or file:// queue operation (_native.MpmcPort).
 
-    The queue reports its own conditions with errnos: EPROTO (the shared cursors are out of range: the
-    queue is corrupt), EBADMSG (a corrupt record: what was pending was discarded, the queue is usable
-    again), EMSGSIZE (a message that can never fit the ring), ETIMEDOUT, EBADF (closed meanwhile).
+    The queue reports its own conditions with errnos: EPROTO (the shared cursors are out of range or
+    misaligned, or a lock's words are corrupt: the queue is corrupt), EBADMSG (a corrupt record: what
+    was pending was discarded, the queue is usable again), EMSGSIZE (a message that can never fit the
+    ring), ETIMEDOUT, EBADF (closed meanwhile).
     """
     err = -rc
     if err == _errno.EPROTO:
-        return ProtocolError(f"{what}: the queue's shared header is corrupt (its cursors are out of range); "
-                             "it cannot be used until it is created anew")
+        return ProtocolError(f"{what}: the queue's shared header is corrupt (its cursors are out of range or "
+                             "not record-aligned, or a lock's words hold values pthread never writes); it "
+                             "cannot be used until it is created anew")
     if err == _errno.EBADMSG:
         return ProtocolError(f"{what}: a corrupt record (its length check failed); every message pending "
                              "in the queue was discarded, since the next record boundary cannot be "

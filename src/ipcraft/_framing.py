@@ -14,12 +14,16 @@ the message.
 
 The receiver checks ``length`` against ``max_message_size`` *before* allocating anything.  An
 oversized frame raises MessageTooLarge and its payload is then skipped as it arrives, in bounded
-chunks, so the channel stays usable.
+chunks, so the channel stays usable.  Memory follows the bytes that arrived, never the length a
+header announces: a large payload's buffer starts at ``BODY_START`` bytes (or the reused buffer) and
+doubles as it fills, so a peer that sends a header claiming 256 MiB and then nothing costs the
+receiver at most ``BODY_START``.
 
 Receive path design: a 64 KiB scratch buffer takes whatever the kernel has, so one read usually
 returns many small frames (fewer system calls than reading header and payload separately).  A payload
-too large for the scratch gets its own buffer of exactly its size and is read straight into it, so a
-1 MiB message is copied once by the kernel and never again here.
+too large for the scratch gets its own buffer and is read straight into it, so a message up to
+``BODY_START`` (or one that fits the reused buffer) is copied once by the kernel and never again here;
+a larger one is copied once more per doubling (at most its size again in total).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 256 * 1024 * 1024
 SCRATCH_SIZE: Final = 64 * 1024
 #: Payloads up to this size are read into one buffer kept by the reader between messages.
 BODY_REUSE_MAX: Final = 4 * 1024 * 1024
+#: A large payload's buffer starts this big and doubles as bytes arrive (up to the announced length).
+BODY_START: Final = 1024 * 1024
 
 _pack = HEADER.pack
 _unpack_from = HEADER.unpack_from
@@ -116,7 +122,8 @@ class FrameReader:
         self._view = memoryview(self._scratch)
         self._start = 0  # unconsumed bytes are scratch[_start:_end]
         self._end = 0
-        self._body: memoryview | None = None  # a large payload being read in place
+        self._body: memoryview | None = None  # a large payload being read in place (its buffer so far)
+        self._body_len = 0  # the payload's announced length: _body grows towards it as bytes arrive
         self._spare: bytearray | None = None  # reused for the next large payload
         self._body_sid = 0
         self._filled = 0
@@ -143,7 +150,11 @@ class FrameReader:
         if self._body is None and not self._skip:
             self._progress()
         if self._body_open():
-            return self._body[self._filled:]  # type: ignore[index]
+            body = self._body
+            assert body is not None
+            if self._filled == len(body):
+                body = self._grow_body()
+            return body[self._filled:]
         if self._skip and self._start == self._end:
             self._start = self._end = 0
             return self._view[:min(self._skip, len(self._scratch))]
@@ -167,7 +178,7 @@ class FrameReader:
     def _body_open(self) -> bool:
         """A large payload is being read in place and still misses bytes.  (Once it is complete,
         feed() may still hand over what follows it: that goes to the scratch buffer.)"""
-        return self._body is not None and self._filled < len(self._body)
+        return self._body is not None and self._filled < self._body_len
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` in; ``b""`` means the stream ended."""
@@ -208,18 +219,31 @@ class FrameReader:
         spare = self._spare
         if spare is not None and len(spare) >= length:
             body = memoryview(spare)[:length]
-        else:
-            body = memoryview(bytearray(length))
-            if length <= BODY_REUSE_MAX:
-                self._spare = body.obj  # type: ignore[assignment]
+        else:  # only what has arrived, rounded up: the rest is allocated as it comes (_grow_body)
+            body = self._new_body(min(length, max(BODY_START, have)))
         body[:have] = self._view[self._start:self._start + have]
         self._start += have
-        self._body, self._body_sid, self._filled = body, sid, have
+        self._body, self._body_sid, self._filled, self._body_len = body, sid, have, length
+
+    def _new_body(self, size: int) -> memoryview:
+        buf = bytearray(size)
+        if size <= BODY_REUSE_MAX:
+            self._spare = buf
+        return memoryview(buf)
+
+    def _grow_body(self) -> memoryview:
+        """Double the full body buffer (up to the announced length), keeping what it holds."""
+        old = self._body
+        assert old is not None
+        body = self._new_body(min(self._body_len, 2 * len(old)))
+        body[:self._filled] = old[:self._filled]
+        self._body = body
+        return body
 
     def frame_ready(self) -> bool:
         """True when next_frame() would not return NEED_DATA (a frame, END, or an error is due)."""
         if self._body is not None:
-            return self._filled >= len(self._body) or self._eof
+            return self._filled >= self._body_len or self._eof
         avail = self._end - self._start
         if self._skip > avail:
             return self._eof
@@ -250,9 +274,9 @@ class FrameReader:
                 if self._skip:
                     return self._need_data()
             if self._body is not None:
-                if self._filled < len(self._body):
+                if self._filled < self._body_len:
                     return self._need_data()
-                body, self._body, self._filled = self._body, None, 0
+                body, self._body, self._filled = self._body[:self._body_len], None, 0
                 return self._body_sid, body
             avail = self._end - self._start
             if avail < HEADER_SIZE:

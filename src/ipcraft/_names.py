@@ -36,9 +36,9 @@ def validate_name(name: str, kind: str, max_len: int = NAME_MAX) -> str:
         raise InvalidEndpoint(f"{name!r} is not a valid {kind} name")
     if "/" in bare or "\0" in bare:
         raise InvalidEndpoint(f"a {kind} name must be one path component without '/' or NUL: {name!r}")
-    size = len(os.fsencode(bare))
+    size = len(_fsencode(bare, kind))
     if size > max_len:
-        raise InvalidEndpoint(f"the {kind} name {name!r} is {size} bytes; the limit is {max_len}")
+        raise InvalidEndpoint(f"the {kind} name {name!a} is {size} bytes; the limit is {max_len}")
     return bare
 
 
@@ -50,7 +50,7 @@ def validate_unix_path(path: str, abstract: bool = False) -> bytes:
     NULs included (the kernel compares all ``addrlen`` bytes), so the address a datagram receive
     reports for a C peer bound with ``addrlen = sizeof(struct sockaddr_un)`` can be sent back to.
     """
-    raw = os.fsencode(path)
+    raw = _fsencode(path, "Unix socket")
     if b"\0" in raw and not abstract:
         raise InvalidEndpoint(f"a Unix socket address must not contain NUL: {path!r}")
     if not raw:
@@ -62,3 +62,11 @@ def validate_unix_path(path: str, abstract: bool = False) -> bytes:
             "(sun_path in <sys/un.h> is 108 bytes with the NUL). Use a shorter path, a path relative "
             "to a chdir'ed directory, or an abstract name (unix:@name)")
     return b"\0" + raw if abstract else raw
+
+
+def _fsencode(name: str, kind: str) -> bytes:
+    """``os.fsencode(name)``, refusing with InvalidEndpoint what cannot be encoded (a lone surrogate)."""
+    try:
+        return os.fsencode(name)
+    except UnicodeError as exc:
+        raise InvalidEndpoint(f"the {kind} name {name!a} cannot be encoded for the kernel ({exc})") from exc

@@ -36,7 +36,8 @@ class RecvView:
     def __enter__(self) -> memoryview:
         self._guard.__enter__()
         try:
-            self._view = self._t.peek(deadline_after(self._timeout))[0]
+            timeout = self._timeout
+            self._view = self._t.peek(None if timeout is None else deadline_after(timeout))[0]
         except BaseException:
             self._guard.__exit__()
             raise
@@ -63,7 +64,8 @@ class SendView:
     def __enter__(self) -> memoryview:
         self._guard.__enter__()
         try:
-            self._view = self._t.reserve(self._n, deadline_after(self._timeout))
+            timeout = self._timeout
+            self._view = self._t.reserve(self._n, None if timeout is None else deadline_after(timeout))
         except BaseException:
             self._guard.__exit__()
             raise

@@ -25,9 +25,12 @@ Decisions:
 * **Worker threads only where there is no fd.**  Mechanisms without a file descriptor (System V
   queues) wait in a worker thread (asyncio.to_thread) in slices of 50 ms, so a cancelled wait ends
   soon and never consumes a message; the operation itself still runs on the loop.  TLS streams send in
-  a worker thread (their writes cannot be split safely by hand).  ``connect()``, ``queue()`` and the
-  handshake of ``accept()`` run in a worker thread too: they are one-off and may wait for a peer.  A
-  channel such a thread produces after its caller was cancelled is closed, not leaked.
+  a worker thread (their writes cannot be split safely by hand).  ``queue()`` runs in a worker
+  thread too (opening a FIFO may wait for its reader); a queue such a thread produces after its
+  caller was cancelled is closed, not leaked.
+* **Handshakes on the loop.**  ``connect()`` and ``accept()`` run their handshakes on the event loop
+  (the resumable steps of ``_transports._sockets``), never on a thread pool: any number of clients
+  and a listener in one loop cannot starve each other.  A cancelled connect closes its socket.
 * ``close()`` is a plain method: closing never waits.  A task waiting on the channel then gets
   HandleClosed.
 
@@ -40,12 +43,17 @@ import asyncio
 import errno
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from . import _connect, _framing
+from ._aio_pubsub import Publisher as Publisher
+from ._aio_pubsub import Subscriber as Subscriber
+from ._aio_pubsub import publish as publish
+from ._aio_pubsub import subscribe as subscribe
 from ._channel import Listener as _SyncListener
-from ._channel import _no_extras, _NoPublicConstructor, bytes_view
+from ._channel import Queue as _SyncQueue
+from ._channel import _MessageIO, _no_extras, _NoPublicConstructor, bytes_view
 from ._endpoint import Endpoint
 from ._errors import os_error
 from ._framing import frame_parts
@@ -53,11 +61,13 @@ from ._peer import Peer
 from ._resource import ConflictDetector
 from ._transports._framed import FramedStream, RawStream
 from ._transports._io import consume
+from ._transports._sockets import run_async
 from ._wait import deadline_after, remaining
 from .errors import ChannelClosed, HandleClosed, Timeout
 from .serializers import MSGPACK, Serializer
 
-__all__ = ("connect", "listen", "queue", "pipe", "Channel", "Listener", "Queue")
+__all__ = ("connect", "listen", "queue", "pipe", "publish", "subscribe", "Channel", "Listener", "Queue", "Publisher",
+           "Subscriber")
 
 #: The message ports that are adapters over a byte stream (their reader belongs to the receiving task).
 _STREAM_PORTS = (FramedStream, RawStream)
@@ -148,7 +158,7 @@ async def _in_thread(func: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
 class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
     """The async surface Channel and Queue share; each method mirrors the sync one of the same name."""
 
-    def __init__(self, sync: Any) -> None:
+    def __init__(self, sync: _MessageIO[Any]) -> None:
         self._sync = sync
         self._waiter = _FdWaiter(_fd_of(sync))
         self._thread_mode = self._waiter.fd is None
@@ -159,33 +169,33 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
 
     @property
     def endpoint(self) -> Endpoint | None:
-        return self._sync.endpoint  # type: ignore[no-any-return]
+        return self._sync.endpoint
 
     @property
     def peer(self) -> Peer:
-        return self._sync.peer  # type: ignore[no-any-return]
+        return self._sync.peer
 
     @property
     def authenticated(self) -> bool:
-        return self._sync.authenticated  # type: ignore[no-any-return]
+        return self._sync.authenticated
 
     @property
     def serializer(self) -> Serializer:
-        return self._sync.serializer  # type: ignore[no-any-return]
+        return self._sync.serializer
 
     @property
     def last_meta(self) -> dict[str, Any]:
-        return self._sync.last_meta  # type: ignore[no-any-return]
+        return self._sync.last_meta
 
     @property
     def closed(self) -> bool:
-        return self._sync.closed  # type: ignore[no-any-return]
+        return self._sync.closed
 
     def extra(self, name: str, default: Any = None) -> Any:
         return self._sync.extra(name, default)
 
     def fileno(self) -> int:
-        return self._sync.fileno()  # type: ignore[no-any-return]
+        return self._sync.fileno()
 
     def close(self) -> None:
         """Close the channel now (never waits); a task waiting on it gets HandleClosed."""
@@ -223,6 +233,11 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         """Receive one message into ``buffer``; as the sync ``recv_bytes_into``."""
         return await self._receive(lambda: self._sync.recv_bytes_into(buffer, offset, timeout=0, **extra),
                                    timeout)
+
+    async def recv_many(self, max_messages: int, timeout: float | None = None) -> list[_T]:
+        """Receive 1 to ``max_messages`` messages, waiting up to ``timeout`` for the first; as the sync
+        ``recv_many``."""
+        return await self._receive(lambda: self._sync.recv_many(max_messages, 0), timeout)
 
     async def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message is ready, waiting up to ``timeout`` (None: until one is)."""
@@ -286,43 +301,66 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
 
     async def send(self, obj: _T, *, timeout: float | None = None, **extra: Any) -> None:
         """Serialize ``obj`` and send it as one message; as the sync ``send``."""
-        s = self._sync.serializer
-        await self._send(s.id, s.dumps(obj), timeout, extra)
+        sync = self._sync
+        await self._send(lambda t: sync.send(obj, timeout=t, **extra),
+                         lambda: (sync.serializer.id, sync.serializer.dumps(obj)), timeout, extra)
 
     async def send_bytes(self, data: Any, offset: int = 0, size: int | None = None, *,
                          timeout: float | None = None, **extra: Any) -> None:
         """Send bytes as one message; as the sync ``send_bytes``."""
-        await self._send(0, bytes_view(data, offset, size), timeout, extra)
-
-    async def _send(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any]) -> None:
         sync = self._sync
-        mv = sync._outgoing(payload)
+        await self._send(lambda t: sync.send_bytes(data, offset, size, timeout=t, **extra),
+                         lambda: (0, bytes_view(data, offset, size)), timeout, extra)
+
+    async def send_many(self, objs: Iterable[_T], *, timeout: float | None = None) -> int:
+        """Serialize and send each of ``objs`` as its own message, in order; as the sync ``send_many``."""
+        sync = self._sync
+        s = sync.serializer
+        items = list(objs)
+        payloads = [s.dumps(obj) for obj in items]
+        deadline = deadline_after(timeout)
+        sent = 0
+        while sent < len(payloads):
+            sent += sync._push_now(s.id, payloads, sent)
+            if sent < len(payloads):  # the general path: waits for room without blocking the loop
+                await self.send(items[sent], timeout=remaining(deadline))
+                sent += 1
+        return sent
+
+    async def _send(self, op: Callable[[float | None], None], frame: Callable[[], tuple[int, Any]],
+                    timeout: float | None, extra: dict[str, Any]) -> None:
+        """``op(timeout)`` is the sync send (public); ``frame() -> (sid, payload)`` what a byte stream
+        gets written, a piece at a time, by this task."""
+        sync = self._sync
         port = sync._open_port()
         deadline = deadline_after(timeout)
         with self._sending:
             if not isinstance(port, _STREAM_PORTS):
-                await self._send_message(sid, mv, deadline, timeout, extra)
+                await self._send_message(op, deadline, timeout)
+                return
+            stream = port.stream
+            if self._thread_mode or not stream.splits_writes:  # TLS: a worker thread sends the frame
+                await asyncio.to_thread(op, remaining(deadline))
                 return
             if extra:
                 _no_extras(sync, extra)
-            stream = port.stream
-            if self._thread_mode or not stream.splits_writes:  # TLS: a worker thread sends the frame
-                await asyncio.to_thread(sync._send_frame, sid, mv, remaining(deadline), extra)
-                return
+            sid, payload = frame()
+            mv = sync._outgoing(payload)  # the channel's size check, as its own send makes it
             with sync._sending:  # keeps sync senders in other threads off the stream meanwhile
                 parts = frame_parts(sid, mv) if isinstance(port, FramedStream) else port.parts(mv)
                 await self._send_stream(stream.write_some, parts, deadline, timeout)
 
-    async def _send_message(self, sid: int, mv: memoryview, deadline: float | None,
-                            timeout: float | None, extra: dict[str, Any]) -> None:
+    async def _send_message(self, op: Callable[[float | None], None], deadline: float | None,
+                            timeout: float | None) -> None:
         spins = 0
+        timer = self._thread_mode or not getattr(self._sync._live(), "fd_writable", True)  # zmq: never writable
         while True:
             try:
-                self._sync._send_frame(sid, mv, 0, extra)  # whole message or nothing
+                op(0)  # a message port sends a whole message or nothing
                 return
             except Timeout:
                 pass
-            if self._thread_mode or spins > 1:  # no fd, or one that does not signal room: back off
+            if timer or spins > 1:  # no fd, or one that does not signal room: back off
                 if remaining(deadline) == 0:
                     raise Timeout(f"sending on {self!r}: timed out after {timeout} s (nothing was sent)")
                 await asyncio.sleep(min(0.0005 * 2 ** spins, 0.01))
@@ -373,9 +411,11 @@ class Queue(_AsyncMessageIO[_T]):
     .. versionadded:: 0.1
     """
 
+    _sync: _SyncQueue[_T]
+
     @property
     def owner(self) -> bool:
-        return self._sync.owner  # type: ignore[no-any-return]
+        return self._sync.owner
 
     def unlink(self) -> None:
         self._sync.unlink()
@@ -384,8 +424,10 @@ class Queue(_AsyncMessageIO[_T]):
 class Listener(Generic[_T], metaclass=_NoPublicConstructor):
     """Accepts channels, from :func:`listen`; mirrors :class:`ipcraft.Listener`.
 
-    ``accept()`` sleeps in ``add_reader`` until a client is waiting, then runs the sync accept (and
-    its handshake) in a worker thread.  ``async for ch in listener`` accepts until the listener closes.
+    ``accept()`` sleeps in ``add_reader`` on the listener's descriptor until a client is waiting or a
+    handshake can move on, then advances the handshakes on the loop (the sync ``accept(0)``, which
+    never waits): no worker thread, so no number of concurrent clients can starve it.  ``async for
+    ch in listener`` accepts until the listener closes.
 
     .. versionadded:: 0.1
     """
@@ -418,15 +460,17 @@ class Listener(Generic[_T], metaclass=_NoPublicConstructor):
             while True:
                 if self._sync.closed:
                     self._sync.fileno()  # raises HandleClosed
-                if not await self._waiter.wait(False, deadline):
-                    raise Timeout(f"accepting on {self!r}: timed out after {timeout} s")
-                left = remaining(deadline)
+                # Wake for a client, a handshake that can move, or the next handshake to expire.
+                wake = self._sync._handshake_expiry()
+                if deadline is not None and (wake is None or deadline < wake):
+                    wake = deadline
+                await self._waiter.wait(False, wake)
                 try:
-                    sync = await _in_thread(self._sync.accept, 10.0 if left is None else left)
+                    sync = self._sync.accept(0)  # advances every ready handshake; never waits
                 except Timeout:
                     if remaining(deadline) == 0:
-                        raise
-                    continue  # another process took that client: wait for the next
+                        raise Timeout(f"accepting on {self!r}: timed out after {timeout} s") from None
+                    continue
                 return Channel._create(sync)  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -460,12 +504,13 @@ class Listener(Generic[_T], metaclass=_NoPublicConstructor):
 
 
 async def connect(url: str | Endpoint, timeout: float | None = None, **options: Any) -> Channel[Any]:
-    """Connect to a listener; as :func:`ipcraft.connect` (run in a worker thread: it may wait for the
-    listener's handshake).
+    """Connect to a listener; as :func:`ipcraft.connect`.  The handshake runs on the loop (its waits
+    in ``add_reader``/``add_writer``), with no worker thread; a tcp:// host name is resolved first, in
+    this thread.
 
     .. versionadded:: 0.1
     """
-    sync = await _in_thread(_connect.connect, url, timeout, **options)
+    sync = await run_async(_connect.connect_steps(url, timeout, **options))
     return Channel._create(sync)  # type: ignore[no-any-return]
 
 

@@ -16,6 +16,8 @@ Python user would already catch::
      + InvalidEndpoint (ValueError)    a malformed URL, an unknown scheme or option, a bad name
      + LimitExceeded (OSError)         a kernel limit refused the request; names the /proc knob or rlimit
      + OwnerDied                       a robust mutex's owner died holding it; you hold it now, repair
+     + MessagesMissed                  a subscriber fell behind and messages it never saw were overwritten
+        - SubscriberEvicted            a subscriber was evicted for being too slow (or dead-looking)
 
 Plain kernel failures stay :class:`OSError` subclasses with their ``errno`` (FileNotFoundError,
 FileExistsError, PermissionError, ...).  Exceptions of posix_ipc and sysv_ipc never escape untranslated.
@@ -44,6 +46,8 @@ __all__ = (
     "InvalidEndpoint",
     "LimitExceeded",
     "OwnerDied",
+    "MessagesMissed",
+    "SubscriberEvicted",
 )
 
 
@@ -196,3 +200,33 @@ def _rebuild_protocol_error(cls: type[ProtocolError], message: str, closed: bool
 def _rebuild_timeout(cls: type[Timeout], message: str, written: int, closed: bool) -> Timeout:
     """Unpickle a Timeout with its attributes (they are keyword-only, which pickle's default cannot pass)."""
     return cls(message, written=written, closed=closed)
+
+
+class MessagesMissed(IPCError):
+    """A subscriber of a broadcast (``bcast://``, drop mode) was lapped: messages it had not read yet were
+    overwritten by newer ones.
+
+    ``missed`` is the exact number of messages it will never see.  Nothing torn or repeated was
+    delivered; the subscriber is still usable and its next ``recv`` returns the oldest message still
+    present.  The running total is ``Subscriber.missed``.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, message: str, missed: int) -> None:
+        super().__init__(message)
+        self.missed = missed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.missed)
+
+
+class SubscriberEvicted(MessagesMissed):
+    """A subscriber of a broadcast in block mode made no progress for ``slow_timeout`` seconds (or looked
+    dead), and the publishers evicted it so as not to wait for it any longer.
+
+    ``missed`` is the number of messages it lost meanwhile.  The subscriber is still usable: it has
+    rejoined and its next ``recv`` returns the oldest message still present.
+
+    .. versionadded:: 0.2
+    """

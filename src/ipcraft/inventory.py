@@ -7,6 +7,8 @@ kind             the kernel's own listing
 ===============  ================================================================================
 ``posix_shm``    files in /dev/shm (glibc's ``shm_open`` opens files in this tmpfs)
 ``posix_sem``    files ``/dev/shm/sem.NAME`` (glibc keeps named semaphores there)
+``bcast``        files in /dev/shm that hold an ipcraft broadcast ring (``bcast://``; its magic), with
+                 its publishers and each subscriber's pid, lag and missed count from the ring's tables
 ``posix_mq``     files in the mqueue filesystem (/dev/mqueue, wherever it is mounted); each reads
                  ``QSIZE:<bytes> NOTIFY:.. SIGNO:.. NOTIFY_PID:..``
 ``sysv_mq``      /proc/sysvipc/msg     (the columns are found from its header line)
@@ -45,6 +47,7 @@ Decisions:
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 import warnings
@@ -59,12 +62,13 @@ import sysv_ipc
 from ._errors import os_error, translating, translating_sysv
 from ._names import validate_name
 from ._unix_diag import is_bound, socket_owners, unix_sockets
+from .errors import ProtocolError
 from .primitives.shm import SHM_DIR, unlink_posix_shm
 
 __all__ = ("IPCObject", "KINDS", "list_objects", "lookup", "remove", "mqueue_dir")
 
 #: Every kind of object, in listing order.
-KINDS = ("posix_shm", "posix_sem", "posix_mq", "sysv_shm", "sysv_sem", "sysv_mq", "unix_socket", "fifo")
+KINDS = ("posix_shm", "posix_sem", "bcast", "posix_mq", "sysv_shm", "sysv_sem", "sysv_mq", "unix_socket", "fifo")
 
 _SYSV_FILES = {"sysv_mq": "msg", "sysv_sem": "sem", "sysv_shm": "shm"}
 #: The status bits /proc/sysvipc/shm prints in its perms column, with ipcs's word for each.
@@ -72,6 +76,7 @@ _SHM_STATUS = ((0o1000, "dest"), (0o2000, "locked"))
 _SYSV_IDS = {"sysv_mq": "msqid", "sysv_sem": "semid", "sysv_shm": "shmid"}
 _WHAT = {
     "posix_shm": "POSIX shared memory", "posix_sem": "POSIX semaphore", "posix_mq": "POSIX message queue",
+    "bcast": "broadcast ring",
     "sysv_shm": "System V shared memory", "sysv_sem": "System V semaphore set",
     "sysv_mq": "System V message queue", "unix_socket": "Unix socket", "fifo": "FIFO",
 }
@@ -163,7 +168,7 @@ def list_objects(kind: str | None = None, *, dirs: Iterable[str] = (),
                 if kind is not None:
                     raise
                 warnings.warn(str(exc.strerror), RuntimeWarning, stacklevel=2)
-        elif k in ("posix_shm", "posix_sem"):
+        elif k in ("posix_shm", "posix_sem", "bcast"):
             out += [o for o in _dev_shm() if o.kind == k]
         elif k in _SYSV_FILES:
             out += _sysv(k)
@@ -196,8 +201,8 @@ def lookup(kind: str, ident: str | int, *, by_id: bool = False) -> IPCObject:
         if len(found) > 1:
             raise ValueError(f"{len(found)} objects of kind {kind} have key {number:#x} (IPC_PRIVATE); "
                              f"name one by its id: {', '.join(str(o.id) for o in found)}")
-    elif kind.startswith("posix_"):
-        name = "/" + validate_name(str(ident), _WHAT[kind])
+    elif kind.startswith("posix_") or kind == "bcast":
+        name = "/" + validate_name(str(ident).removeprefix("bcast://"), _WHAT[kind])
         if kind == "posix_mq" and mqueue_dir() is None:
             return _unmounted_mq(name)
         found = [o for o in list_objects(kind) if o.name == name]
@@ -232,7 +237,7 @@ def remove(obj: IPCObject) -> None:
     """
     kind = _check_kind(obj.kind)
     what = f"remove {obj.label}"
-    if kind == "posix_shm":
+    if kind in ("posix_shm", "bcast"):
         unlink_posix_shm(obj.name or "")
     elif kind == "posix_sem":
         with translating(what):
@@ -297,9 +302,36 @@ def _dev_shm() -> list[IPCObject]:
             out.append(IPCObject("posix_sem", name, path=entry.path, details=_sem_value(name),
                                  **_file_facts(st)))
         else:
-            out.append(IPCObject("posix_shm", "/" + entry.name, size=st.st_size, path=entry.path,
-                                 **_file_facts(st)))
+            ring = _bcast_facts(entry.path)
+            out.append(IPCObject("posix_shm" if ring is None else "bcast", "/" + entry.name, size=st.st_size,
+                                 path=entry.path, pid=None if ring is None else ring.pop("creator_pid"),
+                                 details=ring or {}, **_file_facts(st)))
     return out
+
+
+def _bcast_facts(path: str) -> dict[str, Any] | None:
+    """The tables of the broadcast ring in ``path`` (read-only), or None if it holds none (or we may
+    not read it, or its header is damaged)."""
+    from ._rings import bcast
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if os.pread(fd, 8, 0) != bcast.MAGIC.to_bytes(8, "little"):
+            return None
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as m, memoryview(m) as buf:
+            try:
+                return bcast.describe(buf, path)
+            except ProtocolError as exc:
+                return {"damaged": str(exc)}
+            finally:
+                buf.release()
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _sem_value(name: str) -> dict[str, Any]:

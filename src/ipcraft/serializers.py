@@ -3,7 +3,10 @@
 A serializer is a value with an ``id`` (one byte on the wire), a ``name``, ``dumps(obj) -> bytes`` and
 ``loads(buffer) -> object``.  Every frame carries the id of the serializer that produced it, so a
 receiver configured for another serializer raises :class:`~ipcraft.errors.ProtocolError` instead of
-misdecoding.
+misdecoding.  Channels decode through :meth:`Serializer.decode`, which turns *any* failure of
+``loads`` on bytes a peer sent (bad syntax, bad UTF-8, nesting deep enough to exhaust the recursion
+limit, an integer too long to convert, a container as a map key...) into ProtocolError with the
+original exception chained as its cause.
 
 ========  ====  ==============================================================================
 name      id    notes
@@ -62,6 +65,29 @@ class Serializer:
 
     def __repr__(self) -> str:
         return f"<Serializer {self.name} id={self.id}>"
+
+    def decode(self, data: Any) -> Any:
+        """``loads(data)``, with any failure turned into :class:`~ipcraft.errors.ProtocolError`.
+
+        The bytes came from a peer, so whatever ``loads`` raises on them (TypeError, ValueError,
+        RecursionError, UnicodeDecodeError, a library's own error...) says the message is malformed:
+        it is reported as one typed error whose ``__cause__`` is the original exception.  The message
+        is consumed; the channel stays usable.
+
+        .. versionadded:: 0.2
+        """
+        try:
+            return self.loads(data)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(f"a {self.name} message could not be decoded: "
+                                f"{type(exc).__name__}: {_clip(str(exc))}") from exc
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (a decoder's message may quote much of the input)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _raw_dumps(obj: Any) -> Any:

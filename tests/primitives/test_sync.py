@@ -16,17 +16,6 @@ from ipcraft.testing import Child, run_in_child
 from ._lockcheck import ROUNDS, Holder, count_in_two_processes, interrupted, with_statement
 
 
-@pytest.fixture()
-def shm():
-    """A shared anonymous mapping, inherited by every child forked during the test."""
-    buf = mmap.mmap(-1, mmap.PAGESIZE, mmap.MAP_SHARED)
-    yield buf
-    try:
-        buf.close()
-    except BufferError:
-        pass  # a test failed with a handle open; the mapping goes with the process
-
-
 def _locked(shm: mmap.mmap) -> SharedMutex:
     return _locked_at(shm, 64)
 

@@ -561,3 +561,33 @@ def test_connect_without_listener_names_the_endpoint():
     """Connecting where nobody listens is ConnectionRefusedError naming the shm:// URL."""
     with pytest.raises(ConnectionRefusedError, match=r"shm://.*no listener"):
         ipcraft.connect(shm_url(), timeout=1)
+
+
+def test_send_many_recv_many_in_c_and_what_ends_a_batch():
+    """recv_many over shm://: raw frames (which the C batch, asked for msgpack frames, leaves alone) come
+    by the general path inside the same recv_many; a frame of another serializer ends the batch, and
+    its error is raised by the next recv_many, after which the channel goes on."""
+    url = shm_url()
+    lst = ipcraft.listen(url)
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(lst.accept(10)))
+    t.start()
+    try:
+        tx = ipcraft.connect(url, timeout=10, serializer="json")
+    finally:
+        t.join()
+        lst.close()
+    rx = box[0]
+    with tx, rx:
+        tx.send_bytes(b"a")
+        tx.send_bytes(b"b")
+        tx.send({"json": 1})
+        tx.send_bytes(b"c")
+        assert rx.recv_many(10) == [b"a", b"b"]
+        with pytest.raises(ProtocolError, match="json"):
+            rx.recv_many(10)
+        assert rx.recv_many(10) == [b"c"]
+        with pytest.raises(ValueError):
+            rx.recv_many(0)
+        with pytest.raises(Timeout):
+            rx.recv_many(3, timeout=0.01)

@@ -164,17 +164,23 @@ def test_server_without_key_and_client_with_one_fails_on_the_client_too() -> Non
         assert listener._impl.refused == 1
 
 
-def test_silent_client_is_dropped_after_handshake_timeout_and_the_next_one_served() -> None:
-    """A client that never sends its hello is dropped after handshake_timeout; accept() then serves the next."""
+def test_silent_client_is_dropped_after_handshake_timeout_and_does_not_delay_the_next() -> None:
+    """A client that never sends its hello does not hold up the next one (served at once), and is
+    dropped once its handshake_timeout passes, counted in refused."""
     with ipcraft.listen(LOCAL, authkey=KEY, handshake_timeout=0.3) as listener:
         silent = socket.create_connection(listener.endpoint.host_port, timeout=10)
-        # The URL carries handshake_timeout=0.3; the good client waits behind the silent one, so it
-        # allows itself longer.
         good = Child(_client_roundtrip, str(listener.endpoint), authkey=KEY, handshake_timeout=10)
         with listener.accept(timeout=15) as ch:
             ch.send(ch.recv(timeout=10)["n"])
         assert good.result(15)[0] == 1
+        with pytest.raises(Timeout):
+            listener.accept(timeout=1)  # the silent client's 0.3 s run out meanwhile
         assert listener._impl.refused == 1 and "Timeout" in listener._impl.last_refusal
+        silent.settimeout(5)
+        got = b""
+        while chunk := silent.recv(64):  # the server's hello, then the end of the dropped connection
+            got += chunk
+        assert got.startswith(b"IPCRAFT") and len(got) == 41
         silent.close()
 
 
@@ -279,6 +285,49 @@ def test_tls_round_trip_with_a_self_signed_certificate_and_refusal_of_an_untrust
             data = ch.recv(timeout=10)
             ch.send(len(data))
         assert trusting.result(20)[0] == 200_000
+
+
+@pytest.mark.timeout(30)
+def test_tls_handshakes_run_beside_silent_clients_and_on_the_aio_loop(tmp_ipc_dir: str) -> None:
+    """Three connections that never send a TLS hello do not delay a TLS client, which connects with
+    ipcraft.aio (its TLS and authkey handshakes on the loop) while the listener serves in a thread."""
+    import asyncio
+
+    import ipcraft.aio
+
+    cert, key = _self_signed(tmp_ipc_dir)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    with ipcraft.listen(LOCAL, authkey=KEY, ssl_context=server_ctx, handshake_timeout=10) as listener:
+        silent = [socket.create_connection(listener.endpoint.host_port, timeout=10) for _ in range(3)]
+        with pytest.raises(Timeout):
+            listener.accept(timeout=0.2)  # the silent ones are pending
+        host, port = listener.endpoint.host_port
+        t, box = _accept_in_thread(listener)
+
+        async def client() -> tuple[Any, float]:
+            start = time.monotonic()
+            ch = await ipcraft.aio.connect(f"tcp://{host}:{port}", timeout=10, authkey=KEY, ssl_context=client_ctx,
+                                           server_hostname="localhost")
+            took = time.monotonic() - start
+            with ch:
+                await ch.send("over tls")
+                return await ch.recv(timeout=10), took
+
+        reply_box: list[Any] = []
+        reply = threading.Thread(target=lambda: reply_box.append(asyncio.run(client())))
+        reply.start()
+        t.join(15)
+        with box[0] as server:
+            assert isinstance(server._transport.sock, ssl.SSLSocket) and server.authenticated
+            server.send(server.recv(timeout=10))
+        reply.join(15)
+        got, took = reply_box[0]
+        assert got == "over tls"
+        assert took < 1.0, f"the TLS client waited {took:.2f} s behind silent connections"
+        for s in silent:
+            s.close()
 
 
 @pytest.mark.parametrize("nodelay", [True, False])

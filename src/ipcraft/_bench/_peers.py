@@ -332,12 +332,22 @@ class SysvIpcBare(_KernelQueue):
 
 
 class Zmq(_Optional):
-    name = "pyzmq PAIR ipc://"
+    """Bare pyzmq PAIR sockets, the same socket type ipcraft's zmq+tcp:// and zmq+ipc:// channels use."""
+
     group = "peer"
     module = "zmq"
 
+    def __init__(self, transport: str = "ipc") -> None:
+        self.transport = transport
+        self.name = f"pyzmq PAIR {transport}://"
+
     def prepare(self, env: Env) -> None:
-        self._url = "ipc://" + env.path(".zmq")
+        if self.transport == "ipc":
+            self._url = "ipc://" + env.path(".zmq")
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self._url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
     def open(self, side: str, ctl: Ctl) -> Link:
         import zmq
@@ -437,7 +447,7 @@ class Iceoryx2(_Optional):
 def peer_subjects() -> list[Subject]:
     """The baselines, then the peers, in table order."""
     return [BarePipe(), BareUnix(), BareSeqpacket(), PosixIpcBare(), SysvIpcBare(), MpPipe(), MpQueue(), Zmq(),
-            FasterFifo(), Iceoryx2()]
+            Zmq("tcp"), FasterFifo(), Iceoryx2()]
 
 
 __all__ = ("peer_subjects", "Unavailable")

@@ -223,14 +223,67 @@ class PipeSubject(Subject):
         self._made = []
 
 
+class RelaySubject(Subject):
+    """The relay's overhead: A talks shm:// to an ``ipcraft relay`` process, which talks zmq+tcp:// to B
+    (one-way: A -> relay -> B; round trip: and back).  Compare with zmq+tcp:// alone."""
+
+    name = "shm:// -> relay -> zmq+tcp://"
+    idle_ok = False
+    facts = {"scheme": "shm+relay+zmq+tcp", "family": "relay", "api": "bytes"}
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+
+    def unavailable(self) -> str | None:
+        try:
+            module_for("zmq+tcp")
+        except (NotImplementedError, ImportError) as exc:
+            return str(exc)
+        return None
+
+    def prepare(self, env: Env) -> None:
+        import subprocess
+        import sys
+
+        self._shm = f"shm://{env.name()}"
+        self._zmq = f"zmq+tcp://127.0.0.1:{_free_port(socket.SOCK_STREAM)}"
+        self._proc = subprocess.Popen([sys.executable, "-m", "ipcraft", "relay", "--timeout", str(_SETUP_TIMEOUT),
+                                       f"listen:{self._shm}", f"listen:{self._zmq}?insecure=true"])
+
+    def open(self, side: str, ctl: Ctl) -> Link:
+        import time
+
+        import ipcraft
+
+        deadline = time.monotonic() + _SETUP_TIMEOUT
+        while True:
+            try:
+                ch = (ipcraft.connect(self._shm, timeout=_SETUP_TIMEOUT) if side == "a"
+                      else ipcraft.connect(self._zmq, timeout=_SETUP_TIMEOUT, insecure=True))
+                return _ChannelLink(ch, ch, [ch])
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def cleanup(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.wait(5)  # it ends by itself when either side closes
+            except Exception:  # noqa: BLE001 - stuck: stop it
+                proc.kill()
+                proc.wait()
+
+
 #: Table order: connection schemes first, then queues, as the endpoint table lists them.
 def ipcraft_subjects(waits: tuple[str, ...], schemes: set[str] | None = None) -> list[Subject]:
     """Every ipcraft subject, optionally only those of ``schemes`` (``pipe`` names ipcraft.pipe())."""
     out: list[Subject] = []
     ordered = sorted(SCHEMES.values(), key=lambda s: s.family != "connection")
     for info in ordered:
-        if schemes is not None and info.name not in schemes:
-            continue
+        if (schemes is not None and info.name not in schemes) or info.family == "pubsub":
+            continue  # one-to-many schemes have their own subjects (_bench/_fanout.py)
         if "wait" in info.options:
             for wait in waits:
                 out.append(SchemeSubject(info.name, wait))
@@ -240,4 +293,6 @@ def ipcraft_subjects(waits: tuple[str, ...], schemes: set[str] | None = None) ->
             out.append(SchemeSubject(info.name))
     if schemes is None or "pipe" in schemes:
         out += [PipeSubject(True), PipeSubject(False)]
+    if schemes is None or "relay" in schemes:
+        out.append(RelaySubject())
     return out

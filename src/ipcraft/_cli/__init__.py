@@ -22,13 +22,14 @@ def main() -> None:
     cli()
 
 
-# ls, rm, limits, send, recv, relay, tour: one module per command.
+# ls, rm, limits, send, recv, relay, tour, keygen: one module per command.
 from .inventory import ls, rm  # noqa: E402
+from .keygen import keygen  # noqa: E402
 from .limits import limits  # noqa: E402
 from .recv import recv  # noqa: E402
 from .relay import relay  # noqa: E402
 from .send import send  # noqa: E402
 from .tour import tour  # noqa: E402
 
-for _command in (ls, rm, limits, send, recv, relay, tour):
+for _command in (ls, rm, limits, send, recv, relay, tour, keygen):
     cli.add_command(_command)

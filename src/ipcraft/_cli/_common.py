@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -21,17 +23,53 @@ format_option = click.option(
     help="A table for people, or JSON (a list of objects) for programs.")
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM (or SIGHUP) arrives, so that ``with`` blocks unwind and
+    whatever the command created is removed, as for Ctrl-C.  A KeyboardInterrupt: no ``except
+    Exception`` swallows it, and posix_ipc and sysv_ipc, which replace any other exception a signal
+    handler raises during a wait with their own SignalError, pass it through."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM and SIGHUP raise Terminated (unless they were ignored, as
+    ``nohup`` does).  The default action would end the process at once, skipping every cleanup:
+    ``timeout``, systemd and container runtimes stop processes with SIGTERM."""
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, _raise_terminated)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cli_errors(func: F) -> F:
     """Report the errors a user can cause or meet as one line and exit status 1, never a traceback.
 
-    Ctrl-C exits with status 130 and a closed stdout (``| head``) quietly, as shell tools do.
+    Ctrl-C exits with status 130, SIGTERM and SIGHUP with 128 + the signal's number, after removing
+    what the command created (``with`` blocks unwind); a closed stdout (``| head``) exits quietly, as
+    shell tools do.
     """
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _terminate_like_interrupt():
+                return func(*args, **kwargs)
         except click.ClickException:
             raise
+        except Terminated as exc:
+            raise SystemExit(128 + exc.signum) from None
         except KeyboardInterrupt:
             raise SystemExit(130) from None
         except BrokenPipeError:

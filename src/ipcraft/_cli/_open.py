@@ -6,6 +6,7 @@ An endpoint argument is a URL, optionally prefixed:
 * ``listen:URL``: listen there, accept one peer, and stop listening (the socket file is removed).
 * ``URL`` of a queue scheme (mq://, sysvmq://, fifo://, ...): open the existing queue.
 * ``create:URL``: create the queue, and remove it when the command ends.
+* ``publish:URL`` / ``subscribe:URL``: a publisher or a subscriber (zmq+tcp://, zmq+ipc://).
 
 The commands go through the public facade (ipcraft.connect / listen / queue) only, so every scheme
 the library has works here, including those added later.
@@ -18,9 +19,9 @@ from typing import Any
 
 import click
 
-from .. import Channel, Endpoint, Queue, connect, listen, queue
+from .. import Channel, Endpoint, Publisher, Queue, Subscriber, connect, listen, publish, queue, subscribe
 
-Handle = Channel[Any] | Queue[Any]
+Handle = Channel[Any] | Queue[Any] | Publisher[Any] | Subscriber[Any]
 
 ENDPOINT_HELP = """\b
 Endpoints:
@@ -29,6 +30,9 @@ Endpoints:
                 or open an existing queue: mq://name, sysvmq://1234, fifo:///path ...
   listen:URL    listen at URL, accept one peer, then stop listening
   create:URL    create the queue at URL; it is removed when the command ends
+                (zmq+tcp://, zmq+ipc://: bind a PULL queue there, or PUSH with ?role=push)
+  publish:URL   publish there (zmq+tcp://, zmq+ipc://: bind a PUB socket)
+  subscribe:URL subscribe there (?topic=prefix)
 """
 
 
@@ -49,14 +53,19 @@ def open_endpoint(spec: str, timeout: float | None, framing: str | None = None) 
         and what ipcraft.connect / listen / queue raise.
     """
     prefix, sep, rest = spec.partition(":")
-    mode = prefix if sep and prefix in ("listen", "create") else "open"
+    mode = prefix if sep and prefix in ("listen", "create", "publish", "subscribe") else "open"
     url = rest if mode != "open" else spec
-    family = Endpoint.parse(url).info.family
-    if mode == "listen" and family != "connection":
+    info = Endpoint.parse(url).info
+    family = info.family
+    if mode == "listen" and not info.serves("connection"):
         raise click.BadParameter(f"{url!r} is a queue: use create:{url} to create it, or {url} to open it")
-    if mode == "create" and family != "queue":
+    if mode == "create" and not info.serves("queue"):
         raise click.BadParameter(f"{url!r} is a connection scheme: use listen:{url} to wait for a peer, "
                                  f"or {url} to connect")
+    if mode in ("publish", "subscribe"):
+        if not info.serves("pubsub"):
+            raise click.BadParameter(f"{url!r} has no publish/subscribe")
+        return publish(url) if mode == "publish" else subscribe(url)
     opts: dict[str, Any] = {} if framing is None else {"framing": framing}
     if mode == "listen":
         with listen(url, **opts) as listener:

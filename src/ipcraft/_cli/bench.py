@@ -25,7 +25,7 @@ _GROUP_STYLE = {"ipcraft": "bold cyan", "baseline": "green", "peer": "magenta"}
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
     if not value:
-        return DEFAULT_SIZES
+        return ()  # the mode's default: DEFAULT_SIZES, or 64,1M with --subscribers
     try:
         return tuple(dict.fromkeys(parse_size(v) for v in value.split(",") if v.strip()))
     except ValueError as exc:
@@ -68,6 +68,11 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
               help="glibc M_TOP_PAD for every subject (e.g. 16777216): stops glibc returning the heap top "
                    "to the kernel after each large message, which dominates 1 MiB copies on some VMs. "
                    "[default: 0, glibc's own]")
+@click.option("--subscribers", callback=lambda c, p, v: _counts(v), metavar="LIST",
+              help="One-to-many mode: one publisher and N subscriber processes for each N listed, e.g. 1,3: "
+                   "bcast:// (spin, block) against pyzmq PUB/SUB ipc://, iceoryx2 pub/sub and an mp.Queue "
+                   "per subscriber; latency publisher -> subscriber, aggregate deliveries/s and MB/s.  "
+                   "[sizes default: 64,1M]")
 @click.option("--load", type=click.IntRange(min=0, max=256), default=0, show_default=True, metavar="N",
               help="Run N CPU-bound neighbour processes (not pinned, at most 256) during the measurement: "
                    "the figures of a busy machine, on purpose.")
@@ -80,7 +85,8 @@ def _schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[str] | None,
           sizes: tuple[int, ...], waits: tuple[str, ...], placement: str, iterations: int | None,
           count: int | None, idle: float | None, trial_timeout: float | None, malloc_top_pad: int,
-          load: int, details: bool, json_path: str | None, plot_path: str | None) -> None:
+          load: int, details: bool, subscribers: tuple[int, ...] | None, json_path: str | None,
+          plot_path: str | None) -> None:
     """Measure ipcraft's schemes beside bare Python loops and peer libraries.
 
     Each subject runs in a fresh pair of forked processes (pinned as --placement says): ping-pong
@@ -89,6 +95,11 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
     """
     from rich.console import Console
 
+    if subscribers:
+        _fanout(subscribers, sizes or (64, 1 << 20), only, tuple(dict.fromkeys(waits)) or WAITS, full,
+                trial_timeout or 300.0, json_path, count)
+        return
+    sizes = sizes or DEFAULT_SIZES
     if plot_path:
         try:
             import matplotlib  # noqa: F401
@@ -288,3 +299,65 @@ def _print_targets(out: Any, targets: list[dict[str, Any]]) -> None:
             verdict = "[green]met[/]" if t["met"] else "[red]not met[/]"
             table.add_row(str(t["issue"]), t["label"], _fmt_target(t, t["value"]), goal, verdict)
     out.print(table)
+
+
+# -- one-to-many ----------------------------------------------------------------------------------
+
+
+def _counts(value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers of subscribers such as 1,3, not {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("numbers of subscribers are >= 1")
+    return counts
+
+
+def _fanout(counts: tuple[int, ...], sizes: tuple[int, ...], only: tuple[str, ...], waits: tuple[str, ...],
+            full: bool, timeout: float, json_path: str | None, count: int | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .._bench import _fanout, _matches
+
+    out, err = Console(), Console(stderr=True)
+    subjects = [s for s in _fanout.fanout_subjects(waits) if not only or _matches(s.name, only)]
+    if not subjects:
+        raise click.UsageError("no one-to-many subject matches --only")
+    out.print(f"[bold]ipcraft bench[/] · one-to-many · subscribers {', '.join(map(str, counts))} · "
+              f"sizes {', '.join(format_size(z) for z in sizes)}")
+    rows = _fanout.run(subjects, counts, sizes, full, timeout, lambda label: err.print(f"[dim]{label}[/]"), count)
+    table = Table(title="One publisher, N subscribers: latency p50 (p99) µs · aggregate deliveries/s · MB/s",
+                  title_justify="left")
+    for col in ("subject", "subs", "size", "latency µs", "deliveries/s", "MB/s"):
+        table.add_column(col, justify="left" if col == "subject" else "right")
+    for r in rows:
+        if r["status"] != "ok":
+            table.add_row(r["subject"], str(r["subscribers"]), format_size(r["size"]),
+                          f"[dim]{r['status']}: {r.get('reason', '')}[/]", "", "")
+            continue
+        lat = r["latency_us"]
+        lost = "" if r["delivered"] == r["expected"] else f" [red](lost {r['expected'] - r['delivered']})[/]"
+        table.add_row(r["subject"], str(r["subscribers"]), format_size(r["size"]),
+                      f"{_num(lat['p50'])} ({_num(lat['p99'])})", _num(r["deliveries_per_s"]) + lost,
+                      _num(r["mb_per_s"]))
+    out.print(table)
+    ok = {(r["subject"], r["subscribers"], r["size"]): r for r in rows if r["status"] == "ok"}
+    if len(counts) > 1:
+        lo, hi = min(counts), max(counts)
+        out.print(f"[bold]Cost from {lo} to {hi} subscribers[/] (per-delivery time, aggregate):")
+        for s in subjects:
+            for z in sizes:
+                a, b = ok.get((s.name, lo, z)), ok.get((s.name, hi, z))
+                if a and b:
+                    out.print(f"  {s.name} {format_size(z)}: {1e6 / a['deliveries_per_s']:.2f} -> "
+                              f"{1e6 / b['deliveries_per_s']:.2f} µs per delivery, latency p50 "
+                              f"{a['latency_us']['p50']:.1f} -> {b['latency_us']['p50']:.1f} µs")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"mode": "one-to-many", "subscribers": list(counts), "sizes": list(sizes), "results": rows,
+                       "argv": sys.argv[1:]}, f, indent=1)
+        out.print(f"JSON written to {json_path}")

@@ -31,7 +31,8 @@ _DETAILS = {"posix_sem": ("value",), "posix_mq": ("maxmsg", "msgsize"), "sysv_sh
 def ls(kinds: tuple[str, ...], dirs: tuple[str, ...], no_pids: bool, mine: bool, fmt: str) -> None:
     """List the IPC objects on this machine.
 
-    POSIX shared memory and semaphores (/dev/shm), POSIX message queues (the mqueue filesystem),
+    POSIX shared memory and semaphores (/dev/shm), ipcraft broadcast rings (bcast://, in /dev/shm:
+    each subscriber's pid and lag), POSIX message queues (the mqueue filesystem),
     System V queues, semaphore sets and shared memory (/proc/sysvipc), named Unix sockets
     (sock_diag or /proc/net/unix), and the FIFOs in the --dir directories.
     """
@@ -55,8 +56,21 @@ def ls(kinds: tuple[str, ...], dirs: tuple[str, ...], no_pids: bool, mine: bool,
 def _row(o: inventory.IPCObject) -> tuple[Any, ...]:
     name = o.name if o.key is None else f"{o.key & 0xFFFFFFFF:#010x}"
     details = " ".join(f"{k}={o.details[k]}" for k in _DETAILS.get(o.kind, ()) if o.details.get(k) not in (None, ""))
+    if o.kind == "bcast":
+        details = _bcast_details(o.details)
     mode = None if o.mode is None else f"{o.mode:03o}"
     return (o.kind, name, o.id, _user(o.uid), mode, o.size, o.messages, o.pid, details)
+
+
+def _bcast_details(d: Any) -> str:
+    """A broadcast ring: its mode, publishers, and each subscriber as pid:lag (messages behind)."""
+    if "damaged" in d:
+        return f"damaged: {d['damaged']}"
+    subs = " ".join(f"{s['pid']}:lag={s['lag_messages']}" + ("" if s["state"] == "live" else f"({s['state']})")
+                    + ("" if s["alive"] else "(dead)") + (f",missed={s['missed']}" if s["missed"] else "")
+                    for s in d.get("subscribers", ()))
+    pubs = ",".join(str(p) for p in d.get("publishers", ())) or "-"
+    return f"{d.get('on_slow')} published={d.get('published')} publishers={pubs} subscribers: {subs or '-'}"
 
 
 def _user(uid: int | None) -> str | None:
@@ -77,7 +91,7 @@ def _user(uid: int | None) -> str | None:
 def rm(kind: str, names: tuple[str, ...], by_id: bool, force: bool) -> None:
     """Remove IPC objects: rm KIND NAME...
 
-    KIND is posix_shm, posix_sem, posix_mq, sysv_shm, sysv_sem, sysv_mq, unix_socket or fifo.
+    KIND is posix_shm, posix_sem, bcast, posix_mq, sysv_shm, sysv_sem, sysv_mq, unix_socket or fifo.
     NAME is a POSIX name (/jobs), a System V key (0x4d2, or an id with --id), or the path (or
     @name) of a socket or FIFO.  Objects other users own are refused unless --force.  A socket file
     is removed only when no socket is bound to it.

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from .. import Publisher
 from ..errors import ChannelClosed, Timeout
 from ._common import cli_errors
 from ._open import ENDPOINT_HELP, FRAMING_CHOICE, FRAMING_HELP, open_endpoint, show
@@ -32,6 +33,8 @@ def recv(endpoint: str, count: int | None, timeout: float | None, raw: bool, fra
     got = 0
     out = sys.stdout.buffer
     with handle:
+        if isinstance(handle, Publisher):
+            raise click.BadParameter(f"{endpoint!r} only sends: receive from subscribe:URL instead")
         while count is None or got < count:
             try:
                 if raw:

@@ -1,24 +1,17 @@
 """``ipcraft relay``: move messages between two endpoints, socat style.
 
-One thread per direction, each receiving with a short timeout so that it notices when the other
-direction has ended; this works for every scheme, including those without a file descriptor to poll
-(System V queues).  A message sent as bytes is forwarded as bytes; an object is decoded with one
-endpoint's serializer and re-encoded with the other's.
+The work is ipcraft.relay() (``_relay.py``): one thread per direction, frames forwarded without
+decoding when both sides use the same serializer, at most one message in flight per direction
+(backpressure), and a clean end when either side closes.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import click
 
-from .. import Queue
-from ..errors import ChannelClosed, Timeout
+from .._relay import relay as _relay
 from ._common import cli_errors
-from ._open import ENDPOINT_HELP, FRAMING_CHOICE, Handle, open_endpoint
-
-_TICK = 0.1  # how often a direction checks whether the other one has ended
+from ._open import ENDPOINT_HELP, FRAMING_CHOICE, open_endpoint
 
 
 @click.command("relay", epilog=ENDPOINT_HELP)
@@ -48,40 +41,4 @@ def relay(endpoint_a: str, endpoint_b: str, one_way: bool, timeout: float | None
                   else open_endpoint(endpoint_b, timeout, framing_b))
         with second:
             a, b = (second, first) if b_first else (first, second)
-            stop = threading.Event()
-            errors: list[BaseException] = []
-            pumps = [threading.Thread(target=_pump, args=(a, b, stop, errors), daemon=True)]
-            if not (one_way or isinstance(a, Queue) or isinstance(b, Queue)):
-                pumps.append(threading.Thread(target=_pump, args=(b, a, stop, errors), daemon=True))
-            for t in pumps:
-                t.start()
-            try:
-                while any(t.is_alive() for t in pumps):
-                    for t in pumps:
-                        t.join(_TICK)
-            finally:
-                stop.set()
-                for t in pumps:
-                    t.join()
-            if errors:
-                raise errors[0]
-
-
-def _pump(src: Handle, dst: Handle, stop: threading.Event, errors: list[BaseException]) -> None:
-    """Forward src -> dst until src's peer closes, dst's peer goes, or ``stop`` is set."""
-    try:
-        while not stop.is_set():
-            try:
-                obj: Any = src.recv(timeout=_TICK)
-            except Timeout:
-                continue
-            if isinstance(obj, bytes):
-                dst.send_bytes(obj)
-            else:
-                dst.send(obj)
-    except ChannelClosed:
-        pass
-    except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-        errors.append(exc)
-    finally:
-        stop.set()
+            _relay(a, b, one_way=one_way)

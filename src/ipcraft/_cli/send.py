@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .. import Channel
+from .. import Channel, Subscriber
 from ._common import cli_errors
 from ._open import ENDPOINT_HELP, FRAMING_CHOICE, FRAMING_HELP, open_endpoint
 
@@ -50,6 +50,8 @@ def send(endpoint: str, messages: tuple[str, ...], raw: bool, chunk: int, as_jso
         raise click.UsageError("--raw sends stdin as it is; it takes no MESSAGE arguments and no --json")
     handle = open_endpoint(endpoint, timeout, framing)
     with handle:
+        if isinstance(handle, Subscriber):
+            raise click.BadParameter(f"{endpoint!r} only receives: send to publish:URL instead")
         for data in _messages(messages, raw, chunk):
             if as_json:
                 try:

@@ -49,6 +49,41 @@ def _order(make_pair: Pair, caps: Capabilities) -> None:
         assert got == [i if i % 2 else b"%d" % i for i in range(1000)], "messages were reordered or altered"
 
 
+@check(lambda caps: not caps.lossy)
+def _batches(make_pair: Pair, caps: Capabilities) -> None:
+    """send_many() from another process, in batches of 1 to 50 with single sends between, arrives
+    whole and in order through recv_many() of 1 to 64; each recv_many() returns 1 to max messages."""
+    with pair(make_pair) as (s, r):
+        sizes = [1 + (i * 7) % 50 for i in range(40)]
+
+        def send(s: Any) -> int:
+            n = 0
+            for k in sizes:
+                assert s.send_many([[n + j, "x" * ((n + j) % 90)] for j in range(k)]) == k
+                n += k
+                s.send_bytes(b"%d" % n)
+            assert s.send_many([]) == 0
+            return n
+
+        want: list[Any] = []
+        n = 0
+        for k in sizes:
+            want += [[n + j, "x" * ((n + j) % 90)] for j in range(k)]
+            n += k
+            want.append(b"%d" % n)
+        child = fork(send, s, r, caps)
+        got: list[Any] = []
+        for i in range(10**6):
+            if len(got) >= len(want):
+                break
+            most = 1 + (i * 13) % 64
+            batch = r.recv_many(most, timeout=WAIT)
+            assert 1 <= len(batch) <= most, f"recv_many({most}) returned {len(batch)} messages"
+            got += batch
+        assert child.result(WAIT * 3) == n
+        assert got == want, "batched messages were reordered, torn or altered"
+
+
 @check()
 def _recv_in_child(make_pair: Pair, caps: Capabilities) -> None:
     """Messages sent by this process are received intact by another (the reverse of 'order')."""

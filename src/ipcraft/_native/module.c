@@ -68,9 +68,11 @@ PyMODINIT_FUNC PyInit__native(void)
     if (PyModule_AddFunctions(m, ipc_atomics_methods) < 0 ||
         PyModule_AddFunctions(m, ipc_futex_methods) < 0 ||
         PyModule_AddFunctions(m, ipc_mman_methods) < 0 ||
+        PyModule_AddFunctions(m, ipc_rings_methods) < 0 ||
         ipc_pmutex_register(m) < 0 ||
         ipc_spsc_register(m) < 0 ||
-        ipc_mpmc_register(m) < 0) {
+        ipc_mpmc_register(m) < 0 ||
+        ipc_bcast_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -8,11 +8,13 @@
  * makes a crash at any instruction harmless: a producer killed before its store leaves bytes beyond
  * head that the next producer overwrites; a consumer killed before its store leaves the record for
  * the next consumer.  The kernel releases a dead holder's mutex (FUTEX_OWNER_DIED), the next locker
- * gets EOWNERDEAD, marks it consistent and carries on: there is nothing to repair.
+ * gets EOWNERDEAD, marks it consistent and carries on: there is nothing to repair.  Every lock
+ * operation goes through robust.c, which refuses a lock whose words are corrupt (EPROTO), and every
+ * cursor read from shared memory passes mpmc_cursors_ok() before it addresses the ring.
  *
- * Waiting: spin, then sleep in FUTEX_WAIT on the low 32 bits of the cursor the waiter needs to move
- * (head for consumers, tail for producers), in slices of SLEEP_SLICE_NS so that a wake-up lost with
- * a killed process costs at most one slice.  Dekker's pattern: the waiter stores its side's "sleeping"
+ * Waiting: spin (briefly, yielding, on a busy machine: see rings.h), then sleep in FUTEX_WAIT on the
+ * low 32 bits of the cursor the waiter needs to move (head for consumers, tail for producers), in
+ * slices of SLEEP_SLICE_NS so that a wake-up lost with a killed process costs at most one slice.  Dekker's pattern: the waiter stores its side's "sleeping"
  * flag, fences, re-checks; the other side publishes its cursor, fences, reads the flag, and only then
  * pays for FUTEX_WAKE (of every sleeper: one flag serves all of them).
  *
@@ -22,6 +24,7 @@
  * type and the fast path live in mpmc_port.c, the shared declarations in mpmc.h.
  */
 #include "mpmc.h"
+#include "robust.h"
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -50,19 +53,36 @@ static int spin_check(MpmcPort *p, int has_deadline, long long deadline, long lo
 
 /* ---- locks --------------------------------------------------------------------------------- */
 
-/* 0 locked, 1 not now (EBUSY), or -errno.  EOWNERDEAD is repaired here: publication is one store, so
- * whatever the dead holder left beyond the cursors is simply not there (see the file comment). */
-int mpmc_lock_try(MpmcPort *p, pthread_mutex_t *m)
+/* What a lock attempt's result means here: 0 locked, 1 not now (EBUSY, ETIMEDOUT), or -EPROTO.
+ * EOWNERDEAD is repaired: publication is one store, so whatever the dead holder left beyond the
+ * cursors is simply not there (see the file comment).  These locks are the queue's own, so every
+ * other result (a corrupt lock, ENOTRECOVERABLE or EDEADLK from scribbled words) means the header was
+ * written by someone else: -EPROTO. */
+static int lock_result(MpmcPort *p, pthread_mutex_t *m, int rc)
 {
-    int rc = pthread_mutex_trylock(m);
-    if (rc == EBUSY)
+    if (rc == 0)
+        return 0;
+    if (rc == EBUSY || rc == ETIMEDOUT)
         return 1;
-    if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(m);
+    if (rc == EOWNERDEAD && ipc_robust_consistent(m) == 0) {
         __atomic_add_fetch(&p->recovered, 1, __ATOMIC_RELAXED);
         return 0;
     }
-    return -rc;
+    if (rc == EOWNERDEAD)
+        ipc_robust_unlock(m);
+    return -EPROTO;
+}
+
+/* 0 locked, 1 not now, or -EPROTO (see lock_result). */
+int mpmc_lock_try(MpmcPort *p, pthread_mutex_t *m)
+{
+    return lock_result(p, m, ipc_robust_trylock(m));
+}
+
+/* Unlock a queue lock; -EPROTO if its words were corrupted meanwhile (then it may stay locked). */
+int mpmc_unlock(pthread_mutex_t *m)
+{
+    return ipc_robust_unlock(m) == 0 ? 0 : -EPROTO;
 }
 
 /* Without the GIL: lock `m` by the deadline.  0, -ETIMEDOUT, -EBADF (closed meanwhile), RING_WAIT_SIGNALS
@@ -88,17 +108,10 @@ static int lock_wait(MpmcPort *p, pthread_mutex_t *m, int has_deadline, long lon
     if (has_deadline && deadline < end)
         end = deadline;
     struct timespec ts = {.tv_sec = end / 1000000000LL, .tv_nsec = end % 1000000000LL};
-    int rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-    if (rc == 0)
-        return 0;
-    if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(m);
-        __atomic_add_fetch(&p->recovered, 1, __ATOMIC_RELAXED);
-        return 0;
-    }
-    if (rc == ETIMEDOUT)
+    int rc = lock_result(p, m, ipc_robust_clocklock(m, &ts));
+    if (rc == 1)
         return has_deadline && ring_now_ns() >= deadline ? -ETIMEDOUT : RING_WAIT_SIGNALS;
-    return -rc;
+    return rc;
 }
 
 /* Let go of the buffer and the socket once closed and no operation is running (GIL held). */
@@ -164,30 +177,40 @@ void mpmc_wake_sleepers(uint32_t *flag, uint64_t *cursor)
 /* ---- one attempt, the lock taken ----------------------------------------------------------- */
 
 
-/* Producer, holding its lock: 0 (published), -EAGAIN (no room now) or -EPROTO. */
-static int push_locked(MpmcPort *p, const Parts *parts)
+/* Producer, holding its lock: write one record at *head, unpublished, and advance *head past it.
+ * 0, -EAGAIN (no room now) or -EPROTO, with nothing written. */
+int mpmc_write_locked(MpmcPort *p, uint64_t *head, const Parts *parts)
 {
-    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), need = rec_size(parts->total);
-    if (head - p->seen_tail > p->cap || head - p->seen_tail + need > p->cap) {
+    uint64_t need = rec_size(parts->total);
+    if (!mpmc_cursors_ok(p->cap, *head, p->seen_tail) || *head - p->seen_tail + need > p->cap) {
         uint64_t tail = ring_load_acquire(p->tail_p);
-        if (head - tail > p->cap || ((head | tail) & 7))
+        if (!mpmc_cursors_ok(p->cap, *head, tail))
             return -EPROTO;
         p->seen_tail = tail;
-        if (head - tail + need > p->cap)
+        if (*head - tail + need > p->cap)
             return -EAGAIN;
     }
     uint32_t hdr[2] = {(uint32_t)parts->total, ~(uint32_t)parts->total};
-    memcpy(p->data + (head & p->mask), hdr, REC_HEADER); /* 8-aligned: never split */
-    uint64_t pos = head + REC_HEADER;
+    memcpy(p->data + (*head & p->mask), hdr, REC_HEADER); /* 8-aligned: never split */
+    uint64_t pos = *head + REC_HEADER;
     for (int i = 0; i < parts->nparts; i++) {
         copy_in(p, pos, parts->src[i], parts->len[i]);
         pos += parts->len[i];
     }
-    if (p->sync) {
-        int rc = sync_range(p, head, need);
-        if (rc < 0)
-            return rc; /* nothing published: the message is not sent */
-    }
+    *head += need;
+    return 0;
+}
+
+/* Producer, holding its lock: 0 (published), -EAGAIN (no room now) or -EPROTO. */
+static int push_locked(MpmcPort *p, const Parts *parts)
+{
+    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), need = rec_size(parts->total);
+    int rc = mpmc_write_locked(p, &head, parts);
+    if (rc < 0)
+        return rc;
+    head -= need;
+    if (p->sync && (rc = sync_range(p, head, need)) < 0)
+        return rc; /* nothing published: the message is not sent */
     __atomic_store_n(p->head_p, head + need, __ATOMIC_RELEASE);
     return 0;
 }
@@ -196,16 +219,22 @@ static int push_locked(MpmcPort *p, const Parts *parts)
  * (empty), -EPROTO (corrupt cursors), -EBADMSG (a corrupt record header).  Changes nothing shared. */
 long long mpmc_peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out)
 {
-    uint64_t tail = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED), head = p->seen_head;
+    *tail_out = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED);
+    return mpmc_peek_at(p, *tail_out, head_out);
+}
+
+/* mpmc_peek_locked at a tail of the caller's (a batch that has not published its progress yet). */
+long long mpmc_peek_at(MpmcPort *p, uint64_t tail, uint64_t *head_out)
+{
+    uint64_t head = p->seen_head;
     if ((int64_t)(head - tail) <= 0) {
         head = ring_load_acquire(p->head_p);
         p->seen_head = head;
     }
-    *tail_out = tail;
     *head_out = head;
     if (head == tail)
         return -EAGAIN;
-    if (head - tail > p->cap || ((head | tail) & 7))
+    if (!mpmc_cursors_ok(p->cap, head, tail))
         return -EPROTO;
     uint32_t hdr[2];
     memcpy(hdr, p->data + (tail & p->mask), REC_HEADER);
@@ -262,22 +291,32 @@ static void wake_fd_slots(MpmcPort *p)
     }
 }
 
+/* After head moved (the producer lock released): wake the sleeping consumers and the armed fd users. */
+void mpmc_wake_consumers(MpmcPort *p)
+{
+    mpmc_wake_sleepers(p->csleep_p, p->head_p);
+    if (__atomic_load_n(p->fdarm_p, __ATOMIC_RELAXED))
+        wake_fd_slots(p);
+}
+
 long long mpmc_attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room)
 {
     if (producer) {
         int rc = push_locked(p, parts);
-        pthread_mutex_unlock(p->plock);
+        int urc = mpmc_unlock(p->plock);
+        if (urc != 0 && rc == 0)
+            rc = urc; /* published, but the lock's words are corrupt: report it */
         if (rc == 0) {
             if (p->sync && (rc = sync_header(p)) < 0)
                 return rc;
-            mpmc_wake_sleepers(p->csleep_p, p->head_p);
-            if (__atomic_load_n(p->fdarm_p, __ATOMIC_RELAXED))
-                wake_fd_slots(p);
+            mpmc_wake_consumers(p);
         }
         return rc;
     }
     long long n = pop_locked(p, out, room);
-    pthread_mutex_unlock(p->clock_);
+    int urc = mpmc_unlock(p->clock_);
+    if (urc != 0)
+        return urc; /* what was taken is lost with the corrupt lock: the queue must be made anew */
     if (n >= 0 || n == -EBADMSG) {
         if (p->sync) {
             int rc = sync_header(p);
@@ -300,19 +339,24 @@ int mpmc_ready(MpmcPort *p, uint64_t need)
     return need ? head - tail + need <= p->cap : head != tail;
 }
 
-/* Without the GIL: wait until mpmc_ready().  0 ready, -ETIMEDOUT, -EBADF, RING_WAIT_SIGNALS or -errno. */
+/* Without the GIL: wait until mpmc_ready(), spinning until spin_until (sooner on a busy machine, see
+ * rings.h), then sleeping.  0 ready, -ETIMEDOUT, -EBADF, RING_WAIT_SIGNALS or -errno. */
 static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long deadline,
                       long long spin_until)
 {
     uint32_t *flag = need ? p->psleep_p : p->csleep_p;
     uint64_t *cursor = need ? p->tail_p : p->head_p;
-    long long now = ring_now_ns(), slice_end = now + SIGNAL_SLICE_NS;
+    long long now = ring_now_ns(), start = now, slice_end = now + SIGNAL_SLICE_NS;
     for (unsigned i = 0; p->spin_ns < 0 || now < spin_until; i++) {
         if (mpmc_ready(p, need))
             return 0;
-        int rc;
-        if ((i & 63) == 0 && (rc = spin_check(p, has_deadline, deadline, slice_end, &now)) != 0)
-            return rc;
+        if ((i & 63) == 0) {
+            int rc = spin_check(p, has_deadline, deadline, slice_end, &now);
+            if (rc != 0)
+                return rc;
+            if (ring_spin_futile(start, now, p->spin_ns < 0))
+                break; /* a busy machine: sleep now (rings.h) */
+        }
         ring_cpu_relax();
     }
     for (;;) {

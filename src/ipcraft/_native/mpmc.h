@@ -64,6 +64,15 @@ typedef struct {
 
 static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }
 
+/* The one check of cursors read from shared memory before they address the ring: each is a record
+ * boundary (a multiple of 8, so a record header never straddles the end of the data area) and head
+ * is at most the capacity ahead of tail.  Anything else was written by a corrupt or hostile process
+ * (a same-user process can write the header): the caller reports -EPROTO and touches nothing. */
+static inline int mpmc_cursors_ok(uint64_t cap, uint64_t head, uint64_t tail)
+{
+    return head - tail <= cap && ((head | tail) & 7) == 0;
+}
+
 typedef struct {
     const char *src[MAX_PARTS];
     uint64_t len[MAX_PARTS];
@@ -74,9 +83,13 @@ typedef struct {
 
 void mpmc_wake_sleepers(uint32_t *flag, uint64_t *cursor);
 int mpmc_lock_try(MpmcPort *p, pthread_mutex_t *m);
+int mpmc_unlock(pthread_mutex_t *m);
 void mpmc_release_if_done(MpmcPort *p, int force);
 void mpmc_copy_out(MpmcPort *p, uint64_t pos, char *dst, uint64_t n);
 long long mpmc_peek_locked(MpmcPort *p, uint64_t *tail_out, uint64_t *head_out);
+long long mpmc_peek_at(MpmcPort *p, uint64_t tail, uint64_t *head_out);
+int mpmc_write_locked(MpmcPort *p, uint64_t *head, const Parts *parts);
+void mpmc_wake_consumers(MpmcPort *p);
 long long mpmc_attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room);
 int mpmc_ready(MpmcPort *p, uint64_t need);
 long long mpmc_operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room, PyObject *timeout_obj);

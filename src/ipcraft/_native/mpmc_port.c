@@ -46,7 +46,7 @@ static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
     else if (cap < MPMC_MIN_CAPACITY || (cap & (cap - 1)) || doff != MPMC_HEADER_SIZE ||
              (uint64_t)self->view.len < MPMC_HEADER_SIZE + cap)
         bad = "the ring capacity is not a power of two >= 4096 that fits the buffer";
-    else if (head - tail > cap || ((head | tail) & 7))
+    else if (!mpmc_cursors_ok(cap, head, tail))
         bad = "the ring cursors are out of range";
     if (bad) {
         PyErr_SetString(PyExc_ValueError, bad);
@@ -162,33 +162,95 @@ static PyObject *MpmcPort_wait(MpmcPort *self, PyObject *const *args, Py_ssize_t
 
 /* ---- the channel's fast path: complete the common case at once, else leave it to the general path */
 
+/* The optional sid argument of the fast-path sends: 0-255, else -1 with an exception set. */
+static int sid_arg(PyObject *const *args, Py_ssize_t nargs, const char *usage, long *sid)
+{
+    *sid = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s takes 1 or 2 arguments", usage);
+        return -1;
+    }
+    if (nargs == 2 && ((*sid = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()))
+        return -1;
+    if (*sid < 0 || *sid > 255) {
+        PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
+        return -1;
+    }
+    return 0;
+}
+
+/* Describe the buffer v as one fast-path message: an ipcraft frame header (in hdr) then the payload.
+ * 0, or -1 when the fast path does not take it (over the limit, or large enough to copy GIL-free). */
+static int frame_parts(MpmcPort *self, long sid, const Py_buffer *v, unsigned char hdr[8], Parts *parts)
+{
+    uint64_t n = (uint64_t)v->len;
+    uint32_t n32 = (uint32_t)n;
+    if (n > self->limit || n >= GIL_FREE_BYTES)
+        return -1;
+    hdr[0] = FRAME_MAGIC;
+    hdr[1] = (unsigned char)sid;
+    hdr[2] = hdr[3] = 0;
+    memcpy(hdr + 4, &n32, 4);
+    *parts = (Parts){.src = {(const char *)hdr, v->buf}, .len = {8, n}, .nparts = 2, .total = n + 8};
+    return 0;
+}
+
 static PyObject *MpmcPort_try_send(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    long sid = 0;
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "try_send(data, sid=0) takes 1 or 2 arguments");
+    long sid;
+    if (sid_arg(args, nargs, "try_send(data, sid=0)", &sid) < 0)
         return NULL;
-    }
-    if (nargs == 2 && ((sid = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()))
-        return NULL;
-    if (sid < 0 || sid > 255) {
-        PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
-        return NULL;
-    }
     Py_buffer v;
     if (!self->has_view || self->closed || PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) {
         PyErr_Clear();
         Py_RETURN_FALSE;
     }
-    uint64_t n = (uint64_t)v.len;
-    unsigned char hdr[8] = {FRAME_MAGIC, (unsigned char)sid, 0, 0};
-    uint32_t n32 = (uint32_t)n;
-    memcpy(hdr + 4, &n32, 4);
-    Parts parts = {.src = {(const char *)hdr, v.buf}, .len = {8, n}, .nparts = 2, .total = n + 8};
-    int ok = !self->sync && n <= self->limit && n < GIL_FREE_BYTES && mpmc_lock_try(self, self->plock) == 0 &&
+    unsigned char hdr[8];
+    Parts parts;
+    int ok = !self->sync && frame_parts(self, sid, &v, hdr, &parts) == 0 && mpmc_lock_try(self, self->plock) == 0 &&
              mpmc_attempt(self, 1, &parts, NULL, 0) == 0;
     PyBuffer_Release(&v);
     return PyBool_FromLong(ok);
+}
+
+/* Append the longest prefix of items that fits now, under one hold of the producer lock, and publish
+ * it with one store of head (so a consumer, or a crash, sees all of the batch or none of it). */
+static PyObject *MpmcPort_try_send_many(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long sid;
+    if (sid_arg(args, nargs, "try_send_many(items, sid=0)", &sid) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[0], "try_send_many() takes a sequence of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq), done = 0;
+    if (k == 0 || !self->has_view || self->closed || self->sync || mpmc_lock_try(self, self->plock) != 0) {
+        Py_DECREF(seq);
+        return PyLong_FromLong(0);
+    }
+    uint64_t start = __atomic_load_n(self->head_p, __ATOMIC_RELAXED), head = start;
+    for (; done < k; done++) {
+        Py_buffer v;
+        unsigned char hdr[8];
+        Parts parts;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, done), &v, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            break;
+        }
+        int rc = frame_parts(self, sid, &v, hdr, &parts);
+        if (rc == 0)
+            rc = mpmc_write_locked(self, &head, &parts);
+        PyBuffer_Release(&v);
+        if (rc < 0)
+            break;
+    }
+    if (head != start)
+        __atomic_store_n(self->head_p, head, __ATOMIC_RELEASE);
+    mpmc_unlock(self->plock);
+    if (head != start)
+        mpmc_wake_consumers(self);
+    Py_DECREF(seq);
+    return PyLong_FromSsize_t(done);
 }
 
 /* ring_spin's check for try_recv: a record is pending (1), or this port was closed meanwhile (-1). */
@@ -200,14 +262,43 @@ static int mpmc_spin_check(void *ctx)
     return __atomic_load_n(&p->closed, __ATOMIC_RELAXED) ? -1 : 0;
 }
 
-static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
+/* Whether receives may take the fast path (the general path handles sync=true and fd users). */
+static int fast_recv_ok(MpmcPort *self)
 {
-    (void)unused;
-    uint64_t tail, head;
+    return self->has_view && !self->closed && !self->sync && !self->fd_user;
+}
+
+/* Consumer, holding its lock: the payload of the ordinary ipcraft frame at *tail (of serializer sid
+ * when sid >= 0) as new bytes, *tail advanced past its record; Py_None (a borrowed reference, nothing
+ * taken) for anything the general path must see (empty, corrupt, another frame format or serializer,
+ * too large); NULL with an exception set. */
+static PyObject *next_frame(MpmcPort *self, uint64_t *tail, long long sid)
+{
+    uint64_t head;
     unsigned char hdr[8];
-    uint32_t len;
-    if (!self->has_view || self->closed || self->sync || self->fd_user)
-        Py_RETURN_NONE;
+    uint32_t len = 0;
+    long long n = mpmc_peek_at(self, *tail, &head);
+    if (n >= 8) {
+        memcpy(hdr, self->data + ((*tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
+        memcpy(&len, hdr + 4, 4);
+    }
+    if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit ||
+        (sid >= 0 && hdr[1] != sid))
+        return Py_None;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
+    if (b != NULL) {
+        mpmc_copy_out(self, *tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
+        *tail += rec_size((uint64_t)n);
+    }
+    return b;
+}
+
+/* Whether a fast-path receive should look now: the port takes fast receives, and a message is pending
+ * or came while it spun (GIL released).  A spin in vain makes the general path sleep at once. */
+static int fast_recv_ready(MpmcPort *self)
+{
+    if (!fast_recv_ok(self))
+        return 0;
     if (!mpmc_ready(self, 0) && self->spin_ns != 0) {
         /* An empty ring: spin here (a reply often comes within microseconds, and the general path
          * costs more than that in Python); if in vain, the general path sleeps without spinning again. */
@@ -221,29 +312,59 @@ static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
         mpmc_release_if_done(self, 0);
         self->spun = !got && self->spin_ns >= 0;
         if (!got || self->closed)
-            Py_RETURN_NONE;
+            return 0;
     }
-    if (mpmc_lock_try(self, self->clock_) != 0)
-        Py_RETURN_NONE;
-    long long n = mpmc_peek_locked(self, &tail, &head);
-    if (n >= 8) {
-        memcpy(hdr, self->data + ((tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
-        memcpy(&len, hdr + 4, 4);
-    }
-    /* Anything unusual (empty, corrupt, another frame format, too large) is the general path's. */
-    if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit) {
-        pthread_mutex_unlock(self->clock_);
-        Py_RETURN_NONE;
-    }
-    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
-    if (b != NULL) {
-        mpmc_copy_out(self, tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
-        __atomic_store_n(self->tail_p, tail + rec_size((uint64_t)n), __ATOMIC_RELEASE);
-    }
-    pthread_mutex_unlock(self->clock_);
-    if (b != NULL)
+    return 1;
+}
+
+/* End a fast-path receive that holds the consumer lock: publish tail once if it moved from start,
+ * unlock, and wake sleeping producers. */
+static void finish_take(MpmcPort *self, uint64_t start, uint64_t tail)
+{
+    if (tail != start)
+        __atomic_store_n(self->tail_p, tail, __ATOMIC_RELEASE);
+    mpmc_unlock(self->clock_);
+    if (tail != start)
         mpmc_wake_sleepers(self->psleep_p, self->tail_p);
+}
+
+static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    if (!fast_recv_ready(self) || mpmc_lock_try(self, self->clock_) != 0)
+        Py_RETURN_NONE;
+    uint64_t start = __atomic_load_n(self->tail_p, __ATOMIC_RELAXED), tail = start;
+    PyObject *b = next_frame(self, &tail, -1);
+    finish_take(self, start, tail);
+    if (b == Py_None)
+        Py_RETURN_NONE;
     return b;
+}
+
+/* Take up to max_messages ordinary frames under one hold of the consumer lock, publishing tail once. */
+static PyObject *MpmcPort_try_recv_many(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long most, sid;
+    if (ring_recv_many_args(args, nargs, &most, &sid) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL || most <= 0 || !fast_recv_ready(self) || mpmc_lock_try(self, self->clock_) != 0)
+        return out;
+    uint64_t start = __atomic_load_n(self->tail_p, __ATOMIC_RELAXED), tail = start;
+    while (PyList_GET_SIZE(out) < most) {
+        PyObject *b = next_frame(self, &tail, sid);
+        if (b == Py_None)
+            break;
+        if (b == NULL || PyList_Append(out, b) < 0) { /* nothing taken: the records stay */
+            Py_XDECREF(b);
+            Py_CLEAR(out);
+            tail = start;
+            break;
+        }
+        Py_DECREF(b);
+    }
+    finish_take(self, start, tail);
+    return out;
 }
 
 static PyObject *MpmcPort_pending(MpmcPort *self, PyObject *unused)
@@ -295,6 +416,14 @@ static PyMethodDef MpmcPort_methods[] = {
     {"try_send", (PyCFunction)(void (*)(void))MpmcPort_try_send, METH_FASTCALL,
      "try_send(data, sid=0) -> bool: append data behind an ipcraft frame header if that can be done at "
      "once (lock free, room, size within limit); False leaves everything to the general path."},
+    {"try_send_many", (PyCFunction)(void (*)(void))MpmcPort_try_send_many, METH_FASTCALL,
+     "try_send_many(items, sid=0) -> int: append the longest prefix of the sequence of bytes-like items "
+     "that can be appended at once, each behind an ipcraft frame header, under one lock hold and with "
+     "one publication (a batch is seen whole or not at all); how many were appended."},
+    {"try_recv_many", (PyCFunction)(void (*)(void))MpmcPort_try_recv_many, METH_FASTCALL,
+     "try_recv_many(max_messages, sid=-1) -> list[bytes]: take up to max_messages ordinary frames "
+     "(of serializer sid when >= 0), under one lock hold, publishing tail once (spinning briefly on an "
+     "empty ring); it stops before anything the general path must see."},
     {"try_recv", (PyCFunction)MpmcPort_try_recv, METH_NOARGS,
      "try_recv() -> bytes | None: take the next message's payload if it is an ordinary ipcraft frame "
      "within limit and can be taken at once; None leaves everything to the general path."},

@@ -18,9 +18,11 @@
 extern PyMethodDef ipc_atomics_methods[];
 extern PyMethodDef ipc_futex_methods[];
 extern PyMethodDef ipc_mman_methods[];
+extern PyMethodDef ipc_rings_methods[]; /* rings.c: ring_cpus_busy() */
 int ipc_pmutex_register(PyObject *m); /* pmutex.c: functions, the PMutex type, PMUTEX_SIZE */
 int ipc_spsc_register(PyObject *m); /* spsc_port.c: the SpscPort type and spsc_layout() */
 int ipc_mpmc_register(PyObject *m); /* mpmc_port.c: the MpmcPort type and mpmc_layout() */
+int ipc_bcast_register(PyObject *m); /* bcast.c: the BcastPort type and bcast_layout() */
 
 /* Resolve `offset` in a writable buffer to an aligned pointer to `size` bytes.  Sets ValueError and
  * returns NULL when the range leaves the buffer or the address is not `size`-aligned. */

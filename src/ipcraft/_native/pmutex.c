@@ -20,11 +20,15 @@
  * mutex), unlocks, sleeps in FUTEX_WAIT while it is unchanged, and relocks; wake increments it and
  * FUTEX_WAKEs.  A dead waiter leaves nothing behind.
  *
+ * Every lock, unlock and consistent call goes through robust.c, which refuses a mutex whose words are
+ * corrupt (EPROTO) before glibc reads them.
+ *
  * Ctrl-C: a blocked pthread_mutex_lock never returns EINTR (glibc retries the futex), so waits are
  * cut into slices of IPC_SLICE_NS; between slices the GIL is retaken and PyErr_CheckSignals() runs
  * the Python handlers, whose exception (KeyboardInterrupt) ends the wait with the mutex not held.
  */
 #include "native.h"
+#include "robust.h"
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -93,7 +97,7 @@ static int lock_blocking(pthread_mutex_t *m, PyObject *timeout_obj)
         if (last)
             slice = deadline;
         Py_BEGIN_ALLOW_THREADS
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &slice);
+        rc = ipc_robust_clocklock(m, &slice);
         Py_END_ALLOW_THREADS
         if (rc != ETIMEDOUT || last)
             return rc;
@@ -131,7 +135,7 @@ static PyObject *do_acquire(PMutexObject *self, PyObject *timeout)
             return NULL;
         poll = ts.tv_sec == 0 && ts.tv_nsec == 0;
     }
-    int rc = pthread_mutex_trylock(self->mutex);
+    int rc = ipc_robust_trylock(self->mutex);
     if (rc == 0)
         Py_RETURN_NONE;
     if (rc == EBUSY) {
@@ -177,7 +181,7 @@ static PyObject *PMutex_acquire(PMutexObject *self, PyObject *const *args, Py_ss
 
 static PyObject *do_release(PMutexObject *self)
 {
-    int rc = self->mutex ? pthread_mutex_unlock(self->mutex) : EBADF;
+    int rc = self->mutex ? ipc_robust_unlock(self->mutex) : EBADF;
     if (rc == 0)
         Py_RETURN_NONE;
     return call_hook((PyObject *)self, "_release_failed", rc, NULL);
@@ -250,7 +254,7 @@ static PyObject *PMutex_consistent(PMutexObject *self, PyObject *unused)
     (void)unused;
     if (self->mutex == NULL)
         return PyLong_FromLong(-EBADF);
-    return PyLong_FromLong(-pthread_mutex_consistent(self->mutex));
+    return PyLong_FromLong(-ipc_robust_consistent(self->mutex));
 }
 
 static void PMutex_dealloc(PMutexObject *self)
@@ -296,15 +300,7 @@ static PyObject *pmutex_init(PyObject *self, PyObject *args)
     pthread_mutex_t *m = mutex_at(obj, offset, &view);
     if (m == NULL)
         return NULL;
-    pthread_mutexattr_t attr;
-    int rc = pthread_mutexattr_init(&attr);
-    if (rc == 0) {
-        if ((rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)) == 0 &&
-            (rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)) == 0 &&
-            (rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK)) == 0)
-            rc = pthread_mutex_init(m, &attr);
-        pthread_mutexattr_destroy(&attr);
-    }
+    int rc = ipc_robust_init_attrs(m, PTHREAD_MUTEX_ERRORCHECK);
     PyBuffer_Release(&view);
     return PyLong_FromLong(-rc);
 }
@@ -345,7 +341,7 @@ static PyObject *pcond_wait(PyObject *self, PyObject *args)
         return NULL;
     }
     uint32_t seq = atomic_load_explicit(word, memory_order_acquire);
-    int rc = pthread_mutex_unlock(m);
+    int rc = ipc_robust_unlock(m);
     if (rc != 0) {
         PyBuffer_Release(&view);
         PyBuffer_Release(&pin);
@@ -357,7 +353,7 @@ static PyObject *pcond_wait(PyObject *self, PyObject *args)
     frc = syscall(SYS_futex, word, FUTEX_WAIT, seq, has_timeout ? &ts : NULL, NULL, 0);
     ferr = frc < 0 ? errno : 0;
     /* Relock whatever happened: the caller held the mutex and must hold it again. */
-    lrc = pthread_mutex_lock(m);
+    lrc = ipc_robust_lock(m);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     PyBuffer_Release(&pin);
@@ -406,6 +402,12 @@ static PyMethodDef pmutex_methods[] = {
 /* Adds the functions, the PMutex type and PMUTEX_SIZE to the module (one call from module.c). */
 int ipc_pmutex_register(PyObject *m)
 {
+    int rc = ipc_robust_setup();
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     if (PyModule_AddFunctions(m, pmutex_methods) < 0 ||
         PyModule_AddIntConstant(m, "PMUTEX_SIZE", (long)sizeof(pthread_mutex_t)) < 0)
         return -1;

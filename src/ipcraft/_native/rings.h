@@ -4,11 +4,28 @@
  * that come back every few milliseconds so the caller can take the GIL and run signal handlers (a
  * Ctrl-C interrupts any wait).  This header holds that loop, the spin helper and the one sentinel a
  * slice returns to ask for the GIL; the layouts stay in each engine's own header.
+ *
+ * Spinning pays only while a CPU is free to spin on.  On a machine where every CPU is taken (more
+ * runnable tasks than CPUs), the peer a spinner waits for is often a task that waits for a CPU: the
+ * spin then burns the very time the peer needs, and a 1 MiB round trip stretched from 0.14 ms to 4-9 ms
+ * beside a single CPU-bound neighbour on two cores.  So every spin here asks, at most every
+ * RING_BUSY_CHECK_NS, whether the kernel counts more runnable tasks than online CPUs (the fourth field
+ * of /proc/loadavg, an instantaneous count).  On a busy machine the spinner calls sched_yield() at
+ * every check (every 64 rounds): a peer queued on the spinner's own CPU (where the scheduler tends to
+ * put a task the spinner has just woken) runs at once, and a running peer still finds its reply
+ * picked up within microseconds.  After RING_BUSY_SPIN_NS of that the waiter sleeps: its CPU goes
+ * idle, the scheduler moves a waiting task (often the peer) onto it, and the peer's next publication
+ * wakes the sleeper at once (Dekker's flag, see spsc.c and mpmc.c).  A waiter that must never sleep
+ * (wait="spin") keeps spinning and yielding.  An idle machine keeps the full spin.  (Yielding once,
+ * only after waking the peer, then spinning plainly, measured 27 us per 64-byte round trip beside a
+ * neighbour, against 2.5 us yielding at every check: two waiters queued on one CPU hand it to each
+ * other only if both yield.)
  */
 #ifndef IPCRAFT_RINGS_H
 #define IPCRAFT_RINGS_H
 
 #include "native.h"
+#include <sched.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -17,6 +34,15 @@
 #define RING_WAIT_SIGNALS (-200000LL)
 /* A ring operation returns this when a Python exception is set (a signal handler raised). */
 #define RING_PY_ERROR (-100000LL)
+/* How often (per thread) a spinner reads the kernel's count of runnable tasks: a read costs ~3 us. */
+#define RING_BUSY_CHECK_NS 500000LL
+/* On a busy machine a spin (yielding) lasts at most this long: a prompt peer still answers within it,
+ * and it is less than the 25-30 us that a sleep and a cross-core wake-up cost together. */
+#define RING_BUSY_SPIN_NS 20000LL
+
+/* 1 when more tasks are runnable than there are online CPUs (re-read at most every RING_BUSY_CHECK_NS
+ * per thread; `now` is ring_now_ns()), else 0, and 0 when the count cannot be read (no /proc). */
+int ipc_cpus_busy(long long now);
 
 static inline uint64_t ring_load_acquire(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
@@ -36,20 +62,51 @@ static inline long long ring_now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Spin (the caller has released the GIL) until check(ctx) is non-zero or `ns` pass.  check returns > 0
- * when what the spinner waits for is there, < 0 when it should stop (closed), 0 to keep spinning; the
- * clock is read every 64 rounds.  Returns 1 when check said > 0, else 0. */
+/* Called by a spinner at each periodic check (`now`: the clock just read; the spin began at `start`):
+ * 1 when it should stop and sleep, else 0.  On a busy machine it yields the CPU first, and stops once
+ * the spin has lasted RING_BUSY_SPIN_NS, unless it must never sleep (`spinning`). */
+static inline int ring_spin_futile(long long start, long long now, int spinning)
+{
+    if (!ipc_cpus_busy(now))
+        return 0;
+    if (spinning || now - start < RING_BUSY_SPIN_NS) {
+        sched_yield();
+        return 0;
+    }
+    return 1;
+}
+
+/* Spin (the caller has released the GIL) until check(ctx) is non-zero or `ns` pass, or sooner on a
+ * busy machine (ring_spin_futile).  check returns > 0 when what the spinner waits for is there, < 0
+ * when it should stop (closed), 0 to keep spinning; the clock is read every 64 rounds.  Returns 1 when
+ * check said > 0, else 0. */
 static inline int ring_spin(int (*check)(void *), void *ctx, long long ns)
 {
-    long long until = ring_now_ns() + ns;
+    long long start = ring_now_ns(), until = start + ns;
     for (unsigned i = 1;; i++) {
         int got = check(ctx);
         if (got)
             return got > 0;
-        if ((i & 63) == 0 && ring_now_ns() >= until)
-            return 0;
+        if ((i & 63) == 0) {
+            long long now = ring_now_ns();
+            if (now >= until || ring_spin_futile(start, now, 0))
+                return 0;
+        }
         ring_cpu_relax();
     }
+}
+
+/* The arguments of both ports' try_recv_many(max_messages, sid=-1).  0, or -1 with TypeError set. */
+static inline int ring_recv_many_args(PyObject *const *args, Py_ssize_t nargs, long long *most, long long *sid)
+{
+    *sid = -1;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "try_recv_many(max_messages, sid=-1) takes 1 or 2 arguments");
+        return -1;
+    }
+    if ((*most = PyLong_AsLongLong(args[0])) == -1 && PyErr_Occurred())
+        return -1;
+    return nargs == 2 && (*sid = PyLong_AsLongLong(args[1])) == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
 /* Run slice(ctx) without the GIL until it returns anything but RING_WAIT_SIGNALS, taking the GIL

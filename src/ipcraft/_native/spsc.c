@@ -90,6 +90,57 @@ void spsc_publish(SpscPort *r, uint64_t adv)
     wake_other(r, r->cwait_p);
 }
 
+/* Place a record of n bytes at the private cursor and write its header (a wrap marker before it if
+ * needed): sets *payload to where its n bytes go and *adv to how far head will move.  0, or -EAGAIN /
+ * -EPROTO (spsc_place) with nothing written. */
+static int begin_record(SpscPort *r, int sid, uint64_t n, char **payload, uint64_t *adv)
+{
+    uint64_t pad;
+    int rc = spsc_place(r, n, &pad, adv);
+    if (rc < 0)
+        return rc;
+    char *at = r->data + (r->pos & r->mask);
+    if (pad) {
+        spsc_put_header(at, 0, REC_FLAG_WRAP, 0);
+        at = r->data;
+    }
+    spsc_put_header(at, sid, 0, (uint32_t)n);
+    *payload = at + REC_HEADER;
+    return 0;
+}
+
+/* Write one whole record at the private cursor and move it, unpublished (GIL held). */
+static int write_record(SpscPort *r, int sid, const char *src, uint64_t n)
+{
+    char *payload;
+    uint64_t adv;
+    int rc = begin_record(r, sid, n, &payload, &adv);
+    if (rc == 0) {
+        memcpy(payload, src, n);
+        r->pos += adv;
+    }
+    return rc;
+}
+
+/* Push up to k records (srcs[i], lens[i]) that fit now, each whole, then publish head once and wake
+ * the consumer at most once: a batch costs one release store, one fence and one flag load.  Stops
+ * before the first record that does not fit now or exceeds the limit.  Returns how many were pushed
+ * (0 included), or -errno from the gate or -EPROTO when none was. */
+long long spsc_push_many(SpscPort *r, int sid, const char *const *srcs, const uint64_t *lens, long long k)
+{
+    int rc = spsc_producer_gate(r, 0);
+    long long done = 0;
+    uint64_t start = r->pos;
+    while (rc == 0 && done < k && lens[done] <= r->limit && (rc = write_record(r, sid, srcs[done], lens[done])) == 0)
+        done++;
+    if (r->pos != start) {
+        uint64_t end = r->pos;
+        r->pos = start;
+        spsc_publish(r, end - start);
+    }
+    return done || rc == -EAGAIN ? done : rc;
+}
+
 int spsc_producer_gate(SpscPort *r, uint64_t n)
 {
     if (r->closed || !r->has_view)
@@ -108,23 +159,18 @@ int spsc_producer_gate(SpscPort *r, uint64_t n)
 /* Push one record; the copy runs without the GIL when it is large (busy keeps other threads out). */
 int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n)
 {
-    uint64_t pad, adv;
+    uint64_t adv;
+    char *payload;
     int rc = spsc_producer_gate(r, n);
     if (rc == 0)
-        rc = spsc_place(r, n, &pad, &adv);
+        rc = begin_record(r, sid, n, &payload, &adv);
     if (rc < 0)
         return rc;
-    char *at = r->data + (r->pos & r->mask);
-    if (pad) {
-        spsc_put_header(at, 0, REC_FLAG_WRAP, 0);
-        at = r->data;
-    }
-    spsc_put_header(at, sid, 0, (uint32_t)n);
     if (n >= GIL_FREE_COPY) {
         r->busy = 1;
         r->inflight++;
         Py_BEGIN_ALLOW_THREADS
-        memcpy(at + REC_HEADER, src, n);
+        memcpy(payload, src, n);
         Py_END_ALLOW_THREADS
         r->inflight--;
         r->busy = 0;
@@ -133,7 +179,7 @@ int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n)
             return -EBADF;
         }
     } else {
-        memcpy(at + REC_HEADER, src, n);
+        memcpy(payload, src, n);
     }
     spsc_publish(r, adv);
     return 0;
@@ -201,6 +247,7 @@ void spsc_level_sync(SpscPort *r)
         spsc_level_resync(r);
 }
 
+/* Drop `total` bytes of records (one or many): one release store of tail, one wake-up at most. */
 void spsc_consume(SpscPort *r, uint64_t total)
 {
     r->pos += total;
@@ -258,11 +305,12 @@ static int settle(SpscPort *r, uint64_t n)
 }
 
 /* One slice of a wait, without the GIL: returns 0 (ready), RING_WAIT_SIGNALS (take the GIL, run signal
- * handlers, come back) or -errno.  *spin_until is when spinning stops and sleeping starts. */
+ * handlers, come back) or -errno.  spin_until is when spinning stops and sleeping starts, or sooner
+ * on a busy machine (ring_spin_futile in rings.h). */
 int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadline, long long spin_until)
 {
     uint32_t *flag = r->producer ? r->pwait_p : r->cwait_p;
-    long long now = ring_now_ns(), slice_end = now + CHECK_SIGNALS_NS, next_watch = now;
+    long long now = ring_now_ns(), start = now, slice_end = now + CHECK_SIGNALS_NS, next_watch = now;
     for (unsigned i = 0; r->spin_ns < 0 || now < spin_until; i++) {
         int s = settle(r, n);
         if (s <= 0)
@@ -271,6 +319,8 @@ int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadlin
             now = ring_now_ns();
             if (has_deadline && now >= deadline)
                 return -ETIMEDOUT;
+            if (ring_spin_futile(start, now, r->spin_ns < 0))
+                break; /* a busy machine: sleep now */
             if (now >= next_watch) {
                 if (watch_fired(r))
                     return gone(r, n);

@@ -73,6 +73,7 @@ void spsc_put_header(char *rec, int sid, unsigned flags, uint32_t n);
 void spsc_publish(SpscPort *r, uint64_t adv);
 int spsc_producer_gate(SpscPort *r, uint64_t n);
 int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n);
+long long spsc_push_many(SpscPort *r, int sid, const char *const *srcs, const uint64_t *lens, long long k);
 int spsc_next_record(SpscPort *r, char **rec, uint64_t *n, uint64_t *total);
 int spsc_consumer_gate(SpscPort *r);
 void spsc_level_resync(SpscPort *r);

@@ -218,21 +218,29 @@ static int spin_for(SpscPort *r, long long ns)
     return got;
 }
 
+/* The fast path's next record: spsc_next_record, spinning (GIL released, the adaptive budget) when
+ * the ring is empty.  A vain spin makes the general path's next wait sleep at once. */
+static int next_or_spin(SpscPort *self, char **rec, uint64_t *n, uint64_t *total)
+{
+    if (spsc_consumer_gate(self) < 0)
+        return -EBADF;
+    int rc = spsc_next_record(self, rec, n, total);
+    if (rc == -EAGAIN && self->spin_ns != 0 && !spsc_other_closed(self)) {
+        long long ns = self->spin_ns < 0 || self->spin_cur > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : self->spin_cur;
+        self->wait_t0 = ring_now_ns();
+        if (spin_for(self, ns) && spsc_consumer_gate(self) == 0)
+            rc = spsc_next_record(self, rec, n, total);
+        self->spun = rc == -EAGAIN && self->spin_ns >= 0; /* the general path goes straight to sleep */
+    }
+    return rc;
+}
+
 static PyObject *SpscPort_try_recv(SpscPort *self, PyObject *unused)
 {
     (void)unused;
     char *rec;
     uint64_t n, total;
-    if (spsc_consumer_gate(self) < 0)
-        Py_RETURN_NONE;
-    int rc = spsc_next_record(self, &rec, &n, &total);
-    if (rc == -EAGAIN && self->spin_ns != 0 && !spsc_other_closed(self)) {
-        long long ns = self->spin_ns < 0 || self->spin_cur > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : self->spin_cur;
-        self->wait_t0 = ring_now_ns();
-        if (spin_for(self, ns) && spsc_consumer_gate(self) == 0)
-            rc = spsc_next_record(self, &rec, &n, &total);
-        self->spun = rc == -EAGAIN && self->spin_ns >= 0; /* the general path goes straight to sleep */
-    }
+    int rc = next_or_spin(self, &rec, &n, &total);
     if (rc < 0 || n > self->limit)
         Py_RETURN_NONE;
     PyObject *b = PyBytes_FromStringAndSize(n >= GIL_FREE_COPY ? NULL : rec + REC_HEADER, (Py_ssize_t)n);
@@ -255,6 +263,89 @@ static PyObject *SpscPort_try_recv(SpscPort *self, PyObject *unused)
     }
     spsc_consume(self, total);
     return b;
+}
+
+/* Batches: many records per call, one cursor publication and at most one wake-up per batch. */
+
+static PyObject *SpscPort_try_send_many(SpscPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int sid;
+    if (send_args(args, nargs, "try_send_many", &sid) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[0], "try_send_many() takes a sequence of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq), got = 0;
+    const char **srcs = PyMem_Malloc((size_t)(k ? k : 1) * sizeof *srcs);
+    uint64_t *lens = PyMem_Malloc((size_t)(k ? k : 1) * sizeof *lens);
+    Py_buffer *views = PyMem_Malloc((size_t)(k ? k : 1) * sizeof *views);
+    long long rc = 0;
+    if (srcs == NULL || lens == NULL || views == NULL) {
+        PyErr_NoMemory();
+        rc = RING_PY_ERROR;
+    }
+    /* Only whole messages the fast path can take: bytes-like, small enough to copy with the GIL held. */
+    for (; rc == 0 && got < k; got++) {
+        Py_ssize_t n;
+        if (get_src(PySequence_Fast_GET_ITEM(seq, got), &views[got], &srcs[got], &n) < 0) {
+            PyErr_Clear();
+            break;
+        }
+        lens[got] = (uint64_t)n;
+        if (lens[got] >= GIL_FREE_COPY) {
+            if (views[got].obj)
+                PyBuffer_Release(&views[got]);
+            break;
+        }
+    }
+    if (rc == 0)
+        rc = spsc_push_many(self, sid, srcs, lens, got);
+    for (Py_ssize_t i = 0; views != NULL && i < got; i++)
+        if (views[i].obj)
+            PyBuffer_Release(&views[i]);
+    PyMem_Free(srcs);
+    PyMem_Free(lens);
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    if (rc == RING_PY_ERROR)
+        return NULL;
+    return PyLong_FromLongLong(rc < 0 ? 0 : rc);
+}
+
+static PyObject *SpscPort_try_recv_many(SpscPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long most, sid;
+    if (ring_recv_many_args(args, nargs, &most, &sid) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    char *rec;
+    uint64_t n, total, taken = 0;
+    int rc = most > 0 ? next_or_spin(self, &rec, &n, &total) : -EAGAIN;
+    /* Ordinary records within the limit and of the wanted serializer; anything else ends the batch
+     * and is left to the general path. */
+    while (rc == 0 && n <= self->limit && n < GIL_FREE_COPY && (sid < 0 || (unsigned char)rec[1] == sid)) {
+        PyObject *b = PyBytes_FromStringAndSize(rec + REC_HEADER, (Py_ssize_t)n);
+        if (b == NULL || PyList_Append(out, b) < 0) { /* nothing taken: the records stay */
+            Py_XDECREF(b);
+            Py_CLEAR(out);
+            self->pos -= taken;
+            taken = 0;
+            break;
+        }
+        Py_DECREF(b);
+        self->pos += total; /* private until the batch is published below */
+        taken += total;
+        if (PyList_GET_SIZE(out) >= most)
+            break;
+        rc = spsc_next_record(self, &rec, &n, &total);
+    }
+    if (taken) {
+        self->pos -= taken;
+        spsc_consume(self, taken);
+    }
+    return out;
 }
 
 static PyObject *SpscPort_peek(SpscPort *self, PyObject *unused)
@@ -469,6 +560,14 @@ static PyMethodDef SpscPort_methods[] = {
      "consumer closed), -EBUSY (a loan or copy in progress), -EPROTO (corrupt cursor), -EBADF."},
     {"try_recv", (PyCFunction)SpscPort_try_recv, METH_NOARGS,
      "try_recv() -> bytes | None: pop one record's payload, spinning briefly on an empty ring."},
+    {"try_send_many", (PyCFunction)(void (*)(void))SpscPort_try_send_many, METH_FASTCALL,
+     "try_send_many(items, sid=0) -> int: push the longest prefix of the sequence of bytes-like items "
+     "that fits now (each a whole record; one publication, at most one wake-up); how many were pushed. "
+     "It stops before an item it cannot take at once (full ring, too large, not bytes-like, >= 256 KiB)."},
+    {"try_recv_many", (PyCFunction)(void (*)(void))SpscPort_try_recv_many, METH_FASTCALL,
+     "try_recv_many(max_messages, sid=-1) -> list[bytes]: pop up to max_messages pending payloads "
+     "(spinning briefly on an empty ring; one publication of tail, at most one wake-up).  It stops "
+     "before a record of another serializer (sid >= 0), over the limit, or >= 256 KiB."},
     {"peek", (PyCFunction)SpscPort_peek, METH_NOARGS,
      "peek() -> (offset, length, sid) | int: borrow the next record (offset of its payload in the "
      "buffer) until spsc_consume() or unpeek(); -EAGAIN (empty), -EBUSY, -EPROTO, -EBADF."},

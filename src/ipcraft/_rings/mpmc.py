@@ -54,7 +54,8 @@ Decisions:
   slices of 100 ms: a wake-up lost because the waker was killed between its store and its
   FUTEX_WAKE costs one slice, never a hang.  The waker calls FUTEX_WAKE only when a "sleeping" flag
   is set (Dekker's pattern: flag, fence, re-check / store, fence, read flag), and wakes all sleepers
-  of that side, since one flag serves them all.  ``wait="spin"`` never sleeps.
+  of that side, since one flag serves them all.  ``wait="spin"`` never sleeps.  On a busy machine
+  (more runnable tasks than CPUs) a spinner yields its CPU and sleeps after 20 us (see rings.h).
 * **The channel's fast path** (``fast_path()``: ``try_send``/``try_recv`` in C) finishes a send or
   receive that needs no wait without entering Python: it writes or checks the 8-byte frame header
   itself and returns False/None for anything unusual (a full ring, a busy lock, a foreign frame, a
@@ -99,6 +100,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from .. import _framing, _native
+from .._endpoint import MAX_RING_CAPACITY
 from .._errors import mpmc_error
 from .._wait import remaining
 from ..errors import LimitExceeded, ProtocolError
@@ -108,7 +110,7 @@ MAGIC: Final = int.from_bytes(b"IPCRAFTQ", "little")
 VERSION: Final = 1
 HEADER_SIZE: Final = 4096
 MIN_CAPACITY: Final = 4096
-MAX_CAPACITY: Final = 1 << 32
+MAX_CAPACITY: Final = MAX_RING_CAPACITY["ring"]
 DEFAULT_CAPACITY: Final = 4 * 1024 * 1024
 OFF_MAGIC: Final = 0
 OFF_VERSION: Final = 8
@@ -407,6 +409,11 @@ class MpmcPort:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for the channel."""
         port = self._live()
         return port.try_send, port.try_recv
+
+    def fast_batches(self) -> tuple[Callable[..., int], Callable[..., list[bytes]]]:
+        """``(try_send_many(payloads, sid=0) -> int, try_recv_many(max_messages, sid) -> list[bytes])``."""
+        port = self._live()
+        return port.try_send_many, port.try_recv_many
 
     def pending(self) -> int:
         return self._live().pending()

@@ -57,7 +57,9 @@ Decisions:
   ppoll(2) on an eventfd rather than a futex: an eventfd is a file descriptor, so the channel has a
   fileno() for select/poll/asyncio, and one ppoll also watches the peer-liveness descriptors, which a
   futex cannot.  (A futex wake is cheaper, 0.29 us, but a wake happens only when the peer sleeps, and
-  then the 25-30 us wake-up dominates.)  ``wait="spin"`` never sleeps.
+  then the 25-30 us wake-up dominates.)  ``wait="spin"`` never sleeps.  On a busy machine (more
+  runnable tasks than CPUs) spinning steals the CPU the peer is waiting for: there a waiter yields
+  its CPU while it spins and sleeps after 20 us, and ``wait="spin"`` keeps yielding (see rings.h).
 * **Wake only a sleeper.**  The sender writes the eventfd only when the peer's "waiting" flag is set
   (store flag, full fence, re-check / publish cursor, full fence, read flag: Dekker's pattern, so no
   wake-up is lost), and clears the flag with an exchange so one sleep costs one write.  A busy
@@ -92,6 +94,7 @@ import struct
 from typing import Any, Final
 
 from .. import _native
+from .._endpoint import MAX_RING_CAPACITY
 from .._errors import spsc_error
 from .._wait import remaining
 from ..errors import MessageTooLarge, ProtocolError
@@ -101,7 +104,7 @@ MAGIC: Final = int.from_bytes(b"IPCRAFTR", "little")
 VERSION: Final = 1
 HEADER_SIZE: Final = 4096
 MIN_CAPACITY: Final = 64
-MAX_CAPACITY: Final = 1 << 30
+MAX_CAPACITY: Final = MAX_RING_CAPACITY["shm"]
 OFF_MAGIC: Final = 0
 OFF_VERSION: Final = 8
 OFF_FLAGS: Final = 12
@@ -207,6 +210,7 @@ class SpscPort:
         self.what = what
         self.capacity = check_ring(buf, offset, what)
         self._mv = memoryview(buf).cast("B")
+        self._ro = self._mv.toreadonly()  # peek slices this: one view per record, not two
         self.native = _native.SpscPort(buf, offset, producer, signal_fd, wait_fd, watch_fds,
                                    -1 if spin else SPIN_NS, limit)
         self.limit = self.native.limit
@@ -279,7 +283,7 @@ class SpscPort:
         than the port's limit is dropped and MessageTooLarge raised.
         """
         off, n, sid = self._next(deadline)
-        return self._mv[off:off + n].toreadonly(), sid
+        return self._ro[off:off + n], sid
 
     def consume(self) -> None:
         self.native.consume()
@@ -312,5 +316,6 @@ class SpscPort:
 
     def close(self) -> None:
         self.native.close()
+        self._ro.release()
         self._mv.release()
 

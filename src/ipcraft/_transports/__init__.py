@@ -28,6 +28,8 @@ REGISTRY: dict[str, str] = {
     "shm": "shm",
     "ring": "ring",
     "file": "ring",
+    "zmq+tcp": "zeromq",
+    "zmq+ipc": "zeromq",
 }
 
 

@@ -19,6 +19,9 @@ Optional capabilities are small protocols checked once, with ``isinstance``, whe
 
 * :class:`FastPath`: ``fast_path() -> (try_send, try_recv)``, calls in C (or one primitive call) that
   finish the common case at once and return False/None for the general path to do the rest.
+* :class:`FastBatches`: ``fast_batches() -> (try_send_many, try_recv_many)``, the same for many
+  messages per call (Channel.send_many()/recv_many()): one cursor publication and one wake-up per
+  batch in the shared-memory rings.
 * :class:`ZeroCopy`: ``reserve``/``commit``/``abort`` and ``peek``/``consume`` (Channel.send_view()
   and recv_view()), the verbs of the ring ports down to C.
 * :class:`BoundEndpoint`: a listener that knows the address it is bound to (a port 0 resolved).
@@ -44,6 +47,13 @@ NO_META: Mapping[str, Any] = MappingProxyType({})
 TrySend = Callable[..., bool]
 #: ``try_recv() -> bytes | None``: a payload taken at once, or None with nothing taken.
 TryRecv = Callable[[], "bytes | None"]
+
+#: ``try_send_many(payloads, sid=0) -> int``: how many of the leading payloads were sent at once,
+#: each whole (0 when none could be).
+TrySendMany = Callable[..., int]
+#: ``try_recv_many(max_messages, sid) -> list[bytes]``: payloads of serializer ``sid`` taken at once
+#: (spinning briefly on an empty ring first); it stops before anything else.
+TryRecvMany = Callable[..., "list[bytes]"]
 
 
 class Message(NamedTuple):
@@ -142,6 +152,14 @@ class FastPath(Protocol):
 
     def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)``."""
+
+
+@runtime_checkable
+class FastBatches(Protocol):
+    """A transport that moves many messages per call in C, publishing once per batch."""
+
+    def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
+        """``(try_send_many(payloads, sid=0) -> int, try_recv_many(max_messages, sid) -> list[bytes])``."""
 
 
 @runtime_checkable

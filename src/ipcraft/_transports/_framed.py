@@ -15,6 +15,8 @@ from .._framing import END, MAX_LENGTH, FrameReader, frame_parts
 from ..errors import ChannelClosed, MessageTooLarge, PeerVanished, ProtocolError, Timeout
 from ._contract import NO_META, ByteStream, Message
 
+_new_tuple = tuple.__new__
+
 
 class FramedStream:
     """A :class:`~._contract.MessagePort` over a :class:`~._contract.ByteStream`.
@@ -23,6 +25,8 @@ class FramedStream:
     resynchronised) and raises ProtocolError with ``closed=True``; a frame over ``max_message_size``
     raises MessageTooLarge and is skipped as it arrives, the stream staying usable.
     """
+
+    __slots__ = ("_what", "reader", "stream")
 
     def __init__(self, stream: ByteStream, max_message_size: int, what: str) -> None:
         self.stream = stream
@@ -34,6 +38,14 @@ class FramedStream:
             raise TypeError(f"{self._what} takes no mechanism options; got {', '.join(sorted(extra))}")
         self.stream.send_all(frame_parts(sid, payload), deadline)
 
+    def send_messages(self, sid: int, payloads: list[memoryview], deadline: float | None) -> None:
+        """Send many messages in as few writes as the stream takes (Channel.send_many): their frames
+        go to send_all() together, small ones joined as for one message."""
+        parts: list[bytes | memoryview] = []
+        for payload in payloads:
+            parts += frame_parts(sid, payload)
+        self.stream.send_all(parts, deadline)
+
     def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         if extra:
             raise TypeError(f"{self._what} takes no mechanism options; got {', '.join(sorted(extra))}")
@@ -41,8 +53,8 @@ class FramedStream:
         try:
             while True:
                 frame = reader.next_frame()
-                if isinstance(frame, tuple):
-                    return Message(frame[0], frame[1], NO_META)
+                if frame.__class__ is tuple:  # (sid, payload): the common case, built without Python calls
+                    return _new_tuple(Message, (*frame, NO_META))
                 if frame is END:
                     raise ChannelClosed(f"the peer closed {self._what}")
                 reader.advance(stream.recv_into(reader.buffer(), deadline, reader.in_body))
@@ -50,6 +62,17 @@ class FramedStream:
             stream.close()
             exc.closed = True
             raise
+
+    def next_buffered(self) -> Message | None:
+        """The next message if its whole frame is already read, else None; no system call
+        (Channel.recv_many takes a batch this way).  Raises as recv_message."""
+        try:
+            frame = self.reader.next_frame()
+        except ProtocolError as exc:
+            self.stream.close()
+            exc.closed = True
+            raise
+        return Message(frame[0], frame[1], NO_META) if isinstance(frame, tuple) else None
 
     def wait_readable(self, deadline: float | None) -> bool:
         """Whether a whole frame (or the end of the stream, or an error) is ready."""

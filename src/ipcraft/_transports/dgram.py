@@ -44,12 +44,10 @@ from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import wait_fd
 from ..errors import AuthenticationError, HandleClosed, InvalidEndpoint, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, _connect_unix, _inet
 from . import framed, unframe
 from ._contract import Message, Transport
 from ._io import raise_sndbuf, timed_out
-from .tcp import bound_endpoint
-from .unix import _bind, sockaddr
+from ._sockets import bind_abstract, bind_path, bound_endpoint, connect_unix, resolve_inet, sockaddr
 
 _POLLIN, _POLLOUT = 1, 4
 _CRED = struct.Struct("3i")
@@ -82,10 +80,10 @@ def _unix_receiver(endpoint: Endpoint) -> DatagramTransport:
     ino = None
     try:
         if endpoint.abstract:
-            _bind(sock, sockaddr(endpoint), endpoint)
+            bind_abstract(sock, sockaddr(endpoint), endpoint)
         else:
             try:
-                ino = _bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
+                ino = bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
                                  f"binding {endpoint}")[1]
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
@@ -105,7 +103,7 @@ def _unix_receiver(endpoint: Endpoint) -> DatagramTransport:
 
 
 def _udp_receiver(endpoint: Endpoint) -> DatagramTransport:
-    family, addr = _inet(*endpoint.host_port, socket.SOCK_DGRAM, f"binding {endpoint}")
+    family, addr = resolve_inet(*endpoint.host_port, socket.SOCK_DGRAM, f"binding {endpoint}")
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         try:
@@ -125,7 +123,7 @@ def _udp_receiver(endpoint: Endpoint) -> DatagramTransport:
 
 def _sender(endpoint: Endpoint) -> DatagramTransport:
     if endpoint.scheme == "udp":
-        family, addr = _inet(*endpoint.host_port, socket.SOCK_DGRAM, f"opening {endpoint}")
+        family, addr = resolve_inet(*endpoint.host_port, socket.SOCK_DGRAM, f"opening {endpoint}")
     else:
         family, addr = socket.AF_UNIX, sockaddr(endpoint)
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -149,7 +147,7 @@ def _connect(sock: socket.socket, addr: Any, endpoint: Endpoint) -> Any:
     """Connect the sender; return the address that answered (an abstract name may answer padded)."""
     try:
         if sock.family == socket.AF_UNIX:
-            return _connect_unix(sock, addr)[0]  # a blocking datagram connect never pends
+            return connect_unix(sock, addr)[0]  # a blocking datagram connect never pends
         sock.connect(addr)
         return addr
     except OSError as exc:

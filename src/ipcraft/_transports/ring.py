@@ -37,7 +37,7 @@ from ..errors import HandleClosed
 from ..primitives.mmap_file import MappedFile
 from ..primitives.shm import PosixSharedMemory
 from . import framed, unframe
-from ._contract import Message, Transport, TryRecv, TrySend
+from ._contract import Message, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
 
 _OPEN_RETRIES = 100  # create="if_missing": rounds of "missing -> create -> exists" before giving up
 
@@ -158,6 +158,11 @@ class MpmcTransport(Transport):
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)``: the channel's fast path in
         C, which completes a send or receive that needs no wait and returns False/None otherwise."""
         return self._live().fast_path()
+
+    def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
+        """``(try_send_many, try_recv_many)`` for Channel.send_many()/recv_many(): in C, one lock hold
+        and one publication per batch."""
+        return self._live().fast_batches()
 
     def fileno(self) -> int:
         """A datagram socket that becomes readable when a message may be pending (see _rings/mpmc.py)."""

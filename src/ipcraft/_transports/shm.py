@@ -46,7 +46,6 @@ import os
 import socket
 import stat
 import struct
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -64,11 +63,10 @@ from .._rings.spsc import (
     ring_size,
     round_capacity,
 )
-from .._wait import wait_fd
-from ..errors import HandleClosed, ProtocolError, Timeout
+from ..errors import HandleClosed, InvalidEndpoint, ProtocolError
 from . import unix
-from ._contract import Message, Transport, TryRecv, TrySend
-from ._io import timed_out
+from ._contract import Message, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
+from ._sockets import SocketListener, Steps, close_fds, handshake_deadline, recv_exact, run, send_all
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 _HELLO = struct.Struct("<8sIQ")
@@ -92,6 +90,7 @@ class ShmTransport(Transport):
         self._sock: socket.socket | None = sock
         self._mm: mmap.mmap | None = mm
         self._fds = list(efds)
+        self.memfd = -1  # the server's memfd until the handshake has passed it
         self._what = f"{endpoint} ({'server' if server else 'client'} side)"
         self.peer = peer
         self.authenticated = True  # the kernel vouched for the peer's uid and the policy accepted it
@@ -122,6 +121,10 @@ class ShmTransport(Transport):
     def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)`` for Channel's fast path."""
         return self.tx.native.try_send, self.rx.native.try_recv
+
+    def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
+        """``(try_send_many, try_recv_many)`` for Channel.send_many()/recv_many() (see _native.SpscPort)."""
+        return self.tx.native.try_send_many, self.rx.native.try_recv_many
 
     def peek(self, deadline: float | None) -> tuple[memoryview, int]:
         """Show the next record in place (Channel.recv_view): ``(read-only payload view, serializer id)``;
@@ -219,42 +222,8 @@ def _unmap(mm: mmap.mmap | None) -> None:
         pass  # a view (an escaped recv_view, a half-built port) still exports it: unmapped when it goes
 
 
-def _send_hello(sock: socket.socket, capacity: int, fds: Sequence[int] = ()) -> None:
-    data = _HELLO.pack(_MAGIC, _VERSION, capacity)
-    if fds:
-        socket.send_fds(sock, [data], list(fds))
-    else:
-        sock.sendall(data)
-
-
-def _recv_exact(sock: socket.socket, n: int, deadline: float | None, what: str,
-                maxfds: int = 0) -> tuple[bytes, list[int]]:
-    data, fds = b"", []
-    while len(data) < n:
-        try:
-            if maxfds:
-                chunk, got, _, _ = socket.recv_fds(sock, n - len(data), maxfds, socket.MSG_CMSG_CLOEXEC)
-                fds += got
-            else:
-                chunk = sock.recv(n - len(data))
-        except BlockingIOError:
-            if not wait_fd(sock.fileno(), 1, deadline):
-                _close_all(fds)
-                raise timed_out(f"{what} (the handshake)") from None
-            continue
-        except OSError as exc:
-            _close_all(fds)
-            raise os_error(exc.errno or errno.EIO, what) from exc
-        if not chunk:
-            _close_all(fds)
-            raise ProtocolError(f"{what}: the other side closed during the shm:// handshake")
-        data += chunk
-    return data, fds
-
-
-def _close_all(fds: Sequence[int]) -> None:
-    for fd in fds:
-        os.close(fd)
+def _hello(capacity: int) -> bytes:
+    return _HELLO.pack(_MAGIC, _VERSION, capacity)
 
 
 def _parse_hello(data: bytes, what: str) -> int:
@@ -267,32 +236,49 @@ def _parse_hello(data: bytes, what: str) -> int:
 
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Connect to an shm:// listener, receive the rings and map them."""
+    return run(connect_steps(endpoint, deadline))
+
+
+def connect_steps(endpoint: Endpoint, deadline: float | None) -> Steps[Transport]:
+    """:func:`connect` as resumable steps (see _sockets), each wait bounded by the handshake deadline."""
+    what = f"connecting to {endpoint}"
+    want = endpoint.options.get("capacity", 0)
     try:
-        rv = unix.connect(_rendezvous(endpoint), deadline)
+        asked = round_capacity(want) if want else 0
+    except ValueError as exc:
+        raise InvalidEndpoint(f"{endpoint}: {exc}") from exc
+
+    def refused(message: str) -> ProtocolError:
+        return ProtocolError(f"{message} (the server drops a client whose request it cannot serve: "
+                             f"this one asked for capacity={asked or 'the server default'})")
+
+    try:
+        sock, peer = yield from unix.client_steps(_rendezvous(endpoint), deadline)
     except (ConnectionRefusedError, FileNotFoundError) as exc:
         raise os_error(exc.errno or errno.ECONNREFUSED, f"connecting to {endpoint}: no listener (its "
                        f"rendezvous is the abstract socket @ipcraft-shm.{endpoint.address})") from exc
-    sock: socket.socket = rv.sock  # type: ignore[attr-defined]
-    what = f"connecting to {endpoint}"
-    hs_deadline = unix._handshake_deadline(endpoint, deadline)
+    hs = handshake_deadline(endpoint, deadline)
     fds: list[int] = []
     mm = None
     try:
-        want = endpoint.options.get("capacity", 0)
-        _send_hello(sock, round_capacity(want) if want else 0)
-        data, fds = _recv_exact(sock, _HELLO.size, hs_deadline, what, maxfds=5)
+        yield from send_all(sock, _hello(asked), hs, what)
+        data, fds = yield from recv_exact(sock, _HELLO.size, hs, what, refused, maxfds=5)
         capacity = _parse_hello(data, what)
         if len(fds) != 5:
             raise ProtocolError(f"{what}: the server passed {len(fds)} descriptors, expected 5")
         mm = _map_offer(fds[0], capacity, what)
         _check_eventfds(fds[1:], what)
-        transport = ShmTransport(sock, mm, capacity, False, fds[1:], endpoint, rv.peer)
+        transport = ShmTransport(sock, mm, capacity, False, fds[1:], endpoint, peer)
         os.close(fds[0])
         fds = []
-        sock.sendall(_ACK)
+        try:
+            yield from send_all(sock, _ACK, hs, what)
+        except BaseException:
+            transport.close()
+            raise
         return transport
     except BaseException:
-        _close_all(fds)
+        close_fds(fds)
         _unmap(mm)
         sock.close()
         raise
@@ -326,72 +312,67 @@ def _check_eventfds(fds: Sequence[int], what: str) -> None:
             raise ProtocolError(f"{what}: descriptor {kind} offered where a non-blocking eventfd belongs")
 
 
-class ShmListener:
-    """Accepts shm:// clients on the abstract rendezvous socket and gives each a pair of rings."""
+class ShmListener(SocketListener):
+    """Accepts shm:// clients on the abstract rendezvous socket and gives each a pair of rings.
+
+    A client whose handshake fails (silence, bytes that are not the handshake, a capacity this side
+    cannot allocate) is dropped and counted in ``refused``; the listener serves the others meanwhile.
+    """
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self._unix: unix.UnixListener | None = unix.UnixListener(_rendezvous(endpoint))
-        self._capacity = round_capacity(endpoint.options.get("capacity", DEFAULT_CAPACITY))
+        capacity = round_capacity(endpoint.options.get("capacity", DEFAULT_CAPACITY))
+        sock, _ = unix.bind_unix(_rendezvous(endpoint), "unix")
+        super().__init__(endpoint, sock)
+        self._capacity = capacity
+        self._allowed = endpoint.options.get("allowed_uids")
 
-    def fileno(self) -> int:
-        if self._unix is None:
-            raise HandleClosed(f"the listener on {self.endpoint} is closed")
-        return self._unix.fileno()
-
-    def accept(self, deadline: float | None) -> Transport:
-        while True:
-            if self._unix is None:
-                raise HandleClosed(f"the listener on {self.endpoint} is closed")
-            rv = self._unix.accept(deadline)
-            try:
-                return self._handshake(rv.sock, rv.peer, deadline)  # type: ignore[attr-defined]
-            except (ProtocolError, Timeout, OSError):
-                # A client that vanished or misbehaved during the handshake: serve the next one.
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                continue
-
-    def _handshake(self, sock: socket.socket, peer: Any, deadline: float | None) -> Transport:
+    def _handshake(self, sock: socket.socket) -> Steps[Transport]:
         what = f"accepting on {self.endpoint}"
-        hs_deadline = unix._handshake_deadline(self.endpoint, deadline)
-        efds: list[int] = []
-        mm: mmap.mmap | None = None
-        transport: ShmTransport | None = None
+        peer = unix.serve_verdict(sock, self._allowed, self.endpoint)
+        hs = handshake_deadline(self.endpoint, None)
+        data, _ = yield from recv_exact(sock, _HELLO.size, hs, what, ProtocolError)
+        asked = _parse_hello(data, what)
         try:
-            data, _ = _recv_exact(sock, _HELLO.size, hs_deadline, what)
-            asked = _parse_hello(data, what)
             capacity = round_capacity(asked) if asked else self._capacity
-            size = 2 * ring_size(capacity)
-            memfd = os.memfd_create("ipcraft-shm", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except ValueError as exc:
+            raise ProtocolError(f"{what}: the client asked for a {asked}-byte ring: {exc}") from exc
+        transport = self._rings(sock, capacity, peer)
+        try:
+            memfd = transport.memfd
             try:
-                os.ftruncate(memfd, size)
-                fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _SEALS)
-                mm = mmap.mmap(memfd, size)
-                for off in (0, ring_size(capacity)):
-                    format_ring(mm, off, capacity)
-                efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(4)]
-                transport = ShmTransport(sock, mm, capacity, True, efds, self.endpoint, peer)
-                _send_hello(sock, capacity, [memfd, *efds])
+                yield from send_all(sock, _hello(capacity), hs, what, [memfd, *transport._fds])
             finally:
                 os.close(memfd)
-            ack, _ = _recv_exact(sock, 1, hs_deadline, what)
+                transport.memfd = -1
+            ack, _ = yield from recv_exact(sock, 1, hs, what, ProtocolError)
             if ack != _ACK:
                 raise ProtocolError(f"{what}: the client refused the rings")
-            return transport
         except BaseException:
-            if transport is not None:
-                transport.close()  # closes the socket, the eventfds and the mapping
-            else:
-                _close_all(efds)
-                _unmap(mm)
-                sock.close()
+            transport.close()  # closes the socket, the eventfds and the mapping
             raise
+        return transport
 
-    def close(self) -> None:
-        lst, self._unix = self._unix, None
-        if lst is not None:
-            lst.close()
+    def _rings(self, sock: socket.socket, capacity: int, peer: Any) -> ShmTransport:
+        """A sealed memfd holding two formatted rings, and four eventfds, as the server's end."""
+        size = 2 * ring_size(capacity)
+        efds: list[int] = []
+        mm: mmap.mmap | None = None
+        memfd = os.memfd_create("ipcraft-shm", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(memfd, size)
+            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _SEALS)
+            mm = mmap.mmap(memfd, size)
+            for off in (0, ring_size(capacity)):
+                format_ring(mm, off, capacity)
+            efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(4)]
+            transport = ShmTransport(sock, mm, capacity, True, efds, self.endpoint, peer)
+        except BaseException:
+            os.close(memfd)
+            close_fds(efds)
+            _unmap(mm)
+            raise
+        transport.memfd = memfd
+        return transport
 
 
 def listen(endpoint: Endpoint) -> ShmListener:

@@ -9,10 +9,11 @@ Decisions:
   successful authkey handshake sets ``authenticated``, and only then may pickle be decoded; an
   insecure endpoint asking for serializer=pickle is refused before any socket is made.
 * **The handshake is bounded** by ``handshake_timeout`` (default 10 s, and the caller's deadline on
-  the connecting side).  On the listening side a client that fails it (wrong key, silence, not
-  ipcraft, a broken TLS hello) is closed and counted in ``refused``; ``accept()`` waits for the next
-  client.  A client already connected gets its full handshake_timeout even when ``accept(timeout)``
-  is shorter: cutting it off would drop clients that merely arrived late in the wait.
+  the connecting side).  On the listening side handshakes run concurrently (see _sockets): a client
+  that fails its handshake (wrong key, silence, not ipcraft, a broken TLS hello) is closed and counted
+  in ``refused`` without delaying the others.  A client already connected gets its full
+  handshake_timeout even when ``accept(timeout)`` is shorter: cutting it off would drop clients that
+  merely arrived late in the wait.
 * **TLS** (``ssl_context=``) wraps the socket before the handshake, so the authkey proofs travel
   encrypted.  TLS alone does not set ``authenticated``: a certificate proves a server's name, not
   that the peer may send code (use an authkey for that too).
@@ -27,21 +28,28 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-from typing import Any
 
 from .._auth import HELLO_SIZE, PROOF_SIZE, Handshake
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._peer import Peer
-from .._wait import deadline_after, wait_fd
-from ..errors import AuthenticationError, InvalidEndpoint, IPCError, PeerVanished, Timeout
-from ..primitives.sockets import _inet
+from ..errors import AuthenticationError, InvalidEndpoint, PeerVanished
 from ._contract import Transport
-from ._io import SocketStream, timed_out
-from .unix import UnixListener
-
-_POLLIN, _POLLOUT = 1, 4
-_DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+from ._io import SocketStream
+from ._sockets import (
+    POLLIN,
+    POLLOUT,
+    SocketListener,
+    Steps,
+    bound_endpoint,
+    connect_socket,
+    handshake_deadline,
+    recv_exact,
+    resolve_inet,
+    run,
+    send_all,
+    timed_out,
+)
 
 
 def _authkey(endpoint: Endpoint) -> bytes | None:
@@ -72,45 +80,27 @@ def _authkey(endpoint: Endpoint) -> bytes | None:
     return bytes(key) if key is not None else None
 
 
-def _handshake_deadline(endpoint: Endpoint, deadline: float | None) -> float | None:
-    hs = deadline_after(endpoint.options.get("handshake_timeout", _DEFAULT_HANDSHAKE_TIMEOUT))
-    if deadline is None:
-        return hs
-    return deadline if hs is None else min(deadline, hs)
-
-
-def bound_endpoint(endpoint: Endpoint, sock: socket.socket) -> Endpoint:
-    """``endpoint`` with the port the kernel actually bound (port 0 resolved)."""
-    host = endpoint.address.rpartition(":")[0]  # keeps IPv6 brackets
-    return Endpoint(endpoint.scheme, f"{host}:{sock.getsockname()[1]}", endpoint.options)
-
-
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Connect to a tcp:// listener, then run TLS (if asked) and the authkey handshake."""
+    return run(connect_steps(endpoint, deadline))
+
+
+def connect_steps(endpoint: Endpoint, deadline: float | None) -> Steps[Transport]:
+    """:func:`connect` as resumable steps (see _sockets).  Host names are resolved before the first."""
     key = _authkey(endpoint)
-    family, addr = _inet(*endpoint.host_port, socket.SOCK_STREAM, f"connecting to {endpoint}")
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    what = f"connecting to {endpoint}"
+    family, addr = resolve_inet(*endpoint.host_port, socket.SOCK_STREAM, what)
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
     try:
-        _connect_raw(sock, addr, endpoint, deadline)
+        yield from connect_socket(sock, addr, deadline, what, endpoint.address)
     except BaseException:
         sock.close()
         raise
-    return _secure(sock, endpoint, key, "client", _handshake_deadline(endpoint, deadline))
-
-
-def _connect_raw(sock: socket.socket, addr: Any, endpoint: Endpoint, deadline: float | None) -> None:
-    sock.setblocking(False)
-    err = sock.connect_ex(addr)
-    if err in (errno.EINPROGRESS, errno.EAGAIN):
-        if not wait_fd(sock.fileno(), _POLLOUT, deadline):
-            raise timed_out(f"connecting to {endpoint}")
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise os_error(err, f"connecting to {endpoint}", endpoint.address)
+    return (yield from _secure(sock, endpoint, key, "client", handshake_deadline(endpoint, deadline)))
 
 
 def _secure(sock: socket.socket, endpoint: Endpoint, key: bytes | None, role: str,
-            deadline: float | None) -> SocketStream:
+            deadline: float | None) -> Steps[Transport]:
     """Set socket options, wrap in TLS if asked, run the authkey handshake; close ``sock`` on failure."""
     opts = endpoint.options
     try:
@@ -119,10 +109,13 @@ def _secure(sock: socket.socket, endpoint: Endpoint, key: bytes | None, role: st
         peer = Peer(address=sock.getpeername())
         ctx = opts.get("ssl_context")
         if ctx is not None:
-            sock = _tls(sock, ctx, endpoint, role, deadline)
+            sock = yield from _tls(sock, ctx, endpoint, role, deadline)
+        authenticated = False  # raw framing runs no handshake unless handshake=true asks for one
+        if endpoint.handshake:
+            authenticated = yield from _handshake(sock, key, role, deadline, endpoint)
         t = SocketStream(sock, str(endpoint))
         t.peer = peer
-        t.authenticated = endpoint.handshake and _handshake(t, key, role, deadline, endpoint)
+        t.authenticated = authenticated
     except OSError as exc:  # includes ssl.SSLError and ipcraft's OSError subclasses
         sock.close()
         if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
@@ -135,7 +128,7 @@ def _secure(sock: socket.socket, endpoint: Endpoint, key: bytes | None, role: st
 
 
 def _tls(sock: socket.socket, ctx: ssl.SSLContext, endpoint: Endpoint, role: str,
-         deadline: float | None) -> ssl.SSLSocket:
+         deadline: float | None) -> Steps[ssl.SSLSocket]:
     if role == "server":
         tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     else:
@@ -147,9 +140,9 @@ def _tls(sock: socket.socket, ctx: ssl.SSLContext, endpoint: Endpoint, role: str
                 tls.do_handshake()
                 return tls
             except ssl.SSLWantReadError:
-                ready = wait_fd(tls.fileno(), _POLLIN, deadline)
+                ready = yield (tls.fileno(), POLLIN, deadline)
             except ssl.SSLWantWriteError:
-                ready = wait_fd(tls.fileno(), _POLLOUT, deadline)
+                ready = yield (tls.fileno(), POLLOUT, deadline)
             if not ready:
                 raise timed_out(f"the TLS handshake with {endpoint}")
     except BaseException:
@@ -157,73 +150,46 @@ def _tls(sock: socket.socket, ctx: ssl.SSLContext, endpoint: Endpoint, role: str
         raise
 
 
-def _handshake(t: SocketStream, key: bytes | None, role: str, deadline: float | None,
-               endpoint: Endpoint) -> bool:
-    """Run both halves of the authkey handshake over ``t``; return whether it authenticated."""
+def _handshake(sock: socket.socket, key: bytes | None, role: str, deadline: float | None,
+               endpoint: Endpoint) -> Steps[bool]:
+    """Run both halves of the authkey handshake over ``sock``; return whether it authenticated."""
     hs = Handshake(key, role)
     what = f"the ipcraft handshake with {endpoint}"
-    t.send_all([hs.hello()], deadline)
-    proof = hs.receive_hello(_recv_exact(t, HELLO_SIZE, deadline, what))
+    yield from send_all(sock, hs.hello(), deadline, what)
+    hello, _ = yield from recv_exact(sock, HELLO_SIZE, deadline, what, _closed_early)
+    proof = hs.receive_hello(hello)
     if proof is not None:
-        t.send_all([proof], deadline)
-        hs.receive_proof(_recv_exact(t, PROOF_SIZE, deadline, what))
+        yield from send_all(sock, proof, deadline, what)
+        hs.receive_proof((yield from recv_exact(sock, PROOF_SIZE, deadline, what, _closed_early))[0])
     return hs.authenticated
 
 
-def _recv_exact(t: SocketStream, n: int, deadline: float | None, what: str) -> bytes:
-    """Exactly ``n`` bytes (no more: what follows belongs to the channel's frames)."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        try:
-            k = t.recv_into(view[got:], deadline)
-        except Timeout:
-            raise timed_out(f"{what} (the peer sent {got} of {n} bytes)") from None
-        if k == 0:
-            raise PeerVanished(f"{what}: the peer closed the connection during the handshake (it may "
-                               "have refused this side's key or lack of one)")
-        got += k
-    return bytes(buf)
+def _closed_early(message: str) -> PeerVanished:
+    return PeerVanished(f"{message} (it may have refused this side's key or lack of one)")
 
 
-class TcpListener(UnixListener):
+class TcpListener(SocketListener):
     """A listening TCP socket that hands out handshaken transports.
 
     ``refused`` counts clients dropped because their handshake failed; ``last_refusal`` says why the
-    latest one was.  Accepting, fileno() and close() are UnixListener's (a TCP listener has no socket
-    file, so close() unlinks nothing).
+    latest one was.  Handshakes (TLS included) run concurrently (see _sockets).
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:  # not super().__init__(): that binds a Unix socket
-        self._sock: socket.socket | None = None
-        self._bound_ino = None
+    def __init__(self, endpoint: Endpoint) -> None:
         self._key = _authkey(endpoint)
-        self.refused = 0
-        self.last_refusal = ""
-        family, addr = _inet(*endpoint.host_port, socket.SOCK_STREAM, f"listening on {endpoint}")
+        family, addr = resolve_inet(*endpoint.host_port, socket.SOCK_STREAM, f"listening on {endpoint}")
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
             sock.listen(endpoint.options.get("backlog", 128))
-            sock.setblocking(False)
         except OSError as exc:
             sock.close()
             raise os_error(exc.errno or errno.EIO, f"listening on {endpoint}", endpoint.address) from exc
-        self._sock = sock
-        self.endpoint = bound_endpoint(endpoint, sock)
+        super().__init__(bound_endpoint(endpoint, sock), sock)
 
-    def accept(self, deadline: float | None) -> Transport:
-        """The next client that passes the handshake; failed clients are closed and counted."""
-        while True:
-            sock = self._accept_raw(deadline)
-            try:
-                return _secure(sock, self.endpoint, self._key, "server",
-                               _handshake_deadline(self.endpoint, None))
-            except (OSError, IPCError) as exc:
-                self.refused += 1
-                self.last_refusal = f"{type(exc).__name__}: {exc}"
+    def _handshake(self, sock: socket.socket) -> Steps[Transport]:
+        return _secure(sock, self.endpoint, self._key, "server", handshake_deadline(self.endpoint, None))
 
 
 def listen(endpoint: Endpoint) -> TcpListener:

@@ -5,8 +5,11 @@ Decisions:
 * **Peer credentials, both ways.**  After accept() the listener reads SO_PEERCRED and sends a one-byte
   verdict; a refused client gets AuthenticationError naming its uid instead of a mysterious EOF.  The
   client checks the server's credentials too (own uid, root, or allowed_uids), which matters for
-  abstract names: anyone can bind one first.
-* **Owner-only socket files, atomically** (primitives.sockets._bind_path): the socket inode is chmod'ed
+  abstract names: anyone can bind one first.  On unix+seqpacket the verdict and its reason are one
+  record, so the client receives the whole record at once.
+* **Handshakes are resumable steps** (_sockets): the same code runs in a blocking connect, on an
+  asyncio loop, and side by side with the other clients' in a listener.
+* **Owner-only socket files, atomically** (bind_path): the socket inode is chmod'ed
   (default 0600) before bind(), which creates the file with that mode, so no client ever sees a socket
   file with looser permissions.  A stale socket file (nobody listening: ECONNREFUSED) is replaced; a
   live one is EADDRINUSE.  close() unlinks the file only if it is still the one this listener bound.
@@ -24,108 +27,121 @@ import socket
 from .._auth import VERDICT_OK, VERDICT_REFUSED, uid_allowed
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._names import DEFAULT_MODE, validate_unix_path
+from .._names import DEFAULT_MODE
 from .._peer import Peer
-from .._wait import deadline_after, wait_fd
-from ..errors import AuthenticationError, ChannelClosed, HandleClosed, MessageTooLarge, PeerVanished
-from ..primitives.sockets import _bind_path, _connect_unix, peer_credentials
+from .._wait import wait_fd
+from ..errors import AuthenticationError, ChannelClosed, MessageTooLarge, PeerVanished
+from ..primitives.sockets import peer_credentials
 from . import framed, unframe
 from ._contract import Message, Transport
 from ._io import SocketStream, SocketTransport, raise_sndbuf, send_timeout, timed_out
+from ._sockets import (
+    SocketListener,
+    Steps,
+    bind_abstract,
+    bind_path,
+    connect_unix_steps,
+    handshake_deadline,
+    recv_exact,
+    recv_some,
+    run,
+    sockaddr,
+)
 
 _SOCK_TYPES = {"unix": socket.SOCK_STREAM, "unix+seqpacket": socket.SOCK_SEQPACKET}
-_DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-
-
-def sockaddr(endpoint: Endpoint) -> bytes:
-    return validate_unix_path(endpoint.address[1:] if endpoint.abstract else endpoint.address,
-                              abstract=endpoint.abstract)
-
-
-def _handshake_deadline(endpoint: Endpoint, deadline: float | None) -> float | None:
-    hs = deadline_after(endpoint.options.get("handshake_timeout", _DEFAULT_HANDSHAKE_TIMEOUT))
-    if deadline is None:
-        return hs
-    return deadline if hs is None else min(deadline, hs)
+#: The longest refusal reason a client reads after the verdict byte.
+_REASON_ROOM = 512
 
 
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Connect to a unix:// or unix+seqpacket:// listener and pass its credential check."""
-    addr = sockaddr(endpoint)
-    sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[endpoint.scheme] | socket.SOCK_CLOEXEC)
+    return run(connect_steps(endpoint, deadline))
+
+
+def connect_steps(endpoint: Endpoint, deadline: float | None) -> Steps[Transport]:
+    """:func:`connect` as resumable steps (see _sockets)."""
+    sock, peer = yield from client_steps(endpoint, deadline)
     try:
-        sock.setblocking(False)
-        try:
-            addr, connected = _connect_unix(sock, addr)
-            # A full accept backlog: wait for room (EAGAIN on Unix sockets means exactly that).
-            while not connected:
-                if not wait_fd(sock.fileno(), 4, deadline):  # POLLOUT
-                    raise timed_out(f"connecting to {endpoint}") from None
-                try:
-                    sock.connect(addr)
-                    break
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EISCONN:
-                        break
-                    raise
-        except OSError as exc:
-            if isinstance(exc, HandleClosed):
-                raise
-            raise os_error(exc.errno or errno.EIO, f"connecting to {endpoint}", endpoint.address) from exc
-        peer = peer_credentials(sock)
-        allowed = endpoint.options.get("allowed_uids")
-        if not uid_allowed(peer.uid, allowed, allow_root=True):
-            raise AuthenticationError(f"the server at {endpoint} runs as uid {peer.uid}, which is neither "
-                                      "this process's uid, root, nor in allowed_uids=")
-        if endpoint.handshake:  # raw framing (socat, a C server) has no verdict byte unless asked for
-            verdict = _recv_exact(sock, 1, _handshake_deadline(endpoint, deadline), f"connecting to {endpoint}")
-            if verdict != VERDICT_OK:
-                reason = _recv_reason(sock)
-                raise AuthenticationError(f"the server at {endpoint} refused this process: {reason}")
+        return _wrap(sock, endpoint, peer)
     except BaseException:
         sock.close()
         raise
-    return _wrap(sock, endpoint, peer)
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float | None, what: str) -> bytes:
+def client_steps(endpoint: Endpoint, deadline: float | None) -> Steps[tuple[socket.socket, Peer]]:
+    """Connect, check the server's credentials and receive its verdict; the raw non-blocking socket.
+
+    The connect waits (for room in a full backlog) until ``deadline``; the verdict until the
+    handshake deadline.  A refused client gets AuthenticationError with the server's reason.
+    """
+    addr = sockaddr(endpoint)
+    what = f"connecting to {endpoint}"
+    sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[endpoint.scheme] | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        yield from connect_unix_steps(sock, addr, deadline, what, endpoint.address)
+        peer = peer_credentials(sock)
+        if not uid_allowed(peer.uid, endpoint.options.get("allowed_uids"), allow_root=True):
+            raise AuthenticationError(f"the server at {endpoint} runs as uid {peer.uid}, which is neither "
+                                      "this process's uid, root, nor in allowed_uids=")
+        if not endpoint.handshake:  # raw framing (socat, a C server) has no verdict byte unless asked for
+            return sock, peer
+        hs = handshake_deadline(endpoint, deadline)
+        if sock.type == socket.SOCK_SEQPACKET:
+            # The verdict and its reason are one record: a 1-byte receive would discard the reason.
+            record = yield from recv_some(sock, 1 + _REASON_ROOM, hs, what)
+            if not record:
+                raise PeerVanished(f"{what}: the server closed the connection during the handshake")
+            verdict, reason = record[:1], record[1:]
+        else:
+            verdict = (yield from recv_exact(sock, 1, hs, what))[0]
+            reason = b""
+            if verdict != VERDICT_OK:
+                reason = yield from _rest(sock, hs, what)
+        if verdict != VERDICT_OK:
+            text = reason.decode(errors="replace") or "no reason given"
+            raise AuthenticationError(f"the server at {endpoint} refused this process: {text}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock, peer
+
+
+def _rest(sock: socket.socket, deadline: float | None, what: str) -> Steps[bytes]:
+    """What a refusing server sent after its verdict, up to _REASON_ROOM bytes or its close."""
     data = b""
-    while len(data) < n:
-        try:
-            chunk = sock.recv(n - len(data))
-        except BlockingIOError:
-            if not wait_fd(sock.fileno(), 1, deadline):
-                raise timed_out(f"{what} (waiting for the server's verdict)") from None
-            continue
-        except OSError as exc:
-            raise os_error(exc.errno or errno.EIO, what) from exc
-        if not chunk:
-            raise PeerVanished(f"{what}: the server closed the connection during the handshake")
-        data += chunk
+    try:
+        while len(data) < _REASON_ROOM:
+            chunk = yield from recv_some(sock, _REASON_ROOM - len(data), deadline, what)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass  # the reason is a courtesy: what came is enough
     return data
 
 
-def _recv_reason(sock: socket.socket) -> str:
+def serve_verdict(sock: socket.socket, allowed: frozenset[int] | None, endpoint: Endpoint) -> Peer:
+    """The listener's half: judge the client's credentials and send the verdict byte (with a reason).
+
+    A fresh socket always has room for these few bytes, so nothing here waits.
+    """
+    peer = peer_credentials(sock)
+    if not uid_allowed(peer.uid, allowed):
+        reason = (f"uid {peer.uid} is not allowed (the listener runs as uid {os.geteuid()}; "
+                  "pass allowed_uids= to admit others)")
+        try:
+            if endpoint.handshake:
+                sock.send(VERDICT_REFUSED + reason.encode(), socket.MSG_NOSIGNAL)
+        except OSError:
+            pass
+        raise AuthenticationError(f"refused a client of {endpoint}: {reason}")
+    if not endpoint.handshake:
+        return peer
     try:
-        wait_fd(sock.fileno(), 1, deadline_after(1.0))
-        return sock.recv(512).decode(errors="replace") or "no reason given"
-    except OSError:
-        return "no reason given"
-
-
-def _wrap(sock: socket.socket, endpoint: Endpoint, peer: Peer) -> Transport:
-    t: Transport
-    if endpoint.scheme == "unix":
-        raise_sndbuf(sock)
-        t = SocketStream(sock, f"{endpoint}")
-    else:
-        t = SeqpacketTransport(sock, f"{endpoint}")
-        t.raw = endpoint.framing == "none"
-    t.peer = peer
-    t.authenticated = True  # the kernel vouched for the peer's uid, and the policy accepted it
-    return t
+        sock.send(VERDICT_OK, socket.MSG_NOSIGNAL)
+    except OSError as exc:
+        raise os_error(exc.errno or errno.EPIPE, f"accepting on {endpoint}") from exc
+    return peer
 
 
 class SeqpacketTransport(SocketTransport):
@@ -213,93 +229,53 @@ def _record_room() -> int:
     return 2 * wmem_max + 65536
 
 
-class UnixListener:
-    """A listening Unix socket that hands out credential-checked transports."""
+def _wrap(sock: socket.socket, endpoint: Endpoint, peer: Peer) -> Transport:
+    t: Transport
+    if endpoint.scheme == "unix":
+        raise_sndbuf(sock)
+        t = SocketStream(sock, f"{endpoint}")
+    else:
+        t = SeqpacketTransport(sock, f"{endpoint}")
+        t.raw = endpoint.framing == "none"
+    t.peer = peer
+    t.authenticated = True  # the kernel vouched for the peer's uid, and the policy accepted it
+    return t
+
+
+def bind_unix(endpoint: Endpoint, scheme: str | None = None) -> tuple[socket.socket, tuple[str, int] | None]:
+    """A listening AF_UNIX socket bound to ``endpoint``, and the (path, inode) of its socket file."""
+    sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[scheme or endpoint.scheme] | socket.SOCK_CLOEXEC)
+    bound = None
+    try:
+        if endpoint.abstract:
+            bind_abstract(sock, sockaddr(endpoint), endpoint)
+        else:
+            ino = bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
+                            f"binding {endpoint}")[1]
+            bound = (endpoint.address, ino)
+        sock.listen(endpoint.options.get("backlog", 128))
+    except BaseException:
+        sock.close()
+        raise
+    return sock, bound
+
+
+class UnixListener(SocketListener):
+    """A listening Unix socket that hands out credential-checked transports.
+
+    A client of a uid the policy refuses gets the reason and is counted in ``refused``.
+    """
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self._sock: socket.socket | None = None
-        self._bound_ino: int | None = None
-        self.endpoint = endpoint
-        addr = sockaddr(endpoint)
-        sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[endpoint.scheme] | socket.SOCK_CLOEXEC)
-        try:
-            if endpoint.abstract:
-                _bind(sock, addr, endpoint)
-            else:
-                self._bound_ino = _bind_path(sock, endpoint.address, endpoint.options.get("mode", DEFAULT_MODE),
-                                            f"binding {endpoint}")[1]
-            sock.listen(endpoint.options.get("backlog", 128))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
+        sock, bound = bind_unix(endpoint)
+        super().__init__(endpoint, sock, bound)
         self._allowed = endpoint.options.get("allowed_uids")
-        self.refused = 0  # connections turned away by the credential policy
 
-    def fileno(self) -> int:
-        if self._sock is None:
-            raise HandleClosed(f"the listener on {self.endpoint} is closed")
-        return self._sock.fileno()
-
-    def accept(self, deadline: float | None) -> Transport:
-        while True:
-            sock = self._accept_raw(deadline)
-            try:
-                peer = peer_credentials(sock)
-                if not uid_allowed(peer.uid, self._allowed):
-                    self.refused += 1
-                    reason = (f"uid {peer.uid} is not allowed (the listener runs as uid {os.geteuid()}; "
-                              "pass allowed_uids= to admit others)")
-                    try:
-                        if self.endpoint.handshake:
-                            sock.send(VERDICT_REFUSED + reason.encode(), socket.MSG_NOSIGNAL)
-                    except OSError:
-                        pass
-                    sock.close()
-                    continue
-                if self.endpoint.handshake:
-                    sock.send(VERDICT_OK, socket.MSG_NOSIGNAL)
-            except OSError:
-                sock.close()  # the client vanished during the handshake: wait for the next one
-                continue
-            return _wrap(sock, self.endpoint, peer)
-
-    def _accept_raw(self, deadline: float | None) -> socket.socket:
-        if self._sock is None:
-            raise HandleClosed(f"the listener on {self.endpoint} is closed")
-        while True:
-            try:
-                sock, _ = self._sock.accept()
-                sock.setblocking(False)
-                return sock
-            except BlockingIOError:
-                if not wait_fd(self.fileno(), 1, deadline):
-                    raise timed_out(f"accepting on {self.endpoint}") from None
-            except OSError as exc:
-                if exc.errno in (errno.ECONNABORTED, errno.EINTR):
-                    continue
-                raise os_error(exc.errno or errno.EIO, f"accepting on {self.endpoint}") from exc
-
-    def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        sock.close()
-        if self._bound_ino is not None:
-            try:
-                if os.stat(self.endpoint.address).st_ino == self._bound_ino:
-                    os.unlink(self.endpoint.address)
-            except OSError:
-                pass
+    def _handshake(self, sock: socket.socket) -> Steps[Transport]:
+        peer = serve_verdict(sock, self._allowed, self.endpoint)
+        yield from ()
+        return _wrap(sock, self.endpoint, peer)
 
 
 def listen(endpoint: Endpoint) -> UnixListener:
     return UnixListener(endpoint)
-
-
-def _bind(sock: socket.socket, addr: bytes, endpoint: Endpoint) -> None:
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        raise os_error(exc.errno or errno.EIO, f"binding {endpoint}", endpoint.address) from exc

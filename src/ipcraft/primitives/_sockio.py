@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import select
 import socket
+import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .._errors import os_error
+from .._names import UNIX_PATH_MAX, validate_unix_path
 from .._resource import Handle
 from .._wait import POLLIN, POLLOUT, deadline_after, remaining, wait_fd
 from ..errors import ChannelClosed, HandleClosed, MessageTooLarge, Timeout
@@ -251,3 +254,78 @@ class SocketBase(Handle):
             where = ""
         kind = _NAMES.get(socket.SocketKind(self.type), str(self.type))
         return f"<{type(self).__name__} {kind}{where} fd={self._sock.fileno()}>"
+
+
+def connect_unix(sock: socket.socket, raw: bytes) -> tuple[bytes, bool]:
+    """Start ``sock.connect(raw)``, meeting an abstract name a C program bound padded with NULs to
+    sizeof(struct sockaddr_un) if nobody holds ``raw`` itself.
+
+    Returns ``(address, connected)``: the address that answered, and False if the connect is
+    pending (EAGAIN: a non-blocking socket and a full accept backlog; retry with that address).
+    Other errors propagate (the first attempt's ECONNREFUSED if the padded name is not bound either).
+    """
+    addresses = [raw]
+    if raw.startswith(b"\0") and len(raw) < UNIX_PATH_MAX + 1:
+        addresses.append(raw.ljust(UNIX_PATH_MAX + 1, b"\0"))
+    for i, addr in enumerate(addresses):
+        try:
+            sock.connect(addr)
+        except BlockingIOError:
+            return addr, False
+        except ConnectionRefusedError:
+            if i + 1 < len(addresses):
+                continue
+            if i:  # report the address as asked for, not the padded form
+                raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)) from None
+            raise
+        return addr, True
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def bind_path(sock: socket.socket, path: str, mode: int, what: str) -> tuple[int, int]:
+    """Bind an AF_UNIX socket to the file ``path`` with exactly ``mode``; return the file's (dev, ino).
+
+    A stale socket file is replaced; a live one or a non-socket is EADDRINUSE/EEXIST.
+    """
+    raw = validate_unix_path(path)
+    if os.path.lexists(path):
+        _remove_if_stale(path, sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK), what)
+    try:
+        os.fchmod(sock.fileno(), mode)  # Linux creates the socket file with this mode, less the umask
+        sock.bind(raw)
+        st = os.stat(path)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)  # the umask only tightened it; make it exactly what was asked
+    except OSError as exc:
+        raise os_error(exc.errno or errno.EIO, what, path) from exc
+    return st.st_dev, st.st_ino
+
+
+def _remove_if_stale(path: str, type_: int, what: str) -> None:
+    st = os.lstat(path)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise os_error(errno.EEXIST, f"{what}: {path} exists and is not a socket", path)
+    probe = socket.socket(socket.AF_UNIX, type_ | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens there: a leftover of a crashed process
+        return
+    except BlockingIOError:
+        pass  # a full accept backlog: alive
+    except OSError as exc:
+        if exc.errno != errno.EPROTOTYPE:  # EPROTOTYPE: a live socket of another type
+            raise os_error(exc.errno or errno.EIO, what, path) from exc
+    finally:
+        probe.close()
+    raise os_error(errno.EADDRINUSE, f"{what}: another socket is live there", path)
+
+
+def resolve_inet(host: str, port: int, type_: int, what: str) -> tuple[int, Any]:
+    """The (family, sockaddr) of host:port, resolving names (first result)."""
+    try:
+        info = socket.getaddrinfo(host, port, type=type_)
+    except socket.gaierror as exc:
+        raise OSError(errno.EHOSTUNREACH, f"{what}: cannot resolve {host!r} ({exc.strerror})") from None
+    family, _, _, _, addr = info[0]
+    return family, addr

@@ -30,16 +30,15 @@ import array
 import errno
 import os
 import socket
-import stat
 import struct
 from typing import Any, Final
 
 from .._errors import os_error
-from .._names import DEFAULT_MODE, UNIX_PATH_MAX, validate_unix_path
+from .._names import DEFAULT_MODE, validate_unix_path
 from .._peer import Peer
 from .._wait import POLLIN, POLLOUT, deadline_after, wait_fd
 from ..errors import ChannelClosed, LimitExceeded, MessageTooLarge, Timeout
-from ._sockio import SocketBase, sock_type
+from ._sockio import SocketBase, bind_path, connect_unix, resolve_inet, sock_type
 
 __all__ = ("UnixSocket", "TcpSocket", "UdpSocket", "peer_credentials")
 
@@ -63,71 +62,6 @@ def _unix_sockaddr(address: str) -> bytes:
     if address.startswith("@"):
         return validate_unix_path(address[1:], abstract=True)
     return validate_unix_path(address)
-
-
-def _connect_unix(sock: socket.socket, raw: bytes) -> tuple[bytes, bool]:
-    """Start ``sock.connect(raw)``, meeting an abstract name a C program bound padded with NULs to
-    sizeof(struct sockaddr_un) if nobody holds ``raw`` itself.
-
-    Returns ``(address, connected)``: the address that answered, and False if the connect is
-    pending (EAGAIN: a non-blocking socket and a full accept backlog; retry with that address).
-    Other errors propagate (the first attempt's ECONNREFUSED if the padded name is not bound either).
-    """
-    addresses = [raw]
-    if raw.startswith(b"\0") and len(raw) < UNIX_PATH_MAX + 1:
-        addresses.append(raw.ljust(UNIX_PATH_MAX + 1, b"\0"))
-    for i, addr in enumerate(addresses):
-        try:
-            sock.connect(addr)
-        except BlockingIOError:
-            return addr, False
-        except ConnectionRefusedError:
-            if i + 1 < len(addresses):
-                continue
-            if i:  # report the address as asked for, not the padded form
-                raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)) from None
-            raise
-        return addr, True
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _bind_path(sock: socket.socket, path: str, mode: int, what: str) -> tuple[int, int]:
-    """Bind an AF_UNIX socket to the file ``path`` with exactly ``mode``; return the file's (dev, ino).
-
-    A stale socket file is replaced; a live one or a non-socket is EADDRINUSE/EEXIST.
-    """
-    raw = validate_unix_path(path)
-    if os.path.lexists(path):
-        _remove_if_stale(path, sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK), what)
-    try:
-        os.fchmod(sock.fileno(), mode)  # Linux creates the socket file with this mode, less the umask
-        sock.bind(raw)
-        st = os.stat(path)
-        if stat.S_IMODE(st.st_mode) != mode:
-            os.chmod(path, mode)  # the umask only tightened it; make it exactly what was asked
-    except OSError as exc:
-        raise os_error(exc.errno or errno.EIO, what, path) from exc
-    return st.st_dev, st.st_ino
-
-
-def _remove_if_stale(path: str, type_: int, what: str) -> None:
-    st = os.lstat(path)
-    if not stat.S_ISSOCK(st.st_mode):
-        raise os_error(errno.EEXIST, f"{what}: {path} exists and is not a socket", path)
-    probe = socket.socket(socket.AF_UNIX, type_ | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens there: a leftover of a crashed process
-        return
-    except BlockingIOError:
-        pass  # a full accept backlog: alive
-    except OSError as exc:
-        if exc.errno != errno.EPROTOTYPE:  # EPROTOTYPE: a live socket of another type
-            raise os_error(exc.errno or errno.EIO, what, path) from exc
-    finally:
-        probe.close()
-    raise os_error(errno.EADDRINUSE, f"{what}: another socket is live there", path)
 
 
 class UnixSocket(SocketBase):
@@ -185,7 +119,7 @@ class UnixSocket(SocketBase):
                 except OSError as exc:
                     raise os_error(exc.errno or errno.EIO, f"binding {address}") from exc
             else:
-                self._bound = _bind_path(sock, address, mode, f"binding {address}")
+                self._bound = bind_path(sock, address, mode, f"binding {address}")
                 self._bound_path = address
                 self._binder_pid = os.getpid()
         except BaseException:
@@ -236,7 +170,7 @@ class UnixSocket(SocketBase):
             sock.setblocking(False)
             deadline = deadline_after(timeout)
             try:
-                raw, connected = _connect_unix(sock, raw)
+                raw, connected = connect_unix(sock, raw)
             except OSError as exc:
                 raise os_error(exc.errno or errno.EIO, f"connecting to {address}", address) from exc
             while not connected:  # EAGAIN on AF_UNIX: the accept backlog is full
@@ -344,16 +278,6 @@ class UnixSocket(SocketBase):
                     pass
 
 
-def _inet(host: str, port: int, type_: int, what: str) -> tuple[int, Any]:
-    """The (family, sockaddr) of host:port, resolving names (first result)."""
-    try:
-        info = socket.getaddrinfo(host, port, type=type_)
-    except socket.gaierror as exc:
-        raise OSError(errno.EHOSTUNREACH, f"{what}: cannot resolve {host!r} ({exc.strerror})") from None
-    family, _, _, _, addr = info[0]
-    return family, addr
-
-
 class TcpSocket(SocketBase):
     """A TCP stream socket: :meth:`connect` to a server, or :meth:`listen` then :meth:`accept`.
 
@@ -376,7 +300,7 @@ class TcpSocket(SocketBase):
             ConnectionRefusedError: nobody listens there.  Timeout: no answer in time.
         """
         what = f"connecting to {host}:{port}"
-        family, addr = _inet(host, port, socket.SOCK_STREAM, what)
+        family, addr = resolve_inet(host, port, socket.SOCK_STREAM, what)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(timeout)  # Python waits for EINPROGRESS with poll
@@ -398,7 +322,7 @@ class TcpSocket(SocketBase):
         """Listen on ``host:port`` (port 0: the kernel picks one; see ``address``).  SO_REUSEADDR is
         set, so a restarted server can rebind while old connections linger in TIME_WAIT."""
         what = f"listening on {host}:{port}"
-        family, addr = _inet(host, port, socket.SOCK_STREAM, what)
+        family, addr = resolve_inet(host, port, socket.SOCK_STREAM, what)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -436,7 +360,7 @@ class UdpSocket(SocketBase):
     @classmethod
     def _make(cls, host: str, port: int, connect: bool) -> UdpSocket:
         what = f"{'connecting to' if connect else 'binding'} udp {host}:{port}"
-        family, addr = _inet(host, port, socket.SOCK_DGRAM, what)
+        family, addr = resolve_inet(host, port, socket.SOCK_DGRAM, what)
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(addr) if connect else sock.bind(addr)

@@ -1,0 +1,123 @@
+"""``ipcraft.relay(a, b)``: move messages between two open handles until either side ends.
+
+The library form of ``ipcraft relay``; typically a local channel or queue on one side and a
+``zmq+tcp://`` one on the other, to expose a local mechanism to the network or feed a local ring from
+a remote stream.
+
+Decisions:
+
+* **Frames, not objects.**  Each message moves as ipcraft's frame: its serializer id and payload bytes,
+  so a relay between two handles of the same serializer never decodes anything (nor can it be made to
+  run pickle).  Only when the two serializers differ is an object decoded with one and re-encoded with
+  the other; bytes sent with ``send_bytes`` stay bytes.
+* **Backpressure.**  A direction holds at most one message: it receives the next only after the
+  previous send returned, and a send waits as long as the destination has no room.  So the relay never
+  buffers without bound; a slow consumer slows the producer down to its pace (what the mechanisms
+  below buffer is bounded by them: ring capacity, ZeroMQ's high-water mark ...).
+* **A clean end.**  One thread per direction, each receiving with a short timeout so that it notices
+  when the other direction ended.  The relay returns when either side's peer closes (ChannelClosed,
+  PeerVanished) or ``stop`` is set; any other error is re-raised in the caller once both threads ended.
+* **Directions.**  Messages move from ``a`` to ``b``, and back from ``b`` to ``a`` only when both are
+  channels and ``one_way`` is False: a queue has no sides (the relay would read back what it wrote),
+  a publisher only sends and a subscriber only receives.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ._channel import Channel
+from ._pubsub import Publisher, Subscriber
+from .errors import ChannelClosed, Timeout
+
+__all__ = ("relay",)
+
+_TICK = 0.1  # how often a direction checks whether the other one has ended
+
+
+def relay(a: Any, b: Any, *, one_way: bool = False, stop: threading.Event | None = None) -> tuple[int, int]:
+    """Move messages from ``a`` to ``b`` (and from ``b`` to ``a``) until either side ends.
+
+    ``a`` and ``b`` are open handles: Channels, Queues, Publishers (destination only) or Subscribers
+    (source only).  Returns the numbers of messages moved ``(a to b, b to a)``.  Setting ``stop``
+    (a ``threading.Event``) ends the relay from another thread within a tenth of a second.  The
+    handles stay open; closing them is the caller's.
+
+    Raises:
+        ValueError: no direction is possible (e.g. two publishers).
+        whatever a receive or send raised other than the end of a peer (ChannelClosed, PeerVanished).
+
+    .. versionadded:: 0.2
+    """
+    stop = stop or threading.Event()
+    both = not one_way and isinstance(a, Channel) and isinstance(b, Channel)
+    moves = [(a, b)] if _can_recv(a) and _can_send(b) else []
+    if both and _can_recv(b) and _can_send(a):
+        moves.append((b, a))
+    if not moves:
+        raise ValueError(f"relay(): messages cannot move from {a!r} to {b!r} (nor back)")
+    counts = [0, 0]
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=_pump, args=(src, dst, stop, errors, counts, int(src is b)), daemon=True,
+                                name=f"ipcraft-relay-{i}") for i, (src, dst) in enumerate(moves)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(_TICK)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return counts[0], counts[1]
+
+
+def _can_recv(h: Any) -> bool:
+    return (hasattr(h, "_recv_frame") or hasattr(h, "_next")) and not isinstance(h, Publisher)
+
+
+def _can_send(h: Any) -> bool:
+    return (hasattr(h, "_send_frame") or hasattr(h, "_publish")) and not isinstance(h, Subscriber)
+
+
+def _take(src: Any, timeout: float) -> tuple[int, memoryview]:
+    """The next frame of ``src``: (serializer id, payload view)."""
+    if hasattr(src, "_recv_frame"):
+        with src._receiving:
+            return src._recv_frame(timeout, {})  # type: ignore[no-any-return]
+    with src._receiving:
+        return src._next(timeout)  # type: ignore[no-any-return]
+
+
+def _put(dst: Any, sid: int, payload: Any) -> None:
+    if hasattr(dst, "_send_frame"):
+        dst._send_frame(sid, payload, None, {})
+    else:
+        dst._publish(sid, payload, None)
+
+
+def _pump(src: Any, dst: Any, stop: threading.Event, errors: list[BaseException], counts: list[int],
+          slot: int) -> None:
+    """Forward src -> dst until src's peer closes, dst's peer goes, or ``stop`` is set."""
+    same = src.serializer.id == dst.serializer.id
+    try:
+        while not stop.is_set():
+            try:
+                sid, view = _take(src, _TICK)
+            except Timeout:
+                continue
+            if sid != 0 and not same:
+                obj = src._decode(sid, view)
+                sid, view = dst.serializer.id, memoryview(dst.serializer.dumps(obj))
+            _put(dst, sid, view)
+            counts[slot] += 1
+    except ChannelClosed:
+        pass
+    except BaseException as exc:  # noqa: BLE001 - re-raised by relay() in the caller's thread
+        errors.append(exc)
+    finally:
+        stop.set()
