@@ -42,11 +42,11 @@ def relay(a: Any, b: Any, *, one_way: bool = False, stop: threading.Event | None
     ``a`` and ``b`` are open handles: Channels, Queues, Publishers (destination only) or Subscribers
     (source only).  Returns the numbers of messages moved ``(a to b, b to a)``.  Setting ``stop``
     (a ``threading.Event``) ends the relay from another thread within a tenth of a second.  The
-    handles stay open; closing them is the caller's.
+    handles stay open; closing them is the caller's.  Whatever a receive or send raises, other than
+    the end of a peer (ChannelClosed, PeerVanished), is raised again.
 
     Raises:
         ValueError: no direction is possible (e.g. two publishers).
-        whatever a receive or send raised other than the end of a peer (ChannelClosed, PeerVanished).
 
     .. versionadded:: 0.2
     """
