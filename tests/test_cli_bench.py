@@ -134,6 +134,24 @@ def test_subprocess_run_of_every_subject_leaves_nothing_behind(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_missing_optional_extra_makes_its_subjects_unavailable(tmp_path):
+    """Without pyzmq (the ipcraft[zmq] extra) the bench still runs: the zmq subjects are reported
+    unavailable, with the reason naming the extra, instead of the whole command failing."""
+    out_json = tmp_path / "nozmq.json"
+    code = ("import sys; sys.modules['zmq'] = None\n"
+            "from ipcraft._cli import main\n"
+            f"sys.argv = ['ipcraft', 'bench', *{[*TINY, *PLACEMENT]!r}, '--only', 'zmq+', "
+            f"'--json', {str(out_json)!r}]\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_bench_env(tmp_path), capture_output=True, text=True,
+                          timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    zmq_rows = [s for s in json.loads(out_json.read_text())["subjects"] if "zmq+" in s["name"]]
+    assert zmq_rows and all(s["status"] == "unavailable" for s in zmq_rows), zmq_rows
+    assert all("ipcraft[zmq]" in s.get("reason", "") for s in zmq_rows), zmq_rows
+
+
+@pytest.mark.timeout(60)
 def test_malloc_top_pad_is_applied_and_reported(tmp_path):
     """--malloc-top-pad sets glibc's M_TOP_PAD for the subjects and says so in the header and JSON."""
     out_json = tmp_path / "pad.json"

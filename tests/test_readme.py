@@ -42,8 +42,13 @@ OUTPUTS: dict[str, list[str]] = {}
 # Runs inside the namespaces: private mounts, then the block, then a look for what it left behind.
 _PRELUDE = """set -e
 mount --make-rprivate /
-mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /dev/shm
+mkdir /dev/shm/.outer-tmp && mount --bind /tmp /dev/shm/.outer-tmp
+mount -t tmpfs tmpfs /tmp
+for kept in $IPCRAFT_README_KEEP; do  # what the fresh /tmp would hide: this Python, the checkout
+  mkdir -p "/tmp/$kept" && mount --bind "/dev/shm/.outer-tmp/$kept" "/tmp/$kept"
+done
+umount /dev/shm/.outer-tmp && rmdir /dev/shm/.outer-tmp
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue
 if command -v ip >/dev/null; then ip link set lo up; fi  # loopback, for tcp:// blocks
 cd /tmp
@@ -62,6 +67,23 @@ left="$(ls -A /dev/shm /dev/mqueue | grep -v -e '^/dev' -e '^$' || true)"
 left="$left$(tail -q -n +2 /proc/sysvipc/msg /proc/sysvipc/shm /proc/sysvipc/sem)"
 if [ -n "$left" ]; then echo "{_LEFTOVERS}: $left" >&2; exit 99; fi
 """
+
+
+def _kept_under_tmp() -> str:
+    """The paths below /tmp (relative to it) that a block needs and a fresh /tmp would hide: this
+    Python's environment, the installed package and the checkout (CI may clone under /tmp)."""
+    import ipcraft
+
+    tmp = Path("/tmp").resolve()
+    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).parent,
+             Path(ipcraft.__file__).parent, README.parent}
+    kept = set()
+    for p in paths:
+        p = p.resolve()
+        if p.is_relative_to(tmp) and p != tmp:
+            kept.add(str(p.relative_to(tmp)))
+    assert all(" " not in k for k in kept), f"a path with a space under /tmp: {kept}"
+    return " ".join(sorted(kept))
 
 
 def markdown_blocks(path: Path = README) -> list[tuple[str, str, str]]:
@@ -110,7 +132,7 @@ def run_block(lang: str, code: str, timeout: float = 150) -> subprocess.Complete
         body = _SH_STRICT + code + "\n"
     script = _PRELUDE + body + _AFTER
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-           "TMPDIR": "/tmp", "COLUMNS": "160"}
+           "TMPDIR": "/tmp", "COLUMNS": "160", "IPCRAFT_README_KEEP": _kept_under_tmp()}
     env.pop("IPCRAFT_SESSION_TOKEN", None)
     env.pop("PYTHONUNBUFFERED", None)  # output buffered as a reader's would be when piped: a child must flush
     return subprocess.run(["unshare", "--mount", "--ipc", "--net", "--fork", "bash", "--posix", "-c", script],

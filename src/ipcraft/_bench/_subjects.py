@@ -106,7 +106,7 @@ class SchemeSubject(Subject):
     def unavailable(self) -> str | None:
         try:
             module_for(self.scheme)
-        except NotImplementedError as exc:
+        except (NotImplementedError, ImportError) as exc:  # ImportError: an optional extra is missing
             return str(exc)
         return None
 
