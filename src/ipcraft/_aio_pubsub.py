@@ -85,14 +85,14 @@ class Publisher(_AsyncPubSub, Generic[_T]):
             await asyncio.sleep(pause if left is None else min(pause, left))
             pause = min(pause * 2, 0.005)
 
-    async def send(self, obj: _T, *, timeout: float | None = None) -> None:
-        """Serialize and publish ``obj``; as the sync ``send``."""
-        await self._retry(lambda: self._sync.send(obj, timeout=0), timeout)
+    async def send(self, obj: _T, *, timeout: float | None = None, **extra: Any) -> None:
+        """Serialize and publish ``obj``; as the sync ``send`` (``extra``: ZeroMQ's ``topic=``)."""
+        await self._retry(lambda: self._sync.send(obj, timeout=0, **extra), timeout)
 
     async def send_bytes(self, data: Any, offset: int = 0, size: int | None = None, *,
-                         timeout: float | None = None) -> None:
+                         timeout: float | None = None, **extra: Any) -> None:
         """Publish bytes; as the sync ``send_bytes``."""
-        await self._retry(lambda: self._sync.send_bytes(data, offset, size, timeout=0), timeout)
+        await self._retry(lambda: self._sync.send_bytes(data, offset, size, timeout=0, **extra), timeout)
 
 
 class Subscriber(_AsyncPubSub, Generic[_T]):
@@ -108,6 +108,15 @@ class Subscriber(_AsyncPubSub, Generic[_T]):
     @property
     def missed(self) -> int:
         return int(self._sync.missed)
+
+    @property
+    def last_meta(self) -> dict[str, Any]:
+        """As the sync ``last_meta`` (ZeroMQ: the last message's ``topic``)."""
+        return self._sync.last_meta  # type: ignore[no-any-return]
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self._sync.authenticated)
 
     def fileno(self) -> int:
         return self._fd

@@ -323,6 +323,39 @@ def _subscriber(url: str, topic: str, ready: int) -> list[Any]:
             got.append(msg)
 
 
+@pytest.mark.timeout(30)
+def test_aio_publish_and_subscribe_with_topics() -> None:
+    """ipcraft.aio.publish/subscribe over zmq+tcp://: a subscriber to prefix "t." gets the messages
+    published on t.x (with the topic in last_meta) and never those on u.x."""
+
+    async def main() -> tuple[list[Any], list[bytes]]:
+        with await ipcraft.aio.publish(LOCAL, **INSECURE) as pub:
+            url = _plain_url(pub.endpoint)
+            with await ipcraft.aio.subscribe(url, topic="t.", **INSECURE) as sub:
+                assert sub.authenticated is False  # insecure: pickle stays refused
+                deadline = time.monotonic() + 10
+                while True:  # until the subscription has reached the publisher
+                    await pub.send("probe", topic="t.probe")
+                    try:
+                        await sub.recv(timeout=0.05)
+                        break
+                    except Timeout:
+                        assert time.monotonic() < deadline, "the subscription never arrived"
+                for i in range(20):
+                    await pub.send({"i": i}, topic="u.x" if i % 2 else "t.x")
+                got, topics = [], []
+                while len(got) < 10:
+                    msg = await sub.recv(timeout=5)
+                    if msg != "probe":
+                        got.append(msg)
+                        topics.append(sub.last_meta["topic"])
+                return got, topics
+
+    got, topics = asyncio.run(main())
+    assert got == [{"i": i} for i in range(0, 20, 2)]
+    assert set(topics) == {b"t.x"}
+
+
 @pytest.mark.timeout(60)
 def test_publish_subscribe_three_subscribers_with_a_topic_filter() -> None:
     """Two subscriber processes take topic prefix "a." and one "b."; 600 messages on a.x, b.y and c.z

@@ -5,9 +5,9 @@ One data area, any number of publishers and subscribers; every subscriber receiv
 is in C (``_native/bcast.c``); this module formats and checks the header, claims and frees table
 slots, tells live processes from dead ones, and translates the C side's ``-errno`` returns.
 
-Layout (little-endian; offsets from the start of the mapping, which is page aligned; this docstring is
-the layout's reference, and ``tests/transports/test_bcast.py`` reads a ring by it from a process that
-does not import ipcraft)::
+Layout (little-endian; offsets from the start of the mapping, which is page aligned; the wire
+specification's ``docs/spec/bcast-ring.md`` states it with the publication and reading protocols, and
+``tests/transports/test_bcast.py`` reads a ring by it from a process that does not import ipcraft)::
 
     header page (4096 bytes)
       0     u64  magic              b"IPCRAFTB" (neither ring:// nor shm:// attaches to it)
