@@ -97,7 +97,7 @@ def bench(full: bool, repeat: int | None, only: tuple[str, ...], schemes: set[st
 
     if subscribers:
         _fanout(subscribers, sizes or (64, 1 << 20), only, tuple(dict.fromkeys(waits)) or WAITS, full,
-                trial_timeout or 300.0, json_path, count)
+                trial_timeout or 60.0, json_path, count)
         return
     sizes = sizes or DEFAULT_SIZES
     if plot_path:
