@@ -147,11 +147,21 @@ def spsc_error(rc: int, what: str, *, size: int | None = None, limit: int | None
     if err == _errno.EBUSY:
         return Busy(f"{what}: another thread is using this end of the ring (a reserved or peeked "
                     "record, or a copy in progress)")
+    return ring_error(err, what, size, limit, limit_source)
+
+
+def ring_error(err: int, what: str, size: int | None, limit: int | None, limit_source: str,
+               closed: str | None = None) -> Exception:
+    """What every shared-memory ring's errno means once its own conditions were looked at: EMSGSIZE (a
+    message that can never fit), ETIMEDOUT (nothing transferred), EBADF (``closed`` says how the handle
+    was closed meanwhile; without it EBADF is a plain OSError), anything else an OSError."""
     if err == _errno.EMSGSIZE:
         return MessageTooLarge(f"{what}: a {size}-byte message exceeds the limit of {limit} bytes "
                                f"({limit_source})", size, limit)
     if err == _errno.ETIMEDOUT:
         return Timeout(f"{what}: timed out (nothing was transferred; still usable)")
+    if err == _errno.EBADF and closed is not None:
+        return HandleClosed(f"{what}: {closed}")
     return os_error(err, what)
 
 
@@ -306,11 +316,4 @@ def mpmc_error(rc: int, what: str, *, size: int | None = None, limit: int | None
         return ProtocolError(f"{what}: a corrupt record (its length check failed); every message pending "
                              "in the queue was discarded, since the next record boundary cannot be "
                              "trusted; the queue is usable again")
-    if err == _errno.EMSGSIZE:
-        return MessageTooLarge(f"{what}: a {size}-byte message exceeds the limit of {limit} bytes "
-                               f"({limit_source})", size, limit)
-    if err == _errno.ETIMEDOUT:
-        return Timeout(f"{what}: timed out (nothing was transferred; still usable)")
-    if err == _errno.EBADF:
-        return HandleClosed(f"{what}: the queue was closed by another thread meanwhile")
-    return os_error(err, what)
+    return ring_error(err, what, size, limit, limit_source, "the queue was closed by another thread meanwhile")

@@ -100,17 +100,14 @@ from typing import Final
 
 from .. import _native
 from .._endpoint import MAX_RING_CAPACITY
-from .._errors import os_error
+from .._errors import ring_error
 from ..errors import (
     ChannelClosed,
-    HandleClosed,
     LimitExceeded,
     MessagesMissed,
-    MessageTooLarge,
     PeerVanished,
     ProtocolError,
     SubscriberEvicted,
-    Timeout,
 )
 from . import check_native_layout, pow2_capacity
 
@@ -454,14 +451,7 @@ def bcast_error(rc: int, what: str, *, size: int | None = None, limit: int | Non
     if err == errno.EPROTO:
         return ProtocolError(f"{what}: the shared broadcast ring is corrupt (a cursor, record length, check "
                              "or sequence number is impossible); it cannot be trusted and should be closed")
-    if err == errno.EMSGSIZE:
-        return MessageTooLarge(f"{what}: a {size}-byte message exceeds the limit of {limit} bytes "
-                               f"({limit_source})", size, limit)
-    if err == errno.ETIMEDOUT:
-        return Timeout(f"{what}: timed out (nothing was transferred; still usable)")
-    if err == errno.EBADF:
-        return HandleClosed(f"{what}: closed by another thread meanwhile")
-    return os_error(err, what)
+    return ring_error(err, what, size, limit, limit_source, "closed by another thread meanwhile")
 
 
 def ended_error(buf: memoryview, what: str) -> ChannelClosed:
