@@ -21,6 +21,7 @@
  * mpmc_wake_sleepers().
  */
 #include "mpmc.h" /* mpmc_wake_sleepers, the slice lengths; mpmc.h includes rings.h */
+#include <structmember.h>
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -1134,30 +1135,6 @@ static PyObject *BcastPort_get_last_sid(BcastPort *self, void *c)
     return PyLong_FromLong(self->last_sid);
 }
 
-static PyObject *BcastPort_get_needed(BcastPort *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLongLong(self->needed);
-}
-
-static PyObject *BcastPort_get_recovered(BcastPort *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLongLong(self->recovered);
-}
-
-static PyObject *BcastPort_get_evicted(BcastPort *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLongLong(self->evicted);
-}
-
-static PyObject *BcastPort_get_maxrec(BcastPort *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLongLong(self->maxrec);
-}
-
 static PyMethodDef BcastPort_methods[] = {
     {"send", (PyCFunction)BcastPort_send, METH_VARARGS, "send(sid, data, timeout=None) -> 0 | -errno"},
     {"reserve", (PyCFunction)BcastPort_reserve, METH_VARARGS, "reserve(n, timeout=None) -> offset | -errno"},
@@ -1181,11 +1158,16 @@ static PyMethodDef BcastPort_methods[] = {
 static PyGetSetDef BcastPort_getset[] = {
     {"cursor", (getter)BcastPort_get_cursor, NULL, "(position, expected sequence number)", NULL},
     {"last_sid", (getter)BcastPort_get_last_sid, NULL, "serializer id of try_recv()'s message", NULL},
-    {"needed", (getter)BcastPort_get_needed, NULL, "size of the record a too-small buffer refused", NULL},
-    {"recovered", (getter)BcastPort_get_recovered, NULL, "locks taken over from a dead publisher", NULL},
-    {"evicted", (getter)BcastPort_get_evicted, NULL, "subscribers this publisher evicted", NULL},
-    {"max_record", (getter)BcastPort_get_maxrec, NULL, "the largest record (frame header included)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* Plain counters, read as they are (64-bit fields: Linux is LP64). */
+static PyMemberDef BcastPort_members[] = {
+    {"needed", T_ULONGLONG, offsetof(BcastPort, needed), READONLY, "size of the record a too-small buffer refused"},
+    {"recovered", T_ULONGLONG, offsetof(BcastPort, recovered), READONLY, "locks taken over from a dead publisher"},
+    {"evicted", T_ULONGLONG, offsetof(BcastPort, evicted), READONLY, "subscribers this publisher evicted"},
+    {"max_record", T_ULONGLONG, offsetof(BcastPort, maxrec), READONLY, "the largest record (frame header included)"},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject BcastPortType = {
@@ -1198,6 +1180,7 @@ static PyTypeObject BcastPortType = {
     .tp_dealloc = (destructor)BcastPort_dealloc,
     .tp_methods = BcastPort_methods,
     .tp_getset = BcastPort_getset,
+    .tp_members = BcastPort_members,
 };
 
 /* bcast_layout(): the constants above, checked by _rings/bcast.py at import. */
