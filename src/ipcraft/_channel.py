@@ -21,7 +21,9 @@ from ._endpoint import Endpoint
 from ._peer import Peer
 from ._resource import ConflictDetector, Handle
 from ._transports._contract import (
+    BatchWriter,
     BoundEndpoint,
+    BufferedReader,
     ByteStream,
     FastBatches,
     FastPath,
@@ -86,6 +88,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     _fast_recv_many: TryRecvMany | None = None
     #: An error a recv_many() met after it had taken messages: raised by the next recv_many().
     _batch_error: BaseException | None = None
+    # A port that writes a batch's frames together / takes the frames one read brought (byte streams, fifo://).
+    _batch_writer: BatchWriter | None = None
+    _buffered_reader: BufferedReader | None = None
 
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
@@ -125,6 +130,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             self._fast_send, self._fast_recv = cast(FastPath, transport).fast_path()
         if issubclass(type(transport), FastBatches):
             self._fast_send_many, self._fast_recv_many = cast(FastBatches, transport).fast_batches()
+        if issubclass(type(self._port), BatchWriter):
+            self._batch_writer = cast(BatchWriter, self._port)
+        if issubclass(type(self._port), BufferedReader):
+            self._buffered_reader = cast(BufferedReader, self._port)
         # Checked once, on the class: isinstance against a runtime protocol costs ~20 us a call.
         self._lends: ZeroCopy | None = cast(ZeroCopy, transport) if issubclass(type(transport), ZeroCopy) else None
 
@@ -227,8 +236,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         # RAW's dumps only checks that an item is bytes-like, which sending checks anyway.
         payloads = objs if s is RAW and isinstance(objs, list) else [s.dumps(obj) for obj in objs]
         deadline = None if timeout is None else deadline_after(timeout)
-        if isinstance(self._port, FramedStream):
-            return self._send_frames(s.id, payloads, deadline)
+        if self._batch_writer is not None:
+            return self._send_frames(self._batch_writer, s.id, payloads, deadline)
         sent = 0
         while sent < len(payloads):
             sent += self._push_now(s.id, payloads, sent)
@@ -237,31 +246,29 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 sent += 1
         return sent
 
-    def _send_frames(self, sid: int, payloads: list[Any], deadline: float | None) -> int:
-        """send_many over a byte stream: the frames go out together (one system call for a batch of
-        small messages); the ones before a message over the limit are sent, then that one raises."""
-        views: list[memoryview] = []
-        too_large = None
+    def _send_frames(self, port: BatchWriter, sid: int, payloads: list[Any], deadline: float | None) -> int:
+        """send_many over a port that writes frames together (a byte stream: one system call for a
+        batch of small messages); the ones before a message over the limit are sent, then that one
+        raises."""
+        limit, count, too_large = self._send_limit, 0, None
         for payload in payloads:
-            try:
-                views.append(self._outgoing(payload))
-            except MessageTooLarge as exc:
-                too_large = exc
+            n = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
+            if n > limit:
+                too_large = self._too_large(n)
                 break
-        port = self._port
-        assert isinstance(port, FramedStream)
-        if views:
+            count += 1
+        if count:
             self._live()
             with self._sending:
                 try:
-                    port.send_messages(sid, views, deadline)
+                    port.send_messages(sid, payloads if too_large is None else payloads[:count], deadline)
                 except Timeout as exc:
                     if exc.closed:  # the stream was cut mid-frame and its transport closed
                         self.close()
                     raise
         if too_large is not None:
             raise too_large
-        return len(views)
+        return count
 
     def _push_now(self, sid: int, payloads: list[Any], start: int) -> int:
         """How many of ``payloads[start:]`` the transport's batch fast path sent at once (shared with aio)."""
@@ -363,12 +370,12 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 if got:
                     return cast("list[T]", got) if s is RAW else [s.loads(p) for p in got]  # RAW loads: bytes()
             sid, view = self._recv_frame(timeout, {})
-            out.append(self._decode(sid, view))
+            out.append(s.decode(view) if sid == s.id else self._decode(sid, view))  # no repr unless refused
             port = self._port
-            if isinstance(port, FramedStream):  # a byte stream: the frames its last read brought
+            buffered = self._buffered_reader
+            if buffered is not None:  # the frames its last read brought, parsed in one loop
                 try:
-                    while len(out) < max_messages and (msg := port.next_buffered()) is not None:
-                        out.append(self._decode(msg.sid, msg.payload))
+                    self._take_buffered(buffered, out, max_messages)
                 except Exception as exc:  # noqa: BLE001 - kept for the next recv_many(), then raised
                     self._batch_error = exc
                     if isinstance(exc, ProtocolError) and exc.closed:  # as _recv_frame does
@@ -381,13 +388,23 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                     continue
                 try:  # one at a time: a frame of another serializer, or no batch fast path
                     sid, view = self._recv_frame(0, {})
-                    out.append(self._decode(sid, view))
+                    out.append(s.decode(view) if sid == s.id else self._decode(sid, view))
                 except (Timeout, ChannelClosed):
                     break  # nothing after all (another consumer took it), or the end: next call says
                 except Exception as exc:  # noqa: BLE001 - kept for the next recv_many(), then raised
                     self._batch_error = exc
                     break
             return out
+
+    def _take_buffered(self, port: BufferedReader, out: list[Any], max_messages: int) -> None:
+        """Append to ``out`` (up to ``max_messages``) the messages whose frames are already read."""
+        s = self.serializer
+        own, decode = s.id, (memoryview.tobytes if s is RAW else s.decode)  # RAW's loads cannot fail
+
+        def one(sid: int, view: memoryview) -> Any:
+            return decode(view) if sid == own else self._decode(sid, view)  # no repr unless refused
+
+        port.take_buffered(out, max_messages, one)
 
     def recv_bytes_into(self, buffer: Any, offset: int = 0, *, timeout: float | None = None,
                         **extra: Any) -> int:

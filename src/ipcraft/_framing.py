@@ -29,9 +29,12 @@ a larger one is copied once more per doubling (at most its size again in total).
 from __future__ import annotations
 
 import struct
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
 
 from .errors import MessageTooLarge, PeerVanished, ProtocolError
+
+_T = TypeVar("_T")
 
 HEADER: Final = struct.Struct("<BBHI")
 HEADER_SIZE: Final = HEADER.size
@@ -40,6 +43,9 @@ MAX_LENGTH: Final = 2**32 - 1
 #: Default ceiling for one message, receiving and sending, unless a channel is told otherwise.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 256 * 1024 * 1024
 SCRATCH_SIZE: Final = 64 * 1024
+#: Frames up to this payload size are written as one joined buffer (a copy is cheaper than a gather).
+JOIN_MAX: Final = 16384
+_JOIN_LIMIT: Final = 256 * 1024
 #: Payloads up to this size are read into one buffer kept by the reader between messages.
 BODY_REUSE_MAX: Final = 4 * 1024 * 1024
 #: A large payload's buffer starts this big and doubles as bytes arrive (up to the announced length).
@@ -300,6 +306,29 @@ class FrameReader:
                 continue
             return self._need_data()
 
+    def take_frames(self, out: list[_T], limit: int, decode: Callable[[int, memoryview], _T]) -> None:
+        """Append ``decode(sid, payload)`` to ``out``, until it holds ``limit`` items, for the whole
+        frames already in the scratch buffer, parsed in one loop (a batch: Channel.recv_many).  Stops
+        at anything else: a partial frame, a large payload, a frame to skip, or a bad header
+        (next_frame() then reports it with its full semantics).  A frame whose ``decode`` raises is
+        consumed (as a single receive consumes it) and the exception propagates; what ``out`` holds
+        stays, and the frames after it stay in the reader.  ``payload`` is valid only during the call.
+        """
+        if self._body is not None or self._skip:
+            return
+        view, start, end, most = self._view, self._start, self._end, self.max_message_size
+        append = out.append
+        try:
+            while len(out) < limit and end - start >= HEADER_SIZE:
+                magic, sid, flags, length = _unpack_from(view, start)
+                stop = start + HEADER_SIZE + length
+                if magic != MAGIC or flags or length > most or stop > end:
+                    break
+                payload, start = view[start + HEADER_SIZE:stop], stop
+                append(decode(sid, payload))
+        finally:
+            self._start = start
+
     def _need_data(self) -> NextFrame:
         if not self._eof:
             return NEED_DATA
@@ -316,6 +345,32 @@ def frame_parts(sid: int, payload: memoryview) -> list[bytes | memoryview]:
     large payloads are not copied (as CPython's multiprocessing does above 16 KiB).
     """
     n = payload.nbytes
-    if n <= 16384:
+    if n <= JOIN_MAX:
         return [header(sid, n) + payload]
     return [header(sid, n), payload]
+
+
+def batch_parts(sid: int, payloads: Sequence[Any]) -> list[bytes | memoryview]:
+    """The buffers to write for many frames (a batch): consecutive small frames joined into one
+    buffer, a large payload written from where it lies after its own header.  ``payloads`` are
+    bytes-like (C-contiguous)."""
+    parts: list[bytes | memoryview] = []
+    small: list[Any] = []
+    joined = 0  # bytes in small: a joined buffer stays under _JOIN_LIMIT
+    for payload in payloads:
+        n = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
+        if n <= JOIN_MAX and joined < _JOIN_LIMIT:
+            small += (_pack(MAGIC, sid, 0, n), payload)
+            joined += n + HEADER_SIZE
+            continue
+        if small:
+            parts.append(b"".join(small))
+            small, joined = [], 0
+        if n <= JOIN_MAX:
+            small += (_pack(MAGIC, sid, 0, n), payload)
+            joined += n + HEADER_SIZE
+        else:
+            parts += (header(sid, n), memoryview(payload).cast("B"))
+    if small:
+        parts.append(b"".join(small))
+    return parts

@@ -22,6 +22,9 @@ Optional capabilities are small protocols checked once, with ``isinstance``, whe
 * :class:`FastBatches`: ``fast_batches() -> (try_send_many, try_recv_many)``, the same for many
   messages per call (Channel.send_many()/recv_many()): one cursor publication and one wake-up per
   batch in the shared-memory rings.
+* :class:`BatchWriter` / :class:`BufferedReader`: ``send_messages(sid, payloads, deadline)`` writes a
+  batch's frames together (one system call for small ones); ``take_buffered(out, limit, decode)`` decodes
+  the whole frames one read already brought, without another system call (byte streams, fifo://).
 * :class:`ZeroCopy`: ``reserve``/``commit``/``abort`` and ``peek``/``consume`` (Channel.send_view()
   and recv_view()), the verbs of the ring ports down to C.
 * :class:`BoundEndpoint`: a listener that knows the address it is bound to (a port 0 resolved).
@@ -160,6 +163,26 @@ class FastBatches(Protocol):
 
     def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
         """``(try_send_many(payloads, sid=0) -> int, try_recv_many(max_messages, sid) -> list[bytes])``."""
+
+
+@runtime_checkable
+class BatchWriter(Protocol):
+    """A port that writes many frames together (Channel.send_many over a byte stream or fifo://)."""
+
+    def send_messages(self, sid: int, payloads: Sequence[Any], deadline: float | None) -> None:
+        """Send each bytes-like of ``payloads`` as one whole message, in order, in as few system calls
+        as the mechanism allows.  Raises as send_message (a Timeout may come after whole messages)."""
+
+
+@runtime_checkable
+class BufferedReader(Protocol):
+    """A port that reads ahead: the frames one read brought can be taken without a system call."""
+
+    def take_buffered(self, out: list[Any], limit: int, decode: Callable[[int, memoryview], Any]) -> None:
+        """Append ``decode(sid, payload)`` to ``out``, until it holds ``limit`` items, for the whole
+        messages already read, in order, without a system call; raises as recv_message for a bad or
+        oversized frame met there.  A message whose decode raises is consumed; ``out`` keeps the
+        ones before it."""
 
 
 @runtime_checkable

@@ -9,9 +9,10 @@ stream until a frame is whole.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._framing import END, MAX_LENGTH, FrameReader, frame_parts
+from .._framing import END, MAX_LENGTH, FrameReader, batch_parts, frame_parts
 from ..errors import ChannelClosed, MessageTooLarge, PeerVanished, ProtocolError, Timeout
 from ._contract import NO_META, ByteStream, Message
 
@@ -38,13 +39,10 @@ class FramedStream:
             raise TypeError(f"{self._what} takes no mechanism options; got {', '.join(sorted(extra))}")
         self.stream.send_all(frame_parts(sid, payload), deadline)
 
-    def send_messages(self, sid: int, payloads: list[memoryview], deadline: float | None) -> None:
-        """Send many messages in as few writes as the stream takes (Channel.send_many): their frames
-        go to send_all() together, small ones joined as for one message."""
-        parts: list[bytes | memoryview] = []
-        for payload in payloads:
-            parts += frame_parts(sid, payload)
-        self.stream.send_all(parts, deadline)
+    def send_messages(self, sid: int, payloads: Sequence[Any], deadline: float | None) -> None:
+        """Send many messages (Channel.send_many) in one send_all(): consecutive small frames joined
+        into one buffer, so a batch of small messages is one system call."""
+        self.stream.send_all(batch_parts(sid, payloads), deadline)
 
     def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         if extra:
@@ -63,16 +61,25 @@ class FramedStream:
             exc.closed = True
             raise
 
-    def next_buffered(self) -> Message | None:
-        """The next message if its whole frame is already read, else None; no system call
-        (Channel.recv_many takes a batch this way).  Raises as recv_message."""
-        try:
-            frame = self.reader.next_frame()
-        except ProtocolError as exc:
-            self.stream.close()
-            exc.closed = True
-            raise
-        return Message(frame[0], frame[1], NO_META) if isinstance(frame, tuple) else None
+    def take_buffered(self, out: list[Any], limit: int, decode: Callable[[int, memoryview], Any]) -> None:
+        """Append ``decode(sid, payload)`` to ``out`` (up to ``limit`` items) for the messages whose
+        frames are already read, without a system call (Channel.recv_many takes a batch this way):
+        small frames parsed in one loop (FrameReader.take_frames), others one at a time.  Raises as
+        recv_message."""
+        reader = self.reader
+        reader.take_frames(out, limit, decode)
+        while len(out) < limit and reader.frame_ready():
+            try:
+                frame = reader.next_frame()
+            except ProtocolError as exc:
+                self.stream.close()
+                exc.closed = True
+                raise
+            if frame.__class__ is not tuple:
+                return  # the end of the stream: the next receive reports it
+            sid, payload = frame
+            out.append(decode(sid, payload))
+            reader.take_frames(out, limit, decode)
 
     def wait_readable(self, deadline: float | None) -> bool:
         """Whether a whole frame (or the end of the stream, or an error) is ready."""

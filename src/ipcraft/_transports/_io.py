@@ -19,6 +19,9 @@ from ..errors import HandleClosed, Timeout
 from ..primitives._pipeio import OneShotIO
 from ._contract import Transport
 
+#: The most buffers one writev/sendmsg takes (a batch of many large messages is written in slices).
+IOV_MAX = 1024
+
 
 def timed_out(what: str) -> Timeout:
     return Timeout(f"{what}: timed out")
@@ -94,9 +97,9 @@ class FdStream(OneShotIO, Transport):
         while views:
             try:
                 if deadline is None and self.blocking:
-                    n = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+                    n = os.writev(fd, views[:IOV_MAX]) if len(views) > 1 else os.write(fd, views[0])
                 else:
-                    n = self._write_now(fd, views)
+                    n = self._write_now(fd, views[:IOV_MAX])
             except BlockingIOError:
                 if not wait_fd(fd, POLLOUT, deadline):
                     raise send_timeout(self, self._what, sent, total) from None
@@ -196,7 +199,7 @@ class SocketStream(SocketTransport):
                 if self._tls:
                     n = sock.send(views[0])
                 elif len(views) > 1:
-                    n = sock.sendmsg(views, (), flags)
+                    n = sock.sendmsg(views[:IOV_MAX], (), flags)
                 else:
                     n = sock.send(views[0], flags)
             except (BlockingIOError, _SSLWantWrite):
