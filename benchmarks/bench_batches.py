@@ -1,14 +1,16 @@
 """Batches against one message per call: one-way messages per second between two processes.
 
     python benchmarks/bench_batches.py [--reps 3] [--count 200000] [--batch 64] [--size 64]
-                                       [--schemes shm,ring,unix]
+                                       [--schemes shm,ring,unix,tcp,fifo]
 
 For each scheme, the same N messages of ``--size`` bytes (the raw serializer, so a message is its
 bytes) go from one process to another twice: with ``send_bytes``/``recv_bytes`` per message (their
 fast path), and with
 ``send_many``/``recv_many`` in batches of ``--batch``.  On shm:// and ring:// a batch goes through
-the ring in C with one publication of the cursor and at most one wake-up; elsewhere the channel
-falls back to one message at a time.  The rate is the receiver's clock from its first to its last
+the ring in C with one publication of the cursor and at most one wake-up; over unix:// and tcp://
+a batch's frames are written in one system call and parsed from one read; fifo:// writes a batch
+under one acquisition of its writers' lock, in writes of up to PIPE_BUF bytes.
+The rate is the receiver's clock from its first to its last
 message; each figure is the median of ``--reps`` fresh process pairs (the sender on CPU 0, the
 receiver on CPU 1), and the ratio is taken within the same repetition.
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -66,18 +70,15 @@ def _sender(n: int, batch: int, size: int) -> Any:
     return send
 
 
-def _ring_pair(url: str, n: int, batch: int, size: int) -> float:
-    """ring:// is a queue: the receiver's process creates it, the sender here opens it."""
+def _queue_pair(url: str, n: int, batch: int, size: int) -> float:
+    """ring:// and fifo:// are queues: the receiver's process creates them, the sender here opens them."""
     ready_r, ready_w = os.pipe()
 
     def serve() -> float:
         _pin(1)
-        with ipcraft.queue(url, create=True, serializer="raw") as q, \
-                ipcraft.queue(url + "-ack", create=True, serializer="raw") as ack:
+        with ipcraft.queue(url, create=True, serializer="raw") as q:  # the reader owns the queue
             os.write(ready_w, b"!")
-            rate = _receive(q, n, batch)
-            ack.send(b"done")
-            return rate
+            return _receive(q, n, batch)
 
     child = Child(serve)
     os.read(ready_r, 1)
@@ -85,7 +86,7 @@ def _ring_pair(url: str, n: int, batch: int, size: int) -> float:
     os.close(ready_w)
     _pin(0)
     try:
-        with ipcraft.queue(url, serializer="raw") as q, ipcraft.queue(url + "-ack", serializer="raw") as ack:
+        with ipcraft.queue(url, serializer="raw") as q:  # a writer may leave before the reader is done
             msgs = [os.urandom(size) for _ in range(batch)]
             if batch > 1:
                 for _ in range(n // batch):
@@ -93,16 +94,24 @@ def _ring_pair(url: str, n: int, batch: int, size: int) -> float:
             else:
                 for _ in range(n):
                     q.send_bytes(msgs[0])
-            ack.recv(timeout=60)
         return float(child.result(120))
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def rate(scheme: str, n: int, batch: int, size: int) -> float:
     if scheme == "ring":
-        return _ring_pair(f"ring://{unique_name('bb')}", n, batch, size)
-    url = f"shm://{unique_name('bb')}" if scheme == "shm" else f"unix:@{unique_name('bb')}"
+        return _queue_pair(f"ring://{unique_name('bb')}", n, batch, size)
+    if scheme == "fifo":
+        return _queue_pair(f"fifo://{tempfile.gettempdir()}/{unique_name('bb')}", n, batch, size)
+    url = {"shm": f"shm://{unique_name('bb')}", "unix": f"unix:@{unique_name('bb')}",
+           "tcp": f"tcp://127.0.0.1:{_free_port()}?insecure=1"}[scheme]
     _mine, theirs = _pair(url, _receiver(n, batch), _sender(n, batch, size), serializer="raw")
     return float(theirs)
 

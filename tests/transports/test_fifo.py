@@ -317,3 +317,30 @@ def test_a_forked_copy_of_the_reader_closing_leaves_the_queue(url: str) -> None:
         _write(url, ["still here"])
         assert q.recv(timeout=5) == "still here"
     assert not os.path.exists(_path(url))
+
+
+def _write_batches(url: str, tag: int, batches: int) -> int:
+    """Batches mixing frames joined into one PIPE_BUF write with frames larger than PIPE_BUF."""
+    sent = 0
+    with ipcraft.queue(url, serializer="raw") as q:
+        for b in range(batches):
+            msgs = [bytes([tag]) + struct.pack("<I", b * 100 + i) * (1 + (i * 97) % (3 if i % 9 else 3000))
+                    for i in range(40)]
+            sent += q.send_many(msgs, timeout=30)
+    return sent
+
+
+def test_batches_from_two_writers_arrive_whole_and_in_order(url: str) -> None:
+    """send_many writes a batch under one acquisition of the writers' lock: two writers' batches
+    (small frames joined, large ones on their own) are never interleaved or torn, each in order."""
+    with ipcraft.queue(url, create=True, serializer="raw") as q:
+        writers = [Child(_write_batches, url, tag, 60) for tag in (1, 2)]
+        got: dict[int, list[int]] = {1: [], 2: []}
+        while sum(len(v) for v in got.values()) < 2 * 60 * 40:
+            for msg in q.recv_many(64, timeout=30):
+                seq = struct.unpack_from("<I", msg, 1)[0]
+                assert msg[1:] == struct.pack("<I", seq) * ((len(msg) - 1) // 4), "a torn message"
+                got[msg[0]].append(seq)
+        assert [w.result(30) for w in writers] == [60 * 40, 60 * 40]
+    for seqs in got.values():
+        assert seqs == [b * 100 + i for b in range(60) for i in range(40)]

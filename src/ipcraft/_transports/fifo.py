@@ -45,11 +45,12 @@ import os
 import select
 import struct
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
 from .._errors import os_error, translating
-from .._framing import DEFAULT_MAX_MESSAGE_SIZE, SCRATCH_SIZE, FrameReader
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, SCRATCH_SIZE, FrameReader, header
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import wait_fd
@@ -227,21 +228,57 @@ class FifoWriter(_FifoBase):
         if stream is None or m is None:
             raise HandleClosed(f"{self.endpoint} is closed")
         parts = [p for p in framed(sid, payload) if memoryview(p).nbytes]  # send_all spins on an empty tail
-        total = sum(memoryview(p).nbytes for p in parts)
         self._lock(deadline)
         try:
             if m[_STATE] != _CLEAN:
                 self._recover(m, deadline)
-            if total <= PIPE_BUF:
-                stream.send_all(parts, deadline)  # one write(2) of <= PIPE_BUF bytes: all or nothing
-            else:
-                m[_STATE] = _WRITING
-                stream.send_all(parts, deadline)  # a Timeout mid-frame leaves WRITING for the next holder
-                m[_STATE] = _CLEAN
+            self._write(stream, m, parts, sum(memoryview(p).nbytes for p in parts), deadline)
         finally:
             self._unlock()
             if _closed(stream):  # send_timeout() cut the stream
                 self.close()
+
+    def send_messages(self, sid: int, payloads: Sequence[Any], deadline: float | None) -> None:
+        """Write many frames (Channel.send_many) under ONE acquisition of the writers' lock: the
+        small ones joined into writes of at most PIPE_BUF bytes that end on a frame boundary (each
+        all or nothing), a larger one on its own as send_message writes it.  A Timeout leaves the
+        frames written before it in the queue, whole."""
+        stream, m = self._stream, self._map
+        if stream is None or m is None:
+            raise HandleClosed(f"{self.endpoint} is closed")
+        chunk: list[Any] = []
+        size = 0  # bytes in chunk
+        self._lock(deadline)
+        try:
+            if m[_STATE] != _CLEAN:
+                self._recover(m, deadline)
+            for payload in payloads:
+                n = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
+                frame = HEADER_SIZE + n
+                if size + frame > PIPE_BUF and chunk:
+                    self._write(stream, m, [b"".join(chunk)], size, deadline)
+                    chunk, size = [], 0
+                if frame <= PIPE_BUF:
+                    chunk += (header(sid, n), payload)
+                    size += frame
+                else:
+                    self._write(stream, m, [header(sid, n), memoryview(payload).cast("B")], frame, deadline)
+            if chunk:
+                self._write(stream, m, [b"".join(chunk)], size, deadline)
+        finally:
+            self._unlock()
+            if _closed(stream):  # send_timeout() cut the stream
+                self.close()
+
+    @staticmethod
+    def _write(stream: FdStream, m: mmap.mmap, parts: list[Any], total: int, deadline: float | None) -> None:
+        """Write whole frames (``total`` bytes), the writers' lock held."""
+        if total <= PIPE_BUF:
+            stream.send_all(parts, deadline)  # one write(2) of <= PIPE_BUF bytes: all or nothing
+        else:
+            m[_STATE] = _WRITING
+            stream.send_all(parts, deadline)  # a Timeout mid-frame leaves WRITING for the next holder
+            m[_STATE] = _CLEAN
 
     def _recover(self, m: mmap.mmap, deadline: float | None) -> None:
         """The previous lock holder stopped mid-frame: wait until the reader has drained its remains."""
@@ -365,6 +402,23 @@ class FifoReader(_FifoBase):
                 return Message(frame[0], frame[1])
             # NEED_DATA (END cannot come: this handle holds a write end of its own).
             reader.advance(self._fill(reader.buffer(), deadline))
+
+    def take_buffered(self, out: list[Any], limit: int, decode: Callable[[int, memoryview], Any]) -> None:
+        """Append ``decode(sid, payload)`` to ``out`` (up to ``limit`` items) for the messages whose
+        frames are already read, without a system call (Channel.recv_many); raises as recv_message."""
+        self._live()
+        reader = self._reader
+        reader.take_frames(out, limit, decode)
+        while len(out) < limit and reader.frame_ready():
+            try:
+                frame = reader.next_frame()
+            except ProtocolError:
+                self._resync()
+                raise
+            if not isinstance(frame, tuple):
+                return
+            out.append(decode(frame[0], frame[1]))
+            reader.take_frames(out, limit, decode)
 
     def _fill(self, target: memoryview, deadline: float | None) -> int:
         """Read at least one byte into ``target``, watching for writers that vanish mid-frame."""
