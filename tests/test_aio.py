@@ -11,7 +11,7 @@ import pytest
 import ipcraft
 from ipcraft import aio
 from ipcraft._framing import frame_parts
-from ipcraft.errors import Busy, ChannelClosed, HandleClosed, Timeout
+from ipcraft.errors import Busy, ChannelClosed, HandleClosed, MessageTooLarge, Timeout
 from ipcraft.testing import Child
 
 
@@ -335,6 +335,43 @@ def test_queues_send_and_a_pending_recv_completes(scheme: str) -> None:
             assert await q.recv(timeout=5) == ["still", "usable"]
         finally:
             q.close()
+
+    asyncio.run(main())
+
+
+_MIXED = [b"s" * 64, b"L" * (1 << 20), b"", b"m" * 16385] * 3 + [b"t"] * 2000
+
+
+def _receive_all(url: str, n: int) -> list[int]:
+    with ipcraft.connect(url, timeout=10, serializer="raw", max_message_size=1 << 21) as c:
+        got: list[bytes] = []
+        while len(got) < n:
+            got += c.recv_many(100, timeout=20)
+        c.send(b"done")
+    return [len(m) for m in got]
+
+
+@pytest.mark.timeout(60)
+def test_send_many_over_a_stream_writes_a_batch_across_many_waits(tmp_ipc_dir: str) -> None:
+    """aio send_many over unix:// writes the batch's frames together (small ones joined, large ones
+    gathered), more than the socket holds, between add_writer waits; a message over the limit ends
+    the batch and raises, the ones before it sent, the channel usable."""
+    url = f"unix://{tmp_ipc_dir}/m.sock"
+
+    async def main() -> None:
+        listener = await aio.listen(url, serializer="raw", max_message_size=1 << 21)
+        try:
+            child = Child(_receive_all, url, len(_MIXED) + 2)
+            ch = await listener.accept(timeout=10)
+            assert await ch.send_many(_MIXED, timeout=20) == len(_MIXED)
+            with pytest.raises(MessageTooLarge):
+                await ch.send_many([b"a", b"x" * ((1 << 21) + 1), b"never"], timeout=20)
+            assert await ch.send_many([b"b"], timeout=20) == 1
+            assert await ch.recv(timeout=20) == b"done"
+            assert child.result(20) == [len(m) for m in _MIXED] + [1, 1]
+            ch.close()
+        finally:
+            listener.close()
 
     asyncio.run(main())
 

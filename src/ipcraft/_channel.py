@@ -250,13 +250,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         """send_many over a port that writes frames together (a byte stream: one system call for a
         batch of small messages); the ones before a message over the limit are sent, then that one
         raises."""
-        limit, count, too_large = self._send_limit, 0, None
-        for payload in payloads:
-            n = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
-            if n > limit:
-                too_large = self._too_large(n)
-                break
-            count += 1
+        count, too_large = self._batch_prefix(payloads)
         if count:
             self._live()
             with self._sending:
@@ -269,6 +263,16 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if too_large is not None:
             raise too_large
         return count
+
+    def _batch_prefix(self, payloads: list[Any]) -> tuple[int, MessageTooLarge | None]:
+        """How many of ``payloads`` fit the send limit before the first that does not, and that one's
+        error (None if all fit); shared with ipcraft.aio."""
+        limit = self._send_limit
+        for count, payload in enumerate(payloads):
+            n = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
+            if n > limit:
+                return count, self._too_large(n)
+        return len(payloads), None
 
     def _push_now(self, sid: int, payloads: list[Any], start: int) -> int:
         """How many of ``payloads[start:]`` the transport's batch fast path sent at once (shared with aio)."""

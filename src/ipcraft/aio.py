@@ -56,11 +56,11 @@ from ._channel import Queue as _SyncQueue
 from ._channel import _MessageIO, _no_extras, _NoPublicConstructor, bytes_view
 from ._endpoint import Endpoint
 from ._errors import os_error
-from ._framing import frame_parts
+from ._framing import batch_parts, frame_parts
 from ._peer import Peer
 from ._resource import ConflictDetector
 from ._transports._framed import FramedStream, RawStream
-from ._transports._io import consume
+from ._transports._io import IOV_MAX, consume
 from ._transports._sockets import run_async
 from ._wait import deadline_after, remaining
 from .errors import ChannelClosed, HandleClosed, Timeout
@@ -319,6 +319,9 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         items = list(objs)
         payloads = [s.dumps(obj) for obj in items]
         deadline = deadline_after(timeout)
+        port = sync._open_port()
+        if isinstance(port, FramedStream) and port.stream.splits_writes and not self._thread_mode:
+            return await self._send_frames(port, s.id, payloads, deadline, timeout)
         sent = 0
         while sent < len(payloads):
             sent += sync._push_now(s.id, payloads, sent)
@@ -326,6 +329,21 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
                 await self.send(items[sent], timeout=remaining(deadline))
                 sent += 1
         return sent
+
+    async def _send_frames(self, port: FramedStream, sid: int, payloads: list[Any], deadline: float | None,
+                           timeout: float | None) -> int:
+        """send_many over a framed byte stream: the batch's frames written together with the stream's
+        non-blocking writes (one system call for a batch of small messages) between add_writer
+        waits; the messages before one over the limit are sent, then that one raises."""
+        sync = self._sync
+        count, too_large = sync._batch_prefix(payloads)
+        if count:
+            with self._sending, sync._sending:  # as _send: sync senders in other threads kept off
+                await self._send_stream(port.stream.write_some, batch_parts(sid, payloads[:count]),
+                                        deadline, timeout)
+        if too_large is not None:
+            raise too_large
+        return count
 
     async def _send(self, op: Callable[[float | None], None], frame: Callable[[], tuple[int, Any]],
                     timeout: float | None, extra: dict[str, Any]) -> None:
@@ -376,7 +394,7 @@ class _AsyncMessageIO(Generic[_T], metaclass=_NoPublicConstructor):
         try:
             while views:
                 try:
-                    n = write(views)
+                    n = write(views[:IOV_MAX])
                 except BlockingIOError:
                     if not await self._waiter.wait(True, deadline):
                         raise Timeout(f"sending on {self!r}: timed out after {timeout} s") from None
