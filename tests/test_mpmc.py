@@ -315,6 +315,22 @@ def test_fast_path_frames_sends_and_takes_ordinary_frames(ring: tuple[mmap.mmap,
     assert try_recv() is None
 
 
+def test_fast_path_sends_up_to_256_kib() -> None:
+    """try_send and try_send_many take a payload below 256 KiB (64 KiB included) in one call, as
+    shm:// does; 256 KiB and more go to the general path, which copies without the GIL."""
+    _m, r = _new_ring(1 << 20)
+    try:
+        try_send, _ = r.fast_path()
+        try_send_many, _ = r.fast_batches()
+        for n in (65536, 200_000, 262143):
+            assert try_send(bytes([n % 251]) * n) is True
+            assert bytes(r.recv(0))[8:] == bytes([n % 251]) * n
+        assert try_send(bytes(262144)) is False and r.pending() == 0
+        assert try_send_many([bytes(65536), bytes(262143), bytes(262144)]) == 2
+    finally:
+        r.close()
+
+
 def test_fast_path_leaves_the_unusual_to_the_general_path() -> None:
     """try_send refuses what is not bytes-like, over the limit, or does not fit now; try_recv leaves a
     foreign message, one over the limit, and every message once fileno() was used; nothing is lost."""

@@ -347,14 +347,17 @@ static int wait_slice(MpmcPort *p, uint64_t need, int has_deadline, long long de
     uint32_t *flag = need ? p->psleep_p : p->csleep_p;
     uint64_t *cursor = need ? p->tail_p : p->head_p;
     long long now = ring_now_ns(), start = now, slice_end = now + SIGNAL_SLICE_NS;
+    unsigned mask = RING_IDLE_ROUNDS - 1;
+    if (p->spin_ns >= 0 && ring_skip_spin(need, now))
+        spin_until = now; /* room for a large record comes only after a large copy (rings.h) */
     for (unsigned i = 0; p->spin_ns < 0 || now < spin_until; i++) {
         if (mpmc_ready(p, need))
             return 0;
-        if ((i & 63) == 0) {
+        if ((i & mask) == 0) {
             int rc = spin_check(p, has_deadline, deadline, slice_end, &now);
             if (rc != 0)
                 return rc;
-            if (ring_spin_futile(start, now, p->spin_ns < 0))
+            if (ring_spin_futile(start, now, p->spin_ns < 0, &mask))
                 break; /* a busy machine: sleep now (rings.h) */
         }
         ring_cpu_relax();

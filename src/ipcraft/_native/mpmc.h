@@ -37,6 +37,7 @@
 #define SIGNAL_SLICE_NS 10000000LL  /* a spinner takes the GIL this often to run signal handlers */
 #define LOCK_SPIN_NS 50000LL        /* spin for a busy lock this long before sleeping on it */
 #define GIL_FREE_BYTES 65536u       /* copies this large run without the GIL */
+#define FAST_SEND_MAX 262144u       /* try_send/try_send_many take payloads below this (as shm://) */
 #define FAST_SPIN_MAX_NS 1000000LL  /* try_recv spins at most this long on an empty ring */
 #define MAX_PARTS 8
 

@@ -10,8 +10,8 @@
  * spin then burns the very time the peer needs, and a 1 MiB round trip stretched from 0.14 ms to 4-9 ms
  * beside a single CPU-bound neighbour on two cores.  So every spin here asks, at most every
  * RING_BUSY_CHECK_NS, whether the kernel counts more runnable tasks than online CPUs (the fourth field
- * of /proc/loadavg, an instantaneous count).  On a busy machine the spinner calls sched_yield() at
- * every check (every 64 rounds): a peer queued on the spinner's own CPU (where the scheduler tends to
+ * of /proc/loadavg, an instantaneous count).  On a busy machine the spinner checks every 8 rounds
+ * instead of 64 and calls sched_yield() at every check: a peer queued on the spinner's own CPU (where the scheduler tends to
  * put a task the spinner has just woken) runs at once, and a running peer still finds its reply
  * picked up within microseconds.  After RING_BUSY_SPIN_NS of that the waiter sleeps: its CPU goes
  * idle, the scheduler moves a waiting task (often the peer) onto it, and the peer's next publication
@@ -62,13 +62,34 @@ static inline long long ring_now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* A producer waiting for room for a record at least this large, on a busy machine, sleeps without
+ * spinning: the consumer frees that room only by copying out a message of similar size (tens of
+ * microseconds or more), so a spin would only take the CPU that copy needs. */
+#define RING_BIG_RECORD 65536u
+
+/* Whether a wait for room for an `n`-byte record should skip its spin (see RING_BIG_RECORD). */
+static inline int ring_skip_spin(uint64_t n, long long now)
+{
+    return n >= RING_BIG_RECORD && ipc_cpus_busy(now);
+}
+
+/* Spin rounds between two periodic checks of a spinner (the clock, the busy test): RING_IDLE_ROUNDS
+ * on an idle machine, RING_BUSY_ROUNDS on a busy one, where each check yields the CPU, so that a peer
+ * queued behind the spinner runs after ~8 rounds in which it made no progress, not after 64. */
+#define RING_IDLE_ROUNDS 64u
+#define RING_BUSY_ROUNDS 8u
+
 /* Called by a spinner at each periodic check (`now`: the clock just read; the spin began at `start`):
  * 1 when it should stop and sleep, else 0.  On a busy machine it yields the CPU first, and stops once
- * the spin has lasted RING_BUSY_SPIN_NS, unless it must never sleep (`spinning`). */
-static inline int ring_spin_futile(long long start, long long now, int spinning)
+ * the spin has lasted RING_BUSY_SPIN_NS, unless it must never sleep (`spinning`).  `*mask` becomes the
+ * round mask to the next check (RING_IDLE_ROUNDS or RING_BUSY_ROUNDS, minus one). */
+static inline int ring_spin_futile(long long start, long long now, int spinning, unsigned *mask)
 {
-    if (!ipc_cpus_busy(now))
+    if (!ipc_cpus_busy(now)) {
+        *mask = RING_IDLE_ROUNDS - 1;
         return 0;
+    }
+    *mask = RING_BUSY_ROUNDS - 1;
     if (spinning || now - start < RING_BUSY_SPIN_NS) {
         sched_yield();
         return 0;
@@ -78,18 +99,19 @@ static inline int ring_spin_futile(long long start, long long now, int spinning)
 
 /* Spin (the caller has released the GIL) until check(ctx) is non-zero or `ns` pass, or sooner on a
  * busy machine (ring_spin_futile).  check returns > 0 when what the spinner waits for is there, < 0
- * when it should stop (closed), 0 to keep spinning; the clock is read every 64 rounds.  Returns 1 when
- * check said > 0, else 0. */
+ * when it should stop (closed), 0 to keep spinning; the clock is read every 64 rounds (8 on a busy
+ * machine).  Returns 1 when check said > 0, else 0. */
 static inline int ring_spin(int (*check)(void *), void *ctx, long long ns)
 {
     long long start = ring_now_ns(), until = start + ns;
+    unsigned mask = RING_IDLE_ROUNDS - 1;
     for (unsigned i = 1;; i++) {
         int got = check(ctx);
         if (got)
             return got > 0;
-        if ((i & 63) == 0) {
+        if ((i & mask) == 0) {
             long long now = ring_now_ns();
-            if (now >= until || ring_spin_futile(start, now, 0))
+            if (now >= until || ring_spin_futile(start, now, 0, &mask))
                 return 0;
         }
         ring_cpu_relax();

@@ -311,15 +311,18 @@ int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadlin
 {
     uint32_t *flag = r->producer ? r->pwait_p : r->cwait_p;
     long long now = ring_now_ns(), start = now, slice_end = now + CHECK_SIGNALS_NS, next_watch = now;
+    unsigned mask = RING_IDLE_ROUNDS - 1;
+    if (r->producer && r->spin_ns >= 0 && ring_skip_spin(n, now))
+        spin_until = now; /* room for a large record comes only after a large copy (rings.h) */
     for (unsigned i = 0; r->spin_ns < 0 || now < spin_until; i++) {
         int s = settle(r, n);
         if (s <= 0)
             return s;
-        if ((i & 63) == 0) {
+        if ((i & mask) == 0) {
             now = ring_now_ns();
             if (has_deadline && now >= deadline)
                 return -ETIMEDOUT;
-            if (ring_spin_futile(start, now, r->spin_ns < 0))
+            if (ring_spin_futile(start, now, r->spin_ns < 0, &mask))
                 break; /* a busy machine: sleep now */
             if (now >= next_watch) {
                 if (watch_fired(r))
