@@ -268,6 +268,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         """How many of ``payloads`` fit the send limit before the first that does not, and that one's
         error (None if all fit); shared with ipcraft.aio."""
         limit = self._send_limit
+        if payloads and set(map(type, payloads)) == {bytes} and max(map(len, payloads)) <= limit:
+            return len(payloads), None  # the common case, checked without a Python loop
         for count, payload in enumerate(payloads):
             n = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
             if n > limit:

@@ -318,14 +318,16 @@ class FrameReader:
             return
         view, start, end, most = self._view, self._start, self._end, self.max_message_size
         append = out.append
+        room = limit - len(out)
         try:
-            while len(out) < limit and end - start >= HEADER_SIZE:
+            while room > 0 and end - start >= HEADER_SIZE:
                 magic, sid, flags, length = _unpack_from(view, start)
                 stop = start + HEADER_SIZE + length
                 if magic != MAGIC or flags or length > most or stop > end:
                     break
                 payload, start = view[start + HEADER_SIZE:stop], stop
                 append(decode(sid, payload))
+                room -= 1
         finally:
             self._start = start
 

@@ -50,7 +50,7 @@ from typing import Any
 
 from .._endpoint import Endpoint
 from .._errors import os_error, translating
-from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, SCRATCH_SIZE, FrameReader, header
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER, HEADER_SIZE, MAGIC, SCRATCH_SIZE, FrameReader, header
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import wait_fd
@@ -62,6 +62,7 @@ from ._io import FdStream, timed_out
 from .pipe import PIPE_SIZE, set_pipe_size
 
 PIPE_BUF: int = select.PIPE_BUF
+_pack = HEADER.pack
 _POLLIN = select.POLLIN
 # Sidecar bytes, and the values of STATE.
 _STATE, _READER = 0, 1
@@ -259,7 +260,7 @@ class FifoWriter(_FifoBase):
                     self._write(stream, m, [b"".join(chunk)], size, deadline)
                     chunk, size = [], 0
                 if frame <= PIPE_BUF:
-                    chunk += (header(sid, n), payload)
+                    chunk += (_pack(MAGIC, sid, 0, n), payload)
                     size += frame
                 else:
                     self._write(stream, m, [header(sid, n), memoryview(payload).cast("B")], frame, deadline)
