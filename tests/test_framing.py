@@ -250,3 +250,44 @@ def test_check_message_header() -> None:
         check_message_header(memoryview(header(2, 4) + b"abc"), 100)
     with pytest.raises(ProtocolError):
         check_message_header(memoryview(b"\x00" * 8), 100)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=40), st.lists(st.integers(1, 300), min_size=1, max_size=20),
+       st.integers(1, 8))
+def test_take_frames_yields_what_next_frame_yields(payloads: list[bytes], cuts: list[int], limit: int) -> None:
+    """Frames taken in batches (take_frames, then next_frame for the rest) are the frames next_frame alone
+    returns, in order, whatever the read boundaries; a batch stops at a partial frame."""
+    stream = b"".join(header(i % 3, len(p)) + p for i, p in enumerate(payloads))
+    reader = FrameReader(scratch_size=256)
+    got: list[tuple[int, bytes]] = []
+    pos, k = 0, 0
+    while pos < len(stream) or reader.frame_ready():
+        if reader.frame_ready():
+            reader.take_frames(got, len(got) + limit, lambda sid, v: (sid, v.tobytes()))
+            frame = reader.next_frame()
+            if isinstance(frame, tuple):
+                got.append((frame[0], frame[1].tobytes()))
+            continue
+        n = min(cuts[k % len(cuts)], len(stream) - pos)
+        k += 1
+        reader.feed(stream[pos:pos + n])
+        pos += n
+    assert got == [(i % 3, p) for i, p in enumerate(payloads)]
+
+
+def test_take_frames_consumes_a_frame_whose_decode_raises_and_keeps_the_rest() -> None:
+    reader = FrameReader()
+    reader.feed(b"".join(header(0, 1) + bytes([i]) for i in range(4)))
+    out: list[int] = []
+
+    def decode(sid: int, v: memoryview) -> int:
+        if v[0] == 1:
+            raise ProtocolError("refused")
+        return v[0]
+
+    with pytest.raises(ProtocolError):
+        reader.take_frames(out, 10, decode)
+    assert out == [0]
+    reader.take_frames(out, 10, decode)
+    assert out == [0, 2, 3] and reader.next_frame() is NEED_DATA
