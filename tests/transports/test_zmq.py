@@ -168,6 +168,51 @@ def test_one_channel_sends_in_one_thread_while_another_receives() -> None:
         assert child.result(30) == n
 
 
+def _local_pair() -> tuple[Any, Any]:
+    """A connected zmq+tcp:// pair, both ends in this process (linger=0.2: close() waits that long for
+    the peer's answer)."""
+    with ipcraft.listen(LOCAL, linger=0.2, **INSECURE) as listener:
+        box: list[Any] = []
+        t = threading.Thread(target=lambda: box.append(listener.accept(timeout=10)))
+        t.start()
+        try:
+            a = ipcraft.connect(_plain_url(listener.endpoint), timeout=10, linger=0.2, **INSECURE)
+        finally:
+            t.join()
+    return a, box[0]
+
+
+@pytest.mark.timeout(60)
+def test_small_and_large_messages_through_both_receive_paths_and_malformed_frames() -> None:
+    """Messages under and over the zero-copy size (a large one is received as a ZeroMQ frame, the
+    next small one as bytes again) arrive intact through recv_bytes without a timeout (the fast path)
+    and with one (the general path); a malformed frame of either size, written on the raw socket, is
+    a ProtocolError and the channel goes on."""
+    from ipcraft.errors import ProtocolError
+
+    a, b = _local_pair()
+    with a, b:
+        raw = a.extra("zmq_socket")
+        sizes = [0, 64, 65535, 65536, 1 << 20, 64, 1 << 20, 200_000, 10, 70_000]
+        for fast in (True, False):
+            for i, n in enumerate(sizes):
+                msg = bytes([i + 1]) * n
+                a.send_bytes(msg)
+                got = b.recv_bytes() if fast else b.recv_bytes(timeout=10)
+                assert got == msg
+            a.send({"obj": b"x" * 100_000})  # a serializer's frame, decoded from the frame's buffer
+            assert b.recv(timeout=10) == {"obj": b"x" * 100_000}
+        for bad in (b"\x00" * 100_000, b"\x00" * 20, b"\xa1\x00\x00\x00\x09\x00\x00\x00short"):
+            for fast in (True, False):
+                a.send_bytes(b"y" * 100_000)  # the next receive takes a frame
+                assert (b.recv_bytes() if fast else b.recv_bytes(timeout=10)) == b"y" * 100_000
+                raw.send(bad)
+                with pytest.raises(ProtocolError):
+                    b.recv_bytes() if fast else b.recv_bytes(timeout=10)
+                a.send_bytes(b"after")
+                assert (b.recv_bytes() if fast else b.recv_bytes(timeout=10)) == b"after"
+
+
 # -- work queue ------------------------------------------------------------------------------------------
 
 def _consumer(url: str) -> dict[int, int]:
@@ -234,21 +279,10 @@ def test_non_forking_conformance_checks_over_a_queue_and_a_pair() -> None:
         push = ipcraft.queue(_plain_url(pull.endpoint), **INSECURE)
         return push, pull
 
-    def make_pair() -> tuple[Any, Any]:  # linger: here the reader reads only after the sender's close()
-        listener = ipcraft.listen(LOCAL, linger=0.2, **INSECURE)
-        box: list[Any] = []
-        t = threading.Thread(target=lambda: box.append(listener.accept(timeout=10)))
-        t.start()
-        try:
-            a = ipcraft.connect(_plain_url(listener.endpoint), timeout=10, linger=0.2, **INSECURE)
-        finally:
-            t.join()
-            listener.close()
-        return a, box[0]
-
     check_channel(make_queue, eof=False, duplex=False,
                   checks=["objects", "bytes_api", "timeouts", "own_close", "queue_has_no_end", "busy"])
-    check_channel(make_pair, checks=["objects", "bytes_api", "timeouts", "own_close", "peer_close", "busy"])
+    # _local_pair's linger: here the reader reads only after the sender's close()
+    check_channel(_local_pair, checks=["objects", "bytes_api", "timeouts", "own_close", "peer_close", "busy"])
 
 
 # -- readiness: fileno() with ZeroMQ's edge-triggered FD, poll(), asyncio ----------------------------------

@@ -41,8 +41,12 @@ Decisions:
 * **Threads.**  ZeroMQ sockets are not thread-safe and a channel may send in one thread while it
   receives in another, so every socket call holds a per-socket lock and every wait happens outside
   it (a sender on ZeroMQ's and the monitor's FDs, a receiver on the fileno() descriptor, in slices of
-  at most 100 ms).  A receive takes a message only when ZMQ_EVENTS says one is there: in pyzmq a
-  receive that finds nothing costs an exception, several times the price of the check.
+  at most 100 ms).  A receive takes a message only when ZMQ_EVENTS says one is there (in pyzmq a
+  receive that finds nothing costs an exception, several times the price of the check), except on
+  the fast path right after a receive that found one (a stream of messages).
+* **Fast path** (Channel's send_bytes/recv_bytes without a timeout): pyzmq's compiled send/recv,
+  one state int, the monitor read every 32 sends; a message from 64 KiB on is received as a ZeroMQ
+  frame (copy=False), so its payload is copied once, into the bytes returned or by the serializer.
 * **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
   is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
   ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
@@ -71,7 +75,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, header
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER, HEADER_SIZE, MAGIC
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import deadline_after, remaining
@@ -272,6 +276,15 @@ def _context_for(security: _Security) -> _Context:
 
 #: Plain ints: pyzmq's constants are enums, whose operators cost more than the calls they guard.
 _EV, _IN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+#: The compiled send and recv under pyzmq's Python Socket class, whose send wrapper (routing ids,
+#: groups) costs as much as the call itself; the fast path binds these to its socket once.
+_SEND, _RECV = zmq.backend.Socket.send, zmq.backend.Socket.recv
+#: The state of a transport, one int the fast path reads: everything open; a pair's peer vanished
+#: (what arrived can still be received, nothing sent); the end of stream reached or the socket closed.
+_OPEN, _VANISHED, _ENDED = 0, 1, 2
+#: A pair's fast path reads the socket monitor (a dead peer) once every this many sends (a power of 2).
+_CHECK_EVERY = 32
+_pack_header, _unpack_header, _MAGIC = HEADER.pack, HEADER.unpack_from, MAGIC
 
 
 def _events(sock: zmq.Socket[Any]) -> int:
@@ -410,6 +423,9 @@ class ZmqTransport(Transport):
         self._had_peer = connected
         self._vanished = False
         self._eof = False
+        self._state = _OPEN  # _OPEN, _VANISHED or _ENDED: what the fast path reads instead of the above
+        self._big_rx = False  # the last message received was large: take the next as a ZeroMQ frame
+        self._cold = False  # the last receive had to wait: the fast path leaves the next to the general one
         self._ipc_file: tuple[str, int] | None = None
         self.last_meta: dict[str, Any] = {}
         self.authenticated = sock.mechanism == zmq.CURVE
@@ -428,6 +444,7 @@ class ZmqTransport(Transport):
         self._lock = threading.Lock()
         self._waiters = 0  # threads waiting for a message: whoever touches the socket keeps the eventfd exact
         self._exposed = False  # fileno() was handed out: the same
+        self._track = False  # either of the two: every operation reads ZMQ_EVENTS afterwards
         self._room = select.poll()  # a sender waits on ZeroMQ's FD and the monitor's, not the eventfd
         self._inbox = select.poll()  # a receiver on the same three as fileno(), told apart
         self._mon_fd = int(self._mon.getsockopt(zmq.FD))
@@ -442,7 +459,7 @@ class ZmqTransport(Transport):
     def fileno(self) -> int:
         with self._lock:
             self._live()
-            self._exposed = True
+            self._exposed = self._track = True
             self._refresh()
             return self._ready.fileno()
 
@@ -473,6 +490,24 @@ class ZmqTransport(Transport):
                 self._peers = max(0, self._peers - 1)
                 if self._peers == 0:
                     self._vanished = True
+        self._update_state()
+
+    def _update_state(self) -> None:
+        """Fold the socket, the end of stream and a pair's vanished peer into ``_state``."""
+        if self._sock is None or self._eof:
+            self._state = _ENDED
+        else:
+            self._state = _VANISHED if self._pair and self._vanished else _OPEN
+
+    def _end(self, sock: zmq.Socket[Any]) -> None:
+        """The peer's end-of-stream frame arrived (lock held): answer it, and end the stream here."""
+        self._eof = True
+        self._state = _ENDED
+        self._answer_bye(sock)
+
+    def _count_waiter(self, n: int) -> None:
+        self._waiters += n
+        self._track = self._exposed or self._waiters > 0
 
     def _refresh(self) -> None:
         """After an operation (lock held): the eventfd says whether a message is ready, for select()
@@ -483,7 +518,7 @@ class ZmqTransport(Transport):
             self._ready.update(bool(_events(sock) & _IN) or self._eof)
 
     def _after(self) -> None:
-        if self._exposed or self._waiters:
+        if self._track:
             self._refresh()
 
     def _sleep(self, poller: Any, deadline: float | None) -> list[tuple[int, int]]:
@@ -505,59 +540,94 @@ class ZmqTransport(Transport):
                     return True
                 if remaining(deadline) == 0:
                     return False
-                self._waiters += 1
+                self._count_waiter(1)
             self._nap(deadline)
 
     def fast_path(self) -> tuple[Any, Any]:
         """``(try_send, try_recv)`` for Channel's fast path: one ZeroMQ call each that never blocks and
         gives up (False / None, nothing sent or taken) when the socket would block, the peer is gone or
-        the stream ended, so that the general path waits and reports."""
+        the stream ended, so that the general path waits and reports.
+
+        They call pyzmq's compiled send and recv directly and read one state int (``_state``); a pair's
+        sends read the monitor (a vanished peer) once every _CHECK_EVERY sends, and ZMQ_EVENTS is read
+        only when the descriptor of fileno() must stay exact (``_track``) or when the last receive found
+        nothing.  A message from _ZERO_COPY_FROM bytes on is received as a ZeroMQ frame, so its payload
+        is copied once (into the bytes returned), not twice."""
         if self._topic is not None:
             return None, None
         sock = self._live()
-        send, recv, noblock, limit, big = sock.send, sock.recv, _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM
-        lock, pair = self._lock, self._pair
+        send, recv = _SEND.__get__(sock), _RECV.__get__(sock)
+        get_events: Any = sock.getsockopt
+        noblock, limit, big, pack, magic = _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM, _pack_header, _MAGIC
+        lock, pair, mask, zmq_error = self._lock, self._pair, _CHECK_EVERY - 1, zmq.ZMQError
+        sent = [0]
 
         def try_send(data: Any, sid: int = 0) -> bool:
             n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
             if n > limit:
                 return False
-            frame = header(sid, n) + data if n < big else b"".join((header(sid, n), data))
             with lock:
-                if self._sock is None or (pair and (self._eof or self._peer_gone())):
+                if self._state:
                     return False
                 try:
-                    send(frame, noblock, copy=n < big)
-                except zmq.ZMQError:
+                    if n < big:
+                        send(pack(magic, sid, 0, n) + data, noblock)
+                    else:  # one copy to put the header in front, none into ZeroMQ
+                        send(b"".join((pack(magic, sid, 0, n), data)), noblock, False)
+                except zmq_error:
                     return False
-                self._after()
+                if pair:
+                    sent[0] = k = sent[0] + 1
+                    if not k & mask:
+                        self._drain_monitor()
+                if self._track:
+                    self._refresh()
             return True
 
-        hot = [False]  # the last try found a message: try the next one directly, else ask ZMQ_EVENTS first
+        # The last try found a message: try the next one directly (a failed receive costs a pyzmq
+        # exception, several times a ZMQ_EVENTS read); else ask ZMQ_EVENTS first, unless the general
+        # path's last receive had to wait (a ping-pong): then it reads ZMQ_EVENTS itself, so do not.
+        hot = [False]
 
         def try_recv() -> bytes | None:
             with lock:
-                if self._sock is None or self._eof:
+                if self._state == _ENDED:
                     return None
-                if hot[0]:
-                    try:
-                        data = recv(noblock)
-                    except zmq.ZMQError:
-                        hot[0] = False
+                if not hot[0]:
+                    if self._cold or not get_events(_EV) & _IN:
                         return None
-                elif _events(sock) & _IN:
-                    data = recv(noblock)
                     hot[0] = True
-                else:
+                frame = self._big_rx
+                try:
+                    data = recv(noblock, not frame)
+                except zmq_error:
+                    hot[0] = False
                     return None
-                self._after()
-                if not data and pair:
-                    self._eof = True  # the peer's close: answer it and let the general path say so
-                    self._answer_bye(sock)
+                if self._track:
+                    self._refresh()
+                if not len(data) and pair:
+                    self._end(sock)  # the peer's close: let the general path say so
                     return None
-            return unframe(data).payload.tobytes()
+            return self._payload(data)
 
         return (try_send if self._can_send else None), (try_recv if self._can_recv else None)
+
+    def _payload(self, data: Any) -> bytes:
+        """The payload of one received message (bytes, or a ZeroMQ frame) as bytes; ProtocolError for a
+        malformed one.  Switches the next receive to a frame (or back) by this message's size."""
+        if data.__class__ is bytes:
+            n = len(data)
+            if n >= _ZERO_COPY_FROM:
+                self._big_rx = True
+            if n >= HEADER_SIZE:
+                m, _sid, flags, length = _unpack_header(data)
+                if m == _MAGIC and not flags and length == n - HEADER_SIZE:
+                    return data[HEADER_SIZE:]
+            return unframe(data).payload.tobytes()  # raises the ProtocolError that says what is wrong
+        buf = data.buffer
+        if len(buf) < _ZERO_COPY_FROM:
+            self._big_rx = False
+        return unframe(buf).payload.tobytes()
 
     def _send_limit(self) -> int:
         return int(self._endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
@@ -622,37 +692,45 @@ class ZmqTransport(Transport):
         dropped); a frame without ipcraft's header is a ProtocolError, and the port stays usable."""
         return unframe(self._recv_raw(deadline), self.last_meta)
 
-    def _recv_raw(self, deadline: float | None) -> bytes:
+    def _recv_raw(self, deadline: float | None) -> bytes | memoryview:
+        """The next message whole: bytes, or (after a large one) the buffer of a ZeroMQ frame."""
         if not self._can_recv:
             raise self._unsupported("receive")
+        napped = False
         while True:
             with self._lock:
                 sock = self._live()
                 if self._eof:
                     raise ChannelClosed(f"the peer closed {self._endpoint}")
                 if _events(sock) & _IN:  # the receive below cannot fail for want of a message
+                    data: bytes | memoryview
                     try:
                         if self._topic is not None:
                             topic, data = sock.recv_multipart(zmq.NOBLOCK)[-2:]
                             self.last_meta = {"topic": topic}
+                        elif self._big_rx:
+                            data = sock.recv(_NOBLOCK, copy=False).buffer
+                            self._big_rx = len(data) >= _ZERO_COPY_FROM
                         else:
                             data = sock.recv(_NOBLOCK)
+                            self._big_rx = len(data) >= _ZERO_COPY_FROM
                     except zmq.ZMQError as exc:
                         raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
                     finally:
                         self._after()
-                    if data == _BYE and self._pair:
-                        self._eof = True
-                        self._answer_bye(sock)
+                    if not len(data) and self._pair:
+                        self._end(sock)
                         raise ChannelClosed(f"the peer closed {self._endpoint}")
+                    self._cold = napped
                     return data
                 self._ready.update(False)  # nothing is ready: clear a stale signal before sleeping on it
                 if self._peer_gone() and self._pair:  # reads the monitor (every kind must drain it)
                     raise self._gone("receiving from")
                 if remaining(deadline) == 0:
                     raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the timeout")
-                self._waiters += 1
+                self._count_waiter(1)
             self._nap(deadline)
+            napped = True
 
     def _nap(self, deadline: float | None) -> None:
         """Sleep (the caller counted itself in _waiters) until something may have changed."""
@@ -660,7 +738,7 @@ class ZmqTransport(Transport):
             woke = self._sleep(self._inbox, deadline)
         finally:
             with self._lock:
-                self._waiters -= 1
+                self._count_waiter(-1)
         if any(fd == self._mon_fd for fd, _ in woke):
             self._next_check = 0.0  # the monitor has news: read it now
 
@@ -695,6 +773,7 @@ class ZmqTransport(Transport):
             return
         if os.getpid() != self._pid:
             self._sock = self._mon = None
+            self._state = _ENDED
             self._ready.close()
             return  # a forked child's copy: the parent's context and sockets are not ours to touch
         linger = _CLOSE_LINGER_MS if self._can_send else 0  # deliver what is queued, up to a second
@@ -702,6 +781,7 @@ class ZmqTransport(Transport):
             linger = 0  # the peer received everything
         with self._lock:
             sock, self._sock = self._sock, None
+            self._state = _ENDED
             if sock is None:
                 return
             mon, self._mon = self._mon, None
