@@ -153,11 +153,15 @@ def _echo_all(url: str) -> int:
 
 
 @pytest.mark.timeout(60)
-def test_one_channel_sends_in_one_thread_while_another_receives() -> None:
+@pytest.mark.parametrize("hwm", [1000, 2])
+def test_one_channel_sends_in_one_thread_while_another_receives(hwm: int) -> None:
     """ZeroMQ sockets are not thread-safe; a channel is: one thread sends 20,000 messages while another
-    receives their echoes from a child process, concurrently on the same channel, all in order."""
+    receives their echoes from a child process, concurrently on the same channel, all in order.  With
+    a high-water mark of 2 the sender waits for room every few messages while the receiving thread
+    consumes ZeroMQ's edge-triggered signals: a sender that slept on ZeroMQ's FD alone would miss the
+    room and sleep 100 ms each time (a quarter of an hour here)."""
     n = 20_000
-    with ipcraft.listen(LOCAL, **INSECURE) as listener:
+    with ipcraft.listen(LOCAL, hwm=hwm, **INSECURE) as listener:
         child = Child(_echo_all, _plain_url(listener.endpoint))
         with listener.accept(timeout=10) as ch:
             sender = threading.Thread(target=lambda: [ch.send_bytes(i.to_bytes(4, "little")) for i in range(n)])

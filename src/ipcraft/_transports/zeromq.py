@@ -275,7 +275,7 @@ def _context_for(security: _Security) -> _Context:
 # -- sockets -------------------------------------------------------------------------------------------
 
 #: Plain ints: pyzmq's constants are enums, whose operators cost more than the calls they guard.
-_EV, _IN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_EV, _IN, _OUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)
 #: The compiled send and recv under pyzmq's Python Socket class, whose send wrapper (routing ids,
 #: groups) costs as much as the call itself; the fast path binds these to its socket once.
 _SEND, _RECV = zmq.backend.Socket.send, zmq.backend.Socket.recv
@@ -364,16 +364,37 @@ def _endpoint_of(endpoint: Endpoint, bound: str) -> Endpoint:
     return Endpoint(endpoint.scheme, f"{host}:{port}", endpoint.options)
 
 
-class _Readiness:
+class _Flag:
+    """An eventfd kept readable exactly while a condition holds (``update``), for poll(2)."""
+
+    def __init__(self) -> None:
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._set = False
+
+    def update(self, ready: bool) -> None:
+        if ready and not self._set:
+            os.eventfd_write(self.efd, 1)
+            self._set = True
+        elif not ready and self._set:
+            try:
+                os.eventfd_read(self.efd)
+            except BlockingIOError:
+                pass
+            self._set = False
+
+    def close(self) -> None:
+        os.close(self.efd)
+
+
+class _Readiness(_Flag):
     """The epoll descriptor behind fileno() (see the module docstring): ZeroMQ's FD, the monitor's FD
     and an eventfd kept set while ZMQ_EVENTS says POLLIN."""
 
     def __init__(self, *socks: zmq.Socket[Any]) -> None:
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        super().__init__()
         self._ep = select.epoll()
-        self._set = False
         try:
-            self._ep.register(self._efd, select.EPOLLIN)
+            self._ep.register(self.efd, select.EPOLLIN)
             for s in socks:
                 self._ep.register(int(s.getsockopt(zmq.FD)), select.EPOLLIN)
         except BaseException:
@@ -383,24 +404,9 @@ class _Readiness:
     def fileno(self) -> int:
         return self._ep.fileno()
 
-    @property
-    def efd(self) -> int:
-        return self._efd
-
-    def update(self, ready: bool) -> None:
-        if ready and not self._set:
-            os.eventfd_write(self._efd, 1)
-            self._set = True
-        elif not ready and self._set:
-            try:
-                os.eventfd_read(self._efd)
-            except BlockingIOError:
-                pass
-            self._set = False
-
     def close(self) -> None:
         self._ep.close()
-        os.close(self._efd)
+        super().close()
 
 
 class ZmqTransport(Transport):
@@ -445,13 +451,25 @@ class ZmqTransport(Transport):
         self._waiters = 0  # threads waiting for a message: whoever touches the socket keeps the eventfd exact
         self._exposed = False  # fileno() was handed out: the same
         self._track = False  # either of the two: every operation reads ZMQ_EVENTS afterwards
-        self._room = select.poll()  # a sender waits on ZeroMQ's FD and the monitor's, not the eventfd
+        self._senders = 0  # threads waiting for room to send: whoever touches the socket keeps _room exact
+        # A sender waits on ZeroMQ's FD, the monitor's and _room, an eventfd kept set while ZMQ_EVENTS
+        # says POLLOUT and a sender waits: another thread's receive may consume the FD's signal that
+        # room came (ZeroMQ's FD is edge-triggered), and a sender that slept on it alone would then
+        # sleep its whole slice, 100 ms per high-water mark of messages.
+        try:
+            self._room = _Flag()
+        except BaseException:
+            self._ready.close()
+            self._mon.close(0)
+            raise
+        self._outbox = select.poll()
+        self._outbox.register(self._room.efd, select.POLLIN)
         self._inbox = select.poll()  # a receiver on the same three as fileno(), told apart
         self._mon_fd = int(self._mon.getsockopt(zmq.FD))
         for fd in (self._ready.efd, int(sock.getsockopt(zmq.FD)), self._mon_fd):
             self._inbox.register(fd, select.POLLIN)
-        self._room.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
-        self._room.register(int(self._mon.getsockopt(zmq.FD)), select.POLLIN)
+        self._outbox.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
+        self._outbox.register(int(self._mon.getsockopt(zmq.FD)), select.POLLIN)
         self._next_check = 0.0
 
     # -- facts ------------------------------------------------------------------------------------------
@@ -507,7 +525,11 @@ class ZmqTransport(Transport):
 
     def _count_waiter(self, n: int) -> None:
         self._waiters += n
-        self._track = self._exposed or self._waiters > 0
+        self._track = self._exposed or self._waiters > 0 or self._senders > 0
+
+    def _count_sender(self, n: int) -> None:
+        self._senders += n
+        self._track = self._exposed or self._waiters > 0 or self._senders > 0
 
     def _refresh(self) -> None:
         """After an operation (lock held): the eventfd says whether a message is ready, for select()
@@ -515,7 +537,10 @@ class ZmqTransport(Transport):
         signal while a message stays queued)."""
         sock = self._sock
         if sock is not None:
-            self._ready.update(bool(_events(sock) & _IN) or self._eof)
+            ev = _events(sock)
+            self._ready.update(bool(ev & _IN) or self._eof)
+            if self._senders:
+                self._room.update(bool(ev & _OUT))
 
     def _after(self) -> None:
         if self._track:
@@ -679,13 +704,20 @@ class ZmqTransport(Transport):
                 except zmq.ZMQError as exc:
                     raise os_error(exc.errno or errno.EIO, f"sending to {self._endpoint}") from exc
                 self._drain_monitor()
-                self._after()
                 if self._ended(zmq.POLLOUT):
                     raise self._gone("sending to")
                 if remaining(deadline) == 0:
                     raise Timeout(f"sending to {self._endpoint}: no room (the peer's high-water mark, or no "
                                   "peer connected) before the timeout; nothing was sent")
-            self._sleep(self._room, deadline)
+                self._count_sender(1)
+                self._refresh()  # _room now says whether room came since the send failed
+            try:
+                woke = self._sleep(self._outbox, deadline)
+            finally:
+                with self._lock:
+                    self._count_sender(-1)
+            if any(fd == self._mon_fd for fd, _ in woke):
+                self._next_check = 0.0  # the monitor has news: read it now
 
     def recv_message(self, deadline: float | None) -> Message:
         """Receive one message (ChannelClosed at a pair's end of stream, PeerVanished when the peer
@@ -775,6 +807,7 @@ class ZmqTransport(Transport):
             self._sock = self._mon = None
             self._state = _ENDED
             self._ready.close()
+            self._room.close()
             return  # a forked child's copy: the parent's context and sockets are not ours to touch
         linger = _CLOSE_LINGER_MS if self._can_send else 0  # deliver what is queued, up to a second
         if self._pair and not self._eof and not self._vanished and self._goodbye():
@@ -786,6 +819,7 @@ class ZmqTransport(Transport):
                 return
             mon, self._mon = self._mon, None
             self._ready.close()
+            self._room.close()
             try:
                 sock.disable_monitor()
             except zmq.ZMQError:
