@@ -711,13 +711,7 @@ class ZmqTransport(Transport):
                                   "peer connected) before the timeout; nothing was sent")
                 self._count_sender(1)
                 self._refresh()  # _room now says whether room came since the send failed
-            try:
-                woke = self._sleep(self._outbox, deadline)
-            finally:
-                with self._lock:
-                    self._count_sender(-1)
-            if any(fd == self._mon_fd for fd, _ in woke):
-                self._next_check = 0.0  # the monitor has news: read it now
+            self._nap(deadline, sending=True)
 
     def recv_message(self, deadline: float | None) -> Message:
         """Receive one message (ChannelClosed at a pair's end of stream, PeerVanished when the peer
@@ -764,13 +758,15 @@ class ZmqTransport(Transport):
             self._nap(deadline)
             napped = True
 
-    def _nap(self, deadline: float | None) -> None:
-        """Sleep (the caller counted itself in _waiters) until something may have changed."""
+    def _nap(self, deadline: float | None, sending: bool = False) -> None:
+        """Sleep (the caller counted itself in _waiters, or in _senders when ``sending``) until
+        something may have changed."""
+        poller, count = (self._outbox, self._count_sender) if sending else (self._inbox, self._count_waiter)
         try:
-            woke = self._sleep(self._inbox, deadline)
+            woke = self._sleep(poller, deadline)
         finally:
             with self._lock:
-                self._count_waiter(-1)
+                count(-1)
         if any(fd == self._mon_fd for fd, _ in woke):
             self._next_check = 0.0  # the monitor has news: read it now
 
