@@ -759,6 +759,37 @@ def test_relay_a_local_queue_to_the_network_and_a_broadcast_into_a_local_ring() 
             assert not relay.is_alive() and result[1][1] == 0
 
 
+@pytest.mark.timeout(60)
+def test_relay_batches_keep_order_across_serializers_and_sizes() -> None:
+    """ring:// (msgpack) -> relay -> zmq PUSH (json): bytes, objects and messages over the zero-copy
+    size, interleaved, arrive in order; each object re-encoded in json, the bytes untouched, though
+    the relay takes them out of the ring in batches of one serializer each."""
+    name = ipcraft.testing.unique_name("zb")
+    sent: list[Any] = []
+    with ipcraft.queue(f"ring://{name}", create=True, capacity=1 << 22) as ring, \
+            ipcraft.queue(LOCAL, create=True, role="push", serializer="json", **INSECURE) as push, \
+            ipcraft.queue(_plain_url(push.endpoint), role="pull", serializer="json", **INSECURE) as pull:
+        for i in range(900):
+            if i % 3 == 0:
+                sent.append(b"%d" % i * (70_000 if i % 63 == 0 else 1))
+                ring.send_bytes(sent[-1])
+            else:
+                sent.append({"i": i, "s": "x" * (70_000 if i % 101 == 1 else i % 5)})
+                ring.send(sent[-1])
+        ring.send_many([7, 8, 9])
+        sent += [7, 8, 9]
+        stop = threading.Event()
+        result: list[Any] = []
+        relay = threading.Thread(target=lambda: result.append(ipcraft.relay(ring, push, stop=stop)))
+        relay.start()
+        try:
+            assert [pull.recv(timeout=10) for _ in sent] == sent
+        finally:
+            stop.set()
+            relay.join(10)
+        assert result == [(len(sent), 0)]
+
+
 def test_relay_refuses_directions_that_cannot_exist() -> None:
     """Two publishers have no direction: ValueError before any thread starts."""
     with ipcraft.publish(LOCAL, **INSECURE) as p1, ipcraft.publish(LOCAL, **INSECURE) as p2:
