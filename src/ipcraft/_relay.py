@@ -28,16 +28,19 @@ Decisions:
 from __future__ import annotations
 
 import threading
+from time import monotonic
 from typing import Any
 
 from ._channel import Channel
 from ._pubsub import Publisher, Subscriber
+from ._wait import deadline_after
 from .errors import ChannelClosed, Timeout
 
 __all__ = ("relay",)
 
 _TICK = 0.1  # how often a direction checks whether the other one has ended
 _BATCH = 256  # the most messages a direction moves per turn
+_STREAMING = 20e-6  # a message that came within this many seconds: a stream, worth waiting for the next
 
 
 def relay(a: Any, b: Any, *, one_way: bool = False, stop: threading.Event | None = None) -> tuple[int, int]:
@@ -95,9 +98,15 @@ def _take(src: Any, timeout: float) -> list[tuple[int, Any]]:
         with src._receiving:
             return [src._next(timeout)]
     with src._receiving:
+        t0 = monotonic()
         sid, view = src._recv_frame(timeout, {})
         pop = src._fast_recv_many
-        if pop is None or src._eof:
+        # A ring's try_recv_many spins (up to 100 us) when the ring is empty, which makes the batches
+        # of a stream; but a relay on a small machine would take that CPU from the processes around
+        # it in each round trip of a request and its answer.  So it spins only when the first
+        # message came without a wait (a stream), and otherwise takes only what is pending.
+        streaming = monotonic() - t0 < _STREAMING
+        if pop is None or src._eof or not (streaming or src._port.wait_readable(deadline_after(0))):
             return [(sid, view)]
         if view.__class__ is memoryview and view.obj.__class__ is not bytes:
             view = view.tobytes()  # it may lie in the ring, where pop below takes the next ones

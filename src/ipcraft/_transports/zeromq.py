@@ -432,6 +432,7 @@ class ZmqTransport(Transport):
         self._state = _OPEN  # _OPEN, _VANISHED or _ENDED: what the fast path reads instead of the above
         self._big_rx = False  # the last message received was large: take the next as a ZeroMQ frame
         self._cold = False  # the last receive had to wait: the fast path leaves the next to the general one
+        self._sent = 0  # messages sent by the fast paths: a pair's monitor is read every _CHECK_EVERY
         self._ipc_file: tuple[str, int] | None = None
         self.last_meta: dict[str, Any] = {}
         self.authenticated = sock.mechanism == zmq.CURVE
@@ -537,10 +538,21 @@ class ZmqTransport(Transport):
         signal while a message stays queued)."""
         sock = self._sock
         if sock is not None:
-            ev = _events(sock)
-            self._ready.update(bool(ev & _IN) or self._eof)
-            if self._senders:
-                self._room.update(bool(ev & _OUT))
+            self._flag(_events(sock))
+
+    def _flag(self, ev: int) -> None:
+        """Set the eventfds from ZMQ_EVENTS just read (lock held)."""
+        self._ready.update(bool(ev & _IN) or self._eof)
+        if self._senders:
+            self._room.update(bool(ev & _OUT))
+
+    def _events(self, sock: zmq.Socket[Any]) -> int:
+        """ZMQ_EVENTS (lock held).  Reading it may consume the signal of ZeroMQ's FD that another
+        thread sleeps on, so while one does, the eventfds it also sleeps on are set from it."""
+        ev = _events(sock)
+        if self._track:
+            self._flag(ev)
+        return ev
 
     def _after(self) -> None:
         if self._track:
@@ -559,7 +571,7 @@ class ZmqTransport(Transport):
         while True:
             with self._lock:
                 sock = self._live()
-                ready = self._eof or bool(_events(sock) & _IN)
+                ready = self._eof or bool(self._events(sock) & _IN)
                 self._ready.update(ready)
                 if ready or (self._peer_gone() and self._pair):
                     return True
@@ -582,10 +594,9 @@ class ZmqTransport(Transport):
             return None, None
         sock = self._live()
         send, recv = _SEND.__get__(sock), _RECV.__get__(sock)
-        get_events: Any = sock.getsockopt
+        events = self._events
         noblock, limit, big, pack, magic = _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM, _pack_header, _MAGIC
         lock, pair, mask, zmq_error = self._lock, self._pair, _CHECK_EVERY - 1, zmq.ZMQError
-        sent = [0]
 
         def try_send(data: Any, sid: int = 0) -> bool:
             n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
@@ -602,7 +613,7 @@ class ZmqTransport(Transport):
                 except zmq_error:
                     return False
                 if pair:
-                    sent[0] = k = sent[0] + 1
+                    self._sent = k = self._sent + 1
                     if not k & mask:
                         self._drain_monitor()
                 if self._track:
@@ -619,7 +630,7 @@ class ZmqTransport(Transport):
                 if self._state == _ENDED:
                     return None
                 if not hot[0]:
-                    if self._cold or not get_events(_EV) & _IN:
+                    if self._cold or not events(sock) & _IN:
                         return None
                     hot[0] = True
                 frame = self._big_rx
@@ -645,7 +656,7 @@ class ZmqTransport(Transport):
             return None, None
         send = _SEND.__get__(self._live())
         noblock, limit, big, pack, magic = _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM, _pack_header, _MAGIC
-        lock, pair, zmq_error = self._lock, self._pair, zmq.ZMQError
+        lock, pair, mask, zmq_error = self._lock, self._pair, _CHECK_EVERY - 1, zmq.ZMQError
 
         def try_send_many(payloads: Any, sid: int = 0) -> int:
             sent = 0
@@ -665,7 +676,10 @@ class ZmqTransport(Transport):
                         break
                     sent += 1
                 if pair and sent:
-                    self._drain_monitor()
+                    k = self._sent
+                    self._sent = k + sent
+                    if (k & ~mask) != (self._sent & ~mask):  # passed a multiple of _CHECK_EVERY
+                        self._drain_monitor()
                 if self._track:
                     self._refresh()
             return sent
@@ -763,7 +777,7 @@ class ZmqTransport(Transport):
                 sock = self._live()
                 if self._eof:
                     raise ChannelClosed(f"the peer closed {self._endpoint}")
-                if _events(sock) & _IN:  # the receive below cannot fail for want of a message
+                if self._events(sock) & _IN:  # the receive below cannot fail for want of a message
                     data: bytes | memoryview
                     try:
                         if self._topic is not None:
