@@ -8,6 +8,7 @@ their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import shutil
@@ -169,6 +170,42 @@ def test_one_channel_sends_in_one_thread_while_another_receives(hwm: int) -> Non
             got = [int.from_bytes(ch.recv_bytes(timeout=20), "little") for _ in range(n)]
             sender.join(20)
         assert got == list(range(n))
+        assert child.result(30) == n
+
+
+def _count_all(url: str) -> int:
+    n = 0
+    with ipcraft.connect(url, timeout=10, **INSECURE) as ch:
+        for _ in ch:
+            n += 1
+    return n
+
+
+@pytest.mark.timeout(60)
+def test_a_sender_waiting_for_room_wakes_while_another_thread_waits_for_nothing() -> None:
+    """One thread waits to receive (nothing comes: the peer only drains) while another sends 20,000
+    messages through a high-water mark of 2, as in a relay's two directions: the receiver's reads of
+    ZMQ_EVENTS consume the signals of ZeroMQ's FD, and a sender that was not told would sleep 100 ms
+    at every full queue (minutes here)."""
+    n = 20_000
+    with ipcraft.listen(LOCAL, hwm=2, **INSECURE) as listener:
+        child = Child(_count_all, _plain_url(listener.endpoint))
+        with listener.accept(timeout=10) as ch:
+            stop = threading.Event()
+
+            def idle_receiver() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(Timeout):
+                        ch.recv_bytes(timeout=0.2)
+
+            receiver = threading.Thread(target=idle_receiver)
+            receiver.start()
+            try:
+                for i in range(n):
+                    ch.send_bytes(i.to_bytes(4, "little"))
+            finally:
+                stop.set()
+                receiver.join(10)
         assert child.result(30) == n
 
 
