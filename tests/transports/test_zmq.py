@@ -379,6 +379,56 @@ def test_aio_receive_wakes_when_a_message_arrives_and_send_waits_for_a_peer() ->
     asyncio.run(main())
 
 
+def _slow_listener(url: str, ready: int, delay: float) -> Any:
+    with ipcraft.listen(url, handshake_timeout=1, **INSECURE) as listener:
+        os.write(ready, b"1")
+        os.close(ready)
+        time.sleep(delay)  # a client's question waits in the ROUTER until accept() answers it
+        with listener.accept(timeout=20) as ch:
+            msg = ch.recv(timeout=10)
+            ch.send(msg)
+            return msg
+
+
+@pytest.mark.timeout(60)
+def test_aio_connect_runs_as_steps_on_the_loop_and_can_be_cancelled(tmp_ipc_dir: str) -> None:
+    """ipcraft.aio.connect to a listener that answers late: the loop keeps running meanwhile (no
+    thread, no blocking call), a connect cancelled by wait_for releases its sockets, and the next one
+    completes and carries messages."""
+    url = f"zmq+ipc://{tmp_ipc_dir}/slow.zmq"
+    r, w = os.pipe()
+    child = Child(_slow_listener, url, w, 0.5)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+
+    async def main() -> int:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ipcraft.aio.connect(url, timeout=10, **INSECURE), 0.1)
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.get_running_loop().create_task(ticker())
+        try:
+            async with await ipcraft.aio.connect(url, timeout=10, **INSECURE) as ch:
+                await ch.send("hi")
+                assert await ch.recv(timeout=10) == "hi"
+        finally:
+            done = True
+            await t
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert ticks >= 10, "the loop did not run while connect() waited for the listener"
+    assert child.result(30) == "hi"
+
+
 # -- publish/subscribe ------------------------------------------------------------------------------------
 
 def _subscriber(url: str, topic: str, ready: int) -> list[Any]:

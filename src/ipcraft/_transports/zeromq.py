@@ -60,7 +60,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ from .._wait import deadline_after, remaining
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, InvalidEndpoint, PeerVanished, Timeout
 from . import framed, unframe
 from ._contract import Message, Transport
+from ._sockets import POLLIN, Steps, run
 
 #: What a client sends to a listener's ROUTER to ask for its own PAIR socket.
 HELLO = b"ipcraft-zmq/1"
@@ -855,7 +856,9 @@ class ZmqTransport(Transport):
             self._room.close()
             return  # a forked child's copy: the parent's context and sockets are not ours to touch
         linger = _CLOSE_LINGER_MS if self._can_send else 0  # deliver what is queued, up to a second
-        if self._pair and not self._eof and not self._vanished and self._goodbye():
+        # (no goodbye from a pair that never had a peer: a listener's for a client that went away
+        # would wait ``linger=`` seconds for an answer before accept() serves the next client)
+        if self._pair and self._had_peer and not self._eof and not self._vanished and self._goodbye():
             linger = 0  # the peer received everything
         with self._lock:
             sock, self._sock = self._sock, None
@@ -892,22 +895,27 @@ class ZmqTransport(Transport):
 
 def _await_handshake(t: ZmqTransport, deadline: float | None, what: str) -> None:
     """Wait for ZeroMQ's handshake on ``t``'s connection: AuthenticationError if the peer refused."""
+    run(_handshake_steps(t, deadline, what))
+
+
+def _handshake_steps(t: ZmqTransport, deadline: float | None, what: str) -> Steps[None]:
+    """:func:`_await_handshake` as resumable steps: the events the monitor has, then a wait on its FD
+    (edge-triggered, so it is waited on only after ZMQ_EVENTS said nothing is left)."""
     mon = t._mon
     assert mon is not None
     while True:
-        left = remaining(deadline)
-        if not mon.poll(None if left is None else max(1, int(left * 1000))):
+        while _events(mon) & _IN:
+            e = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
+            if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                t._peers += 1
+                t._had_peer = True
+                return
+            if e & _AUTH_FAILED:
+                raise AuthenticationError(f"{what}: the peer refused the CURVE handshake (wrong keys, or "
+                                          "this key is not among those it admits)")
+        if not (yield (t._mon_fd, POLLIN, deadline)) and not _events(mon) & _IN:
             raise Timeout(f"{what}: no ZeroMQ handshake before the timeout (nobody listening, or a "
                           "firewall)")
-        ev = recv_monitor_message(mon)
-        e = ev["event"]
-        if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            t._peers += 1
-            t._had_peer = True
-            return
-        if e & _AUTH_FAILED:
-            raise AuthenticationError(f"{what}: the peer refused the CURVE handshake (wrong keys, or this "
-                                      "key is not among those it admits)")
 
 
 def _handshake_deadline(endpoint: Endpoint, deadline: float | None) -> float | None:
@@ -1057,36 +1065,33 @@ class ZmqSubscriberPort:
 
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Ask the listener for a PAIR socket of our own, connect to it, and wait for the handshake."""
+    return run(connect_steps(endpoint, deadline))
+
+
+def connect_steps(endpoint: Endpoint, deadline: float | None) -> Steps[Transport]:
+    """:func:`connect` in the resumable-steps form the facade drives (see _transports._sockets): every
+    ZeroMQ call is non-blocking, and each wait is yielded (the monitor's FD for a handshake, the
+    DEALER's for the listener's answer), so ipcraft.aio connects without a thread or a blocked loop."""
     what = f"connecting to {endpoint}"
     hs = _handshake_deadline(endpoint, deadline)
     ctx = _context_for(_Security(endpoint, server=False)).acquire()  # one for the question and the pair
     try:
-        return _connect(endpoint, ctx, hs, what)
+        return (yield from _connect(endpoint, ctx, hs, what))
     finally:
         ctx.release()
 
 
-def connect_steps(endpoint: Endpoint, deadline: float | None) -> Generator[tuple[int, int, float | None], bool,
-                                                                            Transport]:
-    """:func:`connect` in the resumable-steps form the facade drives (see _transports._sockets).
-
-    ZeroMQ runs its handshake on its own I/O thread and offers no step to resume, so this runs the whole
-    connect at once: under ipcraft.aio it holds the loop for that exchange (a loopback round trip;
-    at most ``handshake_timeout``)."""
-    return connect(endpoint, deadline)
-    yield  # a generator with no step to wait on
-
-
-def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> Transport:
+def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> Steps[Transport]:
     ask = _open(zmq.DEALER, endpoint, False, ctx)
     try:
-        _await_handshake(ask, hs, what)
+        yield from _handshake_steps(ask, hs, what)
         sock = ask._live()
-        sock.send(HELLO)
-        left = remaining(hs)
-        if not sock.poll(None if left is None else max(1, int(left * 1000))):
-            raise Timeout(f"{what}: the listener did not answer before the timeout")
-        reply = sock.recv_multipart()
+        sock.send(HELLO, zmq.NOBLOCK)  # cannot block: the connection is up and its queue empty
+        fd = int(sock.getsockopt(zmq.FD))
+        while not _events(sock) & _IN:
+            if not (yield (fd, POLLIN, hs)) and not _events(sock) & _IN:
+                raise Timeout(f"{what}: the listener did not answer before the timeout")
+        reply = sock.recv_multipart(zmq.NOBLOCK)
     finally:
         ask.close()
     if len(reply) != 2 or reply[0] != b"ok":
@@ -1099,7 +1104,7 @@ def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> 
                           endpoint.options)
     t = _open(zmq.PAIR, target, False, ctx, pair=True, peer=Peer(address=endpoint.address))
     try:
-        _await_handshake(t, hs, what)
+        yield from _handshake_steps(t, hs, what)
     except BaseException:
         t.close()
         raise
