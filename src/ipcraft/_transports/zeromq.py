@@ -598,6 +598,7 @@ class ZmqTransport(Transport):
         events = self._events
         noblock, limit, big, pack, magic = _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM, _pack_header, _MAGIC
         lock, pair, mask, zmq_error = self._lock, self._pair, _CHECK_EVERY - 1, zmq.ZMQError
+        unpack = _unpack_header
 
         def try_send(data: Any, sid: int = 0) -> bool:
             n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
@@ -634,17 +635,21 @@ class ZmqTransport(Transport):
                     if self._cold or not events(sock) & _IN:
                         return None
                     hot[0] = True
-                frame = self._big_rx
                 try:
-                    data = recv(noblock, not frame)
+                    data = recv(noblock, not self._big_rx)
                 except zmq_error:
                     hot[0] = False
                     return None
                 if self._track:
                     self._refresh()
-                if not len(data) and pair:
+                n = len(data)
+                if not n and pair:
                     self._end(sock)  # the peer's close: let the general path say so
                     return None
+            if n < big and data.__class__ is bytes and n >= HEADER_SIZE:  # the common case, inline
+                m, _sid, flags, length = unpack(data)
+                if m == magic and not flags and length == n - HEADER_SIZE:
+                    return data[HEADER_SIZE:]
             return self._payload(data)
 
         return (try_send if self._can_send else None), (try_recv if self._can_recv else None)
