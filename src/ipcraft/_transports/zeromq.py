@@ -40,10 +40,13 @@ Decisions:
   ``fd_writable = False`` tells ipcraft.aio to retry sends on a timer.
 * **Threads.**  ZeroMQ sockets are not thread-safe and a channel may send in one thread while it
   receives in another, so every socket call holds a per-socket lock and every wait happens outside
-  it (a sender on ZeroMQ's and the monitor's FDs, a receiver on the fileno() descriptor, in slices of
-  at most 100 ms).  A receive takes a message only when ZMQ_EVENTS says one is there (in pyzmq a
-  receive that finds nothing costs an exception, several times the price of the check), except on
-  the fast path right after a receive that found one (a stream of messages).
+  it (a sender on ZeroMQ's and the monitor's FDs and an eventfd kept set while there is room, a
+  receiver on the fileno() descriptor, in slices of at most 100 ms).  While a thread waits, every
+  operation and every ZMQ_EVENTS read of another thread sets both eventfds from ZMQ_EVENTS: reading
+  it consumes the FD's signal the waiter sleeps on.  A receive takes a message only when ZMQ_EVENTS
+  says one is there (in pyzmq a receive that finds nothing costs an exception, several times the
+  price of the check), except on the fast path right after a receive that found one (a stream of
+  messages) and right after ZeroMQ's FD alone woke a waiting receive (a message has most likely come).
 * **Fast path** (Channel's send_bytes/recv_bytes without a timeout): pyzmq's compiled send/recv,
   one state int, the monitor read every 32 sends; a message from 64 KiB on is received as a ZeroMQ
   frame (copy=False), so its payload is copied once, into the bytes returned or by the serializer.
