@@ -12,7 +12,7 @@ serializer that can run code (pickle) is decoded only when the transport authent
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar, cast
 
@@ -502,7 +502,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                                "to allow it)", n, self.max_message_size)
 
     def _decode(self, sid: int, view: memoryview) -> Any:
-        return decode_message(self.serializer, sid, view, lambda: bool(self._live().authenticated), repr(self))
+        return decode_message(self.serializer, sid, view, self)
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message (or the end of the stream) is ready; waits up to ``timeout`` seconds.
@@ -527,19 +527,20 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 return
 
 
-def decode_message(s: Serializer, sid: int, view: memoryview, authenticated: Callable[[], bool], who: str) -> Any:
-    """A received payload of serializer ``sid`` decoded by a handle that uses ``s`` (shared with
-    _pubsub): ``s``'s own frames are loaded, RAW ones returned as bytes, anything else refused."""
+def decode_message(s: Serializer, sid: int, view: memoryview, who: Any) -> Any:
+    """A received payload of serializer ``sid`` decoded by the handle ``who`` that uses ``s`` (shared
+    with _pubsub): ``s``'s own frames are loaded, RAW ones returned as bytes, anything else refused.
+    Nothing about ``who`` is looked at (its ``authenticated``, its repr) unless the message is refused."""
     if sid == s.id:
         return s.decode(view)
     if sid == 0:
         return view.tobytes()
     other = by_id(sid)
     name = other.name if other is not None else f"unknown id {sid}"
-    if other is not None and other.trusted_only and not authenticated():
+    if other is not None and other.trusted_only and not who._live().authenticated:
         raise AuthenticationError(f"the peer sent a {name} message on an unauthenticated channel; it "
                                   "was discarded without being decoded")
-    raise ProtocolError(f"the peer sent a {name} message but {who} uses {s.name}; the message "
+    raise ProtocolError(f"the peer sent a {name} message but {who!r} uses {s.name}; the message "
                         "was discarded (use the same serializer= on both sides)")
 
 

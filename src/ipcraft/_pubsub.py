@@ -320,7 +320,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
             return self._decode(sid, view)  # type: ignore[no-any-return]
 
     def _decode(self, sid: int, view: memoryview) -> Any:
-        return decode_message(self.serializer, sid, view, lambda: bool(self._live().authenticated), repr(self))
+        return decode_message(self.serializer, sid, view, self)
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message (or a loss to report, or the end of the stream) is ready; waits up to

@@ -8,6 +8,7 @@ their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import shutil
@@ -153,11 +154,15 @@ def _echo_all(url: str) -> int:
 
 
 @pytest.mark.timeout(60)
-def test_one_channel_sends_in_one_thread_while_another_receives() -> None:
+@pytest.mark.parametrize("hwm", [1000, 2])
+def test_one_channel_sends_in_one_thread_while_another_receives(hwm: int) -> None:
     """ZeroMQ sockets are not thread-safe; a channel is: one thread sends 20,000 messages while another
-    receives their echoes from a child process, concurrently on the same channel, all in order."""
+    receives their echoes from a child process, concurrently on the same channel, all in order.  With
+    a high-water mark of 2 the sender waits for room every few messages while the receiving thread
+    consumes ZeroMQ's edge-triggered signals: a sender that slept on ZeroMQ's FD alone would miss the
+    room and sleep 100 ms each time (a quarter of an hour here)."""
     n = 20_000
-    with ipcraft.listen(LOCAL, **INSECURE) as listener:
+    with ipcraft.listen(LOCAL, hwm=hwm, **INSECURE) as listener:
         child = Child(_echo_all, _plain_url(listener.endpoint))
         with listener.accept(timeout=10) as ch:
             sender = threading.Thread(target=lambda: [ch.send_bytes(i.to_bytes(4, "little")) for i in range(n)])
@@ -166,6 +171,87 @@ def test_one_channel_sends_in_one_thread_while_another_receives() -> None:
             sender.join(20)
         assert got == list(range(n))
         assert child.result(30) == n
+
+
+def _count_all(url: str) -> int:
+    n = 0
+    with ipcraft.connect(url, timeout=10, **INSECURE) as ch:
+        for _ in ch:
+            n += 1
+    return n
+
+
+@pytest.mark.timeout(60)
+def test_a_sender_waiting_for_room_wakes_while_another_thread_waits_for_nothing() -> None:
+    """One thread waits to receive (nothing comes: the peer only drains) while another sends 20,000
+    messages through a high-water mark of 2, as in a relay's two directions: the receiver's reads of
+    ZMQ_EVENTS consume the signals of ZeroMQ's FD, and a sender that was not told would sleep 100 ms
+    at every full queue (minutes here)."""
+    n = 20_000
+    with ipcraft.listen(LOCAL, hwm=2, **INSECURE) as listener:
+        child = Child(_count_all, _plain_url(listener.endpoint))
+        with listener.accept(timeout=10) as ch:
+            stop = threading.Event()
+
+            def idle_receiver() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(Timeout):
+                        ch.recv_bytes(timeout=0.2)
+
+            receiver = threading.Thread(target=idle_receiver)
+            receiver.start()
+            try:
+                for i in range(n):
+                    ch.send_bytes(i.to_bytes(4, "little"))
+            finally:
+                stop.set()
+                receiver.join(10)
+        assert child.result(30) == n
+
+
+def _local_pair() -> tuple[Any, Any]:
+    """A connected zmq+tcp:// pair, both ends in this process (linger=0.2: close() waits that long for
+    the peer's answer)."""
+    with ipcraft.listen(LOCAL, linger=0.2, **INSECURE) as listener:
+        box: list[Any] = []
+        t = threading.Thread(target=lambda: box.append(listener.accept(timeout=10)))
+        t.start()
+        try:
+            a = ipcraft.connect(_plain_url(listener.endpoint), timeout=10, linger=0.2, **INSECURE)
+        finally:
+            t.join()
+    return a, box[0]
+
+
+@pytest.mark.timeout(60)
+def test_small_and_large_messages_through_both_receive_paths_and_malformed_frames() -> None:
+    """Messages under and over the zero-copy size (a large one is received as a ZeroMQ frame, the
+    next small one as bytes again) arrive intact through recv_bytes without a timeout (the fast path)
+    and with one (the general path); a malformed frame of either size, written on the raw socket, is
+    a ProtocolError and the channel goes on."""
+    from ipcraft.errors import ProtocolError
+
+    a, b = _local_pair()
+    with a, b:
+        raw = a.extra("zmq_socket")
+        sizes = [0, 64, 65535, 65536, 1 << 20, 64, 1 << 20, 200_000, 10, 70_000]
+        for fast in (True, False):
+            for i, n in enumerate(sizes):
+                msg = bytes([i + 1]) * n
+                a.send_bytes(msg)
+                got = b.recv_bytes() if fast else b.recv_bytes(timeout=10)
+                assert got == msg
+            a.send({"obj": b"x" * 100_000})  # a serializer's frame, decoded from the frame's buffer
+            assert b.recv(timeout=10) == {"obj": b"x" * 100_000}
+        for bad in (b"\x00" * 100_000, b"\x00" * 20, b"\xa1\x00\x00\x00\x09\x00\x00\x00short"):
+            for fast in (True, False):
+                a.send_bytes(b"y" * 100_000)  # the next receive takes a frame
+                assert (b.recv_bytes() if fast else b.recv_bytes(timeout=10)) == b"y" * 100_000
+                raw.send(bad)
+                with pytest.raises(ProtocolError):
+                    b.recv_bytes() if fast else b.recv_bytes(timeout=10)
+                a.send_bytes(b"after")
+                assert (b.recv_bytes() if fast else b.recv_bytes(timeout=10)) == b"after"
 
 
 # -- work queue ------------------------------------------------------------------------------------------
@@ -234,21 +320,10 @@ def test_non_forking_conformance_checks_over_a_queue_and_a_pair() -> None:
         push = ipcraft.queue(_plain_url(pull.endpoint), **INSECURE)
         return push, pull
 
-    def make_pair() -> tuple[Any, Any]:  # linger: here the reader reads only after the sender's close()
-        listener = ipcraft.listen(LOCAL, linger=0.2, **INSECURE)
-        box: list[Any] = []
-        t = threading.Thread(target=lambda: box.append(listener.accept(timeout=10)))
-        t.start()
-        try:
-            a = ipcraft.connect(_plain_url(listener.endpoint), timeout=10, linger=0.2, **INSECURE)
-        finally:
-            t.join()
-            listener.close()
-        return a, box[0]
-
     check_channel(make_queue, eof=False, duplex=False,
                   checks=["objects", "bytes_api", "timeouts", "own_close", "queue_has_no_end", "busy"])
-    check_channel(make_pair, checks=["objects", "bytes_api", "timeouts", "own_close", "peer_close", "busy"])
+    # _local_pair's linger: here the reader reads only after the sender's close()
+    check_channel(_local_pair, checks=["objects", "bytes_api", "timeouts", "own_close", "peer_close", "busy"])
 
 
 # -- readiness: fileno() with ZeroMQ's edge-triggered FD, poll(), asyncio ----------------------------------
@@ -302,6 +377,56 @@ def test_aio_receive_wakes_when_a_message_arrives_and_send_waits_for_a_peer() ->
             assert time.monotonic() - t0 < 2
 
     asyncio.run(main())
+
+
+def _slow_listener(url: str, ready: int, delay: float) -> Any:
+    with ipcraft.listen(url, handshake_timeout=1, **INSECURE) as listener:
+        os.write(ready, b"1")
+        os.close(ready)
+        time.sleep(delay)  # a client's question waits in the ROUTER until accept() answers it
+        with listener.accept(timeout=20) as ch:
+            msg = ch.recv(timeout=10)
+            ch.send(msg)
+            return msg
+
+
+@pytest.mark.timeout(60)
+def test_aio_connect_runs_as_steps_on_the_loop_and_can_be_cancelled(tmp_ipc_dir: str) -> None:
+    """ipcraft.aio.connect to a listener that answers late: the loop keeps running meanwhile (no
+    thread, no blocking call), a connect cancelled by wait_for releases its sockets, and the next one
+    completes and carries messages."""
+    url = f"zmq+ipc://{tmp_ipc_dir}/slow.zmq"
+    r, w = os.pipe()
+    child = Child(_slow_listener, url, w, 0.5)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+
+    async def main() -> int:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ipcraft.aio.connect(url, timeout=10, **INSECURE), 0.1)
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.get_running_loop().create_task(ticker())
+        try:
+            async with await ipcraft.aio.connect(url, timeout=10, **INSECURE) as ch:
+                await ch.send("hi")
+                assert await ch.recv(timeout=10) == "hi"
+        finally:
+            done = True
+            await t
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert ticks >= 10, "the loop did not run while connect() waited for the listener"
+    assert child.result(30) == "hi"
 
 
 # -- publish/subscribe ------------------------------------------------------------------------------------
@@ -719,6 +844,37 @@ def test_relay_a_local_queue_to_the_network_and_a_broadcast_into_a_local_ring() 
             stop.set()
             relay.join(10)
             assert not relay.is_alive() and result[1][1] == 0
+
+
+@pytest.mark.timeout(60)
+def test_relay_batches_keep_order_across_serializers_and_sizes() -> None:
+    """ring:// (msgpack) -> relay -> zmq PUSH (json): bytes, objects and messages over the zero-copy
+    size, interleaved, arrive in order; each object re-encoded in json, the bytes untouched, though
+    the relay takes them out of the ring in batches of one serializer each."""
+    name = ipcraft.testing.unique_name("zb")
+    sent: list[Any] = []
+    with ipcraft.queue(f"ring://{name}", create=True, capacity=1 << 22) as ring, \
+            ipcraft.queue(LOCAL, create=True, role="push", serializer="json", **INSECURE) as push, \
+            ipcraft.queue(_plain_url(push.endpoint), role="pull", serializer="json", **INSECURE) as pull:
+        for i in range(900):
+            if i % 3 == 0:
+                sent.append(b"%d" % i * (70_000 if i % 63 == 0 else 1))
+                ring.send_bytes(sent[-1])
+            else:
+                sent.append({"i": i, "s": "x" * (70_000 if i % 101 == 1 else i % 5)})
+                ring.send(sent[-1])
+        ring.send_many([7, 8, 9])
+        sent += [7, 8, 9]
+        stop = threading.Event()
+        result: list[Any] = []
+        relay = threading.Thread(target=lambda: result.append(ipcraft.relay(ring, push, stop=stop)))
+        relay.start()
+        try:
+            assert [pull.recv(timeout=10) for _ in sent] == sent
+        finally:
+            stop.set()
+            relay.join(10)
+        assert result == [(len(sent), 0)]
 
 
 def test_relay_refuses_directions_that_cannot_exist() -> None:

@@ -40,9 +40,16 @@ Decisions:
   ``fd_writable = False`` tells ipcraft.aio to retry sends on a timer.
 * **Threads.**  ZeroMQ sockets are not thread-safe and a channel may send in one thread while it
   receives in another, so every socket call holds a per-socket lock and every wait happens outside
-  it (a sender on ZeroMQ's and the monitor's FDs, a receiver on the fileno() descriptor, in slices of
-  at most 100 ms).  A receive takes a message only when ZMQ_EVENTS says one is there: in pyzmq a
-  receive that finds nothing costs an exception, several times the price of the check.
+  it (a sender on ZeroMQ's and the monitor's FDs and an eventfd kept set while there is room, a
+  receiver on the fileno() descriptor, in slices of at most 100 ms).  While a thread waits, every
+  operation and every ZMQ_EVENTS read of another thread sets both eventfds from ZMQ_EVENTS: reading
+  it consumes the FD's signal the waiter sleeps on.  A receive takes a message only when ZMQ_EVENTS
+  says one is there (in pyzmq a receive that finds nothing costs an exception, several times the
+  price of the check), except on the fast path right after a receive that found one (a stream of
+  messages) and right after ZeroMQ's FD alone woke a waiting receive (a message has most likely come).
+* **Fast path** (Channel's send_bytes/recv_bytes without a timeout): pyzmq's compiled send/recv,
+  one state int, the monitor read every 32 sends; a message from 64 KiB on is received as a ZeroMQ
+  frame (copy=False), so its payload is copied once, into the bytes returned or by the serializer.
 * **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
   is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
   ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
@@ -56,7 +63,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +78,14 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from .._endpoint import Endpoint
 from .._errors import os_error
-from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, header
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER, HEADER_SIZE, MAGIC
 from .._names import DEFAULT_MODE
 from .._peer import Peer
 from .._wait import deadline_after, remaining
 from ..errors import AuthenticationError, ChannelClosed, HandleClosed, InvalidEndpoint, PeerVanished, Timeout
 from . import framed, unframe
 from ._contract import Message, Transport
+from ._sockets import POLLIN, Steps, run
 
 #: What a client sends to a listener's ROUTER to ask for its own PAIR socket.
 HELLO = b"ipcraft-zmq/1"
@@ -271,7 +279,16 @@ def _context_for(security: _Security) -> _Context:
 # -- sockets -------------------------------------------------------------------------------------------
 
 #: Plain ints: pyzmq's constants are enums, whose operators cost more than the calls they guard.
-_EV, _IN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_EV, _IN, _OUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)
+#: The compiled send and recv under pyzmq's Python Socket class, whose send wrapper (routing ids,
+#: groups) costs as much as the call itself; the fast path binds these to its socket once.
+_SEND, _RECV = zmq.backend.Socket.send, zmq.backend.Socket.recv
+#: The state of a transport, one int the fast path reads: everything open; a pair's peer vanished
+#: (what arrived can still be received, nothing sent); the end of stream reached or the socket closed.
+_OPEN, _VANISHED, _ENDED = 0, 1, 2
+#: A pair's fast path reads the socket monitor (a dead peer) once every this many sends (a power of 2).
+_CHECK_EVERY = 32
+_pack_header, _unpack_header, _MAGIC = HEADER.pack, HEADER.unpack_from, MAGIC
 
 
 def _events(sock: zmq.Socket[Any]) -> int:
@@ -351,16 +368,37 @@ def _endpoint_of(endpoint: Endpoint, bound: str) -> Endpoint:
     return Endpoint(endpoint.scheme, f"{host}:{port}", endpoint.options)
 
 
-class _Readiness:
+class _Flag:
+    """An eventfd kept readable exactly while a condition holds (``update``), for poll(2)."""
+
+    def __init__(self) -> None:
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._set = False
+
+    def update(self, ready: bool) -> None:
+        if ready and not self._set:
+            os.eventfd_write(self.efd, 1)
+            self._set = True
+        elif not ready and self._set:
+            try:
+                os.eventfd_read(self.efd)
+            except BlockingIOError:
+                pass
+            self._set = False
+
+    def close(self) -> None:
+        os.close(self.efd)
+
+
+class _Readiness(_Flag):
     """The epoll descriptor behind fileno() (see the module docstring): ZeroMQ's FD, the monitor's FD
     and an eventfd kept set while ZMQ_EVENTS says POLLIN."""
 
     def __init__(self, *socks: zmq.Socket[Any]) -> None:
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        super().__init__()
         self._ep = select.epoll()
-        self._set = False
         try:
-            self._ep.register(self._efd, select.EPOLLIN)
+            self._ep.register(self.efd, select.EPOLLIN)
             for s in socks:
                 self._ep.register(int(s.getsockopt(zmq.FD)), select.EPOLLIN)
         except BaseException:
@@ -370,24 +408,9 @@ class _Readiness:
     def fileno(self) -> int:
         return self._ep.fileno()
 
-    @property
-    def efd(self) -> int:
-        return self._efd
-
-    def update(self, ready: bool) -> None:
-        if ready and not self._set:
-            os.eventfd_write(self._efd, 1)
-            self._set = True
-        elif not ready and self._set:
-            try:
-                os.eventfd_read(self._efd)
-            except BlockingIOError:
-                pass
-            self._set = False
-
     def close(self) -> None:
         self._ep.close()
-        os.close(self._efd)
+        super().close()
 
 
 class ZmqTransport(Transport):
@@ -410,6 +433,10 @@ class ZmqTransport(Transport):
         self._had_peer = connected
         self._vanished = False
         self._eof = False
+        self._state = _OPEN  # _OPEN, _VANISHED or _ENDED: what the fast path reads instead of the above
+        self._big_rx = False  # the last message received was large: take the next as a ZeroMQ frame
+        self._cold = False  # the last receive had to wait: the fast path leaves the next to the general one
+        self._sent = 0  # messages sent by the fast paths: a pair's monitor is read every _CHECK_EVERY
         self._ipc_file: tuple[str, int] | None = None
         self.last_meta: dict[str, Any] = {}
         self.authenticated = sock.mechanism == zmq.CURVE
@@ -428,13 +455,27 @@ class ZmqTransport(Transport):
         self._lock = threading.Lock()
         self._waiters = 0  # threads waiting for a message: whoever touches the socket keeps the eventfd exact
         self._exposed = False  # fileno() was handed out: the same
-        self._room = select.poll()  # a sender waits on ZeroMQ's FD and the monitor's, not the eventfd
+        self._track = False  # either of the two: every operation reads ZMQ_EVENTS afterwards
+        self._senders = 0  # threads waiting for room to send: whoever touches the socket keeps _room exact
+        # A sender waits on ZeroMQ's FD, the monitor's and _room, an eventfd kept set while ZMQ_EVENTS
+        # says POLLOUT and a sender waits: another thread's receive may consume the FD's signal that
+        # room came (ZeroMQ's FD is edge-triggered), and a sender that slept on it alone would then
+        # sleep its whole slice, 100 ms per high-water mark of messages.
+        try:
+            self._room = _Flag()
+        except BaseException:
+            self._ready.close()
+            self._mon.close(0)
+            raise
+        self._outbox = select.poll()
+        self._outbox.register(self._room.efd, select.POLLIN)
         self._inbox = select.poll()  # a receiver on the same three as fileno(), told apart
         self._mon_fd = int(self._mon.getsockopt(zmq.FD))
+        self._zmq_fd = int(sock.getsockopt(zmq.FD))
         for fd in (self._ready.efd, int(sock.getsockopt(zmq.FD)), self._mon_fd):
             self._inbox.register(fd, select.POLLIN)
-        self._room.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
-        self._room.register(int(self._mon.getsockopt(zmq.FD)), select.POLLIN)
+        self._outbox.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
+        self._outbox.register(int(self._mon.getsockopt(zmq.FD)), select.POLLIN)
         self._next_check = 0.0
 
     # -- facts ------------------------------------------------------------------------------------------
@@ -442,7 +483,7 @@ class ZmqTransport(Transport):
     def fileno(self) -> int:
         with self._lock:
             self._live()
-            self._exposed = True
+            self._exposed = self._track = True
             self._refresh()
             return self._ready.fileno()
 
@@ -473,6 +514,28 @@ class ZmqTransport(Transport):
                 self._peers = max(0, self._peers - 1)
                 if self._peers == 0:
                     self._vanished = True
+        self._update_state()
+
+    def _update_state(self) -> None:
+        """Fold the socket, the end of stream and a pair's vanished peer into ``_state``."""
+        if self._sock is None or self._eof:
+            self._state = _ENDED
+        else:
+            self._state = _VANISHED if self._pair and self._vanished else _OPEN
+
+    def _end(self, sock: zmq.Socket[Any]) -> None:
+        """The peer's end-of-stream frame arrived (lock held): answer it, and end the stream here."""
+        self._eof = True
+        self._state = _ENDED
+        self._answer_bye(sock)
+
+    def _count_waiter(self, n: int) -> None:
+        self._waiters += n
+        self._track = self._exposed or self._waiters > 0 or self._senders > 0
+
+    def _count_sender(self, n: int) -> None:
+        self._senders += n
+        self._track = self._exposed or self._waiters > 0 or self._senders > 0
 
     def _refresh(self) -> None:
         """After an operation (lock held): the eventfd says whether a message is ready, for select()
@@ -480,10 +543,24 @@ class ZmqTransport(Transport):
         signal while a message stays queued)."""
         sock = self._sock
         if sock is not None:
-            self._ready.update(bool(_events(sock) & _IN) or self._eof)
+            self._flag(_events(sock))
+
+    def _flag(self, ev: int) -> None:
+        """Set the eventfds from ZMQ_EVENTS just read (lock held)."""
+        self._ready.update(bool(ev & _IN) or self._eof)
+        if self._senders:
+            self._room.update(bool(ev & _OUT))
+
+    def _events(self, sock: zmq.Socket[Any]) -> int:
+        """ZMQ_EVENTS (lock held).  Reading it may consume the signal of ZeroMQ's FD that another
+        thread sleeps on, so while one does, the eventfds it also sleeps on are set from it."""
+        ev = _events(sock)
+        if self._track:
+            self._flag(ev)
+        return ev
 
     def _after(self) -> None:
-        if self._exposed or self._waiters:
+        if self._track:
             self._refresh()
 
     def _sleep(self, poller: Any, deadline: float | None) -> list[tuple[int, int]]:
@@ -499,65 +576,142 @@ class ZmqTransport(Transport):
         while True:
             with self._lock:
                 sock = self._live()
-                ready = self._eof or bool(_events(sock) & _IN)
+                ready = self._eof or bool(self._events(sock) & _IN)
                 self._ready.update(ready)
                 if ready or (self._peer_gone() and self._pair):
                     return True
                 if remaining(deadline) == 0:
                     return False
-                self._waiters += 1
+                self._count_waiter(1)
             self._nap(deadline)
 
     def fast_path(self) -> tuple[Any, Any]:
         """``(try_send, try_recv)`` for Channel's fast path: one ZeroMQ call each that never blocks and
         gives up (False / None, nothing sent or taken) when the socket would block, the peer is gone or
-        the stream ended, so that the general path waits and reports."""
+        the stream ended, so that the general path waits and reports.
+
+        They call pyzmq's compiled send and recv directly and read one state int (``_state``); a pair's
+        sends read the monitor (a vanished peer) once every _CHECK_EVERY sends, and ZMQ_EVENTS is read
+        only when the descriptor of fileno() must stay exact (``_track``) or when the last receive found
+        nothing.  A message from _ZERO_COPY_FROM bytes on is received as a ZeroMQ frame, so its payload
+        is copied once (into the bytes returned), not twice."""
         if self._topic is not None:
             return None, None
         sock = self._live()
-        send, recv, noblock, limit, big = sock.send, sock.recv, _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM
-        lock, pair = self._lock, self._pair
+        send, recv = _SEND.__get__(sock), _RECV.__get__(sock)
+        events = self._events
+        noblock, limit, big, pack, magic = _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM, _pack_header, _MAGIC
+        lock, pair, mask, zmq_error = self._lock, self._pair, _CHECK_EVERY - 1, zmq.ZMQError
+        unpack = _unpack_header
 
         def try_send(data: Any, sid: int = 0) -> bool:
             n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
             if n > limit:
                 return False
-            frame = header(sid, n) + data if n < big else b"".join((header(sid, n), data))
             with lock:
-                if self._sock is None or (pair and (self._eof or self._peer_gone())):
+                if self._state:
                     return False
                 try:
-                    send(frame, noblock, copy=n < big)
-                except zmq.ZMQError:
+                    if n < big:
+                        send(pack(magic, sid, 0, n) + data, noblock)
+                    else:  # one copy to put the header in front, none into ZeroMQ
+                        send(b"".join((pack(magic, sid, 0, n), data)), noblock, False)
+                except zmq_error:
                     return False
-                self._after()
+                if pair:
+                    self._sent = k = self._sent + 1
+                    if not k & mask:
+                        self._drain_monitor()
+                if self._track:
+                    self._refresh()
             return True
 
-        hot = [False]  # the last try found a message: try the next one directly, else ask ZMQ_EVENTS first
+        # The last try found a message: try the next one directly (a failed receive costs a pyzmq
+        # exception, several times a ZMQ_EVENTS read); else ask ZMQ_EVENTS first, unless the general
+        # path's last receive had to wait (a ping-pong): then it reads ZMQ_EVENTS itself, so do not.
+        hot = [False]
 
         def try_recv() -> bytes | None:
             with lock:
-                if self._sock is None or self._eof:
+                if self._state == _ENDED:
                     return None
-                if hot[0]:
-                    try:
-                        data = recv(noblock)
-                    except zmq.ZMQError:
-                        hot[0] = False
+                if not hot[0]:
+                    if self._cold or not events(sock) & _IN:
                         return None
-                elif _events(sock) & _IN:
-                    data = recv(noblock)
                     hot[0] = True
-                else:
+                try:
+                    data = recv(noblock, not self._big_rx)
+                except zmq_error:
+                    hot[0] = False
                     return None
-                self._after()
-                if not data and pair:
-                    self._eof = True  # the peer's close: answer it and let the general path say so
-                    self._answer_bye(sock)
+                if self._track:
+                    self._refresh()
+                n = len(data)
+                if not n and pair:
+                    self._end(sock)  # the peer's close: let the general path say so
                     return None
-            return unframe(data).payload.tobytes()
+            if n < big and data.__class__ is bytes and n >= HEADER_SIZE:  # the common case, inline
+                m, _sid, flags, length = unpack(data)
+                if m == magic and not flags and length == n - HEADER_SIZE:
+                    return data[HEADER_SIZE:]
+            return self._payload(data)
 
         return (try_send if self._can_send else None), (try_recv if self._can_recv else None)
+
+    def fast_batches(self) -> tuple[Any, Any]:
+        """``(try_send_many, None)`` for Channel.send_many() (and the relay): the messages that go out
+        without blocking, under one hold of the lock, with one monitor and ZMQ_EVENTS check per batch.
+        No batch receive: ZeroMQ cannot put back a message of another serializer."""
+        if self._topic is not None or not self._can_send:
+            return None, None
+        send = _SEND.__get__(self._live())
+        noblock, limit, big, pack, magic = _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM, _pack_header, _MAGIC
+        lock, pair, mask, zmq_error = self._lock, self._pair, _CHECK_EVERY - 1, zmq.ZMQError
+
+        def try_send_many(payloads: Any, sid: int = 0) -> int:
+            sent = 0
+            with lock:
+                if self._state:
+                    return 0
+                for data in payloads:
+                    n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+                    if n > limit:
+                        break
+                    try:
+                        if n < big:
+                            send(pack(magic, sid, 0, n) + data, noblock)
+                        else:
+                            send(b"".join((pack(magic, sid, 0, n), data)), noblock, False)
+                    except zmq_error:
+                        break
+                    sent += 1
+                if pair and sent:
+                    k = self._sent
+                    self._sent = k + sent
+                    if (k & ~mask) != (self._sent & ~mask):  # passed a multiple of _CHECK_EVERY
+                        self._drain_monitor()
+                if self._track:
+                    self._refresh()
+            return sent
+
+        return try_send_many, None
+
+    def _payload(self, data: Any) -> bytes:
+        """The payload of one received message (bytes, or a ZeroMQ frame) as bytes; ProtocolError for a
+        malformed one.  Switches the next receive to a frame (or back) by this message's size."""
+        if data.__class__ is bytes:
+            n = len(data)
+            if n >= _ZERO_COPY_FROM:
+                self._big_rx = True
+            if n >= HEADER_SIZE:
+                m, _sid, flags, length = _unpack_header(data)
+                if m == _MAGIC and not flags and length == n - HEADER_SIZE:
+                    return data[HEADER_SIZE:]
+            return unframe(data).payload.tobytes()  # raises the ProtocolError that says what is wrong
+        buf = data.buffer
+        if len(buf) < _ZERO_COPY_FROM:
+            self._big_rx = False
+        return unframe(buf).payload.tobytes()
 
     def _send_limit(self) -> int:
         return int(self._endpoint.options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
@@ -609,60 +763,80 @@ class ZmqTransport(Transport):
                 except zmq.ZMQError as exc:
                     raise os_error(exc.errno or errno.EIO, f"sending to {self._endpoint}") from exc
                 self._drain_monitor()
-                self._after()
                 if self._ended(zmq.POLLOUT):
                     raise self._gone("sending to")
                 if remaining(deadline) == 0:
                     raise Timeout(f"sending to {self._endpoint}: no room (the peer's high-water mark, or no "
                                   "peer connected) before the timeout; nothing was sent")
-            self._sleep(self._room, deadline)
+                self._count_sender(1)
+                self._refresh()  # _room now says whether room came since the send failed
+            self._nap(deadline, sending=True)
 
     def recv_message(self, deadline: float | None) -> Message:
         """Receive one message (ChannelClosed at a pair's end of stream, PeerVanished when the peer
         dropped); a frame without ipcraft's header is a ProtocolError, and the port stays usable."""
         return unframe(self._recv_raw(deadline), self.last_meta)
 
-    def _recv_raw(self, deadline: float | None) -> bytes:
+    def _recv_raw(self, deadline: float | None) -> bytes | memoryview:
+        """The next message whole: bytes, or (after a large one) the buffer of a ZeroMQ frame."""
         if not self._can_recv:
             raise self._unsupported("receive")
+        napped = direct = False
         while True:
             with self._lock:
                 sock = self._live()
                 if self._eof:
                     raise ChannelClosed(f"the peer closed {self._endpoint}")
-                if _events(sock) & _IN:  # the receive below cannot fail for want of a message
+                # Woken by ZeroMQ's FD alone, a message has most likely come: receive it at once (the
+                # receive processes ZeroMQ's commands as a ZMQ_EVENTS read would, at a round trip's
+                # cost of several microseconds); otherwise take one only when ZMQ_EVENTS says it is there.
+                if direct or self._events(sock) & _IN:
+                    data: bytes | memoryview | None
                     try:
                         if self._topic is not None:
                             topic, data = sock.recv_multipart(zmq.NOBLOCK)[-2:]
                             self.last_meta = {"topic": topic}
+                        elif self._big_rx:
+                            data = sock.recv(_NOBLOCK, copy=False).buffer
+                            self._big_rx = len(data) >= _ZERO_COPY_FROM
                         else:
                             data = sock.recv(_NOBLOCK)
+                            self._big_rx = len(data) >= _ZERO_COPY_FROM
+                    except zmq.Again:
+                        data = None  # (only when direct) nothing after all: ZeroMQ's FD is valid again
                     except zmq.ZMQError as exc:
                         raise os_error(exc.errno or errno.EIO, f"receiving from {self._endpoint}") from exc
                     finally:
                         self._after()
-                    if data == _BYE and self._pair:
-                        self._eof = True
-                        self._answer_bye(sock)
-                        raise ChannelClosed(f"the peer closed {self._endpoint}")
-                    return data
+                    if data is not None:
+                        if not len(data) and self._pair:
+                            self._end(sock)
+                            raise ChannelClosed(f"the peer closed {self._endpoint}")
+                        self._cold = napped
+                        return data
                 self._ready.update(False)  # nothing is ready: clear a stale signal before sleeping on it
                 if self._peer_gone() and self._pair:  # reads the monitor (every kind must drain it)
                     raise self._gone("receiving from")
                 if remaining(deadline) == 0:
                     raise Timeout(f"receiving from {self._endpoint}: nothing arrived before the timeout")
-                self._waiters += 1
-            self._nap(deadline)
+                self._count_waiter(1)
+            direct = self._nap(deadline) and self._topic is None
+            napped = True
 
-    def _nap(self, deadline: float | None) -> None:
-        """Sleep (the caller counted itself in _waiters) until something may have changed."""
+    def _nap(self, deadline: float | None, sending: bool = False) -> bool:
+        """Sleep (the caller counted itself in _waiters, or in _senders when ``sending``) until
+        something may have changed; whether ZeroMQ's FD alone woke it."""
+        poller, count = (self._outbox, self._count_sender) if sending else (self._inbox, self._count_waiter)
         try:
-            woke = self._sleep(self._inbox, deadline)
+            woke = self._sleep(poller, deadline)
         finally:
             with self._lock:
-                self._waiters -= 1
+                count(-1)
+        if len(woke) == 1 and woke[0][0] == self._zmq_fd:
+            return True
         if any(fd == self._mon_fd for fd, _ in woke):
             self._next_check = 0.0  # the monitor has news: read it now
+        return False
 
     @staticmethod
     def _answer_bye(sock: zmq.Socket[Any]) -> None:
@@ -695,17 +869,23 @@ class ZmqTransport(Transport):
             return
         if os.getpid() != self._pid:
             self._sock = self._mon = None
+            self._state = _ENDED
             self._ready.close()
+            self._room.close()
             return  # a forked child's copy: the parent's context and sockets are not ours to touch
         linger = _CLOSE_LINGER_MS if self._can_send else 0  # deliver what is queued, up to a second
-        if self._pair and not self._eof and not self._vanished and self._goodbye():
+        # (no goodbye from a pair that never had a peer: a listener's for a client that went away
+        # would wait ``linger=`` seconds for an answer before accept() serves the next client)
+        if self._pair and self._had_peer and not self._eof and not self._vanished and self._goodbye():
             linger = 0  # the peer received everything
         with self._lock:
             sock, self._sock = self._sock, None
+            self._state = _ENDED
             if sock is None:
                 return
             mon, self._mon = self._mon, None
             self._ready.close()
+            self._room.close()
             try:
                 sock.disable_monitor()
             except zmq.ZMQError:
@@ -733,22 +913,27 @@ class ZmqTransport(Transport):
 
 def _await_handshake(t: ZmqTransport, deadline: float | None, what: str) -> None:
     """Wait for ZeroMQ's handshake on ``t``'s connection: AuthenticationError if the peer refused."""
+    run(_handshake_steps(t, deadline, what))
+
+
+def _handshake_steps(t: ZmqTransport, deadline: float | None, what: str) -> Steps[None]:
+    """:func:`_await_handshake` as resumable steps: the events the monitor has, then a wait on its FD
+    (edge-triggered, so it is waited on only after ZMQ_EVENTS said nothing is left)."""
     mon = t._mon
     assert mon is not None
     while True:
-        left = remaining(deadline)
-        if not mon.poll(None if left is None else max(1, int(left * 1000))):
+        while _events(mon) & _IN:
+            e = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
+            if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                t._peers += 1
+                t._had_peer = True
+                return
+            if e & _AUTH_FAILED:
+                raise AuthenticationError(f"{what}: the peer refused the CURVE handshake (wrong keys, or "
+                                          "this key is not among those it admits)")
+        if not (yield (t._mon_fd, POLLIN, deadline)) and not _events(mon) & _IN:
             raise Timeout(f"{what}: no ZeroMQ handshake before the timeout (nobody listening, or a "
                           "firewall)")
-        ev = recv_monitor_message(mon)
-        e = ev["event"]
-        if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            t._peers += 1
-            t._had_peer = True
-            return
-        if e & _AUTH_FAILED:
-            raise AuthenticationError(f"{what}: the peer refused the CURVE handshake (wrong keys, or this "
-                                      "key is not among those it admits)")
 
 
 def _handshake_deadline(endpoint: Endpoint, deadline: float | None) -> float | None:
@@ -898,36 +1083,33 @@ class ZmqSubscriberPort:
 
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
     """Ask the listener for a PAIR socket of our own, connect to it, and wait for the handshake."""
+    return run(connect_steps(endpoint, deadline))
+
+
+def connect_steps(endpoint: Endpoint, deadline: float | None) -> Steps[Transport]:
+    """:func:`connect` in the resumable-steps form the facade drives (see _transports._sockets): every
+    ZeroMQ call is non-blocking, and each wait is yielded (the monitor's FD for a handshake, the
+    DEALER's for the listener's answer), so ipcraft.aio connects without a thread or a blocked loop."""
     what = f"connecting to {endpoint}"
     hs = _handshake_deadline(endpoint, deadline)
     ctx = _context_for(_Security(endpoint, server=False)).acquire()  # one for the question and the pair
     try:
-        return _connect(endpoint, ctx, hs, what)
+        return (yield from _connect(endpoint, ctx, hs, what))
     finally:
         ctx.release()
 
 
-def connect_steps(endpoint: Endpoint, deadline: float | None) -> Generator[tuple[int, int, float | None], bool,
-                                                                            Transport]:
-    """:func:`connect` in the resumable-steps form the facade drives (see _transports._sockets).
-
-    ZeroMQ runs its handshake on its own I/O thread and offers no step to resume, so this runs the whole
-    connect at once: under ipcraft.aio it holds the loop for that exchange (a loopback round trip;
-    at most ``handshake_timeout``)."""
-    return connect(endpoint, deadline)
-    yield  # a generator with no step to wait on
-
-
-def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> Transport:
+def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> Steps[Transport]:
     ask = _open(zmq.DEALER, endpoint, False, ctx)
     try:
-        _await_handshake(ask, hs, what)
+        yield from _handshake_steps(ask, hs, what)
         sock = ask._live()
-        sock.send(HELLO)
-        left = remaining(hs)
-        if not sock.poll(None if left is None else max(1, int(left * 1000))):
-            raise Timeout(f"{what}: the listener did not answer before the timeout")
-        reply = sock.recv_multipart()
+        sock.send(HELLO, zmq.NOBLOCK)  # cannot block: the connection is up and its queue empty
+        fd = int(sock.getsockopt(zmq.FD))
+        while not _events(sock) & _IN:
+            if not (yield (fd, POLLIN, hs)) and not _events(sock) & _IN:
+                raise Timeout(f"{what}: the listener did not answer before the timeout")
+        reply = sock.recv_multipart(zmq.NOBLOCK)
     finally:
         ask.close()
     if len(reply) != 2 or reply[0] != b"ok":
@@ -940,7 +1122,7 @@ def _connect(endpoint: Endpoint, ctx: _Context, hs: float | None, what: str) -> 
                           endpoint.options)
     t = _open(zmq.PAIR, target, False, ctx, pair=True, peer=Peer(address=endpoint.address))
     try:
-        _await_handshake(t, hs, what)
+        yield from _handshake_steps(t, hs, what)
     except BaseException:
         t.close()
         raise
