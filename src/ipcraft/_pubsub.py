@@ -193,13 +193,19 @@ class Publisher(_PubSubHandle, Generic[T]):
         payloads = objs if s is RAW and isinstance(objs, list) else [s.dumps(obj) for obj in objs]
         return self._publish_many(s.id, payloads, timeout)
 
+    def _push_now(self, sid: int, payloads: list[Any], start: int) -> int:
+        """How many of ``payloads[start:]`` the port's batch fast path published at once (shared with aio)."""
+        push = self._fast_send_many
+        if push is None:
+            return 0
+        self._live()
+        return push(payloads[start:] if start else payloads, sid)
+
     def _publish_many(self, sid: int, payloads: list[Any], timeout: float | None) -> int:
         deadline = None if timeout is None else deadline_after(timeout)
-        push, sent = self._fast_send_many, 0
+        sent = 0
         while sent < len(payloads):
-            if push is not None:
-                self._live()
-                sent += push(payloads[sent:] if sent else payloads, sid)
+            sent += self._push_now(sid, payloads, sent)
             if sent < len(payloads):  # the general path: waits for room, raises what is wrong
                 self._publish(sid, payloads[sent], remaining(deadline))
                 sent += 1

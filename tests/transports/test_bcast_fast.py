@@ -9,6 +9,7 @@ path).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import select
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 import ipcraft
+import ipcraft.aio
 from ipcraft import _native
 from ipcraft.errors import ChannelClosed, MessagesMissed, MessageTooLarge, Timeout
 from ipcraft.serializers import RAW
@@ -173,3 +175,38 @@ def test_fast_paths_refuse_the_wrong_side_and_bad_arguments(url: str) -> None:
         with pytest.raises(TypeError):
             p.try_send_many(5)
         assert not sub.poll()
+
+
+def _publish_many_in_child(url: str, n: int) -> int:
+    with ipcraft.publish(url, create=False, serializer=RAW) as pub:
+        _wait_subscribers(pub, 1)
+        return sum(pub.send_many([_message(i, 8 + i % 60) for i in range(start, min(n, start + 100))])
+                   for start in range(0, n, 100))
+
+
+def test_aio_send_many_and_recv_many(url: str) -> None:
+    """ipcraft.aio: send_many waits for room in block mode without blocking the loop (a task drains
+    meanwhile), recv_many takes batches in order, from this process and from a publisher process."""
+    async def main() -> tuple[list[int], list[int]]:
+        pub = await ipcraft.aio.publish(url, on_slow="block", capacity=4096, slow_timeout=30, serializer=RAW)
+        sub = await ipcraft.aio.subscribe(url, serializer=RAW)
+        got: list[int] = []
+
+        async def drain(n: int) -> None:
+            while len(got) < n:
+                got.extend(_check(m) for m in await sub.recv_many(50, timeout=30))
+
+        task = asyncio.create_task(drain(500))
+        assert await pub.send_many([_message(i, 40) for i in range(500)], timeout=30) == 500
+        await asyncio.wait_for(task, 30)
+        mine = list(got)
+        got.clear()
+        kid = Child(_publish_many_in_child, url, 2000)
+        await drain(2000)
+        assert kid.result(timeout=60) == 2000
+        sub.close()
+        pub.close()
+        return mine, got
+
+    mine, theirs = asyncio.run(main())
+    assert mine == list(range(500)) and theirs == list(range(2000))

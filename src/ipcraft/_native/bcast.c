@@ -1018,9 +1018,9 @@ static int bcast_spin_check(void *ctx)
 /* Whether a fast receive should look now: a subscriber's open port with no fileno() user and nobody
  * inside; on an empty ring it first spins (GIL released) up to FAST_SPIN_MAX_NS or spin_ns, because a
  * message often comes within microseconds and the general path costs more than that in Python. */
-static int bcast_fast_recv_ready(BcastPort *p)
+static int bcast_fast_recv_ready(BcastPort *p, int batch)
 {
-    if (!p->has_view || p->closed || p->slot < 0 || p->fd_user || p->inflight)
+    if (!p->has_view || p->closed || p->slot < 0 || (p->fd_user && !batch) || p->inflight)
         return 0;
     if (ring_load_acquire(p->head_p) == p->cursor && p->spin_ns != 0) {
         long long ns = p->spin_ns < 0 || p->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : p->spin_ns;
@@ -1087,7 +1087,7 @@ static int bcast_finish_take(BcastPort *p, uint64_t first, uint64_t first_seq)
 static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *unused)
 {
     (void)unused;
-    if (!bcast_fast_recv_ready(self))
+    if (!bcast_fast_recv_ready(self, 0))
         Py_RETURN_NONE;
     uint64_t first = self->cursor, first_seq = self->expected;
     PyObject *b = bcast_next_frame(self, -1);
@@ -1104,14 +1104,16 @@ static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *unused)
 
 /* try_recv_many(max_messages, sid=-1) -> list[bytes]: up to max_messages ordinary frames (of serializer
  * sid when sid >= 0) that are there now, taken with one publication of the cursor; it stops before
- * anything else.  An empty list when none (the general path then waits or reports). */
+ * anything else.  An empty list when none (the general path then waits or reports).  Unlike try_recv it
+ * serves a fileno() user too (Subscriber.recv_many takes the rest of a batch after the general path
+ * received the first): the fd is re-armed by the general path, through which every wait goes. */
 static PyObject *BcastPort_try_recv_many(BcastPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long long most, sid;
     if (ring_recv_many_args(args, nargs, &most, &sid) < 0)
         return NULL;
     PyObject *out = PyList_New(0);
-    if (out == NULL || most <= 0 || !bcast_fast_recv_ready(self))
+    if (out == NULL || most <= 0 || !bcast_fast_recv_ready(self, 1))
         return out;
     uint64_t first = self->cursor, first_seq = self->expected, cursor = first, expected = first_seq;
     self->taking = 1;
