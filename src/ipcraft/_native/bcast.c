@@ -104,6 +104,7 @@ typedef struct {
     uint64_t limit; /* the fast paths take payloads up to this size (max_message_size) */
     int fd_user;    /* a fileno() was given out: receives take the general path, which re-arms it */
     int taking;     /* inside try_recv_many: records copied beyond the published cursor */
+    int fast_copy;  /* a fast receive is copying without the GIL: the general path must not move the cursor */
     /* publisher state: the record being written (send, or reserve() until commit()/abort()) */
     uint64_t rec_at, rec_end, rec_seq, seen_min;
     int blocked_who;                    /* the slowest subscriber a waiting publisher watches, */
@@ -672,6 +673,15 @@ static int bcast_usable(BcastPort *self, int subscriber)
         PyErr_SetString(PyExc_ValueError, "BcastPort is closed");
         return 0;
     }
+    if (self->fast_copy) { /* another thread's recv()/recv_bytes() is copying a large message out */
+        PyObject *errors = PyImport_ImportModule("ipcraft.errors");
+        PyObject *busy = errors ? PyObject_GetAttrString(errors, "Busy") : NULL;
+        if (busy != NULL)
+            PyErr_SetString(busy, "another thread is already receiving on this handle");
+        Py_XDECREF(busy);
+        Py_XDECREF(errors);
+        return 0;
+    }
     if (subscriber != (self->slot >= 0)) {
         PyErr_SetString(PyExc_TypeError, subscriber ? "a publisher's port cannot receive"
                                                     : "a subscriber's port cannot publish");
@@ -900,11 +910,27 @@ static PyObject *BcastPort_recv_into(BcastPort *self, PyObject *args)
 
 /* ---- the fast paths (FastPath, FastBatches of _transports/_contract.py) ----------------------
  *
- * Each finishes the common case in one call holding the GIL (so no other thread of this process is
- * inside the port meanwhile) and never reports an error itself: it answers False / None / a short count
- * for anything else (would block, a lap, an eviction, the end of the stream, a frame of another format
- * or over `limit`, a large message copied without the GIL, another thread waiting inside the port),
- * and the general path then does it with its full semantics. */
+ * Each finishes the common case in one call, holding the GIL except while a receive spins on an empty
+ * ring or a large message (GIL_FREE_BYTES or more) is copied straight between the caller's object and
+ * the ring (the port is then in flight, and a receive by another thread meanwhile is Busy).  None
+ * reports an error itself: it answers False / None / a short count for anything else (would block, a
+ * lap, an eviction, the end of the stream, a frame of another format or over `limit`, another thread
+ * inside the port), and the general path then does it with its full semantics. */
+
+/* memcpy, without the GIL when it is large (the port is then marked in flight: a close() meanwhile keeps
+ * the mapping until the caller's bcast_release()). */
+static void bcast_copy(BcastPort *p, void *dst, const void *src, size_t n)
+{
+    if (n < GIL_FREE_BYTES) {
+        memcpy(dst, src, n);
+        return;
+    }
+    p->inflight++;
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(dst, src, n);
+    Py_END_ALLOW_THREADS
+    p->inflight--;
+}
 
 /* Whether a fast-path send may run now: a publisher's open port, no reservation, nobody inside. */
 static int fast_send_ok(BcastPort *p)
@@ -916,12 +942,12 @@ static int fast_send_ok(BcastPort *p)
  * with sequence number `seq`.  0, or -errno (nothing written; -EAGAIN: no room now). */
 static int bcast_put_locked(BcastPort *p, uint64_t head, uint64_t seq, int sid, const Py_buffer *v)
 {
-    if ((uint64_t)v->len > p->limit || v->len >= GIL_FREE_BYTES || 8 + (uint64_t)v->len > p->maxrec)
+    if ((uint64_t)v->len > p->limit || 8 + (uint64_t)v->len > p->maxrec)
         return -EMSGSIZE;
     int rc = bcast_reserve_at(p, head, seq, brec_size(8 + (uint64_t)v->len), 0, 0);
     if (rc != 0)
         return rc;
-    memcpy(bcast_write_frame(p, sid, v->len), v->buf, (size_t)v->len);
+    bcast_copy(p, bcast_write_frame(p, sid, v->len), v->buf, (size_t)v->len);
     bcast_write_header(p, (uint32_t)(8 + v->len));
     return 0;
 }
@@ -947,7 +973,7 @@ static PyObject *BcastPort_try_send(BcastPort *self, PyObject *const *args, Py_s
         Py_RETURN_FALSE;
     }
     int ok = 0;
-    if ((uint64_t)v.len <= self->limit && v.len < GIL_FREE_BYTES && bcast_lock_now(self) == 0) {
+    if ((uint64_t)v.len <= self->limit && bcast_lock_now(self) == 0) {
         self->nowait = 1;
         int rc = bcast_put_locked(self, __atomic_load_n(self->head_p, __ATOMIC_RELAXED),
                                   __atomic_load_n(self->seq_p, __ATOMIC_RELAXED), (int)sid, &v);
@@ -961,6 +987,7 @@ static PyObject *BcastPort_try_send(BcastPort *self, PyObject *const *args, Py_s
         }
     }
     PyBuffer_Release(&v);
+    bcast_release(self);
     return PyBool_FromLong(ok);
 }
 
@@ -1003,6 +1030,7 @@ static PyObject *BcastPort_try_send_many(BcastPort *self, PyObject *const *args,
         pthread_mutex_unlock(self->lock);
     }
     Py_DECREF(seq);
+    bcast_release(self);
     return PyLong_FromSsize_t(done);
 }
 
@@ -1043,7 +1071,7 @@ static int bcast_fast_recv_ready(BcastPort *p, int batch)
 static PyObject *bcast_next_frame(BcastPort *p, long long sid)
 {
     long long n = bcast_peek(p);
-    if (n < 8 || n >= GIL_FREE_BYTES)
+    if (n < 8)
         return Py_None;
     const unsigned char *src = (const unsigned char *)p->data + (p->peeked & p->mask) + BREC;
     uint32_t length;
@@ -1051,8 +1079,11 @@ static PyObject *bcast_next_frame(BcastPort *p, long long sid)
     if (src[0] != FRAME_MAGIC || src[2] || src[3] || (uint64_t)length + 8 != (uint64_t)n || length > p->limit ||
         (sid >= 0 && src[1] != sid))
         return Py_None;
-    PyObject *out = PyBytes_FromStringAndSize((const char *)src + 8, length);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
     if (out != NULL) {
+        p->fast_copy = 1;
+        bcast_copy(p, PyBytes_AS_STRING(out), src + 8, length); /* (checked after: bcast_finish_take) */
+        p->fast_copy = 0;
         p->last_sid = src[1];
         p->cursor = p->peeked + brec_size((uint64_t)n);
         p->expected = p->peeked_seq + 1;
@@ -1067,7 +1098,7 @@ static int bcast_finish_take(BcastPort *p, uint64_t first, uint64_t first_seq)
 {
     if (p->cursor == first)
         return 1;
-    if (!bcast_intact(p, first) || !bcast_mine(p)) {
+    if (!bcast_intact(p, first) || !bcast_mine(p) || p->closed) {
         p->cursor = first;
         p->expected = first_seq;
         return 0;
@@ -1084,9 +1115,8 @@ static int bcast_finish_take(BcastPort *p, uint64_t first, uint64_t first_seq)
 /* try_recv() -> bytes | None: the fast path of Subscriber.recv/recv_bytes.  The next message's payload
  * when one is there now (or comes while it spins), an ordinary ipcraft frame of at most `limit` bytes
  * (its serializer id in last_sid); None for anything else, which the general path then handles. */
-static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *unused)
+static PyObject *bcast_try_recv(BcastPort *self)
 {
-    (void)unused;
     if (!bcast_fast_recv_ready(self, 0))
         Py_RETURN_NONE;
     uint64_t first = self->cursor, first_seq = self->expected;
@@ -1099,6 +1129,14 @@ static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *unused)
         Py_DECREF(b);
         Py_RETURN_NONE;
     }
+    return b;
+}
+
+static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *b = bcast_try_recv(self);
+    bcast_release(self); /* a close() by another thread while a large message was copied */
     return b;
 }
 
@@ -1140,6 +1178,7 @@ static PyObject *BcastPort_try_recv_many(BcastPort *self, PyObject *const *args,
     }
     if (!bcast_finish_take(self, first, first_seq))
         Py_SETREF(out, PyList_New(0));
+    bcast_release(self);
     return out;
 }
 

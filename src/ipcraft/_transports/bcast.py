@@ -142,7 +142,7 @@ class BcastPublisherPort:
     def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, -)``: a whole non-blocking publication in one C call
         (frame header, lock, room check, copy, head store, wake-up); False sends nothing and leaves the
-        message to :meth:`send` (no room now, another publisher holds the lock, a large message)."""
+        message to :meth:`send` (no room now, another publisher holds the lock, over the limits)."""
         return self._live().try_send, _no_recv
 
     def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
@@ -328,7 +328,8 @@ class BcastSubscriberPort:
         """``(-, try_recv() -> bytes | None)``: the next message's payload in one C call when it is there
         (or comes while it spins briefly), an ordinary frame of at most max_message_size bytes; None
         takes nothing and leaves the receive to :meth:`recv` (nothing yet, a lap, an eviction, the end,
-        another serializer's frame in a batch, a large message, a handle that gave out a fileno()).
+        another serializer's frame in a batch, over max_message_size, a handle that gave out a fileno()).
+        A large message is copied once, without the GIL, from the ring into the new bytes.
         The pair is this port's until a rejoin after being reaped (:attr:`generation` changes)."""
         return _no_send, self._live().try_recv
 
