@@ -21,6 +21,7 @@
  * mpmc_wake_sleepers().
  */
 #include "mpmc.h" /* mpmc_wake_sleepers, the slice lengths; mpmc.h includes rings.h */
+#include "robust.h" /* the publishers' lock: its words are checked before glibc reads them */
 #include <structmember.h>
 #include <errno.h>
 #include <limits.h>
@@ -186,19 +187,30 @@ static void bcast_repair(BcastPort *p)
     p->recovered++;
 }
 
+/* What a lock attempt's result means (robust.c checks the mutex's words before glibc reads them):
+ * 0 locked, 1 not now (EBUSY, ETIMEDOUT), or -EPROTO (the lock words were scribbled on: a corrupt lock,
+ * ENOTRECOVERABLE, EDEADLK...).  EOWNERDEAD is repaired (bcast_repair). */
+static int bcast_lock_result(BcastPort *p, int rc)
+{
+    if (rc == 0)
+        return 0;
+    if (rc == EBUSY || rc == ETIMEDOUT)
+        return 1;
+    if (rc == EOWNERDEAD && ipc_robust_consistent(p->lock) == 0) {
+        bcast_repair(p);
+        return 0;
+    }
+    if (rc == EOWNERDEAD)
+        ipc_robust_unlock(p->lock);
+    return -EPROTO;
+}
+
 static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
 {
     for (unsigned i = 1;; i++) {
-        int rc = pthread_mutex_trylock(p->lock);
-        if (rc == 0)
-            return 0;
-        if (rc == EOWNERDEAD) {
-            pthread_mutex_consistent(p->lock);
-            bcast_repair(p);
-            return 0;
-        }
-        if (rc != EBUSY)
-            return -EPROTO; /* EINVAL, ENOTRECOVERABLE...: the lock word itself was scribbled on */
+        int rc = bcast_lock_result(p, ipc_robust_trylock(p->lock));
+        if (rc <= 0)
+            return rc;
         if (p->nowait)
             return -EAGAIN;
         if ((i & 63) == 0) {
@@ -215,16 +227,9 @@ static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
         if (has_deadline && deadline < end)
             end = deadline;
         struct timespec ts = {.tv_sec = end / 1000000000LL, .tv_nsec = end % 1000000000LL};
-        int rc = pthread_mutex_clocklock(p->lock, CLOCK_MONOTONIC, &ts);
-        if (rc == 0)
-            return 0;
-        if (rc == EOWNERDEAD) {
-            pthread_mutex_consistent(p->lock);
-            bcast_repair(p);
-            return 0;
-        }
-        if (rc != ETIMEDOUT)
-            return -EPROTO;
+        int rc = bcast_lock_result(p, ipc_robust_clocklock(p->lock, &ts));
+        if (rc <= 0)
+            return rc;
         if (has_deadline && ring_now_ns() >= deadline)
             return -ETIMEDOUT;
         if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
@@ -397,7 +402,7 @@ static void bcast_publish(BcastPort *p, uint64_t end, uint64_t last, uint64_t se
     __atomic_store_n(p->head_p, end, __ATOMIC_RELEASE);
     __atomic_store_n(p->latest_p, last, __ATOMIC_RELEASE);
     __atomic_store_n(p->seq_p, seq + 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(p->lock);
+    ipc_robust_unlock(p->lock);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(p->subs_sleep_p, __ATOMIC_RELAXED)) {
         __atomic_add_fetch(p->bell_p, 1, __ATOMIC_SEQ_CST);
@@ -659,7 +664,7 @@ static void BcastPort_dealloc(BcastPort *self)
 {
     if (self->reserved && self->has_view) {
         self->reserved = 0;
-        pthread_mutex_unlock(self->lock);
+        ipc_robust_unlock(self->lock);
     }
     self->closed = 1;
     self->inflight = 0;
@@ -743,7 +748,7 @@ static long long step_reserve(BcastPort *p, void *arg, int has_deadline, long lo
         return rc;
     rc = bcast_reserve(p, *(uint64_t *)arg, has_deadline, deadline);
     if (rc != 0)
-        pthread_mutex_unlock(p->lock);
+        ipc_robust_unlock(p->lock);
     return rc;
 }
 
@@ -849,7 +854,7 @@ static PyObject *bcast_end_reservation(BcastPort *self, int publish)
         bcast_commit(self, (uint32_t)self->needed);
         bcast_poke(self);
     } else {
-        pthread_mutex_unlock(self->lock);
+        ipc_robust_unlock(self->lock);
     }
     Py_RETURN_NONE;
 }
@@ -983,7 +988,7 @@ static PyObject *BcastPort_try_send(BcastPort *self, PyObject *const *args, Py_s
             bcast_poke(self);
             ok = 1;
         } else {
-            pthread_mutex_unlock(self->lock);
+            ipc_robust_unlock(self->lock);
         }
     }
     PyBuffer_Release(&v);
@@ -1027,7 +1032,7 @@ static PyObject *BcastPort_try_send_many(BcastPort *self, PyObject *const *args,
         bcast_publish(self, head, last, next - 1);
         bcast_poke(self);
     } else {
-        pthread_mutex_unlock(self->lock);
+        ipc_robust_unlock(self->lock);
     }
     Py_DECREF(seq);
     bcast_release(self);
@@ -1403,7 +1408,7 @@ static PyObject *BcastPort_close(BcastPort *self, PyObject *unused)
     (void)unused;
     if (self->reserved && self->has_view) {
         self->reserved = 0;
-        pthread_mutex_unlock(self->lock);
+        ipc_robust_unlock(self->lock);
     }
     __atomic_store_n(&self->closed, 1, __ATOMIC_RELAXED);
     bcast_release(self);
