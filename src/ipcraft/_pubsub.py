@@ -266,6 +266,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
         self._receiving = ConflictDetector("receiving")
         self._fast_recv: TryRecv | None = None
         self._fast_recv_many: TryRecvMany | None = None
+        self._fast_first = True  # a receive may start on the batch fast path (not after fileno())
         self._refresh_fast_paths()
 
     def _refresh_fast_paths(self) -> None:
@@ -285,7 +286,9 @@ class Subscriber(_PubSubHandle, Generic[T]):
 
     def fileno(self) -> int:
         """A file descriptor that becomes readable when a message may be ready (select/poll/epoll)."""
-        return self._live().fileno()  # type: ignore[no-any-return]
+        fd = self._live().fileno()
+        self._fast_first = False  # receives start on the general path, which re-arms the fd
+        return fd  # type: ignore[no-any-return]
 
     def _next(self, timeout: float | None) -> tuple[int, memoryview]:
         """The general path of every receive: waits, and reports losses, the end and bad frames."""
@@ -317,7 +320,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
             HandleClosed: this subscriber was closed.
         """
         s, pop = self.serializer, self._fast_recv_many
-        if pop is not None and timeout is None:
+        if pop is not None and timeout is None and self._fast_first:
             got = pop(1, s.id)  # a frame of this serializer only; anything else takes the general path
             if got:
                 data = got[0]
@@ -377,7 +380,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
         first: list[Any] = []
         out: list[bytes] = []
         with self._receiving:
-            if pop is not None and timeout is None:
+            if pop is not None and timeout is None and self._fast_first:
                 out = pop(max_messages, s.id)
             if not out:
                 got_sid, view = self._next(timeout)  # waits; checks the size and the frame

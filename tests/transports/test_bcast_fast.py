@@ -210,3 +210,17 @@ def test_aio_send_many_and_recv_many(url: str) -> None:
 
     mine, theirs = asyncio.run(main())
     assert mine == list(range(500)) and theirs == list(range(2000))
+
+
+def test_after_fileno_every_receive_that_finds_nothing_rearms_the_fd(url: str) -> None:
+    """recv(), recv_bytes() and recv_many() of a subscriber that gave out its fileno(): each message
+    makes the fd readable, and once everything is taken it is not readable any more."""
+    with ipcraft.publish(url) as pub, ipcraft.subscribe(url) as sub:
+        fd = sub.fileno()
+        for receive in (lambda: [sub.recv()], lambda: [sub.recv_bytes()], lambda: sub.recv_many(10)):
+            pub.send_bytes(b"m")
+            assert select.select([fd], [], [], 5)[0] == [fd]
+            assert receive() == [b"m"]
+            with pytest.raises(Timeout):
+                sub.recv(timeout=0)
+            assert select.select([fd], [], [], 0)[0] == []
