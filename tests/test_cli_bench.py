@@ -349,6 +349,27 @@ def test_subscribers_mode_measures_bcast_against_the_peers_and_leaves_nothing(tm
 
 
 @pytest.mark.timeout(120)
+def test_subscribers_mode_counts_what_pyzmq_delivered_and_compares_bcast_with_it(tmp_path):
+    """pyzmq PUB/SUB runs with high-water marks of about 16 MiB of messages (16 to 1000), a handshake
+    before timing and an end marker repeated until confirmed: the trial ends, the report says how many
+    messages its subscribers got, and bcast:// is compared with it."""
+    pytest.importorskip("zmq")
+    from ipcraft._bench._fanout import zmq_hwm
+
+    assert (zmq_hwm(64), zmq_hwm(64 << 10), zmq_hwm(1 << 20), zmq_hwm(16 << 20)) == (1000, 256, 16, 16)
+    out = tmp_path / "fanout.json"
+    result = CliRunner().invoke(cli, ["bench", "--subscribers", "2", "--sizes", "64", "--count", "20000",
+                                      "--only", "pyzmq", "--only", "bcast:// block", "--timeout", "60",
+                                      "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {r["subject"]: r for r in json.loads(out.read_text())["results"]}
+    zmq_row = rows["pyzmq PUB/SUB ipc://"]
+    assert zmq_row["status"] == "ok" and 0 < zmq_row["delivered"] <= zmq_row["expected"] == 40_000
+    assert "delivered" in result.output  # (a column: the narrow test terminal may wrap its cells)
+    assert "Against pyzmq PUB/SUB ipc://" in result.output and "bcast:// block x2 64 B: " in result.output
+
+
+@pytest.mark.timeout(120)
 def test_default_output_has_only_measurements_and_details_has_the_rest(tmp_path, monkeypatch):
     """No target table and no object repr by default; --details shows why a subject is absent."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from . import _pubsub
@@ -94,6 +95,21 @@ class Publisher(_AsyncPubSub, Generic[_T]):
         """Publish bytes; as the sync ``send_bytes``."""
         await self._retry(lambda: self._sync.send_bytes(data, offset, size, timeout=0, **extra), timeout)
 
+    async def send_many(self, objs: Iterable[_T], *, timeout: float | None = None) -> int:
+        """Serialize and publish each of ``objs`` as its own message, in order, in batches; as the sync
+        ``send_many`` (waiting for room without blocking the loop)."""
+        sync = self._sync
+        s = sync.serializer
+        payloads = [s.dumps(obj) for obj in objs]
+        deadline = deadline_after(timeout)
+        sent = 0
+        while sent < len(payloads):
+            sent += sync._push_now(s.id, payloads, sent)
+            if sent < len(payloads):
+                await self._retry(functools.partial(sync._publish, s.id, payloads[sent], 0), remaining(deadline))
+                sent += 1
+        return sent
+
 
 class Subscriber(_AsyncPubSub, Generic[_T]):
     """The async face of :class:`ipcraft.Subscriber`.
@@ -163,6 +179,11 @@ class Subscriber(_AsyncPubSub, Generic[_T]):
     async def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None) -> bytes:
         """Receive the next message as bytes; as the sync ``recv_bytes``."""
         return await self._receive(lambda: self._sync.recv_bytes(maxlength, timeout=0), timeout)
+
+    async def recv_many(self, max_messages: int, timeout: float | None = None) -> list[_T]:
+        """Receive 1 to ``max_messages`` messages, waiting up to ``timeout`` for the first; as the sync
+        ``recv_many``."""
+        return await self._receive(lambda: self._sync.recv_many(max_messages, 0), timeout)
 
     async def recv_bytes_into(self, buffer: Any, offset: int = 0, *, timeout: float | None = None) -> int:
         """Receive the next message into ``buffer``; as the sync ``recv_bytes_into``."""

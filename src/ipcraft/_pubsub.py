@@ -14,18 +14,19 @@ what ``send`` encoded and a message of another serializer is a ProtocolError, ne
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from . import _framing
 from ._channel import _NoPublicConstructor, bytes_view, copy_message, decode_message, writable_bytes
 from ._endpoint import Endpoint
 from ._resource import ConflictDetector, Handle
-from ._wait import deadline_after
+from ._transports._contract import FastBatches, FastPath, TryRecv, TryRecvMany, TrySend, TrySendMany
+from ._wait import deadline_after, remaining
 from ._zerocopy import RecvView, SendView
 from .errors import AuthenticationError, ChannelClosed, InvalidEndpoint, MessageTooLarge
-from .serializers import MSGPACK, Serializer
+from .serializers import MSGPACK, RAW, Serializer
 
 T = TypeVar("T")
 
@@ -56,7 +57,6 @@ class SubscriberPort(Protocol):
     missed: int
 
     def recv(self, deadline: float | None) -> memoryview: ...  # one message, frame header included
-    def try_recv(self, limit: int) -> tuple[bytes, int] | None: ...  # a fast path: (payload, sid) or None
     def peek(self, deadline: float | None) -> tuple[memoryview, int]: ...  # zero copy: the next record
     def consume(self) -> None: ...                                          # then drop it
     def latest(self, deadline: float | None) -> memoryview: ...
@@ -143,7 +143,12 @@ class Publisher(_PubSubHandle, Generic[T]):
         self._limit = min(max_message_size, port.max_payload - _framing.HEADER_SIZE)
         self._limit_source = (port.limit_source if self._limit < max_message_size
                               else "this publisher's max_message_size")
-        self._fast = getattr(port, "send_raw", None)
+        self._fast_send: TrySend | None = None
+        self._fast_send_many: TrySendMany | None = None
+        if issubclass(type(port), FastPath):
+            self._fast_send = cast(FastPath, port).fast_path()[0]
+        if issubclass(type(port), FastBatches):
+            self._fast_send_many = cast(FastBatches, port).fast_batches()[0]
 
     def send(self, obj: T, *, timeout: float | None = None, **extra: Any) -> None:
         """Serialize ``obj`` with the serializer and publish it as one message.
@@ -156,7 +161,11 @@ class Publisher(_PubSubHandle, Generic[T]):
             HandleClosed: this publisher was closed.
         """
         s = self.serializer
-        self._publish(s.id, s.dumps(obj), timeout, extra)
+        payload = s.dumps(obj)
+        push = self._fast_send
+        if push is not None and timeout is None and not extra and push(payload, s.id):
+            return
+        self._publish(s.id, payload, timeout, extra)
 
     def send_bytes(self, data: Any, offset: int = 0, size: int | None = None, *,
                    timeout: float | None = None, **extra: Any) -> None:
@@ -165,7 +174,42 @@ class Publisher(_PubSubHandle, Generic[T]):
         Subscribers get exactly these bytes from ``recv_bytes`` (or ``recv``, as ``bytes``).  Raises as
         :meth:`send`.
         """
+        push = self._fast_send
+        if push is not None and offset == 0 and size is None and timeout is None and not extra and push(data):
+            return  # (the C fast path checks the limits and the frame; anything else goes below)
         self._publish(0, bytes_view(data, offset, size) if offset or size is not None else data, timeout, extra)
+
+    def send_many(self, objs: Iterable[T], *, timeout: float | None = None) -> int:
+        """Serialize each of ``objs`` and publish it as its own message, in order; return how many.
+
+        On bcast:// the messages that fit go into the ring together: one hold of the publishers' lock,
+        one publication of ``head`` and at most one wake-up of the subscribers per batch (a subscriber,
+        or a publisher's death, sees all of a batch or none of it).  ``timeout`` bounds the whole call.
+        Raises as :meth:`send`; the messages before the one that failed were published.
+
+        .. versionadded:: 0.2
+        """
+        s = self.serializer
+        payloads = objs if s is RAW and isinstance(objs, list) else [s.dumps(obj) for obj in objs]
+        return self._publish_many(s.id, payloads, timeout)
+
+    def _push_now(self, sid: int, payloads: list[Any], start: int) -> int:
+        """How many of ``payloads[start:]`` the port's batch fast path published at once (shared with aio)."""
+        push = self._fast_send_many
+        if push is None:
+            return 0
+        self._live()
+        return push(payloads[start:] if start else payloads, sid)
+
+    def _publish_many(self, sid: int, payloads: list[Any], timeout: float | None) -> int:
+        deadline = None if timeout is None else deadline_after(timeout)
+        sent = 0
+        while sent < len(payloads):
+            sent += self._push_now(sid, payloads, sent)
+            if sent < len(payloads):  # the general path: waits for room, raises what is wrong
+                self._publish(sid, payloads[sent], remaining(deadline))
+                sent += 1
+        return sent
 
     def _publish(self, sid: int, payload: Any, timeout: float | None, extra: dict[str, Any] | None = None) -> None:
         port = self._live()
@@ -178,13 +222,6 @@ class Publisher(_PubSubHandle, Generic[T]):
                 raise TypeError(f"{self!r} takes no per-message option {', '.join(sorted(unknown))}")
             with self._sending:
                 port.send(sid, payload, deadline_after(timeout), **extra)
-            return
-        fast = self._fast
-        if fast is not None:
-            with self._sending:
-                rc = fast(sid, payload, timeout)
-            if rc < 0:
-                raise port.error(rc, n)
             return
         with self._sending:
             port.send(sid, payload, deadline_after(timeout))
@@ -227,6 +264,19 @@ class Subscriber(_PubSubHandle, Generic[T]):
                  max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__(port, serializer=serializer, max_message_size=max_message_size)
         self._receiving = ConflictDetector("receiving")
+        self._fast_recv: TryRecv | None = None
+        self._fast_recv_many: TryRecvMany | None = None
+        self._fast_first = True  # a receive may start on the batch fast path (not after fileno())
+        self._refresh_fast_paths()
+
+    def _refresh_fast_paths(self) -> None:
+        """Take the port's fast paths (again: a port that rejoined after being reaped has new ones)."""
+        port = self._port
+        self._generation = getattr(port, "generation", 0)
+        if issubclass(type(port), FastPath):
+            self._fast_recv = cast(FastPath, port).fast_path()[1]
+        if issubclass(type(port), FastBatches):
+            self._fast_recv_many = cast(FastBatches, port).fast_batches()[1]
 
     @property
     def missed(self) -> int:
@@ -236,11 +286,26 @@ class Subscriber(_PubSubHandle, Generic[T]):
 
     def fileno(self) -> int:
         """A file descriptor that becomes readable when a message may be ready (select/poll/epoll)."""
-        return self._live().fileno()  # type: ignore[no-any-return]
+        fd = self._live().fileno()
+        self._fast_first = False  # receives start on the general path, which re-arms the fd
+        return fd  # type: ignore[no-any-return]
 
     def _next(self, timeout: float | None) -> tuple[int, memoryview]:
-        msg = self._live().recv(deadline_after(timeout))
-        return _framing.check_message_header(msg, self.max_message_size)
+        """The general path of every receive: waits, and reports losses, the end and bad frames."""
+        port = self._live()
+        try:
+            msg = port.recv(deadline_after(timeout))
+        finally:
+            if getattr(port, "generation", 0) != self._generation:
+                self._refresh_fast_paths()
+        sid, payload = _framing.check_message_header(msg, self.max_message_size)
+        if payload.nbytes > self.max_message_size:  # (the size check is the caller's)
+            raise self._received_too_large(payload.nbytes)
+        return sid, payload
+
+    def _received_too_large(self, n: int) -> MessageTooLarge:
+        return MessageTooLarge(f"a {n}-byte message exceeds max_message_size={self.max_message_size}; it was "
+                               "discarded", n, self.max_message_size)
 
     def recv(self, timeout: float | None = None) -> T:
         """Receive the next message and deserialize it (one sent with ``send_bytes`` arrives as bytes).
@@ -254,23 +319,29 @@ class Subscriber(_PubSubHandle, Generic[T]):
             ProtocolError: a message of another serializer (discarded), or a corrupt ring.
             HandleClosed: this subscriber was closed.
         """
+        s, pop = self.serializer, self._fast_recv_many
+        if pop is not None and timeout is None and self._fast_first:
+            got = pop(1, s.id)  # a frame of this serializer only; anything else takes the general path
+            if got:
+                data = got[0]
+                if len(data) > self.max_message_size:
+                    raise self._received_too_large(len(data))
+                return s.decode(data)  # type: ignore[no-any-return]
         with self._receiving:
-            got = self._live().try_recv(self.max_message_size)
-            if got is not None:
-                data, sid = got
-                s = self.serializer
-                return s.decode(data) if sid == s.id else self._decode(sid, memoryview(data))  # type: ignore[no-any-return]
             sid, view = self._next(timeout)
             return self._decode(sid, view)  # type: ignore[no-any-return]
 
     def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None) -> bytes:
         """Receive the next message as ``bytes``; ``maxlength`` refuses (and discards) longer ones.
         Raises as :meth:`recv`."""
-        with self._receiving:
-            got = self._live().try_recv(self.max_message_size if maxlength is None else maxlength)
-            if got is not None:
-                data: bytes = got[0]
+        pop = self._fast_recv
+        if pop is not None and maxlength is None and timeout is None:
+            data = pop()
+            if data is not None:
+                if len(data) > self.max_message_size:  # (the port's limit is the endpoint's: the same unless changed)
+                    raise self._received_too_large(len(data))
                 return data
+        with self._receiving:
             _sid, view = self._next(timeout)
             if maxlength is not None and view.nbytes > maxlength:
                 raise MessageTooLarge(f"a {view.nbytes}-byte message exceeds maxlength={maxlength}; it was "
@@ -288,6 +359,39 @@ class Subscriber(_PubSubHandle, Generic[T]):
         with self._receiving:
             _sid, view = self._next(timeout)
             return copy_message(view, dst, offset)
+
+    def recv_many(self, max_messages: int, timeout: float | None = None) -> list[T]:
+        """Receive between 1 and ``max_messages`` messages, deserialized, in order.
+
+        Waits up to ``timeout`` (None: for ever) for the first message, then takes those that are ready
+        at once.  On bcast:// those come out of the ring together, with one publication of this
+        subscriber's cursor and at most one wake-up of a waiting publisher.  Raises as :meth:`recv`
+        when no message could be taken; a loss, the end or a bad frame met after some were taken ends
+        the batch and is raised by the next receive.
+
+        .. versionadded:: 0.2
+        """
+        return self._recv_many(max_messages, timeout)
+
+    def _recv_many(self, max_messages: int, timeout: float | None) -> list[Any]:
+        if max_messages < 1:
+            raise ValueError(f"recv_many() needs max_messages >= 1, not {max_messages}")
+        s, pop = self.serializer, self._fast_recv_many
+        first: list[Any] = []
+        out: list[bytes] = []
+        with self._receiving:
+            if pop is not None and timeout is None and self._fast_first:
+                out = pop(max_messages, s.id)
+            if not out:
+                got_sid, view = self._next(timeout)  # waits; checks the size and the frame
+                first = [self._decode(got_sid, view)]
+                pop = self._fast_recv_many  # (refreshed if the port rejoined)
+                if pop is not None and max_messages > 1:
+                    out = pop(max_messages - 1, s.id)
+        for p in out:  # (the port's limit is the endpoint's max_message_size: the same unless changed)
+            if len(p) > self.max_message_size:
+                raise self._received_too_large(len(p))
+        return first + [s.decode(p) for p in out]
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Borrow the next message without copying: ``with sub.recv_view() as view: ...``.

@@ -330,20 +330,20 @@ def _fanout(counts: tuple[int, ...], sizes: tuple[int, ...], only: tuple[str, ..
     out.print(f"[bold]ipcraft bench[/] · one-to-many · subscribers {', '.join(map(str, counts))} · "
               f"sizes {', '.join(format_size(z) for z in sizes)}")
     rows = _fanout.run(subjects, counts, sizes, full, timeout, lambda label: err.print(f"[dim]{label}[/]"), count)
-    table = Table(title="One publisher, N subscribers: latency p50 (p99) µs · aggregate deliveries/s · MB/s",
-                  title_justify="left")
-    for col in ("subject", "subs", "size", "latency µs", "deliveries/s", "MB/s"):
+    table = Table(title="One publisher, N subscribers: latency p50 (p99) µs · aggregate deliveries/s · MB/s · "
+                        "messages delivered of those sent x subscribers", title_justify="left")
+    for col in ("subject", "subs", "size", "latency µs", "deliveries/s", "MB/s", "delivered"):
         table.add_column(col, justify="left" if col == "subject" else "right")
     for r in rows:
         if r["status"] != "ok":
             table.add_row(r["subject"], str(r["subscribers"]), format_size(r["size"]),
-                          f"[dim]{r['status']}: {r.get('reason', '')}[/]", "", "")
+                          f"[dim]{r['status']}: {r.get('reason', '')}[/]", "", "", "")
             continue
         lat = r["latency_us"]
-        lost = "" if r["delivered"] == r["expected"] else f" [red](lost {r['expected'] - r['delivered']})[/]"
+        got = f"{r['delivered']:,}/{r['expected']:,}"
         table.add_row(r["subject"], str(r["subscribers"]), format_size(r["size"]),
-                      f"{_num(lat['p50'])} ({_num(lat['p99'])})", _num(r["deliveries_per_s"]) + lost,
-                      _num(r["mb_per_s"]))
+                      f"{_num(lat['p50'])} ({_num(lat['p99'])})", _num(r["deliveries_per_s"]), _num(r["mb_per_s"]),
+                      got if r["delivered"] == r["expected"] else f"[red]{got}[/]")
     out.print(table)
     ok = {(r["subject"], r["subscribers"], r["size"]): r for r in rows if r["status"] == "ok"}
     if len(counts) > 1:
@@ -356,6 +356,14 @@ def _fanout(counts: tuple[int, ...], sizes: tuple[int, ...], only: tuple[str, ..
                     out.print(f"  {s.name} {format_size(z)}: {1e6 / a['deliveries_per_s']:.2f} -> "
                               f"{1e6 / b['deliveries_per_s']:.2f} µs per delivery, latency p50 "
                               f"{a['latency_us']['p50']:.1f} -> {b['latency_us']['p50']:.1f} µs")
+    zmq_name = _fanout.ZmqPubSub.name
+    ratios = [(s.name, n, z, mine["deliveries_per_s"] / base["deliveries_per_s"])
+              for (name, n, z), base in ok.items() if name == zmq_name
+              for s in subjects if s.name.startswith("bcast://") and (mine := ok.get((s.name, n, z)))]
+    if ratios:
+        out.print(f"[bold]Against {zmq_name}[/] (deliveries/s in this run; MB/s alike at one size):")
+        for name, n, z, x in ratios:
+            out.print(f"  {name} x{n} {format_size(z)}: {x:.1f}x")
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"mode": "one-to-many", "subscribers": list(counts), "sizes": list(sizes), "results": rows,

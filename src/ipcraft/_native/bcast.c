@@ -21,6 +21,7 @@
  * mpmc_wake_sleepers().
  */
 #include "mpmc.h" /* mpmc_wake_sleepers, the slice lengths; mpmc.h includes rings.h */
+#include "robust.h" /* the publishers' lock: its words are checked before glibc reads them */
 #include <structmember.h>
 #include <errno.h>
 #include <limits.h>
@@ -101,6 +102,10 @@ typedef struct {
     /* subscriber state (a copy of the slot's cursor and expected sequence number) */
     uint64_t cursor, expected, peeked, peeked_seq;
     int last_sid; /* the serializer id of the message try_recv() returned */
+    uint64_t limit; /* the fast paths take payloads up to this size (max_message_size) */
+    int fd_user;    /* a fileno() was given out: receives take the general path, which re-arms it */
+    int taking;     /* inside try_recv_many: records copied beyond the published cursor */
+    int fast_copy;  /* a fast receive is copying without the GIL: the general path must not move the cursor */
     /* publisher state: the record being written (send, or reserve() until commit()/abort()) */
     uint64_t rec_at, rec_end, rec_seq, seen_min;
     int blocked_who;                    /* the slowest subscriber a waiting publisher watches, */
@@ -182,19 +187,30 @@ static void bcast_repair(BcastPort *p)
     p->recovered++;
 }
 
+/* What a lock attempt's result means (robust.c checks the mutex's words before glibc reads them):
+ * 0 locked, 1 not now (EBUSY, ETIMEDOUT), or -EPROTO (the lock words were scribbled on: a corrupt lock,
+ * ENOTRECOVERABLE, EDEADLK...).  EOWNERDEAD is repaired (bcast_repair). */
+static int bcast_lock_result(BcastPort *p, int rc)
+{
+    if (rc == 0)
+        return 0;
+    if (rc == EBUSY || rc == ETIMEDOUT)
+        return 1;
+    if (rc == EOWNERDEAD && ipc_robust_consistent(p->lock) == 0) {
+        bcast_repair(p);
+        return 0;
+    }
+    if (rc == EOWNERDEAD)
+        ipc_robust_unlock(p->lock);
+    return -EPROTO;
+}
+
 static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
 {
     for (unsigned i = 1;; i++) {
-        int rc = pthread_mutex_trylock(p->lock);
-        if (rc == 0)
-            return 0;
-        if (rc == EOWNERDEAD) {
-            pthread_mutex_consistent(p->lock);
-            bcast_repair(p);
-            return 0;
-        }
-        if (rc != EBUSY)
-            return -EPROTO; /* EINVAL, ENOTRECOVERABLE...: the lock word itself was scribbled on */
+        int rc = bcast_lock_result(p, ipc_robust_trylock(p->lock));
+        if (rc <= 0)
+            return rc;
         if (p->nowait)
             return -EAGAIN;
         if ((i & 63) == 0) {
@@ -211,16 +227,9 @@ static int bcast_lock(BcastPort *p, int has_deadline, long long deadline)
         if (has_deadline && deadline < end)
             end = deadline;
         struct timespec ts = {.tv_sec = end / 1000000000LL, .tv_nsec = end % 1000000000LL};
-        int rc = pthread_mutex_clocklock(p->lock, CLOCK_MONOTONIC, &ts);
-        if (rc == 0)
-            return 0;
-        if (rc == EOWNERDEAD) {
-            pthread_mutex_consistent(p->lock);
-            bcast_repair(p);
-            return 0;
-        }
-        if (rc != ETIMEDOUT)
-            return -EPROTO;
+        int rc = bcast_lock_result(p, ipc_robust_clocklock(p->lock, &ts));
+        if (rc <= 0)
+            return rc;
         if (has_deadline && ring_now_ns() >= deadline)
             return -ETIMEDOUT;
         if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
@@ -323,9 +332,9 @@ static int bcast_wait_room(BcastPort *p, uint64_t head, uint64_t end, int has_de
 /* The lock held: make room for a record of `need` bytes (plus padding to skip the end of the data
  * area), advance `oldest` past what will be overwritten, raise `intent`.  Sets p->rec_at (the record's
  * position) and p->rec_end.  0 or -errno (the lock is still held). */
-static int bcast_reserve(BcastPort *p, uint64_t need, int has_deadline, long long deadline)
+static int bcast_reserve_at(BcastPort *p, uint64_t head, uint64_t seq, uint64_t need, int has_deadline,
+                            long long deadline)
 {
-    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED);
     uint64_t oldest = __atomic_load_n(p->oldest_p, __ATOMIC_RELAXED);
     uint64_t intent = __atomic_load_n(p->intent_p, __ATOMIC_RELAXED);
     if ((head & 15) || head - oldest > p->cap || (int64_t)(intent - head) < 0 || intent - head > p->cap)
@@ -358,7 +367,6 @@ static int bcast_reserve(BcastPort *p, uint64_t need, int has_deadline, long lon
     __atomic_store_n(p->oldest_p, oldest, __ATOMIC_RELEASE);
     __atomic_store_n(p->intent_p, intent, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_SEQ_CST); /* intent is visible before any byte below is changed */
-    uint64_t seq = __atomic_load_n(p->seq_p, __ATOMIC_RELAXED);
     if (at != head) {
         char *r = p->data + (head & p->mask);
         uint32_t pad[2] = {PAD_LEN, 0};
@@ -371,22 +379,42 @@ static int bcast_reserve(BcastPort *p, uint64_t need, int has_deadline, long lon
     return 0;
 }
 
-/* The lock held, the payload written at rec_at + BREC: write the header, publish, unlock, wake. */
-static void bcast_commit(BcastPort *p, uint32_t len)
+/* The next record at the published head, with the next sequence number (the lock held). */
+static int bcast_reserve(BcastPort *p, uint64_t need, int has_deadline, long long deadline)
+{
+    return bcast_reserve_at(p, __atomic_load_n(p->head_p, __ATOMIC_RELAXED),
+                            __atomic_load_n(p->seq_p, __ATOMIC_RELAXED), need, has_deadline, deadline);
+}
+
+/* The lock held: the header of the reserved record of `len` bytes (its bytes are written). */
+static void bcast_write_header(BcastPort *p, uint32_t len)
 {
     char *r = p->data + (p->rec_at & p->mask);
     uint32_t hdr[2] = {len, ~len};
     memcpy(r, &p->rec_seq, 8);
     memcpy(r + 8, hdr, 8);
-    __atomic_store_n(p->head_p, p->rec_end, __ATOMIC_RELEASE);
-    __atomic_store_n(p->latest_p, p->rec_at, __ATOMIC_RELEASE);
-    __atomic_store_n(p->seq_p, p->rec_seq + 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(p->lock);
+}
+
+/* The lock held, records written up to `end`, the last at `last` with sequence number `seq`: publish
+ * them with one store of head, unlock, wake the sleeping subscribers once. */
+static void bcast_publish(BcastPort *p, uint64_t end, uint64_t last, uint64_t seq)
+{
+    __atomic_store_n(p->head_p, end, __ATOMIC_RELEASE);
+    __atomic_store_n(p->latest_p, last, __ATOMIC_RELEASE);
+    __atomic_store_n(p->seq_p, seq + 1, __ATOMIC_RELEASE);
+    ipc_robust_unlock(p->lock);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(p->subs_sleep_p, __ATOMIC_RELAXED)) {
         __atomic_add_fetch(p->bell_p, 1, __ATOMIC_SEQ_CST);
         mpmc_wake_sleepers(p->subs_sleep_p, p->bell_p);
     }
+}
+
+/* The lock held, the payload written at rec_at + BREC: write the header, publish, unlock, wake. */
+static void bcast_commit(BcastPort *p, uint32_t len)
+{
+    bcast_write_header(p, len);
+    bcast_publish(p, p->rec_end, p->rec_at, p->rec_seq);
 }
 
 /* Poke the abstract sockets of the subscribers that armed their fileno() (see FdWake in _rings/bcast.py). */
@@ -457,7 +485,8 @@ static long long bcast_peek(BcastPort *p)
             if (next > head)
                 return -EPROTO;
             p->cursor = next;
-            __atomic_store_n(u64at(p->slotp, SO_CURSOR), next, __ATOMIC_RELEASE);
+            if (!p->taking) /* (a batch publishes its cursor once, after checking what it copied) */
+                __atomic_store_n(u64at(p->slotp, SO_CURSOR), next, __ATOMIC_RELEASE);
             continue;
         }
         if (len > p->maxrec || brec_size(len) > head - c || (c & p->mask) + brec_size(len) > p->cap ||
@@ -610,6 +639,7 @@ static int BcastPort_init(BcastPort *self, PyObject *args, PyObject *kwds)
     self->slot = slot;
     self->token = token;
     self->blocked_who = -1; /* not waiting for anyone (slot 0 at cursor 0 is a real case) */
+    self->limit = UINT64_MAX;
     if (slot >= 0) {
         self->slotp = base + BO_SUB_TABLE + (size_t)slot * BO_SUB_SLOT_SIZE;
         self->cursor = ring_load_acquire(u64at(self->slotp, SO_CURSOR));
@@ -634,7 +664,7 @@ static void BcastPort_dealloc(BcastPort *self)
 {
     if (self->reserved && self->has_view) {
         self->reserved = 0;
-        pthread_mutex_unlock(self->lock);
+        ipc_robust_unlock(self->lock);
     }
     self->closed = 1;
     self->inflight = 0;
@@ -646,6 +676,15 @@ static int bcast_usable(BcastPort *self, int subscriber)
 {
     if (self->closed || !self->has_view) {
         PyErr_SetString(PyExc_ValueError, "BcastPort is closed");
+        return 0;
+    }
+    if (self->fast_copy) { /* another thread's recv()/recv_bytes() is copying a large message out */
+        PyObject *errors = PyImport_ImportModule("ipcraft.errors");
+        PyObject *busy = errors ? PyObject_GetAttrString(errors, "Busy") : NULL;
+        if (busy != NULL)
+            PyErr_SetString(busy, "another thread is already receiving on this handle");
+        Py_XDECREF(busy);
+        Py_XDECREF(errors);
         return 0;
     }
     if (subscriber != (self->slot >= 0)) {
@@ -709,7 +748,7 @@ static long long step_reserve(BcastPort *p, void *arg, int has_deadline, long lo
         return rc;
     rc = bcast_reserve(p, *(uint64_t *)arg, has_deadline, deadline);
     if (rc != 0)
-        pthread_mutex_unlock(p->lock);
+        ipc_robust_unlock(p->lock);
     return rc;
 }
 
@@ -729,6 +768,18 @@ static PyObject *result_or_error(long long rc)
     if (rc == RING_PY_ERROR)
         return NULL;
     return PyLong_FromLongLong(rc);
+}
+
+/* Write ipcraft's 8-byte frame header of an n-byte payload of serializer sid into the reserved record;
+ * where the payload goes. */
+static char *bcast_write_frame(BcastPort *p, int sid, Py_ssize_t n)
+{
+    char *r = p->data + (p->rec_at & p->mask) + BREC;
+    unsigned char frame[8] = {FRAME_MAGIC, (unsigned char)sid, 0, 0};
+    uint32_t n32 = (uint32_t)n;
+    memcpy(frame + 4, &n32, 4);
+    memcpy(r, frame, 8);
+    return r + 8;
 }
 
 /* send(sid, data, timeout): one message behind ipcraft's 8-byte frame header.  0 or -errno. */
@@ -753,17 +804,13 @@ static PyObject *BcastPort_send(BcastPort *self, PyObject *args)
     uint64_t need = brec_size(len);
     long long rc = bcast_run(self, step_reserve, &need, timeout);
     if (rc == 0) {
-        char *r = self->data + (self->rec_at & self->mask) + BREC;
-        unsigned char frame[8] = {FRAME_MAGIC, (unsigned char)sid, 0, 0};
-        uint32_t n32 = (uint32_t)data.len;
-        memcpy(frame + 4, &n32, 4);
-        memcpy(r, frame, 8);
+        char *r = bcast_write_frame(self, sid, data.len);
         if (data.len >= GIL_FREE_BYTES) {
             Py_BEGIN_ALLOW_THREADS
-            memcpy(r + 8, data.buf, (size_t)data.len);
+            memcpy(r, data.buf, (size_t)data.len);
             Py_END_ALLOW_THREADS
         } else {
-            memcpy(r + 8, data.buf, (size_t)data.len);
+            memcpy(r, data.buf, (size_t)data.len);
         }
         bcast_commit(self, (uint32_t)len);
         bcast_poke(self);
@@ -807,7 +854,7 @@ static PyObject *bcast_end_reservation(BcastPort *self, int publish)
         bcast_commit(self, (uint32_t)self->needed);
         bcast_poke(self);
     } else {
-        pthread_mutex_unlock(self->lock);
+        ipc_robust_unlock(self->lock);
     }
     Py_RETURN_NONE;
 }
@@ -866,32 +913,277 @@ static PyObject *BcastPort_recv_into(BcastPort *self, PyObject *args)
     return result_or_error(n);
 }
 
-/* try_recv(limit): the fast path of Subscriber.recv/recv_bytes.  The next message's payload as bytes
- * when one is there now, whole, framed by ipcraft and at most `limit` bytes (its serializer id in
- * last_sid); None for anything else (nothing yet, a lap, an eviction, a foreign frame, a large message),
- * which the general path then handles with its full semantics.  Never waits; keeps the GIL. */
-static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *arg)
+/* ---- the fast paths (FastPath, FastBatches of _transports/_contract.py) ----------------------
+ *
+ * Each finishes the common case in one call, holding the GIL except while a receive spins on an empty
+ * ring or a large message (GIL_FREE_BYTES or more) is copied straight between the caller's object and
+ * the ring (the port is then in flight, and a receive by another thread meanwhile is Busy).  None
+ * reports an error itself: it answers False / None / a short count for anything else (would block, a
+ * lap, an eviction, the end of the stream, a frame of another format or over `limit`, another thread
+ * inside the port), and the general path then does it with its full semantics. */
+
+/* memcpy, without the GIL when it is large (the port is then marked in flight: a close() meanwhile keeps
+ * the mapping until the caller's bcast_release()). */
+static void bcast_copy(BcastPort *p, void *dst, const void *src, size_t n)
 {
-    unsigned long long limit = PyLong_AsUnsignedLongLong(arg);
-    if (PyErr_Occurred() || !bcast_usable(self, 1))
+    if (n < GIL_FREE_BYTES) {
+        memcpy(dst, src, n);
+        return;
+    }
+    p->inflight++;
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(dst, src, n);
+    Py_END_ALLOW_THREADS
+    p->inflight--;
+}
+
+/* Whether a fast-path send may run now: a publisher's open port, no reservation, nobody inside. */
+static int fast_send_ok(BcastPort *p)
+{
+    return p->has_view && !p->closed && p->slot < 0 && !p->reserved && p->inflight == 0;
+}
+
+/* The lock held: reserve and fill one record of payload v behind a frame header, the record at `head`
+ * with sequence number `seq`.  0, or -errno (nothing written; -EAGAIN: no room now). */
+static int bcast_put_locked(BcastPort *p, uint64_t head, uint64_t seq, int sid, const Py_buffer *v)
+{
+    if ((uint64_t)v->len > p->limit || 8 + (uint64_t)v->len > p->maxrec)
+        return -EMSGSIZE;
+    int rc = bcast_reserve_at(p, head, seq, brec_size(8 + (uint64_t)v->len), 0, 0);
+    if (rc != 0)
+        return rc;
+    bcast_copy(p, bcast_write_frame(p, sid, v->len), v->buf, (size_t)v->len);
+    bcast_write_header(p, (uint32_t)(8 + v->len));
+    return 0;
+}
+
+/* Take the publishers' lock without waiting (nowait): 0, or -errno. */
+static int bcast_lock_now(BcastPort *p)
+{
+    p->nowait = 1;
+    int rc = bcast_lock(p, 0, 0);
+    p->nowait = 0;
+    return rc;
+}
+
+/* try_send(data, sid=0) -> bool: publish data behind a frame header if that can be done at once. */
+static PyObject *BcastPort_try_send(BcastPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long sid;
+    if (ring_sid_arg(args, nargs, "try_send(data, sid=0)", &sid) < 0)
         return NULL;
-    long long n = bcast_peek(self);
-    if (n < 8 || n >= GIL_FREE_BYTES)
-        Py_RETURN_NONE;
-    const unsigned char *src = (const unsigned char *)self->data + (self->peeked & self->mask) + BREC;
+    Py_buffer v;
+    if (!fast_send_ok(self) || PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    int ok = 0;
+    if ((uint64_t)v.len <= self->limit && bcast_lock_now(self) == 0) {
+        self->nowait = 1;
+        int rc = bcast_put_locked(self, __atomic_load_n(self->head_p, __ATOMIC_RELAXED),
+                                  __atomic_load_n(self->seq_p, __ATOMIC_RELAXED), (int)sid, &v);
+        self->nowait = 0;
+        if (rc == 0) {
+            bcast_publish(self, self->rec_end, self->rec_at, self->rec_seq);
+            bcast_poke(self);
+            ok = 1;
+        } else {
+            ipc_robust_unlock(self->lock);
+        }
+    }
+    PyBuffer_Release(&v);
+    bcast_release(self);
+    return PyBool_FromLong(ok);
+}
+
+/* try_send_many(items, sid=0) -> int: publish the longest prefix of the sequence of bytes-like items
+ * that fits now, under one hold of the lock, with one store of head (a subscriber, or a crash, sees all
+ * of the batch or none of it) and one wake-up. */
+static PyObject *BcastPort_try_send_many(BcastPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long sid;
+    PyObject *seq = ring_send_many_args(args, nargs, &sid);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq), done = 0;
+    if (k == 0 || !fast_send_ok(self) || bcast_lock_now(self) != 0) {
+        Py_DECREF(seq);
+        return PyLong_FromLong(0);
+    }
+    uint64_t head = __atomic_load_n(self->head_p, __ATOMIC_RELAXED), next = __atomic_load_n(self->seq_p, __ATOMIC_RELAXED);
+    uint64_t last = 0;
+    self->nowait = 1;
+    for (; done < k; done++) {
+        Py_buffer v;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, done), &v, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            break;
+        }
+        int rc = bcast_put_locked(self, head, next, (int)sid, &v);
+        PyBuffer_Release(&v);
+        if (rc != 0)
+            break;
+        last = self->rec_at;
+        head = self->rec_end;
+        next = self->rec_seq + 1;
+    }
+    self->nowait = 0;
+    if (done > 0) {
+        bcast_publish(self, head, last, next - 1);
+        bcast_poke(self);
+    } else {
+        ipc_robust_unlock(self->lock);
+    }
+    Py_DECREF(seq);
+    bcast_release(self);
+    return PyLong_FromSsize_t(done);
+}
+
+/* ring_spin's check for the fast receives: something at the cursor (or an event), or closed. */
+static int bcast_spin_check(void *ctx)
+{
+    BcastPort *p = ctx;
+    if (ring_load_acquire(p->head_p) != p->cursor || !bcast_mine(p) || bcast_ended(p))
+        return 1;
+    return __atomic_load_n(&p->closed, __ATOMIC_RELAXED) ? -1 : 0;
+}
+
+/* Whether a fast receive should look now: a subscriber's open port with no fileno() user and nobody
+ * inside; on an empty ring it first spins (GIL released) up to FAST_SPIN_MAX_NS or spin_ns, because a
+ * message often comes within microseconds and the general path costs more than that in Python. */
+static int bcast_fast_recv_ready(BcastPort *p, int batch)
+{
+    if (!p->has_view || p->closed || p->slot < 0 || (p->fd_user && !batch) || p->inflight)
+        return 0;
+    if (ring_load_acquire(p->head_p) == p->cursor && p->spin_ns != 0) {
+        long long ns = p->spin_ns < 0 || p->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : p->spin_ns;
+        int got;
+        p->inflight++;
+        Py_BEGIN_ALLOW_THREADS
+        got = ring_spin(bcast_spin_check, p, ns);
+        Py_END_ALLOW_THREADS
+        p->inflight--;
+        bcast_release(p);
+        if (!got || p->closed)
+            return 0;
+    }
+    return 1;
+}
+
+/* The ordinary ipcraft frame at the cursor (of serializer sid when sid >= 0, at most `limit` bytes) as
+ * new bytes, the cursor moved past it locally (not yet published to the slot); Py_None (borrowed, nothing
+ * taken) for anything the general path must see; NULL with an exception set. */
+static PyObject *bcast_next_frame(BcastPort *p, long long sid)
+{
+    long long n = bcast_peek(p);
+    if (n < 8)
+        return Py_None;
+    const unsigned char *src = (const unsigned char *)p->data + (p->peeked & p->mask) + BREC;
     uint32_t length;
     memcpy(&length, src + 4, 4);
-    if (src[0] != FRAME_MAGIC || src[2] || src[3] || (uint64_t)length + 8 != (uint64_t)n || length > limit)
+    if (src[0] != FRAME_MAGIC || src[2] || src[3] || (uint64_t)length + 8 != (uint64_t)n || length > p->limit ||
+        (sid >= 0 && src[1] != sid))
+        return Py_None;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+    if (out != NULL) {
+        p->fast_copy = 1;
+        bcast_copy(p, PyBytes_AS_STRING(out), src + 8, length); /* (checked after: bcast_finish_take) */
+        p->fast_copy = 0;
+        p->last_sid = src[1];
+        p->cursor = p->peeked + brec_size((uint64_t)n);
+        p->expected = p->peeked_seq + 1;
+    }
+    return out;
+}
+
+/* End a fast receive that took records from `first` (expected `first_seq` there): if a publisher
+ * started overwriting them while they were copied, put the cursor back and answer 0 (the general path
+ * reports the lap); else publish the cursor once and wake a waiting publisher once. */
+static int bcast_finish_take(BcastPort *p, uint64_t first, uint64_t first_seq)
+{
+    if (p->cursor == first)
+        return 1;
+    if (!bcast_intact(p, first) || !bcast_mine(p) || p->closed) {
+        p->cursor = first;
+        p->expected = first_seq;
+        return 0;
+    }
+    __atomic_store_n(u64at(p->slotp, SO_EXPECTED), p->expected, __ATOMIC_RELAXED);
+    __atomic_store_n(u64at(p->slotp, SO_CURSOR), p->cursor, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(p->pubs_sleep_p, __ATOMIC_SEQ_CST)) {
+        __atomic_add_fetch(p->progress_p, 1, __ATOMIC_SEQ_CST);
+        mpmc_wake_sleepers(p->pubs_sleep_p, p->progress_p);
+    }
+    return 1;
+}
+
+/* try_recv() -> bytes | None: the fast path of Subscriber.recv/recv_bytes.  The next message's payload
+ * when one is there now (or comes while it spins), an ordinary ipcraft frame of at most `limit` bytes
+ * (its serializer id in last_sid); None for anything else, which the general path then handles. */
+static PyObject *bcast_try_recv(BcastPort *self)
+{
+    if (!bcast_fast_recv_ready(self, 0))
         Py_RETURN_NONE;
-    int sid = src[1];
-    PyObject *out = PyBytes_FromStringAndSize((const char *)src + 8, length);
-    if (out == NULL)
+    uint64_t first = self->cursor, first_seq = self->expected;
+    PyObject *b = bcast_next_frame(self, -1);
+    if (b == NULL)
         return NULL;
-    if (bcast_consume(self, (uint64_t)n) < 0) { /* overwritten while copied: the general path reports it */
-        Py_DECREF(out);
+    if (b == Py_None) /* (the cursor moved only past pad records, which peek published) */
+        Py_RETURN_NONE;
+    if (!bcast_finish_take(self, first, first_seq)) {
+        Py_DECREF(b);
         Py_RETURN_NONE;
     }
-    self->last_sid = sid;
+    return b;
+}
+
+static PyObject *BcastPort_try_recv(BcastPort *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *b = bcast_try_recv(self);
+    bcast_release(self); /* a close() by another thread while a large message was copied */
+    return b;
+}
+
+/* try_recv_many(max_messages, sid=-1) -> list[bytes]: up to max_messages ordinary frames (of serializer
+ * sid when sid >= 0) that are there now, taken with one publication of the cursor; it stops before
+ * anything else.  An empty list when none (the general path then waits or reports).  Unlike try_recv it
+ * serves a fileno() user too (Subscriber.recv_many takes the rest of a batch after the general path
+ * received the first): the fd is re-armed by the general path, through which every wait goes. */
+static PyObject *BcastPort_try_recv_many(BcastPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long most, sid;
+    if (ring_recv_many_args(args, nargs, &most, &sid) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL || most <= 0 || !bcast_fast_recv_ready(self, 1))
+        return out;
+    uint64_t first = self->cursor, first_seq = self->expected, cursor = first, expected = first_seq;
+    self->taking = 1;
+    while (PyList_GET_SIZE(out) < most) {
+        PyObject *b = bcast_next_frame(self, sid);
+        if (b == Py_None)
+            break;
+        if (b == NULL || PyList_Append(out, b) < 0) {
+            Py_XDECREF(b);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_DECREF(b);
+        cursor = self->cursor;
+        expected = self->expected;
+    }
+    self->taking = 0;
+    self->cursor = cursor; /* after the last frame taken (peek may have looked further) */
+    self->expected = expected;
+    if (out == NULL) {
+        self->cursor = first;
+        self->expected = first_seq;
+        return NULL;
+    }
+    if (!bcast_finish_take(self, first, first_seq))
+        Py_SETREF(out, PyList_New(0));
+    bcast_release(self);
     return out;
 }
 
@@ -1116,7 +1408,7 @@ static PyObject *BcastPort_close(BcastPort *self, PyObject *unused)
     (void)unused;
     if (self->reserved && self->has_view) {
         self->reserved = 0;
-        pthread_mutex_unlock(self->lock);
+        ipc_robust_unlock(self->lock);
     }
     __atomic_store_n(&self->closed, 1, __ATOMIC_RELAXED);
     bcast_release(self);
@@ -1141,7 +1433,14 @@ static PyMethodDef BcastPort_methods[] = {
     {"commit", (PyCFunction)BcastPort_commit, METH_NOARGS, "commit() -> None: publish the reservation"},
     {"abort", (PyCFunction)BcastPort_abort, METH_NOARGS, "abort() -> None: drop the reservation"},
     {"recv_into", (PyCFunction)BcastPort_recv_into, METH_VARARGS, "recv_into(out, timeout=None) -> n | -errno"},
-    {"try_recv", (PyCFunction)BcastPort_try_recv, METH_O, "try_recv(limit) -> bytes | None (fast path)"},
+    {"try_send", (PyCFunction)(void (*)(void))BcastPort_try_send, METH_FASTCALL,
+     "try_send(data, sid=0) -> bool: publish data behind a frame header if that can be done at once"},
+    {"try_send_many", (PyCFunction)(void (*)(void))BcastPort_try_send_many, METH_FASTCALL,
+     "try_send_many(items, sid=0) -> int: publish the longest prefix that fits now, with one store of head"},
+    {"try_recv", (PyCFunction)BcastPort_try_recv, METH_NOARGS,
+     "try_recv() -> bytes | None: the next ordinary frame's payload (at most `limit` bytes) if there now"},
+    {"try_recv_many", (PyCFunction)(void (*)(void))BcastPort_try_recv_many, METH_FASTCALL,
+     "try_recv_many(max_messages, sid=-1) -> list[bytes]: frames there now, one cursor publication"},
     {"peek", (PyCFunction)BcastPort_peek, METH_VARARGS, "peek(timeout=None) -> (offset, n) | -errno"},
     {"consume", (PyCFunction)BcastPort_consume, METH_NOARGS, "consume() -> 0 | -errno"},
     {"wait", (PyCFunction)BcastPort_wait, METH_VARARGS, "wait(timeout=None, position=None) -> 0 | -errno"},
@@ -1167,6 +1466,8 @@ static PyMemberDef BcastPort_members[] = {
     {"recovered", T_ULONGLONG, offsetof(BcastPort, recovered), READONLY, "locks taken over from a dead publisher"},
     {"evicted", T_ULONGLONG, offsetof(BcastPort, evicted), READONLY, "subscribers this publisher evicted"},
     {"max_record", T_ULONGLONG, offsetof(BcastPort, maxrec), READONLY, "the largest record (frame header included)"},
+    {"limit", T_ULONGLONG, offsetof(BcastPort, limit), 0, "the fast paths take payloads up to this size"},
+    {"fd_user", T_INT, offsetof(BcastPort, fd_user), 0, "a fileno() was given out: receives take the general path"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -162,23 +162,6 @@ static PyObject *MpmcPort_wait(MpmcPort *self, PyObject *const *args, Py_ssize_t
 
 /* ---- the channel's fast path: complete the common case at once, else leave it to the general path */
 
-/* The optional sid argument of the fast-path sends: 0-255, else -1 with an exception set. */
-static int sid_arg(PyObject *const *args, Py_ssize_t nargs, const char *usage, long *sid)
-{
-    *sid = 0;
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "%s takes 1 or 2 arguments", usage);
-        return -1;
-    }
-    if (nargs == 2 && ((*sid = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()))
-        return -1;
-    if (*sid < 0 || *sid > 255) {
-        PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
-        return -1;
-    }
-    return 0;
-}
-
 /* Describe the buffer v as one fast-path message: an ipcraft frame header (in hdr) then the payload.
  * 0, or -1 when the fast path does not take it (over the limit, or FAST_SEND_MAX or more: the general
  * path copies such a payload without the GIL).  Up to 256 KiB the copy under the GIL (~10 us) costs
@@ -200,7 +183,7 @@ static int frame_parts(MpmcPort *self, long sid, const Py_buffer *v, unsigned ch
 static PyObject *MpmcPort_try_send(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long sid;
-    if (sid_arg(args, nargs, "try_send(data, sid=0)", &sid) < 0)
+    if (ring_sid_arg(args, nargs, "try_send(data, sid=0)", &sid) < 0)
         return NULL;
     Py_buffer v;
     if (!self->has_view || self->closed || PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) {
@@ -220,9 +203,7 @@ static PyObject *MpmcPort_try_send(MpmcPort *self, PyObject *const *args, Py_ssi
 static PyObject *MpmcPort_try_send_many(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long sid;
-    if (sid_arg(args, nargs, "try_send_many(items, sid=0)", &sid) < 0)
-        return NULL;
-    PyObject *seq = PySequence_Fast(args[0], "try_send_many() takes a sequence of bytes-like objects");
+    PyObject *seq = ring_send_many_args(args, nargs, &sid);
     if (seq == NULL)
         return NULL;
     Py_ssize_t k = PySequence_Fast_GET_SIZE(seq), done = 0;

@@ -118,6 +118,32 @@ static inline int ring_spin(int (*check)(void *), void *ctx, long long ns)
     }
 }
 
+/* The optional sid argument of the rings' fast-path sends (try_send, try_send_many): 0-255, else -1 with an exception set. */
+static inline int ring_sid_arg(PyObject *const *args, Py_ssize_t nargs, const char *usage, long *sid)
+{
+    *sid = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s takes 1 or 2 arguments", usage);
+        return -1;
+    }
+    if (nargs == 2 && ((*sid = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()))
+        return -1;
+    if (*sid < 0 || *sid > 255) {
+        PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
+        return -1;
+    }
+    return 0;
+}
+
+/* The arguments of the rings' try_send_many(items, sid=0): the items as a PySequence_Fast (a new
+ * reference), or NULL with an exception set. */
+static inline PyObject *ring_send_many_args(PyObject *const *args, Py_ssize_t nargs, long *sid)
+{
+    if (ring_sid_arg(args, nargs, "try_send_many(items, sid=0)", sid) < 0)
+        return NULL;
+    return PySequence_Fast(args[0], "try_send_many() takes a sequence of bytes-like objects");
+}
+
 /* The arguments of both ports' try_recv_many(max_messages, sid=-1).  0, or -1 with TypeError set. */
 static inline int ring_recv_many_args(PyObject *const *args, Py_ssize_t nargs, long long *most, long long *sid)
 {

@@ -28,6 +28,7 @@ from .._rings import bcast as _bcast
 from .._wait import remaining
 from ..errors import HandleClosed, ProtocolError
 from ..primitives.shm import PosixSharedMemory
+from ._contract import TryRecv, TryRecvMany, TrySend, TrySendMany
 
 _OPEN_RETRIES = 100  # create="if_missing": rounds of "missing -> create -> exists" before giving up
 _DEFAULT_SLOW_TIMEOUT = 5.0
@@ -136,7 +137,18 @@ class BcastPublisherPort:
             raise
         self.what, self.authenticated, self.limit_source = m.what, m.authenticated, m.limit_source
         self.max_payload = _bcast.max_message(m.header.capacity)
-        self.send_raw = self._port.send  # (sid, data, timeout) -> 0 | -errno: the fast path
+        self._port.limit = default_max_message_size(endpoint)
+
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
+        """``(try_send(data, sid=0) -> bool, -)``: a whole non-blocking publication in one C call
+        (frame header, lock, room check, copy, head store, wake-up); False sends nothing and leaves the
+        message to :meth:`send` (no room now, another publisher holds the lock, over the limits)."""
+        return self._live().try_send, _no_recv
+
+    def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
+        """``(try_send_many(payloads, sid=0) -> int, -)``: the longest prefix that fits now, published
+        with one store of head and one wake-up."""
+        return self._live().try_send_many, _no_recv_many
 
     @property
     def owner(self) -> bool:
@@ -210,6 +222,8 @@ class BcastSubscriberPort:
     _fd: _bcast.FdWake | None = None
     _slot = -1
     _token = 0
+    #: Bumped when the port rejoins with a new slot (its fast paths are then new ones).
+    generation = 0
 
     def __init__(self, endpoint: Endpoint, create: bool | str = False) -> None:
         self.endpoint = endpoint
@@ -224,6 +238,7 @@ class BcastSubscriberPort:
         except BaseException:
             self.close()
             raise
+        self._port.limit = default_max_message_size(endpoint)
         self.what, self.authenticated = m.what, m.authenticated
         self._scratch = bytearray(64 * 1024)
         self._reaped_at = 0.0
@@ -292,8 +307,11 @@ class BcastSubscriberPort:
         self._slot, self._token = _bcast.claim_slot(m.view, m.header.slots, m.what)
         self._port = _native.BcastPort(m.view, slot=self._slot, token=self._token,
                                        spin_ns=_spin_ns(self.endpoint))
+        self._port.limit = default_max_message_size(self.endpoint)
+        self.generation += 1
         self._start("oldest")
         if self._fd is not None:
+            self._port.fd_user = int(self._fd.active)
             self._fd.close()
         self._fd = _bcast.FdWake(m.view, self._slot, self._token)
 
@@ -306,15 +324,19 @@ class BcastSubscriberPort:
         left = remaining(deadline)
         return _bcast.REAP_INTERVAL if left is None else min(left, _bcast.REAP_INTERVAL)
 
-    def try_recv(self, limit: int) -> tuple[bytes, int] | None:
-        """The fast path: ``(payload, serializer id)`` of a message that is there now, or None (see
-        BcastPort.try_recv; a handle that gave out a fileno() always takes the general path, which
-        re-arms it)."""
-        port = self._port
-        if port is None or (self._fd is not None and self._fd.active):
-            return None
-        data = port.try_recv(limit)
-        return None if data is None else (data, port.last_sid)
+    def fast_path(self) -> tuple[TrySend, TryRecv]:
+        """``(-, try_recv() -> bytes | None)``: the next message's payload in one C call when it is there
+        (or comes while it spins briefly), an ordinary frame of at most max_message_size bytes; None
+        takes nothing and leaves the receive to :meth:`recv` (nothing yet, a lap, an eviction, the end,
+        another serializer's frame in a batch, over max_message_size, a handle that gave out a fileno()).
+        A large message is copied once, without the GIL, from the ring into the new bytes.
+        The pair is this port's until a rejoin after being reaped (:attr:`generation` changes)."""
+        return _no_send, self._live().try_recv
+
+    def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
+        """``(-, try_recv_many(max_messages, sid) -> list[bytes])``: the messages there now, taken with
+        one publication of the cursor."""
+        return _no_send_many, self._live().try_recv_many
 
     def recv(self, deadline: float | None) -> memoryview:
         """The next record (frame header included), valid until the next recv; waits until ``deadline``."""
@@ -393,7 +415,7 @@ class BcastSubscriberPort:
                 return False
 
     def fileno(self) -> int:
-        self._live()
+        self._live().fd_user = 1  # receive by the general path from now on: it re-arms the fd
         assert self._fd is not None
         fd = self._fd.fileno()
         self._fd.rearm(self._live().pending())
@@ -434,6 +456,22 @@ class BcastSubscriberPort:
                 port.close()
             if m is not None:
                 m.close()
+
+
+def _no_send(data: Any, sid: int = 0) -> bool:
+    return False  # a subscriber does not publish
+
+
+def _no_send_many(payloads: Any, sid: int = 0) -> int:
+    return 0
+
+
+def _no_recv() -> bytes | None:
+    return None  # a publisher does not receive
+
+
+def _no_recv_many(max_messages: int, sid: int = -1) -> list[bytes]:
+    return []
 
 
 def default_max_message_size(endpoint: Endpoint) -> int:

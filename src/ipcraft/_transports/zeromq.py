@@ -1056,9 +1056,6 @@ class ZmqSubscriberPort:
     def recv(self, deadline: float | None) -> memoryview:
         return memoryview(self._t._recv_raw(deadline))
 
-    def try_recv(self, limit: int) -> tuple[bytes, int] | None:
-        return None  # no fast path: Subscriber takes the general one (recv)
-
     def peek(self, deadline: float | None) -> tuple[memoryview, int]:
         raise NotImplementedError(f"{self.endpoint}: ZeroMQ cannot lend its buffers; use recv_bytes_into")
 
