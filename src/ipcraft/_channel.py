@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar, cast
 
-from . import _framing
+from . import _framing, _native
 from ._endpoint import Endpoint
 from ._peer import Peer
 from ._resource import ConflictDetector, Handle
@@ -35,7 +35,7 @@ from ._transports._contract import (
 )
 from ._transports._framed import FramedStream, RawStream
 from ._wait import deadline_after, remaining
-from ._zerocopy import RecvView, SendView
+from ._zerocopy import recv_lender, send_lender
 from .errors import (
     AuthenticationError,
     BufferTooSmall,
@@ -84,6 +84,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     # The same for batches (send_many/recv_many) where the transport moves many messages per call.
     _fast_send_many: TrySendMany | None = None
     _fast_recv_many: TryRecvMany | None = None
+    # recv_view()/send_view()'s context-manager factories (_zerocopy), made on first use
+    _recv_lender: _native.Lender | None = None
+    _send_lender: _native.Lender | None = None
     #: An error a recv_many() met after it had taken messages: raised by the next recv_many().
     _batch_error: BaseException | None = None
 
@@ -173,6 +176,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def _close(self) -> None:
         self._fast_send = self._fast_recv = self._fast_send_many = self._fast_recv_many = None
+        self._recv_lender = self._send_lender = None
         t, self._transport = self._transport, None
         if t is not None:
             t.close()
@@ -418,8 +422,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         .. versionadded:: 0.1
         """
-        return RecvView(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
-                       self._receiving, timeout)
+        lender = self._recv_lender  # None until the first call, and again once closed
+        if lender is None or self._closed:
+            t = self._lender("recv_view", "recv_bytes_into for a reusable buffer")
+            lender = self._recv_lender = recv_lender(t, self._receiving)
+        return lender.lend(timeout)
 
     def send_view(self, n: int, *, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Reserve ``n`` bytes of shared memory to fill in place: ``with ch.send_view(n) as view: ...``.
@@ -438,12 +445,14 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         .. versionadded:: 0.1
         """
-        t = self._lender("send_view", "send_bytes")
-        if n < 0:
-            raise ValueError(f"send_view() needs n >= 0, not {n}")
-        if n > self._send_limit:
+        lender = self._send_lender  # None until the first call, and again once closed
+        if lender is None or self._closed:
+            lender = self._send_lender = send_lender(self._lender("send_view", "send_bytes"), self._sending)
+        if not 0 <= n <= self._send_limit:
+            if n < 0:
+                raise ValueError(f"send_view() needs n >= 0, not {n}")
             raise self._too_large(n)
-        return SendView(t, self._sending, n, timeout)
+        return lender.lend(timeout, n)
 
     def _lender(self, method: str, instead: str) -> ZeroCopy:
         self._live()

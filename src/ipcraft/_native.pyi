@@ -3,7 +3,7 @@
 Every function takes a buffer Python owns and an offset into it.  Functions return 0, a count or a
 value, or ``-errno``; they raise only for bad arguments (TypeError, BufferError, ValueError).
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 from typing_extensions import Self
@@ -73,6 +73,33 @@ class SpscPort:
     def set_level(self, on: bool, /) -> int: ...
     def shutdown(self) -> int: ...
     def close(self) -> None: ...
+
+# lend.c: zero copy as C context managers (Channel.recv_view()/send_view(), see ipcraft/_zerocopy.py).
+class BusyLock:
+    """A non-blocking guard: entering it while it is held raises ``error(message)``."""
+
+    def __init__(self, message: str, error: type[BaseException] = RuntimeError) -> None: ...
+    @property
+    def held(self) -> bool: ...
+    def __enter__(self) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+class Lend:
+    """One recv_view()/send_view(): lends ring memory as a memoryview on enter, released on exit."""
+
+    def __enter__(self) -> memoryview: ...
+    def __exit__(self, *exc: object) -> bool: ...
+
+class Lender:
+    """Makes the Lend context managers of one direction of a channel: ``acquire``/``finish``/``cancel``
+    are the transport's verbs (the general path); ``port``/``whole``/``fail``, an SpscPort with a view
+    of its whole buffer, let a Lend finish the common case in C."""
+
+    def __init__(self, guard: BusyLock, send: bool, acquire: Callable[..., memoryview],
+                 finish: Callable[[], object], cancel: Callable[[], object] | None = None,
+                 port: SpscPort | None = None, whole: memoryview | None = None,
+                 fail: Callable[[int], BaseException] | None = None) -> None: ...
+    def lend(self, timeout: float | None, n: int = ..., /) -> Lend: ...
 
 # mpmc.c / mpmc_port.c: the multi-producer multi-consumer ring of ring:// and file:// (layout in
 # ipcraft/_rings/mpmc.py).

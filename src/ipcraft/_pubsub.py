@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import _framing
+from . import _framing, _native
 from ._channel import _NoPublicConstructor, bytes_view, copy_message, decode_message, writable_bytes
 from ._endpoint import Endpoint
 from ._resource import ConflictDetector, Handle
 from ._wait import deadline_after
-from ._zerocopy import RecvView, SendView
+from ._zerocopy import recv_lender, send_lender
 from .errors import AuthenticationError, ChannelClosed, InvalidEndpoint, MessageTooLarge
 from .serializers import MSGPACK, Serializer
 
@@ -140,6 +140,7 @@ class Publisher(_PubSubHandle, Generic[T]):
                  max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__(port, serializer=serializer, max_message_size=max_message_size)
         self._sending = ConflictDetector("sending")
+        self._send_lender: _native.Lender | None = None
         self._limit = min(max_message_size, port.max_payload - _framing.HEADER_SIZE)
         self._limit_source = (port.limit_source if self._limit < max_message_size
                               else "this publisher's max_message_size")
@@ -208,7 +209,10 @@ class Publisher(_PubSubHandle, Generic[T]):
             raise ValueError(f"send_view() needs n >= 0, not {n}")
         if n > self._limit:
             raise self._too_large(n)
-        return SendView(port, self._sending, n, timeout)
+        lender = self._send_lender
+        if lender is None:
+            lender = self._send_lender = send_lender(port, self._sending)
+        return lender.lend(timeout, n)
 
 
 class Subscriber(_PubSubHandle, Generic[T]):
@@ -227,6 +231,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
                  max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__(port, serializer=serializer, max_message_size=max_message_size)
         self._receiving = ConflictDetector("receiving")
+        self._recv_lender: _native.Lender | None = None
 
     @property
     def missed(self) -> int:
@@ -302,7 +307,11 @@ class Subscriber(_PubSubHandle, Generic[T]):
         Raises:
             on entry as :meth:`recv_bytes`; on exit MessagesMissed / SubscriberEvicted as above.
         """
-        return RecvView(self._live(), self._receiving, timeout)
+        port = self._live()
+        lender = self._recv_lender
+        if lender is None:
+            lender = self._recv_lender = recv_lender(port, self._receiving)
+        return lender.lend(timeout)
 
     def latest(self, timeout: float | None = 0.0) -> T:
         """The most recent message published, deserialized, without consuming the stream.

@@ -71,6 +71,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddFunctions(m, ipc_rings_methods) < 0 ||
         ipc_pmutex_register(m) < 0 ||
         ipc_spsc_register(m) < 0 ||
+        ipc_lend_register(m) < 0 ||
         ipc_mpmc_register(m) < 0 ||
         ipc_bcast_register(m) < 0) {
         Py_DECREF(m);

@@ -21,6 +21,7 @@ extern PyMethodDef ipc_mman_methods[];
 extern PyMethodDef ipc_rings_methods[]; /* rings.c: ring_cpus_busy() */
 int ipc_pmutex_register(PyObject *m); /* pmutex.c: functions, the PMutex type, PMUTEX_SIZE */
 int ipc_spsc_register(PyObject *m); /* spsc_port.c: the SpscPort type and spsc_layout() */
+int ipc_lend_register(PyObject *m); /* lend.c: BusyLock, Lender and Lend (zero copy) */
 int ipc_mpmc_register(PyObject *m); /* mpmc_port.c: the MpmcPort type and mpmc_layout() */
 int ipc_bcast_register(PyObject *m); /* bcast.c: the BcastPort type and bcast_layout() */
 

@@ -91,6 +91,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 from .. import _native
@@ -208,6 +209,7 @@ class SpscPort:
                  wait_fd: int = -1, watch_fds: tuple[int, ...] = (), spin: bool = False,
                  limit: int = -1, limit_source: str = "") -> None:
         self.what = what
+        self.producer = producer
         self.capacity = check_ring(buf, offset, what)
         self._mv = memoryview(buf).cast("B")
         self._ro = self._mv.toreadonly()  # peek slices this: one view per record, not two
@@ -257,6 +259,12 @@ class SpscPort:
 
     def abort(self) -> None:
         self.native.abort()
+
+    def lend_parts(self) -> tuple[_native.SpscPort, memoryview, Callable[[int], Exception]]:
+        """What _native.Lender needs to lend this side in C: the port, the buffer's whole view (read-only
+        on the consumer side) and the error of a commit the port refused."""
+        return (self.native, self._mv if self.producer else self._ro,
+                lambda rc: self._fail(rc, "committing a reserved record"))
 
     # -- consumer ----------------------------------------------------------------------------------
 

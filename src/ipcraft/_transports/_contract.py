@@ -24,6 +24,8 @@ Optional capabilities are small protocols checked once, with ``isinstance``, whe
   batch in the shared-memory rings.
 * :class:`ZeroCopy`: ``reserve``/``commit``/``abort`` and ``peek``/``consume`` (Channel.send_view()
   and recv_view()), the verbs of the ring ports down to C.
+* :class:`NativeLends`: ``native_lends()``, the C ports behind ZeroCopy, so that recv_view()/send_view()
+  finish the common case in C (``_native.Lender``).
 * :class:`BoundEndpoint`: a listener that knows the address it is bound to (a port 0 resolved).
 
 Deadlines are absolute ``time.monotonic()`` values or None (wait forever; see ``_wait``).
@@ -180,6 +182,19 @@ class ZeroCopy(Protocol):
 
     def consume(self) -> None:
         """Drop the peeked message."""
+
+
+#: ``(C port, memoryview of its whole buffer, fail(-errno) -> exception)``: one direction's C lending
+#: (see _native.Lender); the view is read-only for the receiving direction.
+NativeLend = tuple[Any, memoryview, Callable[[int], Exception]]
+
+
+@runtime_checkable
+class NativeLends(Protocol):
+    """A ZeroCopy transport whose rings are C ports that _native.Lender can lend from directly."""
+
+    def native_lends(self) -> tuple[NativeLend, NativeLend]:
+        """``(receiving, sending)`` C lending parts."""
 
 
 @runtime_checkable

@@ -1,0 +1,425 @@
+/* Zero copy as C context managers: Channel.recv_view() and send_view() (see ipcraft/_zerocopy.py).
+ *
+ * BusyLock is the guard of one direction of a handle (ipcraft's ConflictDetector): a flag, tested and
+ * set under the GIL, whose second holder gets the error it was made with.
+ *
+ * A Lender is made once per direction of a channel and hands out one Lend per recv_view()/send_view()
+ * call.  A Lend's __enter__ takes the guard and lends ring memory as a memoryview; its __exit__
+ * releases that memoryview (so that a view used after the block raises ValueError instead of reading
+ * memory the peer reuses) and then consumes the record, or commits the loan (aborts it when the block
+ * raised), and drops the guard.  Over an SPSC ring (shm://) the common case never leaves C: the record
+ * is found (spinning briefly, the GIL released, as the copying fast path does) or the room placed, and
+ * the view is a slice of the port's whole-buffer memoryview, so an escaped export still pins the
+ * mapping.  Everything else (waiting with a deadline, errors, a closed channel, other transports) goes
+ * through the Python callables the Lender was made with: the transport's peek/reserve and
+ * consume/commit/abort.
+ */
+#include "spsc.h"
+
+/* ---- BusyLock ------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    int held;
+    PyObject *error;   /* the exception type raised at a second holder */
+    PyObject *message; /* and its argument */
+} BusyLock;
+
+static int BusyLock_init(BusyLock *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"message", "error", NULL};
+    PyObject *message, *error = PyExc_RuntimeError;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "U|O:BusyLock", kwlist, &message, &error))
+        return -1;
+    if (!PyExceptionClass_Check(error)) {
+        PyErr_SetString(PyExc_TypeError, "BusyLock's error must be an exception type");
+        return -1;
+    }
+    Py_INCREF(message);
+    Py_INCREF(error);
+    Py_XSETREF(self->message, message);
+    Py_XSETREF(self->error, error);
+    self->held = 0;
+    return 0;
+}
+
+static void BusyLock_dealloc(BusyLock *self)
+{
+    Py_XDECREF(self->message);
+    Py_XDECREF(self->error);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int busy_take(BusyLock *g)
+{
+    if (g->held) {
+        PyErr_SetObject(g->error ? g->error : PyExc_RuntimeError, g->message ? g->message : Py_None);
+        return -1;
+    }
+    g->held = 1;
+    return 0;
+}
+
+static PyObject *BusyLock_enter(BusyLock *self, PyObject *unused)
+{
+    (void)unused;
+    if (busy_take(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *BusyLock_exit(BusyLock *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    self->held = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *BusyLock_get_held(BusyLock *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->held);
+}
+
+static PyMethodDef BusyLock_methods[] = {
+    {"__enter__", (PyCFunction)BusyLock_enter, METH_NOARGS,
+     "Take the lock, or raise the error it was made with if it is held."},
+    {"__exit__", (PyCFunction)(void (*)(void))BusyLock_exit, METH_FASTCALL, "Drop the lock."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef BusyLock_getset[] = {
+    {"held", (getter)BusyLock_get_held, NULL, "True while someone is inside the lock", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject BusyLock_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipcraft._native.BusyLock",
+    .tp_basicsize = sizeof(BusyLock),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "BusyLock(message, error=RuntimeError): a non-blocking guard; entering it while it is "
+              "held raises error(message) (one thread at a time per direction of a handle).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)BusyLock_init,
+    .tp_dealloc = (destructor)BusyLock_dealloc,
+    .tp_methods = BusyLock_methods,
+    .tp_getset = BusyLock_getset,
+};
+
+/* ---- Lender --------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    BusyLock *guard;
+    int send;          /* 1: send_view (reserve, commit/abort), 0: recv_view (peek, consume) */
+    PyObject *acquire; /* recv: peek(timeout) -> memoryview; send: reserve(n, timeout) -> memoryview */
+    PyObject *finish;  /* recv: consume(); send: commit() */
+    PyObject *cancel;  /* send: abort(); recv: None */
+    SpscPort *port;    /* the C port for the fast path, or NULL */
+    PyObject *whole;   /* a memoryview of the port's whole buffer (read-only for recv), or NULL */
+    PyObject *fail;    /* fail(rc) -> exception, for a commit the C port refused, or NULL */
+} Lender;
+
+static int Lender_init(Lender *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"guard", "send", "acquire", "finish", "cancel", "port", "whole", "fail", NULL};
+    PyObject *guard, *acquire, *finish, *cancel = Py_None, *port = Py_None, *whole = Py_None, *fail = Py_None;
+    int send;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!pOO|OOOO:Lender", kwlist, &BusyLock_Type, &guard, &send,
+                                     &acquire, &finish, &cancel, &port, &whole, &fail))
+        return -1;
+    if (!PyCallable_Check(acquire) || !PyCallable_Check(finish) || (send && !PyCallable_Check(cancel))) {
+        PyErr_SetString(PyExc_TypeError, "Lender needs callables acquire, finish (and cancel to send)");
+        return -1;
+    }
+    if (port != Py_None) {
+        if (!PyObject_TypeCheck(port, &SpscPort_Type) || !PyMemoryView_Check(whole) ||
+            !PyCallable_Check(fail)) {
+            PyErr_SetString(PyExc_TypeError, "Lender's port is an SpscPort, with whole (a memoryview of "
+                                             "its buffer) and fail (a callable)");
+            return -1;
+        }
+        SpscPort *p = (SpscPort *)port;
+        Py_buffer *w = PyMemoryView_GET_BUFFER(whole);
+        if (!p->has_view || p->producer != send || w->buf != p->view.buf || w->len != p->view.len ||
+            w->readonly != !send) {
+            PyErr_SetString(PyExc_ValueError, "Lender's port must be open, the producer to send (the "
+                                              "consumer to receive), and whole a memoryview of exactly its "
+                                              "buffer (read-only to receive)");
+            return -1;
+        }
+    }
+    if (self->guard) {
+        PyErr_SetString(PyExc_TypeError, "Lender is already initialised");
+        return -1;
+    }
+    Py_INCREF(guard);
+    self->guard = (BusyLock *)guard;
+    self->send = send;
+    self->acquire = Py_NewRef(acquire);
+    self->finish = Py_NewRef(finish);
+    self->cancel = Py_NewRef(cancel);
+    if (port != Py_None) {
+        self->port = (SpscPort *)Py_NewRef(port);
+        self->whole = Py_NewRef(whole);
+        self->fail = Py_NewRef(fail);
+    }
+    return 0;
+}
+
+static int Lender_traverse(Lender *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->guard);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->finish);
+    Py_VISIT(self->cancel);
+    Py_VISIT(self->port);
+    Py_VISIT(self->whole);
+    Py_VISIT(self->fail);
+    return 0;
+}
+
+static int Lender_clear(Lender *self)
+{
+    Py_CLEAR(self->guard);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->finish);
+    Py_CLEAR(self->cancel);
+    Py_CLEAR(self->port);
+    Py_CLEAR(self->whole);
+    Py_CLEAR(self->fail);
+    return 0;
+}
+
+static void Lender_dealloc(Lender *self)
+{
+    PyObject_GC_UnTrack(self);
+    Lender_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ---- Lend ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Lender *lender;
+    PyObject *timeout;
+    Py_ssize_t n;
+    PyObject *view; /* the lent memoryview, between __enter__ and __exit__ */
+} Lend;
+
+static PyTypeObject Lend_Type;
+
+static PyObject *Lender_lend(Lender *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t n = -1;
+    if (self->guard == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Lender is not initialised");
+        return NULL;
+    }
+    if (nargs != 1 + self->send) {
+        PyErr_SetString(PyExc_TypeError, self->send ? "lend(timeout, n) takes 2 arguments"
+                                                    : "lend(timeout) takes 1 argument");
+        return NULL;
+    }
+    if (self->send) {
+        n = PyLong_AsSsize_t(args[1]);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+        if (n < 0) {
+            PyErr_SetString(PyExc_ValueError, "lend() needs n >= 0");
+            return NULL;
+        }
+    }
+    Lend *l = PyObject_New(Lend, &Lend_Type);
+    if (l == NULL)
+        return NULL;
+    l->lender = (Lender *)Py_NewRef(self);
+    l->timeout = Py_NewRef(args[0]);
+    l->n = n;
+    l->view = NULL;
+    return (PyObject *)l;
+}
+
+static PyMethodDef Lender_methods[] = {
+    {"lend", (PyCFunction)(void (*)(void))Lender_lend, METH_FASTCALL,
+     "lend(timeout) to receive, lend(timeout, n) to send -> Lend: a context manager lending the ring."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Lender_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipcraft._native.Lender",
+    .tp_basicsize = sizeof(Lender),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Lender(guard, send, acquire, finish, cancel=None, port=None, whole=None, fail=None): "
+              "makes the Lend context managers of one direction of a channel.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lender_init,
+    .tp_dealloc = (destructor)Lender_dealloc,
+    .tp_traverse = (traverseproc)Lender_traverse,
+    .tp_clear = (inquiry)Lender_clear,
+    .tp_methods = Lender_methods,
+};
+
+/* The C fast path: a new reference to the lent view, NULL with no error set when the Python path must
+ * do it, NULL with an error set on failure. */
+static PyObject *lend_fast(Lend *self)
+{
+    Lender *L = self->lender;
+    SpscPort *p = L->port;
+    Py_ssize_t off;
+    uint64_t n;
+    if (p == NULL || self->timeout != Py_None || p->closed)
+        return NULL;
+    if (L->send) {
+        n = (uint64_t)self->n;
+        if (spsc_loan(p, n, &off) < 0)
+            return NULL;
+    } else {
+        char *rec;
+        uint64_t total;
+        if (spsc_next_or_spin(p, &rec, &n, &total) < 0 || n > p->limit)
+            return NULL;
+        off = spsc_borrow(p, rec, total);
+    }
+    PyObject *view = PySequence_GetSlice(L->whole, off, off + (Py_ssize_t)n);
+    if (view == NULL)
+        spsc_give_back(p, L->send ? &p->loaned : &p->borrowed);
+    return view;
+}
+
+static PyObject *Lend_enter(Lend *self, PyObject *unused)
+{
+    (void)unused;
+    Lender *L = self->lender;
+    if (busy_take(L->guard) < 0)
+        return NULL;
+    PyObject *view = lend_fast(self);
+    if (view == NULL && !PyErr_Occurred()) {
+        if (L->send) {
+            PyObject *n = PyLong_FromSsize_t(self->n);
+            if (n != NULL) {
+                PyObject *a[2] = {n, self->timeout};
+                view = PyObject_Vectorcall(L->acquire, a, 2, NULL);
+                Py_DECREF(n);
+            }
+        } else {
+            view = PyObject_CallOneArg(L->acquire, self->timeout);
+        }
+        if (view != NULL && !PyMemoryView_Check(view)) {
+            PyErr_Format(PyExc_TypeError, "a lender's acquire returned %.100s, not a memoryview",
+                         Py_TYPE(view)->tp_name);
+            Py_CLEAR(view);
+        }
+    }
+    if (view == NULL) {
+        L->guard->held = 0;
+        return NULL;
+    }
+    Py_XSETREF(self->view, Py_NewRef(view));
+    return view;
+}
+
+static PyObject *str_release; /* "release", interned at registration */
+
+/* Release the lent view; an export of it that outlives the block (np.frombuffer) keeps it alive, which
+ * the docstrings forbid using (the mapping stays pinned, so it is never a crash). */
+static void release_view(Lend *self)
+{
+    PyObject *view = self->view;
+    self->view = NULL;
+    if (view == NULL)
+        return;
+    PyObject *exc_type, *exc, *tb;
+    PyErr_Fetch(&exc_type, &exc, &tb);
+    PyObject *r = PyObject_CallMethodNoArgs(view, str_release);
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    PyErr_Restore(exc_type, exc, tb);
+    Py_DECREF(view);
+}
+
+static PyObject *Lend_exit(Lend *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Lender *L = self->lender;
+    int raised = nargs > 0 && args[0] != Py_None;
+    if (self->view == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "__exit__ without a successful __enter__");
+        return NULL;
+    }
+    release_view(self);
+    PyObject *r = NULL;
+    SpscPort *p = L->port;
+    if (p != NULL) {
+        int rc = 0;
+        if (!L->send)
+            spsc_consume_borrowed(p); /* a closed port has nothing to consume: as the Python path */
+        else if (raised)
+            spsc_give_back(p, &p->loaned);
+        else
+            rc = spsc_commit_loan(p, 0);
+        if (rc == 0) {
+            r = Py_NewRef(Py_None);
+        } else {
+            PyObject *code = PyLong_FromLong(rc);
+            PyObject *e = code ? PyObject_CallOneArg(L->fail, code) : NULL;
+            Py_XDECREF(code);
+            if (e != NULL) {
+                if (PyExceptionInstance_Check(e))
+                    PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+                else
+                    PyErr_SetString(PyExc_TypeError, "a lender's fail() returned no exception");
+                Py_DECREF(e);
+            }
+        }
+    } else {
+        r = PyObject_CallNoArgs(L->send && raised ? L->cancel : L->finish);
+    }
+    L->guard->held = 0;
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+/* Not garbage-collected (one allocation fewer per message): a Lend refers to its Lender, its timeout
+ * and its view, none of which refers back to it. */
+static void Lend_dealloc(Lend *self)
+{
+    Py_XDECREF(self->lender);
+    Py_XDECREF(self->timeout);
+    Py_XDECREF(self->view);
+    PyObject_Free(self);
+}
+
+static PyMethodDef Lend_methods[] = {
+    {"__enter__", (PyCFunction)Lend_enter, METH_NOARGS,
+     "Take the guard and lend the ring: the next record (read-only) or n reserved bytes (writable)."},
+    {"__exit__", (PyCFunction)(void (*)(void))Lend_exit, METH_FASTCALL,
+     "Release the view, then consume the record or commit the bytes (abort them if the block raised)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Lend_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipcraft._native.Lend",
+    .tp_basicsize = sizeof(Lend),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What Lender.lend() returns: one recv_view()/send_view() context manager.",
+    .tp_dealloc = (destructor)Lend_dealloc,
+    .tp_methods = Lend_methods,
+};
+
+int ipc_lend_register(PyObject *m)
+{
+    str_release = PyUnicode_InternFromString("release");
+    if (str_release == NULL)
+        return -1;
+    if (ipc_add_type(m, &BusyLock_Type, "BusyLock") < 0 || ipc_add_type(m, &Lender_Type, "Lender") < 0)
+        return -1;
+    return ipc_add_type(m, &Lend_Type, "Lend");
+}
