@@ -92,13 +92,12 @@ class Lend:
 
 class Lender:
     """Makes the Lend context managers of one direction of a channel: ``acquire``/``finish``/``cancel``
-    are the transport's verbs (the general path); ``port``/``whole``/``fail``, an SpscPort with a view
-    of its whole buffer, let a Lend finish the common case in C."""
+    are the transport's verbs (the general path); ``port`` (an SpscPort) and ``fail(-errno)`` (the
+    error of a commit it refused) let a Lend finish the common case in C."""
 
     def __init__(self, guard: BusyLock, send: bool, acquire: Callable[..., memoryview],
                  finish: Callable[[], object], cancel: Callable[[], object] | None = None,
-                 port: SpscPort | None = None, whole: memoryview | None = None,
-                 fail: Callable[[int], BaseException] | None = None) -> None: ...
+                 port: SpscPort | None = None, fail: Callable[[int], BaseException] | None = None) -> None: ...
     def lend(self, timeout: float | None, n: int = ..., /) -> Lend: ...
 
 # mpmc.c / mpmc_port.c: the multi-producer multi-consumer ring of ring:// and file:// (layout in

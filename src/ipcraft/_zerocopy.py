@@ -29,10 +29,10 @@ def recv_lender(t: Any, guard: ConflictDetector) -> _native.Lender:
     def peek(timeout: float | None) -> memoryview:
         return t.peek(deadline_after(timeout))[0]  # type: ignore[no-any-return]
 
-    port = whole = fail = None
+    port = fail = None
     if issubclass(type(t), NativeLends):
-        port, whole, fail = t.native_lends()[0]
-    return _native.Lender(guard, False, peek, t.consume, None, port, whole, fail)
+        port, fail = t.native_lends()[0]
+    return _native.Lender(guard, False, peek, t.consume, None, port, fail)
 
 
 def send_lender(t: Any, guard: ConflictDetector) -> _native.Lender:
@@ -42,7 +42,7 @@ def send_lender(t: Any, guard: ConflictDetector) -> _native.Lender:
     def reserve(n: int, timeout: float | None) -> memoryview:
         return t.reserve(n, deadline_after(timeout))  # type: ignore[no-any-return]
 
-    port = whole = fail = None
+    port = fail = None
     if issubclass(type(t), NativeLends):
-        port, whole, fail = t.native_lends()[1]
-    return _native.Lender(guard, True, reserve, t.commit, t.abort, port, whole, fail)
+        port, fail = t.native_lends()[1]
+    return _native.Lender(guard, True, reserve, t.commit, t.abort, port, fail)

@@ -9,8 +9,8 @@
  * memory the peer reuses) and then consumes the record, or commits the loan (aborts it when the block
  * raised), and drops the guard.  Over an SPSC ring (shm://) the common case never leaves C: the record
  * is found (spinning briefly, the GIL released, as the copying fast path does) or the room placed, and
- * the view is a slice of the port's whole-buffer memoryview, so an escaped export still pins the
- * mapping.  Everything else (waiting with a deadline, errors, a closed channel, other transports) goes
+ * the view is a memoryview of the Lend itself, whose export pins the mapping (so an escaped export
+ * of the view never reads unmapped memory).  Everything else (waiting with a deadline, errors, a closed channel, other transports) goes
  * through the Python callables the Lender was made with: the transport's peek/reserve and
  * consume/commit/abort.
  */
@@ -118,36 +118,30 @@ typedef struct {
     PyObject *finish;  /* recv: consume(); send: commit() */
     PyObject *cancel;  /* send: abort(); recv: None */
     SpscPort *port;    /* the C port for the fast path, or NULL */
-    PyObject *whole;   /* a memoryview of the port's whole buffer (read-only for recv), or NULL */
     PyObject *fail;    /* fail(rc) -> exception, for a commit the C port refused, or NULL */
 } Lender;
 
 static int Lender_init(Lender *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"guard", "send", "acquire", "finish", "cancel", "port", "whole", "fail", NULL};
-    PyObject *guard, *acquire, *finish, *cancel = Py_None, *port = Py_None, *whole = Py_None, *fail = Py_None;
+    static char *kwlist[] = {"guard", "send", "acquire", "finish", "cancel", "port", "fail", NULL};
+    PyObject *guard, *acquire, *finish, *cancel = Py_None, *port = Py_None, *fail = Py_None;
     int send;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!pOO|OOOO:Lender", kwlist, &BusyLock_Type, &guard, &send,
-                                     &acquire, &finish, &cancel, &port, &whole, &fail))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!pOO|OOO:Lender", kwlist, &BusyLock_Type, &guard, &send,
+                                     &acquire, &finish, &cancel, &port, &fail))
         return -1;
     if (!PyCallable_Check(acquire) || !PyCallable_Check(finish) || (send && !PyCallable_Check(cancel))) {
         PyErr_SetString(PyExc_TypeError, "Lender needs callables acquire, finish (and cancel to send)");
         return -1;
     }
     if (port != Py_None) {
-        if (!PyObject_TypeCheck(port, &SpscPort_Type) || !PyMemoryView_Check(whole) ||
-            !PyCallable_Check(fail)) {
-            PyErr_SetString(PyExc_TypeError, "Lender's port is an SpscPort, with whole (a memoryview of "
-                                             "its buffer) and fail (a callable)");
+        if (!PyObject_TypeCheck(port, &SpscPort_Type) || !PyCallable_Check(fail)) {
+            PyErr_SetString(PyExc_TypeError, "Lender's port is an SpscPort, with fail (a callable)");
             return -1;
         }
         SpscPort *p = (SpscPort *)port;
-        Py_buffer *w = PyMemoryView_GET_BUFFER(whole);
-        if (!p->has_view || p->producer != send || w->buf != p->view.buf || w->len != p->view.len ||
-            w->readonly != !send) {
-            PyErr_SetString(PyExc_ValueError, "Lender's port must be open, the producer to send (the "
-                                              "consumer to receive), and whole a memoryview of exactly its "
-                                              "buffer (read-only to receive)");
+        if (!p->has_view || p->producer != send) {
+            PyErr_SetString(PyExc_ValueError, "Lender's port must be open, and the producer to send (the "
+                                              "consumer to receive)");
             return -1;
         }
     }
@@ -163,7 +157,6 @@ static int Lender_init(Lender *self, PyObject *args, PyObject *kwds)
     self->cancel = Py_NewRef(cancel);
     if (port != Py_None) {
         self->port = (SpscPort *)Py_NewRef(port);
-        self->whole = Py_NewRef(whole);
         self->fail = Py_NewRef(fail);
     }
     return 0;
@@ -176,7 +169,6 @@ static int Lender_traverse(Lender *self, visitproc visit, void *arg)
     Py_VISIT(self->finish);
     Py_VISIT(self->cancel);
     Py_VISIT(self->port);
-    Py_VISIT(self->whole);
     Py_VISIT(self->fail);
     return 0;
 }
@@ -188,7 +180,6 @@ static int Lender_clear(Lender *self)
     Py_CLEAR(self->finish);
     Py_CLEAR(self->cancel);
     Py_CLEAR(self->port);
-    Py_CLEAR(self->whole);
     Py_CLEAR(self->fail);
     return 0;
 }
@@ -208,9 +199,19 @@ typedef struct {
     PyObject *timeout;
     Py_ssize_t n;
     PyObject *view; /* the lent memoryview, between __enter__ and __exit__ */
+    char *ptr;      /* what the fast path is about to lend (the buffer protocol below exports it) */
+    Py_ssize_t len;
+    int readonly, exported;
+    Py_buffer pin;  /* while exported: the ring's mapping, so that it outlives an escaped export */
 } Lend;
 
 static PyTypeObject Lend_Type;
+
+/* A few freed Lends kept for reuse (as CPython keeps freed tuples): one recv_view()/send_view() makes
+ * and drops one, and the allocator's round trip is a visible part of a 64-byte message's cost. */
+#define LEND_FREELIST 8
+static Lend *lend_free[LEND_FREELIST];
+static int lend_nfree;
 
 static PyObject *Lender_lend(Lender *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -233,13 +234,19 @@ static PyObject *Lender_lend(Lender *self, PyObject *const *args, Py_ssize_t nar
             return NULL;
         }
     }
-    Lend *l = PyObject_New(Lend, &Lend_Type);
-    if (l == NULL)
+    Lend *l;
+    if (lend_nfree > 0) {
+        l = lend_free[--lend_nfree];
+        PyObject_Init((PyObject *)l, &Lend_Type);
+    } else if ((l = PyObject_New(Lend, &Lend_Type)) == NULL) {
         return NULL;
+    }
     l->lender = (Lender *)Py_NewRef(self);
     l->timeout = Py_NewRef(args[0]);
     l->n = n;
     l->view = NULL;
+    l->ptr = NULL;
+    l->exported = 0;
     return (PyObject *)l;
 }
 
@@ -254,7 +261,7 @@ static PyTypeObject Lender_Type = {
     .tp_name = "ipcraft._native.Lender",
     .tp_basicsize = sizeof(Lender),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Lender(guard, send, acquire, finish, cancel=None, port=None, whole=None, fail=None): "
+    .tp_doc = "Lender(guard, send, acquire, finish, cancel=None, port=None, fail=None): "
               "makes the Lend context managers of one direction of a channel.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Lender_init,
@@ -285,7 +292,11 @@ static PyObject *lend_fast(Lend *self)
             return NULL;
         off = spsc_borrow(p, rec, total);
     }
-    PyObject *view = PySequence_GetSlice(L->whole, off, off + (Py_ssize_t)n);
+    self->ptr = (char *)p->view.buf + off;
+    self->len = (Py_ssize_t)n;
+    self->readonly = !L->send;
+    PyObject *view = PyMemoryView_FromObject((PyObject *)self);; /* half the cost of slicing one */
+    self->ptr = NULL;
     if (view == NULL)
         spsc_give_back(p, L->send ? &p->loaned : &p->borrowed);
     return view;
@@ -333,13 +344,10 @@ static void release_view(Lend *self)
     self->view = NULL;
     if (view == NULL)
         return;
-    PyObject *exc_type, *exc, *tb;
-    PyErr_Fetch(&exc_type, &exc, &tb);
     PyObject *r = PyObject_CallMethodNoArgs(view, str_release);
     if (r == NULL)
         PyErr_Clear();
     Py_XDECREF(r);
-    PyErr_Restore(exc_type, exc, tb);
     Py_DECREF(view);
 }
 
@@ -386,6 +394,40 @@ static PyObject *Lend_exit(Lend *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_FALSE;
 }
 
+/* The buffer protocol, for the fast path's memoryview only (exported once, during __enter__): the
+ * record's bytes, read-only to receive, with an export of the port's buffer (the mapping) held until
+ * the memoryview is released or, if an export of it escaped, until that goes. */
+static int Lend_getbuffer(Lend *self, Py_buffer *view, int flags)
+{
+    SpscPort *p = self->lender ? self->lender->port : NULL;
+    if (self->ptr == NULL || self->exported || p == NULL || !p->has_view) {
+        PyErr_SetString(PyExc_BufferError, "a Lend lends its memory only as the view its with block gets");
+        return -1;
+    }
+    if (PyObject_GetBuffer(p->view.obj, &self->pin, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->len, self->readonly, flags) < 0) {
+        PyBuffer_Release(&self->pin);
+        return -1;
+    }
+    self->exported = 1;
+    return 0;
+}
+
+static void Lend_releasebuffer(Lend *self, Py_buffer *view)
+{
+    (void)view;
+    if (self->exported) {
+        self->exported = 0;
+        PyBuffer_Release(&self->pin);
+    }
+}
+
+static PyBufferProcs Lend_as_buffer = {
+    .bf_getbuffer = (getbufferproc)Lend_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)Lend_releasebuffer,
+};
+
 /* Not garbage-collected (one allocation fewer per message): a Lend refers to its Lender, its timeout
  * and its view, none of which refers back to it. */
 static void Lend_dealloc(Lend *self)
@@ -393,7 +435,10 @@ static void Lend_dealloc(Lend *self)
     Py_XDECREF(self->lender);
     Py_XDECREF(self->timeout);
     Py_XDECREF(self->view);
-    PyObject_Free(self);
+    if (lend_nfree < LEND_FREELIST)
+        lend_free[lend_nfree++] = self;
+    else
+        PyObject_Free(self);
 }
 
 static PyMethodDef Lend_methods[] = {
@@ -411,6 +456,7 @@ static PyTypeObject Lend_Type = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "What Lender.lend() returns: one recv_view()/send_view() context manager.",
     .tp_dealloc = (destructor)Lend_dealloc,
+    .tp_as_buffer = &Lend_as_buffer,
     .tp_methods = Lend_methods,
 };
 

@@ -260,11 +260,10 @@ class SpscPort:
     def abort(self) -> None:
         self.native.abort()
 
-    def lend_parts(self) -> tuple[_native.SpscPort, memoryview, Callable[[int], Exception]]:
-        """What _native.Lender needs to lend this side in C: the port, the buffer's whole view (read-only
-        on the consumer side) and the error of a commit the port refused."""
-        return (self.native, self._mv if self.producer else self._ro,
-                lambda rc: self._fail(rc, "committing a reserved record"))
+    def lend_parts(self) -> tuple[_native.SpscPort, Callable[[int], Exception]]:
+        """What _native.Lender needs to lend this side in C: the port, and the error of a commit the
+        port refused."""
+        return self.native, lambda rc: self._fail(rc, "committing a reserved record")
 
     # -- consumer ----------------------------------------------------------------------------------
 

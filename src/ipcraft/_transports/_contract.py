@@ -184,9 +184,8 @@ class ZeroCopy(Protocol):
         """Drop the peeked message."""
 
 
-#: ``(C port, memoryview of its whole buffer, fail(-errno) -> exception)``: one direction's C lending
-#: (see _native.Lender); the view is read-only for the receiving direction.
-NativeLend = tuple[Any, memoryview, Callable[[int], Exception]]
+#: ``(C port, fail(-errno) -> exception)``: one direction's C lending (see _native.Lender).
+NativeLend = tuple[Any, Callable[[int], Exception]]
 
 
 @runtime_checkable
