@@ -26,6 +26,7 @@ from ._transports._contract import (
     FastBatches,
     FastPath,
     MessagePort,
+    SendParts,
     Transport,
     TryRecv,
     TryRecvMany,
@@ -130,6 +131,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             self._fast_send_many, self._fast_recv_many = cast(FastBatches, transport).fast_batches()
         # Checked once, on the class: isinstance against a runtime protocol costs ~20 us a call.
         self._lends: ZeroCopy | None = cast(ZeroCopy, transport) if issubclass(type(transport), ZeroCopy) else None
+        self._parts: SendParts | None = (cast(SendParts, transport) if issubclass(type(transport), SendParts)
+                                         else None)
 
     # -- facts -------------------------------------------------------------------------------------
 
@@ -199,7 +202,14 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             HandleClosed: this channel was closed.
         """
         s = self.serializer
-        payload = s.dumps(obj)
+        if s.dumps_oob is not None and self._parts is not None:  # pickle 5 out of band, into shared memory
+            parts = s.dumps_oob(obj)
+            if len(parts) > 1:
+                self._send_parts(s.id, parts, timeout, extra)
+                return
+            payload = parts[0]
+        else:
+            payload = s.dumps(obj)
         push = self._fast_send
         if push is not None and timeout is None and not extra and push(payload, s.id):
             return
@@ -296,6 +306,19 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 if exc.closed:  # the stream was cut mid-frame and its transport closed
                     self.close()
                 raise
+
+    def _send_parts(self, sid: int, parts: list[Any], timeout: float | None, extra: dict[str, Any]) -> None:
+        """One message from ``parts`` (Serializer.dumps_oob), each copied once into shared memory."""
+        t = self._parts
+        assert t is not None
+        if extra:
+            raise TypeError(f"{self!r} takes no per-message option {', '.join(sorted(extra))}")
+        self._live()
+        n = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+        if n > self._send_limit:
+            raise self._too_large(n)
+        with self._sending:
+            t.send_parts(sid, parts, deadline_after(timeout))
 
     def _too_large(self, n: int) -> MessageTooLarge:
         return MessageTooLarge(f"a {n}-byte message exceeds the limit of {self._send_limit} bytes "

@@ -26,11 +26,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
 from .._errors import translating
-from .._framing import DEFAULT_MAX_MESSAGE_SIZE
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, header
 from .._names import DEFAULT_MODE
 from .._rings import mpmc as _mpmc
 from ..errors import HandleClosed
@@ -145,6 +146,12 @@ class MpmcTransport(Transport):
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
         self._live().send(framed(sid, payload), deadline)  # a record holds the whole frame (see mpmc.py)
+
+    def send_parts(self, sid: int, parts: Sequence[Any], deadline: float | None) -> None:
+        """One record from ``parts`` behind one frame header, each copied once into the ring (more
+        than seven parts are joined first)."""
+        views = [p if isinstance(p, memoryview) else memoryview(p) for p in parts]
+        self._live().send([header(sid, sum(v.nbytes for v in views)), *views], deadline)
 
     def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         if extra:

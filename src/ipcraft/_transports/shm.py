@@ -150,6 +150,23 @@ class ShmTransport(Transport):
         """Drop the reserved record unpublished."""
         self.tx.abort()
 
+    def send_parts(self, sid: int, parts: Sequence[Any], deadline: float | None) -> None:
+        """One record from ``parts``, each copied once into the ring (reserve, fill, commit)."""
+        self._check_open()
+        views = [p if isinstance(p, memoryview) else memoryview(p) for p in parts]
+        view = self.tx.reserve(sum(v.nbytes for v in views), deadline)
+        try:
+            pos = 0
+            for v in views:
+                view[pos:pos + v.nbytes] = v.cast("B") if v.format != "B" else v
+                pos += v.nbytes
+        except BaseException:
+            view.release()
+            self.tx.abort()
+            raise
+        view.release()
+        self.tx.commit(sid)
+
     def native_lends(self) -> tuple[NativeLend, NativeLend]:
         """recv_view()/send_view() in C: the consumer port and the producer port (see _native.Lender)."""
         return self.rx.lend_parts(), self.tx.lend_parts()
