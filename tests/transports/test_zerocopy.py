@@ -4,6 +4,7 @@ two processes exchange messages through views only."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 
@@ -190,3 +191,21 @@ def test_lender_refuses_a_port_that_does_not_match() -> None:
     finally:
         port.close()
         buf.close()
+
+
+def test_a_lend_works_through_exitstack_and_explicit_calls() -> None:
+    """Lend's __enter__/__exit__ bind to the Lend itself (no bound method per block): they still work
+    looked up on the type (contextlib.ExitStack) and called by hand; other calls are TypeError."""
+    with shm_pair() as (c, s):
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(c.send_view(3))
+            out[:] = b"abc"
+        lend = s.recv_view()
+        view = lend.__enter__()
+        assert bytes(view) == b"abc"
+        with pytest.raises(TypeError):
+            lend.__exit__(None)  # type: ignore[call-arg]
+        assert lend.__exit__(None, None, None) is False
+        with pytest.raises(TypeError):
+            type(lend).__enter__(object())  # type: ignore[arg-type]
+        assert not s.poll(0)

@@ -15,6 +15,7 @@
  * consume/commit/abort.
  */
 #include "spsc.h"
+#include <stddef.h>
 
 /* ---- BusyLock ------------------------------------------------------------------------------- */
 
@@ -195,6 +196,7 @@ static void Lender_dealloc(Lender *self)
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall; /* Lend_call: see "__enter__ and __exit__" below */
     Lender *lender;
     PyObject *timeout;
     Py_ssize_t n;
@@ -206,6 +208,7 @@ typedef struct {
 } Lend;
 
 static PyTypeObject Lend_Type;
+static PyObject *Lend_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 
 /* A few freed Lends kept for reuse (as CPython keeps freed tuples): one recv_view()/send_view() makes
  * and drops one, and the allocator's round trip is a visible part of a 64-byte message's cost. */
@@ -241,6 +244,7 @@ static PyObject *Lender_lend(Lender *self, PyObject *const *args, Py_ssize_t nar
     } else if ((l = PyObject_New(Lend, &Lend_Type)) == NULL) {
         return NULL;
     }
+    l->vectorcall = Lend_call;
     l->lender = (Lender *)Py_NewRef(self);
     l->timeout = Py_NewRef(args[0]);
     l->n = n;
@@ -441,24 +445,83 @@ static void Lend_dealloc(Lend *self)
         PyObject_Free(self);
 }
 
-static PyMethodDef Lend_methods[] = {
-    {"__enter__", (PyCFunction)Lend_enter, METH_NOARGS,
-     "Take the guard and lend the ring: the next record (read-only) or n reserved bytes (writable)."},
-    {"__exit__", (PyCFunction)(void (*)(void))Lend_exit, METH_FASTCALL,
-     "Release the view, then consume the record or commit the bytes (abort them if the block raised)."},
-    {NULL, NULL, 0, NULL},
+/* ---- __enter__ and __exit__ without a bound method per call ----------------------------------
+ *
+ * A `with` statement looks __enter__ and __exit__ up on the type and binds each to the object: for a
+ * method of tp_methods that allocates a bound method object twice per block, a quarter of a small
+ * message's cost.  So the type's __enter__ and __exit__ are LendVerb descriptors that bind to the
+ * Lend itself, which is callable: with no argument it enters, with the three of __exit__ it exits.
+ * Called on the type (contextlib.ExitStack does type(cm).__enter__(cm)), a LendVerb takes the Lend
+ * as its first argument. */
+
+static PyObject *Lend_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs == 0)
+        return Lend_enter((Lend *)self, NULL);
+    if (kwnames == NULL && nargs == 3)
+        return Lend_exit((Lend *)self, args, nargs);
+    PyErr_SetString(PyExc_TypeError, "a Lend is entered with __enter__() and left with __exit__(type, value, tb)");
+    return NULL;
+}
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int exit; /* 0: __enter__, 1: __exit__ */
+} LendVerb;
+
+static PyObject *LendVerb_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    (void)type;
+    return Py_NewRef(obj == NULL || obj == Py_None ? self : obj);
+}
+
+static PyObject *LendVerb_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int exit = ((LendVerb *)self)->exit;
+    if (kwnames != NULL || nargs != (exit ? 4 : 1) || !PyObject_TypeCheck(args[0], &Lend_Type)) {
+        PyErr_SetString(PyExc_TypeError, exit ? "Lend.__exit__(lend, type, value, tb)" : "Lend.__enter__(lend)");
+        return NULL;
+    }
+    return exit ? Lend_exit((Lend *)args[0], args + 1, 3) : Lend_enter((Lend *)args[0], NULL);
+}
+
+static PyTypeObject LendVerb_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipcraft._native._LendVerb",
+    .tp_basicsize = sizeof(LendVerb),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Lend's __enter__ or __exit__: binds to the Lend itself (see lend.c).",
+    .tp_vectorcall_offset = offsetof(LendVerb, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = LendVerb_get,
 };
 
 static PyTypeObject Lend_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ipcraft._native.Lend",
     .tp_basicsize = sizeof(Lend),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "What Lender.lend() returns: one recv_view()/send_view() context manager.",
+    .tp_vectorcall_offset = offsetof(Lend, vectorcall),
+    .tp_call = PyVectorcall_Call,
     .tp_dealloc = (destructor)Lend_dealloc,
     .tp_as_buffer = &Lend_as_buffer,
-    .tp_methods = Lend_methods,
 };
+
+static int add_verb(const char *name, int exit)
+{
+    LendVerb *v = PyObject_New(LendVerb, &LendVerb_Type);
+    if (v == NULL)
+        return -1;
+    v->vectorcall = LendVerb_call;
+    v->exit = exit;
+    int rc = PyDict_SetItemString(Lend_Type.tp_dict, name, (PyObject *)v);
+    Py_DECREF(v);
+    return rc;
+}
 
 int ipc_lend_register(PyObject *m)
 {
@@ -467,5 +530,9 @@ int ipc_lend_register(PyObject *m)
         return -1;
     if (ipc_add_type(m, &BusyLock_Type, "BusyLock") < 0 || ipc_add_type(m, &Lender_Type, "Lender") < 0)
         return -1;
+    if (PyType_Ready(&LendVerb_Type) < 0 || PyType_Ready(&Lend_Type) < 0 || add_verb("__enter__", 0) < 0 ||
+        add_verb("__exit__", 1) < 0)
+        return -1;
+    PyType_Modified(&Lend_Type);
     return ipc_add_type(m, &Lend_Type, "Lend");
 }
