@@ -438,7 +438,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         not.  Nothing from the view may be used after the block, including arrays made over it
         (``np.frombuffer(view, dtype)``): the sender reuses that memory.  Copy what you keep.
 
-        Only shared-memory channels (shm://) can lend their buffer; others raise NotImplementedError.
+        Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
+        NotImplementedError.  On ring:// and file:// the receiving lock is held meanwhile (other
+        receivers of the queue wait), and a message the ring cannot show in place (one that wraps
+        around the end of the ring; every message with ``sync=true`` or after ``fileno()``) is lent
+        from a copy.
 
         Raises:
             as :meth:`recv_bytes`.
@@ -459,7 +463,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         ``recv_bytes``/``recv_view``, or as ``bytes`` from ``recv``); when it raises, nothing is sent.
         The view must not be used after the block.
 
-        Only shared-memory channels (shm://) can lend their buffer; others raise NotImplementedError.
+        Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
+        NotImplementedError.  On ring:// and file:// the sending lock is held meanwhile (other senders
+        of the queue wait); when the ring cannot lend the bytes in place (no room now, a record that
+        would wrap around its end, ``sync=true``) the block fills a copy that the exit sends.
 
         Raises:
             MessageTooLarge: ``n`` exceeds the channel's limit (half the ring); the channel is usable.
@@ -481,8 +488,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         self._live()
         t = self._lends
         if t is None:
-            raise NotImplementedError(f"{method}() lends shared memory and needs shm://; {self!r} has "
-                                      f"none (use {instead})")
+            raise NotImplementedError(f"{method}() lends shared memory and needs shm://, ring:// or file://; "
+                                      f"{self!r} has none (use {instead})")
         return t
 
     def _recv_frame(self, timeout: float | None, extra: dict[str, Any]) -> tuple[int, memoryview]:

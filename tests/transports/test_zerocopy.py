@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import pytest
 import ipcraft
 from ipcraft import _native
 from ipcraft.errors import Busy, ChannelClosed, HandleClosed, MessageTooLarge, Timeout
-from ipcraft.testing import Child
+from ipcraft.testing import Child, unique_name
 
 from .test_shm import connect_when_listening, shm_pair, shm_url
 
@@ -209,3 +211,105 @@ def test_a_lend_works_through_exitstack_and_explicit_calls() -> None:
         with pytest.raises(TypeError):
             type(lend).__enter__(object())  # type: ignore[arg-type]
         assert not s.poll(0)
+
+
+# -- ring:// and file:// ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wait", ["block", "spin"])
+def test_ring_queue_views_wrap_and_release(wait: str) -> None:
+    """ring:// lends in place, and from a copy for records that wrap the ring's end: every size
+    arrives whole and in order, and a view dies with its block."""
+    with ipcraft.queue(f"ring://{unique_name('zq')}", create=True, capacity=1 << 16, wait=wait) as q:
+        for i in range(3000):
+            n = (i * 97) % 9000
+            payload = bytes([i % 251]) * n
+            with q.send_view(n) as out:
+                out[:] = payload
+            with q.recv_view() as view:
+                assert view == payload and view.readonly
+        with pytest.raises(ValueError):
+            bytes(view)
+        with pytest.raises(ValueError):
+            out[:1] = b"x"
+        with pytest.raises(Timeout):
+            with q.recv_view(timeout=0.05):
+                pass
+        with pytest.raises(KeyError):
+            with q.send_view(3) as out:
+                raise KeyError("nothing sent")
+        q.send_bytes(b"next")
+        assert q.recv_bytes(timeout=1) == b"next"
+
+
+def test_file_queue_with_sync_lends_copies(tmp_ipc_dir: str) -> None:
+    """file://?sync=true cannot publish a loan in place (it msyncs every record): views still work,
+    through copies; copies and loans interleave with ordinary sends."""
+    url = f"file://{tmp_ipc_dir}/{unique_name('zf')}"
+    for sync in ("true", "false"):
+        with ipcraft.queue(f"{url}{sync}?sync={sync}", create=True) as q:
+            q.send_bytes(b"plain")
+            with q.send_view(4) as out:
+                out[:] = b"view"
+            with q.recv_view() as view:
+                assert bytes(view) == b"plain"
+            assert q.recv_bytes(timeout=1) == b"view"
+
+
+def test_a_held_ring_view_makes_other_receivers_wait_not_fail() -> None:
+    """While one thread holds a recv_view of a ring:// queue (its consumer lock), a receiver on
+    another handle waits for the lock and gets the next message, not the held one."""
+    url = f"ring://{unique_name('zl')}"
+    with ipcraft.queue(url, create=True) as q, ipcraft.queue(url) as other:
+        q.send_bytes(b"held")
+        q.send_bytes(b"next")
+        got: list[bytes] = []
+        with q.recv_view() as view:
+            t = threading.Thread(target=lambda: got.append(other.recv_bytes(timeout=10)))
+            t.start()
+            t.join(0.2)
+            assert t.is_alive() and bytes(view) == b"held"  # waiting for the lock
+        t.join(10)
+        assert got == [b"next"]
+
+
+def _loan_and_die(url: str) -> None:
+    with ipcraft.queue(url) as q:
+        with q.send_view(100) as out:
+            out[:] = b"x" * 100
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_process_killed_inside_send_view_wedges_nobody() -> None:
+    """A producer SIGKILLed while its send_view holds the producer lock: the robust lock is taken
+    over, the half-made record was never published, the queue keeps working."""
+    url = f"ring://{unique_name('zk')}"
+    with ipcraft.queue(url, create=True) as q:
+        Child(_loan_and_die, url).wait(10)
+        q.send_bytes(b"after", timeout=5)
+        with q.recv_view(timeout=5) as view:
+            assert bytes(view) == b"after"
+        assert not q.poll(0)
+
+
+def _ring_view_echo(url: str, back: str, n: int) -> int:
+    with ipcraft.queue(url) as q, ipcraft.queue(back) as r:
+        for _ in range(n):
+            with q.recv_view(timeout=10) as view:
+                with r.send_view(view.nbytes, timeout=10) as out:
+                    out[:] = view
+    return n
+
+
+def test_two_processes_echo_through_ring_views() -> None:
+    """A forked peer echoes through ring:// views only; every size (wrapping included) comes back."""
+    url, back = f"ring://{unique_name('ze')}", f"ring://{unique_name('zb')}"
+    with ipcraft.queue(url, create=True, capacity=1 << 20) as q, \
+            ipcraft.queue(back, create=True, capacity=1 << 20) as r:
+        child = Child(_ring_view_echo, url, back, 100)
+        for i in range(100):
+            msg = os.urandom(1 << (i % 18))
+            with q.send_view(len(msg), timeout=10) as out:
+                out[:] = msg
+            with r.recv_view(timeout=10) as view:
+                assert view == msg
+        assert child.result(30) == 100

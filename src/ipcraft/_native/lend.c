@@ -7,14 +7,17 @@
  * call.  A Lend's __enter__ takes the guard and lends ring memory as a memoryview; its __exit__
  * releases that memoryview (so that a view used after the block raises ValueError instead of reading
  * memory the peer reuses) and then consumes the record, or commits the loan (aborts it when the block
- * raised), and drops the guard.  Over an SPSC ring (shm://) the common case never leaves C: the record
- * is found (spinning briefly, the GIL released, as the copying fast path does) or the room placed, and
- * the view is a memoryview of the Lend itself, whose export pins the mapping (so an escaped export
- * of the view never reads unmapped memory).  Everything else (waiting with a deadline, errors, a closed channel, other transports) goes
- * through the Python callables the Lender was made with: the transport's peek/reserve and
- * consume/commit/abort.
+ * raised), and drops the guard.  Over a ring port in C (an SpscPort of shm://, an MpmcPort of ring://
+ * and file://; their verbs are the LendOps of native.h) the common case never leaves C: the record
+ * is found (spinning briefly, the GIL released, as the copying fast path does) or the room placed,
+ * and the view is a memoryview of the Lend itself, whose export pins the mapping (so an escaped
+ * export of the view never reads unmapped memory).  Everything else (waiting with a deadline, errors,
+ * a closed channel, a record the ring cannot lend in place, other transports) goes through the Python
+ * callables the Lender was made with: the transport's peek/reserve and consume/commit/abort.  A verb
+ * of the port that finds nothing lent in C (-EINVAL) hands the exit to those callables too.
  */
-#include "spsc.h"
+#include "native.h"
+#include <errno.h>
 #include <stddef.h>
 
 /* ---- BusyLock ------------------------------------------------------------------------------- */
@@ -118,7 +121,8 @@ typedef struct {
     PyObject *acquire; /* recv: peek(timeout) -> memoryview; send: reserve(n, timeout) -> memoryview */
     PyObject *finish;  /* recv: consume(); send: commit() */
     PyObject *cancel;  /* send: abort(); recv: None */
-    SpscPort *port;    /* the C port for the fast path, or NULL */
+    PyObject *port;    /* the C port for the fast path (an SpscPort or an MpmcPort), or NULL */
+    const LendOps *ops; /* its zero-copy verbs */
     PyObject *fail;    /* fail(rc) -> exception, for a commit the C port refused, or NULL */
 } Lender;
 
@@ -135,16 +139,19 @@ static int Lender_init(Lender *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (port != Py_None) {
-        if (!PyObject_TypeCheck(port, &SpscPort_Type) || !PyCallable_Check(fail)) {
-            PyErr_SetString(PyExc_TypeError, "Lender's port is an SpscPort, with fail (a callable)");
+        const LendOps *ops = PyObject_TypeCheck(port, ipc_spsc_lend_ops.type)   ? &ipc_spsc_lend_ops
+                             : PyObject_TypeCheck(port, ipc_mpmc_lend_ops.type) ? &ipc_mpmc_lend_ops
+                                                                                : NULL;
+        if (ops == NULL || !PyCallable_Check(fail)) {
+            PyErr_SetString(PyExc_TypeError, "Lender's port is an SpscPort or an MpmcPort, with fail (a callable)");
             return -1;
         }
-        SpscPort *p = (SpscPort *)port;
-        if (!p->has_view || p->producer != send) {
-            PyErr_SetString(PyExc_ValueError, "Lender's port must be open, and the producer to send (the "
-                                              "consumer to receive)");
+        int producer = ops->producer(port);
+        if (producer >= 0 && producer != send) {
+            PyErr_SetString(PyExc_ValueError, "Lender's port must be the producer to send, the consumer to receive");
             return -1;
         }
+        self->ops = ops;
     }
     if (self->guard) {
         PyErr_SetString(PyExc_TypeError, "Lender is already initialised");
@@ -157,7 +164,7 @@ static int Lender_init(Lender *self, PyObject *args, PyObject *kwds)
     self->finish = Py_NewRef(finish);
     self->cancel = Py_NewRef(cancel);
     if (port != Py_None) {
-        self->port = (SpscPort *)Py_NewRef(port);
+        self->port = Py_NewRef(port);
         self->fail = Py_NewRef(fail);
     }
     return 0;
@@ -280,29 +287,20 @@ static PyTypeObject Lender_Type = {
 static PyObject *lend_fast(Lend *self)
 {
     Lender *L = self->lender;
-    SpscPort *p = L->port;
-    Py_ssize_t off;
-    uint64_t n;
-    if (p == NULL || self->timeout != Py_None || p->closed)
+    const LendOps *ops = L->ops;
+    char *payload;
+    uint64_t n = (uint64_t)self->n;
+    if (L->port == NULL || self->timeout != Py_None)
         return NULL;
-    if (L->send) {
-        n = (uint64_t)self->n;
-        if (spsc_loan(p, n, &off) < 0)
-            return NULL;
-    } else {
-        char *rec;
-        uint64_t total;
-        if (spsc_next_or_spin(p, &rec, &n, &total) < 0 || n > p->limit)
-            return NULL;
-        off = spsc_borrow(p, rec, total);
-    }
-    self->ptr = (char *)p->view.buf + off;
+    if ((L->send ? ops->loan(L->port, n, &payload) : ops->borrow(L->port, &payload, &n)) < 0)
+        return NULL;
+    self->ptr = payload;
     self->len = (Py_ssize_t)n;
     self->readonly = !L->send;
-    PyObject *view = PyMemoryView_FromObject((PyObject *)self);; /* half the cost of slicing one */
+    PyObject *view = PyMemoryView_FromObject((PyObject *)self); /* half the cost of slicing one */
     self->ptr = NULL;
     if (view == NULL)
-        spsc_give_back(p, L->send ? &p->loaned : &p->borrowed);
+        (L->send ? ops->give_back_loan : ops->give_back_borrowed)(L->port);
     return view;
 }
 
@@ -365,31 +363,28 @@ static PyObject *Lend_exit(Lend *self, PyObject *const *args, Py_ssize_t nargs)
     }
     release_view(self);
     PyObject *r = NULL;
-    SpscPort *p = L->port;
-    if (p != NULL) {
-        int rc = 0;
-        if (!L->send)
-            spsc_consume_borrowed(p); /* a closed port has nothing to consume: as the Python path */
-        else if (raised)
-            spsc_give_back(p, &p->loaned);
-        else
-            rc = spsc_commit_loan(p, 0);
-        if (rc == 0) {
-            r = Py_NewRef(Py_None);
-        } else {
-            PyObject *code = PyLong_FromLong(rc);
-            PyObject *e = code ? PyObject_CallOneArg(L->fail, code) : NULL;
-            Py_XDECREF(code);
-            if (e != NULL) {
-                if (PyExceptionInstance_Check(e))
-                    PyErr_SetObject((PyObject *)Py_TYPE(e), e);
-                else
-                    PyErr_SetString(PyExc_TypeError, "a lender's fail() returned no exception");
-                Py_DECREF(e);
-            }
-        }
-    } else {
+    int rc = -EINVAL;
+    if (L->port != NULL) {
+        const LendOps *ops = L->ops;
+        rc = !L->send ? ops->consume(L->port) : raised ? ops->give_back_loan(L->port) : ops->commit(L->port, 0);
+        if (!L->send || raised)
+            rc = rc == -EINVAL ? rc : 0; /* a closed port has nothing to consume or drop: as the Python path */
+    }
+    if (rc == 0) {
+        r = Py_NewRef(Py_None);
+    } else if (rc == -EINVAL) { /* nothing lent in C (the general path lent a copy): its verbs end it */
         r = PyObject_CallNoArgs(L->send && raised ? L->cancel : L->finish);
+    } else {
+        PyObject *code = PyLong_FromLong(rc);
+        PyObject *e = code ? PyObject_CallOneArg(L->fail, code) : NULL;
+        Py_XDECREF(code);
+        if (e != NULL) {
+            if (PyExceptionInstance_Check(e))
+                PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+            else
+                PyErr_SetString(PyExc_TypeError, "a lender's fail() returned no exception");
+            Py_DECREF(e);
+        }
     }
     L->guard->held = 0;
     if (r == NULL)
@@ -403,12 +398,12 @@ static PyObject *Lend_exit(Lend *self, PyObject *const *args, Py_ssize_t nargs)
  * the memoryview is released or, if an export of it escaped, until that goes. */
 static int Lend_getbuffer(Lend *self, Py_buffer *view, int flags)
 {
-    SpscPort *p = self->lender ? self->lender->port : NULL;
-    if (self->ptr == NULL || self->exported || p == NULL || !p->has_view) {
+    Lender *L = self->lender;
+    if (self->ptr == NULL || self->exported || L == NULL || L->port == NULL) {
         PyErr_SetString(PyExc_BufferError, "a Lend lends its memory only as the view its with block gets");
         return -1;
     }
-    if (PyObject_GetBuffer(p->view.obj, &self->pin, PyBUF_SIMPLE) < 0)
+    if (L->ops->pin(L->port, &self->pin) < 0)
         return -1;
     if (PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->len, self->readonly, flags) < 0) {
         PyBuffer_Release(&self->pin);

@@ -41,6 +41,15 @@ int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout)
     return 0;
 }
 
+int ipc_size_arg(PyObject *arg, uint64_t *n)
+{
+    long long v = PyLong_AsLongLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *n = v < 0 ? 0 : (uint64_t)v;
+    return v >= 0;
+}
+
 int ipc_add_type(PyObject *m, PyTypeObject *type, const char *name)
 {
     if (PyType_Ready(type) < 0)

@@ -350,6 +350,7 @@ static PyObject *SpscPort_try_recv_many(SpscPort *self, PyObject *const *args, P
 
 /* The zero-copy verbs, shared by the methods below and by lend.c's context managers. */
 
+
 Py_ssize_t spsc_borrow(SpscPort *self, char *rec, uint64_t total)
 {
     self->busy = self->borrowed = 1;
@@ -406,6 +407,56 @@ int spsc_give_back(SpscPort *self, int *lent)
     return 0;
 }
 
+/* lend.c's view of these verbs (see LendOps in native.h). */
+static int spsc_ops_producer(PyObject *o) { return ((SpscPort *)o)->producer; }
+
+static int spsc_ops_loan(PyObject *o, uint64_t n, char **payload)
+{
+    SpscPort *p = (SpscPort *)o;
+    Py_ssize_t off;
+    int rc = p->closed ? -EBADF : spsc_loan(p, n, &off);
+    if (rc == 0)
+        *payload = (char *)p->view.buf + off;
+    return rc;
+}
+
+static int spsc_ops_commit(PyObject *o, int sid) { return spsc_commit_loan((SpscPort *)o, sid); }
+static int spsc_ops_give_back_loan(PyObject *o) { return spsc_give_back((SpscPort *)o, &((SpscPort *)o)->loaned); }
+
+static int spsc_ops_borrow(PyObject *o, char **payload, uint64_t *n)
+{
+    SpscPort *p = (SpscPort *)o;
+    char *rec;
+    uint64_t total;
+    if (p->closed)
+        return -EBADF;
+    int rc = spsc_next_or_spin(p, &rec, n, &total);
+    if (rc < 0)
+        return rc;
+    if (*n > p->limit)
+        return -EXDEV; /* the general path discards it and raises MessageTooLarge */
+    *payload = (char *)p->view.buf + spsc_borrow(p, rec, total);
+    return 0;
+}
+
+static int spsc_ops_consume(PyObject *o) { return spsc_consume_borrowed((SpscPort *)o); }
+static int spsc_ops_give_back_borrowed(PyObject *o) { return spsc_give_back((SpscPort *)o, &((SpscPort *)o)->borrowed); }
+
+static int spsc_ops_pin(PyObject *o, Py_buffer *pin)
+{
+    SpscPort *p = (SpscPort *)o;
+    if (!p->has_view) {
+        PyErr_SetString(PyExc_BufferError, "the ring port is closed");
+        return -1;
+    }
+    return PyObject_GetBuffer(p->view.obj, pin, PyBUF_SIMPLE);
+}
+
+const LendOps ipc_spsc_lend_ops = {
+    &SpscPort_Type, spsc_ops_producer, spsc_ops_loan, spsc_ops_commit, spsc_ops_give_back_loan,
+    spsc_ops_borrow, spsc_ops_consume, spsc_ops_give_back_borrowed, spsc_ops_pin,
+};
+
 static PyObject *SpscPort_peek(SpscPort *self, PyObject *unused)
 {
     (void)unused;
@@ -434,13 +485,11 @@ static PyObject *SpscPort_unpeek(SpscPort *self, PyObject *unused)
 
 static PyObject *SpscPort_reserve(SpscPort *self, PyObject *arg)
 {
-    long long n = PyLong_AsLongLong(arg);
+    uint64_t n;
     Py_ssize_t off;
-    if (n == -1 && PyErr_Occurred())
+    int ok = ipc_size_arg(arg, &n), rc = ok > 0 ? spsc_loan(self, n, &off) : -EINVAL;
+    if (ok < 0)
         return NULL;
-    if (n < 0)
-        return PyLong_FromLong(-EINVAL);
-    int rc = spsc_loan(self, (uint64_t)n, &off);
     return rc < 0 ? PyLong_FromLong(rc) : PyLong_FromSsize_t(off);
 }
 
