@@ -155,8 +155,9 @@ class MpmcTransport(Transport):
 
     # -- zero copy (Channel.send_view/recv_view) ---------------------------------------------------
 
-    _copy: bytearray | None = None  # a loan the ring could not make in place: commit() sends it
+    _copy: memoryview | None = None  # a loan the ring could not make in place: commit() sends it
     _copy_deadline: float | None = None
+    _spare = bytearray()  # the copies' buffer, reused (a fresh megabyte costs its page faults each time)
     _copied = False  # the peeked message is a copy (taken from the ring already): consume() is a no-op
 
     def reserve(self, n: int, deadline: float | None) -> memoryview:
@@ -167,8 +168,10 @@ class MpmcTransport(Transport):
         if off is not None:
             assert self._view is not None
             return self._view[off:off + n]
-        self._copy, self._copy_deadline = bytearray(n), deadline
-        return memoryview(self._copy)
+        if len(self._spare) < n:
+            self._spare = bytearray(n)  # a new one: a view of the old one may have escaped its block
+        self._copy, self._copy_deadline = memoryview(self._spare)[:n], deadline
+        return self._copy[:]  # the block's own view: released at its end, before commit() sends _copy
 
     def commit(self) -> None:
         """Publish the reserved bytes as one raw message."""
@@ -176,7 +179,7 @@ class MpmcTransport(Transport):
         if copy is None:
             self._live().commit(0)
         else:
-            self.send_message(0, memoryview(copy), self._copy_deadline)
+            self.send_message(0, copy, self._copy_deadline)
 
     def abort(self) -> None:
         """Drop the reserved bytes unpublished."""
