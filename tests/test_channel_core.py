@@ -311,7 +311,7 @@ def test_two_threads_receiving_is_busy(abstract_url: str) -> None:
         t = threading.Thread(target=lambda: box.append(server.recv(timeout=10)))
         t.start()
         deadline = time.monotonic() + 10
-        while not server._receiving._lock.locked():
+        while not server._receiving.held:
             assert time.monotonic() < deadline
             time.sleep(0.002)
         with pytest.raises(Busy, match="receiving"):

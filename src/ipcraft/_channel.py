@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar, cast
 
-from . import _framing
+from . import _framing, _native
 from ._endpoint import Endpoint
 from ._peer import Peer
 from ._resource import ConflictDetector, Handle
@@ -28,6 +28,7 @@ from ._transports._contract import (
     FastBatches,
     FastPath,
     MessagePort,
+    SendParts,
     Transport,
     TryRecv,
     TryRecvMany,
@@ -37,7 +38,7 @@ from ._transports._contract import (
 )
 from ._transports._framed import FramedStream, RawStream
 from ._wait import deadline_after, remaining
-from ._zerocopy import RecvView, SendView
+from ._zerocopy import recv_lender, send_lender
 from .errors import (
     AuthenticationError,
     BufferTooSmall,
@@ -86,6 +87,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     # The same for batches (send_many/recv_many) where the transport moves many messages per call.
     _fast_send_many: TrySendMany | None = None
     _fast_recv_many: TryRecvMany | None = None
+    # recv_view()/send_view()'s context-manager factories (_zerocopy), made on first use
+    _recv_lender: _native.Lender | None = None
+    _send_lender: _native.Lender | None = None
     #: An error a recv_many() met after it had taken messages: raised by the next recv_many().
     _batch_error: BaseException | None = None
     # A port that writes a batch's frames together / takes the frames one read brought (byte streams, fifo://).
@@ -136,6 +140,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             self._buffered_reader = cast(BufferedReader, self._port)
         # Checked once, on the class: isinstance against a runtime protocol costs ~20 us a call.
         self._lends: ZeroCopy | None = cast(ZeroCopy, transport) if issubclass(type(transport), ZeroCopy) else None
+        self._parts: SendParts | None = (cast(SendParts, transport) if issubclass(type(transport), SendParts)
+                                         else None)
 
     # -- facts -------------------------------------------------------------------------------------
 
@@ -182,6 +188,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def _close(self) -> None:
         self._fast_send = self._fast_recv = self._fast_send_many = self._fast_recv_many = None
+        self._recv_lender = self._send_lender = None
         t, self._transport = self._transport, None
         if t is not None:
             t.close()
@@ -204,7 +211,14 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             HandleClosed: this channel was closed.
         """
         s = self.serializer
-        payload = s.dumps(obj)
+        if s.dumps_oob is not None and self._parts is not None:  # pickle 5 out of band, into shared memory
+            parts = s.dumps_oob(obj)
+            if len(parts) > 1:
+                self._send_parts(s.id, parts, timeout, extra)
+                return
+            payload = parts[0]
+        else:
+            payload = s.dumps(obj)
         push = self._fast_send
         if push is not None and timeout is None and not extra and push(payload, s.id):
             return
@@ -305,6 +319,19 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 if exc.closed:  # the stream was cut mid-frame and its transport closed
                     self.close()
                 raise
+
+    def _send_parts(self, sid: int, parts: list[Any], timeout: float | None, extra: dict[str, Any]) -> None:
+        """One message from ``parts`` (Serializer.dumps_oob), each copied once into shared memory."""
+        t = self._parts
+        assert t is not None
+        if extra:
+            raise TypeError(f"{self!r} takes no per-message option {', '.join(sorted(extra))}")
+        self._live()
+        n = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+        if n > self._send_limit:
+            raise self._too_large(n)
+        with self._sending:
+            t.send_parts(sid, parts, deadline_after(timeout))
 
     def _too_large(self, n: int) -> MessageTooLarge:
         return MessageTooLarge(f"a {n}-byte message exceeds the limit of {self._send_limit} bytes "
@@ -434,15 +461,22 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         not.  Nothing from the view may be used after the block, including arrays made over it
         (``np.frombuffer(view, dtype)``): the sender reuses that memory.  Copy what you keep.
 
-        Only shared-memory channels (shm://) can lend their buffer; others raise NotImplementedError.
+        Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
+        NotImplementedError.  On ring:// and file:// the receiving lock is held meanwhile (other
+        receivers of the queue wait), and a message the ring cannot show in place (one that wraps
+        around the end of the ring; every message with ``sync=true`` or after ``fileno()``) is lent
+        from a copy.
 
         Raises:
             as :meth:`recv_bytes`.
 
         .. versionadded:: 0.1
         """
-        return RecvView(self._lender("recv_view", "recv_bytes_into for a reusable buffer"),
-                       self._receiving, timeout)
+        lender = self._recv_lender  # None until the first call, and again once closed
+        if lender is None or self._closed:
+            t = self._lender("recv_view", "recv_bytes_into for a reusable buffer")
+            lender = self._recv_lender = recv_lender(t, self._receiving)
+        return lender.lend(timeout)
 
     def send_view(self, n: int, *, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Reserve ``n`` bytes of shared memory to fill in place: ``with ch.send_view(n) as view: ...``.
@@ -452,7 +486,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         ``recv_bytes``/``recv_view``, or as ``bytes`` from ``recv``); when it raises, nothing is sent.
         The view must not be used after the block.
 
-        Only shared-memory channels (shm://) can lend their buffer; others raise NotImplementedError.
+        Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
+        NotImplementedError.  On ring:// and file:// the sending lock is held meanwhile (other senders
+        of the queue wait); when the ring cannot lend the bytes in place (no room now, a record that
+        would wrap around its end, ``sync=true``) the block fills a copy that the exit sends.
 
         Raises:
             MessageTooLarge: ``n`` exceeds the channel's limit (half the ring); the channel is usable.
@@ -461,19 +498,21 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         .. versionadded:: 0.1
         """
-        t = self._lender("send_view", "send_bytes")
-        if n < 0:
-            raise ValueError(f"send_view() needs n >= 0, not {n}")
-        if n > self._send_limit:
+        lender = self._send_lender  # None until the first call, and again once closed
+        if lender is None or self._closed:
+            lender = self._send_lender = send_lender(self._lender("send_view", "send_bytes"), self._sending)
+        if not 0 <= n <= self._send_limit:
+            if n < 0:
+                raise ValueError(f"send_view() needs n >= 0, not {n}")
             raise self._too_large(n)
-        return SendView(t, self._sending, n, timeout)
+        return lender.lend(timeout, n)
 
     def _lender(self, method: str, instead: str) -> ZeroCopy:
         self._live()
         t = self._lends
         if t is None:
-            raise NotImplementedError(f"{method}() lends shared memory and needs shm://; {self!r} has "
-                                      f"none (use {instead})")
+            raise NotImplementedError(f"{method}() lends shared memory and needs shm://, ring:// or file://; "
+                                      f"{self!r} has none (use {instead})")
         return t
 
     def _recv_frame(self, timeout: float | None, extra: dict[str, Any]) -> tuple[int, memoryview]:

@@ -18,13 +18,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from . import _framing
+from . import _framing, _native
 from ._channel import _NoPublicConstructor, bytes_view, copy_message, decode_message, writable_bytes
 from ._endpoint import Endpoint
 from ._resource import ConflictDetector, Handle
 from ._transports._contract import FastBatches, FastPath, TryRecv, TryRecvMany, TrySend, TrySendMany
 from ._wait import deadline_after, remaining
-from ._zerocopy import RecvView, SendView
+from ._zerocopy import recv_lender, send_lender
 from .errors import AuthenticationError, ChannelClosed, InvalidEndpoint, MessageTooLarge
 from .serializers import MSGPACK, RAW, Serializer
 
@@ -140,6 +140,7 @@ class Publisher(_PubSubHandle, Generic[T]):
                  max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__(port, serializer=serializer, max_message_size=max_message_size)
         self._sending = ConflictDetector("sending")
+        self._send_lender: _native.Lender | None = None
         self._limit = min(max_message_size, port.max_payload - _framing.HEADER_SIZE)
         self._limit_source = (port.limit_source if self._limit < max_message_size
                               else "this publisher's max_message_size")
@@ -245,7 +246,10 @@ class Publisher(_PubSubHandle, Generic[T]):
             raise ValueError(f"send_view() needs n >= 0, not {n}")
         if n > self._limit:
             raise self._too_large(n)
-        return SendView(port, self._sending, n, timeout)
+        lender = self._send_lender
+        if lender is None:
+            lender = self._send_lender = send_lender(port, self._sending)
+        return lender.lend(timeout, n)
 
 
 class Subscriber(_PubSubHandle, Generic[T]):
@@ -264,6 +268,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
                  max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__(port, serializer=serializer, max_message_size=max_message_size)
         self._receiving = ConflictDetector("receiving")
+        self._recv_lender: _native.Lender | None = None
         self._fast_recv: TryRecv | None = None
         self._fast_recv_many: TryRecvMany | None = None
         self._fast_first = True  # a receive may start on the batch fast path (not after fileno())
@@ -273,6 +278,7 @@ class Subscriber(_PubSubHandle, Generic[T]):
         """Take the port's fast paths (again: a port that rejoined after being reaped has new ones)."""
         port = self._port
         self._generation = getattr(port, "generation", 0)
+        self._recv_lender = None  # a lender of the old port must not outlive it
         if issubclass(type(port), FastPath):
             self._fast_recv = cast(FastPath, port).fast_path()[1]
         if issubclass(type(port), FastBatches):
@@ -406,7 +412,11 @@ class Subscriber(_PubSubHandle, Generic[T]):
         Raises:
             on entry as :meth:`recv_bytes`; on exit MessagesMissed / SubscriberEvicted as above.
         """
-        return RecvView(self._live(), self._receiving, timeout)
+        port = self._live()
+        lender = self._recv_lender
+        if lender is None:
+            lender = self._recv_lender = recv_lender(port, self._receiving)
+        return lender.lend(timeout)
 
     def latest(self, timeout: float | None = 0.0) -> T:
         """The most recent message published, deserialized, without consuming the stream.

@@ -12,11 +12,11 @@ that failed halfway.
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from types import TracebackType
 from typing import Any, NoReturn
 
+from . import _native
 from .errors import Busy, HandleClosed
 
 
@@ -88,25 +88,19 @@ class FdHandle(Handle):
         return self._fd
 
 
-class ConflictDetector:
+class ConflictDetector(_native.BusyLock):
     """Refuses a second concurrent user of one direction of a handle (trio's ConflictDetector).
 
     Two threads receiving on one byte stream would each get half a frame; the second gets
-    :class:`Busy` instead.
+    :class:`Busy` instead.  A flag tested and set under the GIL (``_native.BusyLock``), so that the
+    zero-copy context managers in C can take and drop it without a call back into Python; ``held``
+    tells whether someone is inside.
     """
 
-    __slots__ = ("_lock", "_what")
+    __slots__ = ()
 
     def __init__(self, what: str) -> None:
-        self._lock = threading.Lock()
-        self._what = what
-
-    def __enter__(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            raise Busy(f"another thread is already {self._what} on this handle")
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+        super().__init__(f"another thread is already {what} on this handle", Busy)
 
 
 class LockLike:

@@ -1,82 +1,48 @@
-"""The context managers behind Channel.recv_view() and send_view(): zero copy in shared memory.
+"""The context managers behind Channel.recv_view() and send_view(), and Subscriber/Publisher's.
 
 ``recv_view()`` is the transport's ``peek`` on enter and ``consume`` on exit; ``send_view()`` is its
 ``reserve`` on enter and ``commit`` (or ``abort``, when the block raised) on exit: the verbs of the
 ring ports and of their C twins (see ``_rings``).
 
-Small classes rather than @contextmanager generators: the zero-copy path is the fast path, and a
-generator-based context manager costs several microseconds per message.
+The context managers are C types (``_native.Lender`` makes one ``_native.Lend`` per call): the
+zero-copy path is the fast path, and a Python ``__enter__``/``__exit__`` pair with its guard and
+port calls cost several times the copying round trip of a small message.  A transport with C ports
+(:class:`~._transports._contract.NativeLends`, shm://) is lent from in C without a call into Python;
+any other lender's verbs are called through the Python callables made here.  Either way the view is
+released when the block exits, so using it afterwards raises ValueError instead of reading ring
+memory the peer is reusing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import _native
 from ._resource import ConflictDetector
+from ._transports._contract import NativeLends
 from ._wait import deadline_after
 
 
-def release_view(view: memoryview) -> None:
-    """Release a lent view so that nothing reads the ring through it after the block."""
-    try:
-        view.release()
-    except BufferError:
-        pass  # an export of the view (np.frombuffer) outlives the block; the docstrings forbid its use
+def recv_lender(t: Any, guard: ConflictDetector) -> _native.Lender:
+    """A Lender whose ``lend(timeout)`` is one recv_view(): ``t.peek`` on enter, ``t.consume`` on exit."""
+
+    def peek(timeout: float | None) -> memoryview:
+        return t.peek(deadline_after(timeout))[0]  # type: ignore[no-any-return]
+
+    port = fail = None
+    if issubclass(type(t), NativeLends):
+        port, fail = t.native_lends()[0]
+    return _native.Lender(guard, False, peek, t.consume, None, port, fail)
 
 
-class RecvView:
-    """What recv_view() returns: peeks at the next record on enter, consumes it on exit."""
+def send_lender(t: Any, guard: ConflictDetector) -> _native.Lender:
+    """A Lender whose ``lend(timeout, n)`` is one send_view(n): ``t.reserve`` on enter, ``t.commit``
+    (``t.abort`` if the block raised) on exit."""
 
-    __slots__ = ("_t", "_guard", "_timeout", "_view")
-    _view: memoryview
+    def reserve(n: int, timeout: float | None) -> memoryview:
+        return t.reserve(n, deadline_after(timeout))  # type: ignore[no-any-return]
 
-    def __init__(self, t: Any, guard: ConflictDetector, timeout: float | None) -> None:
-        self._t, self._guard, self._timeout = t, guard, timeout
-
-    def __enter__(self) -> memoryview:
-        self._guard.__enter__()
-        try:
-            timeout = self._timeout
-            self._view = self._t.peek(None if timeout is None else deadline_after(timeout))[0]
-        except BaseException:
-            self._guard.__exit__()
-            raise
-        return self._view
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            release_view(self._view)
-            self._t.consume()
-        finally:
-            self._guard.__exit__()
-
-
-class SendView:
-    """What send_view() returns: reserves n bytes on enter; commits them on a normal exit, aborts them
-    when the block raised."""
-
-    __slots__ = ("_t", "_guard", "_n", "_timeout", "_view")
-    _view: memoryview
-
-    def __init__(self, t: Any, guard: ConflictDetector, n: int, timeout: float | None) -> None:
-        self._t, self._guard, self._n, self._timeout = t, guard, n, timeout
-
-    def __enter__(self) -> memoryview:
-        self._guard.__enter__()
-        try:
-            timeout = self._timeout
-            self._view = self._t.reserve(self._n, None if timeout is None else deadline_after(timeout))
-        except BaseException:
-            self._guard.__exit__()
-            raise
-        return self._view
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        try:
-            release_view(self._view)
-            if exc_type is None:
-                self._t.commit()
-            else:
-                self._t.abort()
-        finally:
-            self._guard.__exit__()
+    port = fail = None
+    if issubclass(type(t), NativeLends):
+        port, fail = t.native_lends()[1]
+    return _native.Lender(guard, True, reserve, t.commit, t.abort, port, fail)

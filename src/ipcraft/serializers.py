@@ -13,7 +13,10 @@ name      id    notes
 ========  ====  ==============================================================================
 RAW       0     bytes-like only; what ``send_bytes``/``recv_bytes`` use
 PICKLE    1     any picklable object; **runs code when loaded**: decoded only from an
-                authenticated peer (a Unix peer of an allowed uid, or TCP with an authkey)
+                authenticated peer (a Unix peer of an allowed uid, or TCP with an authkey).
+                On shared-memory channels (shm://, ring://, file://) large PEP 574 buffers (numpy
+                arrays, bytearrays) travel out of band (``dumps_oob``): copied once into the ring
+                and, on shm://, not again out of the received message (such arrays are read-only)
 JSON      2     str/int/float/bool/None/list/dict; tuples arrive as lists
 MSGPACK   3     the default.  Safe (cannot execute code), compact; carries bytes natively and
                 numpy arrays (dtype and shape kept) as an extension type; tuples arrive as lists
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +40,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ("Serializer", "RAW", "PICKLE", "JSON", "MSGPACK", "by_name", "by_id")
+__all__ = ("Serializer", "RAW", "PICKLE", "JSON", "MSGPACK", "by_name", "by_id", "split_oob")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,13 @@ class Serializer:
             reused after it returns.
         trusted_only: True when loading can execute code (pickle): such frames are decoded only
             from an authenticated peer.
+        dumps_oob: object -> list of bytes-like parts whose concatenation is the message, the large
+            buffers among them left where they are (pickle protocol 5 out of band); one part when
+            the object has none.  Channels over shared memory use it instead of ``dumps`` to copy
+            each buffer once, straight into the ring.  None: the serializer has no such form.
+
+    .. versionchanged:: 0.3
+        ``dumps_oob`` (PICKLE's out-of-band container).
     """
 
     id: int
@@ -58,6 +69,7 @@ class Serializer:
     dumps: Callable[[Any], Any]
     loads: Callable[[Any], Any]
     trusted_only: bool = False
+    dumps_oob: Callable[[Any], list[Any]] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.id <= 255:
@@ -99,9 +111,105 @@ def _raw_dumps(obj: Any) -> Any:
     return obj
 
 
+# -- pickle protocol 5 out of band (the container is specified in docs/spec/frame.md) --------------
+
+#: The first bytes of an out-of-band container: a pickle stream of protocol 2 or later starts with
+#: 0x80 (PROTO), so the two never mix.
+OOB_MAGIC = b"\x00PB5"
+_OOB_HEAD = struct.Struct("<4sIQ")  # magic, buffer count, pickle stream length; then the lengths
+_OOB_ALIGN = 16  # each section starts at a multiple of this from the container's start
+#: Buffers smaller than this stay in the pickle stream: a separate part costs more than the copy.
+OOB_MIN_BUFFER = 4096
+
+
+def _pad(n: int) -> int:
+    return -n % _OOB_ALIGN
+
+
+_ZEROS = bytes(_OOB_ALIGN)
+
+
+def _pickle_dumps_oob(obj: Any) -> list[Any]:
+    """``obj`` pickled with protocol 5, its large contiguous buffers out of band: ``[container prefix,
+    buffer, padding, buffer, ...]`` (the prefix holds the header and the pickle stream), or
+    ``[pickle stream]`` when no buffer of OOB_MIN_BUFFER bytes or more is out of band."""
+    bufs: list[memoryview] = []
+
+    def in_band(pb: pickle.PickleBuffer) -> bool:
+        try:
+            raw = pb.raw()  # a flat byte view; BufferError for a non-contiguous buffer
+        except BufferError:
+            return True
+        if raw.nbytes < OOB_MIN_BUFFER:
+            return True
+        bufs.append(raw)
+        return False
+
+    stream = pickle.dumps(obj, protocol=5, buffer_callback=in_band)
+    if not bufs:
+        return [stream]
+    head = _OOB_HEAD.pack(OOB_MAGIC, len(bufs), len(stream)) + struct.pack(f"<{len(bufs)}Q",
+                                                                           *(b.nbytes for b in bufs))
+    parts: list[Any] = [b"".join((head, _ZEROS[:_pad(len(head))], stream, _ZEROS[:_pad(len(stream))]))]
+    for i, b in enumerate(bufs):
+        parts.append(b)
+        if i + 1 < len(bufs) and _pad(b.nbytes):
+            parts.append(_ZEROS[:_pad(b.nbytes)])
+    return parts
+
+
+def split_oob(data: memoryview) -> tuple[memoryview, list[memoryview]]:
+    """The pickle stream and the out-of-band buffers of a container, as views into ``data`` (no copy):
+    ``pickle.loads(stream, buffers=bufs)`` rebuilds the object.  With ``recv_view()`` that decodes a
+    message in place (the objects then must not outlive the block).
+
+    Raises:
+        ProtocolError: not a container, or lengths that do not add up to exactly ``data``.
+
+    .. versionadded:: 0.3
+    """
+    n = data.nbytes
+    if n < _OOB_HEAD.size:
+        raise ProtocolError(f"an out-of-band pickle container of {n} bytes is shorter than its header")
+    magic, k, slen = _OOB_HEAD.unpack_from(data)
+    if magic != OOB_MAGIC:
+        raise ProtocolError(f"not an out-of-band pickle container (magic {bytes(magic)!r})")
+    pos = _OOB_HEAD.size + 8 * k
+    if k == 0 or pos > n:
+        raise ProtocolError(f"an out-of-band pickle container claims {k} buffers in {n} bytes")
+    lens = struct.unpack_from(f"<{k}Q", data, _OOB_HEAD.size)
+    pos += _pad(pos)
+    if slen > n - pos:
+        raise ProtocolError(f"an out-of-band pickle container's stream ({slen} bytes) overruns its {n} bytes")
+    stream = data[pos:pos + slen]
+    pos += slen + _pad(slen)
+    bufs = []
+    for i, size in enumerate(lens):
+        if pos > n or size > n - pos:
+            raise ProtocolError(f"an out-of-band pickle container's buffer {i} ({size} bytes) overruns "
+                                f"its {n} bytes")
+        bufs.append(data[pos:pos + size])
+        pos += size + (_pad(size) if i + 1 < k else 0)
+    if pos != n:
+        raise ProtocolError(f"an out-of-band pickle container of {n} bytes holds {pos} bytes of sections")
+    return stream, bufs
+
+
+def _pickle_loads(data: Any) -> Any:
+    """A pickle stream, or an out-of-band container whose buffers become views of the received bytes
+    (read-only, no copy) when they are an immutable ``bytes`` object, of a private copy otherwise."""
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    if mv[:4].tobytes() != OOB_MAGIC:
+        return pickle.loads(mv)
+    if not isinstance(mv.obj, bytes):  # a buffer the transport reuses: the objects must not share it
+        mv = memoryview(mv.tobytes())
+    stream, bufs = split_oob(mv.cast("B") if mv.format != "B" else mv)
+    return pickle.loads(stream, buffers=bufs)
+
+
 RAW = Serializer(0, "raw", _raw_dumps, bytes)
 PICKLE = Serializer(1, "pickle", lambda o: pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL),
-                    pickle.loads, trusted_only=True)
+                    _pickle_loads, trusted_only=True, dumps_oob=_pickle_dumps_oob)
 JSON = Serializer(2, "json", lambda o: json.dumps(o, separators=(",", ":")).encode(),
                   lambda b: json.loads(bytes(b)))
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ipcraft import _framing
 from ipcraft._endpoint import Endpoint
 from ipcraft.errors import InvalidEndpoint, MessageTooLarge, PeerVanished, ProtocolError
-from ipcraft.serializers import JSON, MSGPACK, PICKLE, RAW, Serializer
+from ipcraft.serializers import JSON, MSGPACK, PICKLE, RAW, Serializer, split_oob
 
 # -- frames ----------------------------------------------------------------------------------------
 
@@ -116,7 +116,8 @@ def _decoder(serializer: Serializer) -> Any:
         try:
             serializer.decode(memoryview(data))
         except ProtocolError as exc:
-            assert exc.__cause__ is not None or serializer is MSGPACK
+            # msgpack and PICKLE's out-of-band container parser raise ProtocolError themselves
+            assert exc.__cause__ is not None or serializer is MSGPACK or "out-of-band" in str(exc)
     return decode
 
 
@@ -145,3 +146,20 @@ def test_fuzz_raw_decode() -> None:
         assert RAW.decode(memoryview(data)) == data
 
     assert run_fuzz("raw decode", st.binary(max_size=256), check, budget=0.2) > 0
+
+
+def _split_container(data: bytes) -> None:
+    """split_oob: ProtocolError, or a stream and buffers that lie inside ``data`` and tile it."""
+    try:
+        stream, bufs = split_oob(memoryview(data))
+    except ProtocolError:
+        return
+    assert bufs and stream.nbytes + sum(b.nbytes for b in bufs) <= len(data)
+    assert all(b.obj is data for b in (stream, *bufs))  # views into what arrived, never copies
+
+
+def test_fuzz_pickle_oob_container() -> None:
+    """Mutated out-of-band pickle containers (hostile counts and lengths): the parser answers
+    ProtocolError or views inside the input; decoding them is ProtocolError or a value."""
+    assert run_fuzz("pickle oob container", seeded_bytes("pickle_oob", 256), _split_container) > 0
+    assert run_fuzz("pickle oob decode", seeded_bytes("pickle_oob", 256), _decoder(PICKLE)) > 0

@@ -202,7 +202,7 @@ def _busy(make_pair: Pair, caps: Capabilities) -> None:
         t.start()
         try:
             deadline = time.monotonic() + WAIT
-            while not r._receiving._lock.locked():  # wait until the thread is inside recv
+            while not r._receiving.held:  # wait until the thread is inside recv
                 assert time.monotonic() < deadline, "the receiving thread never started"
                 time.sleep(0.002)
             expect(Busy, lambda: r.recv(timeout=0), "recv while another thread receives")

@@ -41,6 +41,15 @@ int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout)
     return 0;
 }
 
+int ipc_size_arg(PyObject *arg, uint64_t *n)
+{
+    long long v = PyLong_AsLongLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *n = v < 0 ? 0 : (uint64_t)v;
+    return v >= 0;
+}
+
 int ipc_add_type(PyObject *m, PyTypeObject *type, const char *name)
 {
     if (PyType_Ready(type) < 0)
@@ -71,6 +80,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddFunctions(m, ipc_rings_methods) < 0 ||
         ipc_pmutex_register(m) < 0 ||
         ipc_spsc_register(m) < 0 ||
+        ipc_lend_register(m) < 0 ||
         ipc_mpmc_register(m) < 0 ||
         ipc_bcast_register(m) < 0) {
         Py_DECREF(m);

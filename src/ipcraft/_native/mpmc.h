@@ -61,6 +61,8 @@ typedef struct {
     uint64_t limit; /* the fast path's largest payload (the channel's max_message_size) */
     uint64_t seen_head, seen_tail; /* caches: head and tail only grow, so an old value is a safe bound */
     unsigned long long needed, recovered;
+    int loaned, borrowed;      /* zero copy: this handle holds the producer (consumer) lock meanwhile */
+    uint64_t lend_pos, lend_n; /* the record's position, and its payload (loan) or record (borrow) size */
 } MpmcPort;
 
 static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }
@@ -94,5 +96,19 @@ void mpmc_wake_consumers(MpmcPort *p);
 long long mpmc_attempt(MpmcPort *p, int producer, const Parts *parts, char *out, uint64_t room);
 int mpmc_ready(MpmcPort *p, uint64_t need);
 long long mpmc_operate(MpmcPort *p, int op, const Parts *parts, char *out, uint64_t room, PyObject *timeout_obj);
+
+/* mpmc_port.c: the Python type and zero copy (recv_view/send_view on ring:// and file://, shared with
+ * lend.c).  A loan (a borrowed record) holds the producer (consumer) lock from mpmc_loan (mpmc_borrow)
+ * to its commit or give-back (consume or give-back): other producers (consumers) wait meanwhile.  Each
+ * returns 0 or -errno; -EAGAIN and -EXDEV (sync=true, an fd user, a record that would wrap around the
+ * end of the ring or that the copying path must judge) leave the message to the copying path. */
+extern PyTypeObject MpmcPort_Type;
+int mpmc_lend_ready(MpmcPort *self);
+int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off);
+int mpmc_commit_loan(MpmcPort *p, int sid);
+int mpmc_give_back_loan(MpmcPort *p);
+int mpmc_borrow(MpmcPort *p, Py_ssize_t *off, uint64_t *n, int *sid);
+int mpmc_consume_borrowed(MpmcPort *p);
+int mpmc_give_back_borrowed(MpmcPort *p);
 
 #endif

@@ -384,6 +384,243 @@ static PyObject *MpmcPort_get_capacity(MpmcPort *self, void *c)
     return PyLong_FromUnsignedLongLong(self->cap);
 }
 
+/* ---- zero copy (see mpmc.h) ------------------------------------------------------------------ */
+
+
+/* Whether a zero-copy receive should look now (the fast path's spin on an empty ring included). */
+int mpmc_lend_ready(MpmcPort *self)
+{
+    return fast_recv_ready(self);
+}
+
+/* Producer: lock, then place a frame of n payload bytes at head, its payload contiguous in the ring. */
+int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off)
+{
+    if (!p->has_view || p->closed)
+        return -EBADF;
+    if (p->loaned || p->borrowed)
+        return -EXDEV; /* this handle lends the other side now: a copy does it */
+    uint64_t need = rec_size(n + 8);
+    if (need > p->cap)
+        return -EMSGSIZE;
+    if (p->sync || n > UINT32_MAX - 8)
+        return -EXDEV;
+    int rc = mpmc_lock_try(p, p->plock);
+    if (rc != 0)
+        return rc > 0 ? -EAGAIN : rc;
+    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), tail = ring_load_acquire(p->tail_p);
+    if (!mpmc_cursors_ok(p->cap, head, tail))
+        rc = -EPROTO;
+    else if (head - tail + need > p->cap)
+        rc = -EAGAIN;
+    else if (((head + 2 * REC_HEADER) & p->mask) + n > p->cap)
+        rc = -EXDEV; /* the payload would wrap: a copy takes it */
+    if (rc < 0) {
+        mpmc_unlock(p->plock);
+        return rc;
+    }
+    p->seen_tail = tail;
+    p->loaned = 1;
+    p->inflight++; /* the buffer stays mapped until the loan ends, even if closed meanwhile */
+    p->lend_pos = head;
+    p->lend_n = n;
+    *off = p->data + ((head + 2 * REC_HEADER) & p->mask) - (char *)p->view.buf;
+    return 0;
+}
+
+/* End a loan or a borrow: unlock, and let go of the buffer if the port was closed meanwhile. */
+static int end_lend(MpmcPort *p, int *lent, pthread_mutex_t *m)
+{
+    *lent = 0;
+    int urc = mpmc_unlock(m);
+    p->inflight--;
+    mpmc_release_if_done(p, 0);
+    return urc;
+}
+
+/* Producer: write the record and frame headers, publish, unlock, wake the consumers. */
+int mpmc_commit_loan(MpmcPort *p, int sid)
+{
+    if (!p->loaned)
+        return -EINVAL;
+    int rc = p->closed ? -EBADF : 0;
+    if (rc == 0) {
+        uint64_t head = p->lend_pos, total = p->lend_n + 8;
+        uint32_t rec[2] = {(uint32_t)total, ~(uint32_t)total}, n32 = (uint32_t)p->lend_n;
+        unsigned char frame[8] = {FRAME_MAGIC, (unsigned char)sid, 0, 0};
+        memcpy(frame + 4, &n32, 4);
+        memcpy(p->data + ((head + REC_HEADER) & p->mask), frame, 8); /* 8-aligned: never split */
+        memcpy(p->data + (head & p->mask), rec, REC_HEADER);
+        __atomic_store_n(p->head_p, head + rec_size(total), __ATOMIC_RELEASE);
+    }
+    int urc = end_lend(p, &p->loaned, p->plock);
+    if (rc == 0 && p->has_view)
+        mpmc_wake_consumers(p);
+    return rc ? rc : urc;
+}
+
+int mpmc_give_back_loan(MpmcPort *p)
+{
+    return p->loaned ? end_lend(p, &p->loaned, p->plock) : -EINVAL;
+}
+
+/* Consumer: lock, then borrow the next record when it is an ordinary ipcraft frame within the limit
+ * whose payload is contiguous in the ring: its payload's offset, length and serializer id. */
+int mpmc_borrow(MpmcPort *p, Py_ssize_t *off, uint64_t *n, int *sid)
+{
+    if (!p->has_view || p->closed)
+        return -EBADF;
+    if (p->loaned || p->borrowed)
+        return -EXDEV; /* this handle lends the other side now: a copy does it */
+    if (p->sync || p->fd_user)
+        return -EXDEV;
+    int rc = mpmc_lock_try(p, p->clock_);
+    if (rc != 0)
+        return rc > 0 ? -EAGAIN : rc;
+    uint64_t tail = __atomic_load_n(p->tail_p, __ATOMIC_RELAXED), head;
+    long long size = mpmc_peek_at(p, tail, &head);
+    unsigned char frame[8];
+    uint32_t len = 0;
+    if (size >= 8) {
+        memcpy(frame, p->data + ((tail + REC_HEADER) & p->mask), 8); /* 8-aligned: never split */
+        memcpy(&len, frame + 4, 4);
+    }
+    if (size == -EAGAIN)
+        rc = -EAGAIN;
+    else if (size < 8 || frame[0] != FRAME_MAGIC || frame[2] || frame[3] || len != (uint64_t)size - 8 ||
+             len > p->limit || ((tail + 2 * REC_HEADER) & p->mask) + len > p->cap)
+        rc = -EXDEV; /* corrupt, foreign, too large or wrapped: the copying path takes (or reports) it */
+    if (rc < 0) {
+        mpmc_unlock(p->clock_);
+        return rc;
+    }
+    p->borrowed = 1;
+    p->inflight++;
+    p->lend_pos = tail;
+    p->lend_n = (uint64_t)size;
+    *off = p->data + ((tail + 2 * REC_HEADER) & p->mask) - (char *)p->view.buf;
+    *n = len;
+    *sid = frame[1];
+    return 0;
+}
+
+/* Consumer: drop the borrowed record (publish tail), unlock, wake the producers. */
+int mpmc_consume_borrowed(MpmcPort *p)
+{
+    if (!p->borrowed)
+        return -EINVAL;
+    int rc = p->closed ? -EBADF : 0;
+    if (rc == 0)
+        __atomic_store_n(p->tail_p, p->lend_pos + rec_size(p->lend_n), __ATOMIC_RELEASE);
+    int urc = end_lend(p, &p->borrowed, p->clock_);
+    if (rc == 0 && p->has_view)
+        mpmc_wake_sleepers(p->psleep_p, p->tail_p);
+    return rc ? rc : urc;
+}
+
+int mpmc_give_back_borrowed(MpmcPort *p)
+{
+    return p->borrowed ? end_lend(p, &p->borrowed, p->clock_) : -EINVAL;
+}
+
+/* lend.c's view of these verbs (see LendOps in native.h).  A port lends for both sides. */
+static int mpmc_ops_producer(PyObject *o) { (void)o; return -1; }
+
+static int mpmc_ops_loan(PyObject *o, uint64_t n, char **payload)
+{
+    MpmcPort *p = (MpmcPort *)o;
+    Py_ssize_t off;
+    int rc = mpmc_loan(p, n, &off);
+    if (rc == 0)
+        *payload = (char *)p->view.buf + off;
+    return rc;
+}
+
+static int mpmc_ops_commit(PyObject *o, int sid) { return mpmc_commit_loan((MpmcPort *)o, sid); }
+static int mpmc_ops_give_back_loan(PyObject *o) { return mpmc_give_back_loan((MpmcPort *)o); }
+
+static int mpmc_ops_borrow(PyObject *o, char **payload, uint64_t *n)
+{
+    MpmcPort *p = (MpmcPort *)o;
+    Py_ssize_t off;
+    int sid;
+    if (!mpmc_lend_ready(p))
+        return -EAGAIN;
+    int rc = mpmc_borrow(p, &off, n, &sid);
+    if (rc == 0)
+        *payload = (char *)p->view.buf + off;
+    return rc;
+}
+
+static int mpmc_ops_consume(PyObject *o) { return mpmc_consume_borrowed((MpmcPort *)o); }
+static int mpmc_ops_give_back_borrowed(PyObject *o) { return mpmc_give_back_borrowed((MpmcPort *)o); }
+
+static int mpmc_ops_pin(PyObject *o, Py_buffer *pin)
+{
+    MpmcPort *p = (MpmcPort *)o;
+    if (!p->has_view) {
+        PyErr_SetString(PyExc_BufferError, "the ring port is closed");
+        return -1;
+    }
+    return PyObject_GetBuffer(p->view.obj, pin, PyBUF_SIMPLE);
+}
+
+const LendOps ipc_mpmc_lend_ops = {
+    &MpmcPort_Type, mpmc_ops_producer, mpmc_ops_loan, mpmc_ops_commit, mpmc_ops_give_back_loan,
+    mpmc_ops_borrow, mpmc_ops_consume, mpmc_ops_give_back_borrowed, mpmc_ops_pin,
+};
+
+static PyObject *MpmcPort_reserve(MpmcPort *self, PyObject *arg)
+{
+    uint64_t n;
+    Py_ssize_t off;
+    int ok = ipc_size_arg(arg, &n), rc = ok > 0 ? mpmc_loan(self, n, &off) : -EINVAL;
+    if (ok < 0)
+        return NULL;
+    return rc < 0 ? PyLong_FromLong(rc) : PyLong_FromSsize_t(off);
+}
+
+static PyObject *MpmcPort_commit(MpmcPort *self, PyObject *arg)
+{
+    long sid = PyLong_AsLong(arg);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    if (sid < 0 || sid > 255) {
+        PyErr_SetString(PyExc_ValueError, "sid is a serializer id 0-255");
+        return NULL;
+    }
+    return PyLong_FromLong(mpmc_commit_loan(self, (int)sid));
+}
+
+static PyObject *MpmcPort_abort(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromLong(mpmc_give_back_loan(self));
+}
+
+static PyObject *MpmcPort_peek(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    Py_ssize_t off;
+    uint64_t n;
+    int sid, rc = mpmc_borrow(self, &off, &n, &sid);
+    if (rc < 0)
+        return PyLong_FromLong(rc);
+    return Py_BuildValue("(nKi)", off, (unsigned long long)n, sid);
+}
+
+static PyObject *MpmcPort_consume(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromLong(mpmc_consume_borrowed(self));
+}
+
+static PyObject *MpmcPort_unpeek(MpmcPort *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromLong(mpmc_give_back_borrowed(self));
+}
+
 static PyMethodDef MpmcPort_methods[] = {
     {"send", (PyCFunction)(void (*)(void))MpmcPort_send, METH_FASTCALL,
      "send(parts, timeout) -> int: append one message made of the bytes-like parts (at most 8).  0 or "
@@ -411,6 +648,22 @@ static PyMethodDef MpmcPort_methods[] = {
     {"try_recv", (PyCFunction)MpmcPort_try_recv, METH_NOARGS,
      "try_recv() -> bytes | None: take the next message's payload if it is an ordinary ipcraft frame "
      "within limit and can be taken at once; None leaves everything to the general path."},
+    {"reserve", (PyCFunction)MpmcPort_reserve, METH_O,
+     "reserve(n) -> int: lock the producer side and loan n contiguous payload bytes at head (their "
+     "offset in the buffer) until commit() or abort(); -EAGAIN (lock busy or no room now), -EXDEV "
+     "(sync=true, the payload would wrap, or this handle lends already: send a copy), -EMSGSIZE, -EPROTO, "
+     "-EBADF."},
+    {"commit", (PyCFunction)MpmcPort_commit, METH_O,
+     "commit(sid) -> int: publish the loan as one ipcraft frame of serializer sid, unlock, wake."},
+    {"abort", (PyCFunction)MpmcPort_abort, METH_NOARGS, "abort() -> int: drop the loan unpublished, unlock."},
+    {"peek", (PyCFunction)MpmcPort_peek, METH_NOARGS,
+     "peek() -> (offset, length, sid) | int: lock the consumer side and borrow the next ordinary frame "
+     "in place until consume() or unpeek(); -EAGAIN (lock busy or empty), -EXDEV (sync=true, an fd "
+     "user, this handle lends already, or a record the copying path must take: wrapped, too large, "
+     "foreign, corrupt), -EBADF."},
+    {"consume", (PyCFunction)MpmcPort_consume, METH_NOARGS,
+     "consume() -> int: drop the borrowed record, unlock, wake the producers."},
+    {"unpeek", (PyCFunction)MpmcPort_unpeek, METH_NOARGS, "unpeek() -> int: unlock, keeping the record."},
     {"pending", (PyCFunction)MpmcPort_pending, METH_NOARGS,
      "pending() -> int: bytes of records waiting in the ring."},
     {"close", (PyCFunction)MpmcPort_close, METH_NOARGS,
@@ -445,7 +698,7 @@ static PyGetSetDef MpmcPort_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject MpmcPort_Type = {
+PyTypeObject MpmcPort_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ipcraft._native.MpmcPort",
     .tp_basicsize = sizeof(MpmcPort),

@@ -21,8 +21,27 @@ extern PyMethodDef ipc_mman_methods[];
 extern PyMethodDef ipc_rings_methods[]; /* rings.c: ring_cpus_busy() */
 int ipc_pmutex_register(PyObject *m); /* pmutex.c: functions, the PMutex type, PMUTEX_SIZE */
 int ipc_spsc_register(PyObject *m); /* spsc_port.c: the SpscPort type and spsc_layout() */
+int ipc_lend_register(PyObject *m); /* lend.c: BusyLock, Lender and Lend (zero copy) */
 int ipc_mpmc_register(PyObject *m); /* mpmc_port.c: the MpmcPort type and mpmc_layout() */
 int ipc_bcast_register(PyObject *m); /* bcast.c: the BcastPort type and bcast_layout() */
+
+/* Zero copy over a ring port (lend.c's Lend), implemented by spsc_port.c and mpmc_port.c: each verb
+ * returns 0 or -errno (-EAGAIN, -EXDEV...: the general path in Python must do it), a loaned or
+ * borrowed payload as a pointer into the port's buffer.  `borrow` may spin briefly (GIL released) on
+ * an empty ring, as the copying fast path does; `pin` takes an export of the mapping (the port's
+ * buffer) so that it outlives an escaped view. */
+typedef struct {
+    PyTypeObject *type;
+    int (*producer)(PyObject *port);
+    int (*loan)(PyObject *port, uint64_t n, char **payload);
+    int (*commit)(PyObject *port, int sid);
+    int (*give_back_loan)(PyObject *port);
+    int (*borrow)(PyObject *port, char **payload, uint64_t *n);
+    int (*consume)(PyObject *port);
+    int (*give_back_borrowed)(PyObject *port);
+    int (*pin)(PyObject *port, Py_buffer *pin);
+} LendOps;
+extern const LendOps ipc_spsc_lend_ops, ipc_mpmc_lend_ops;
 
 /* Resolve `offset` in a writable buffer to an aligned pointer to `size` bytes.  Sets ValueError and
  * returns NULL when the range leaves the buffer or the address is not `size`-aligned. */
@@ -31,6 +50,10 @@ void *ipc_buffer_at(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size);
 /* Convert a timeout in float seconds (or None) into an absolute-free relative timespec.
  * Returns 0 and sets *has_timeout; -1 with ValueError for a negative or non-finite value. */
 int ipc_timeout_arg(PyObject *obj, struct timespec *ts, int *has_timeout);
+
+/* The n of a reserve(n) method: 1 (and *n) for n >= 0, 0 for a negative n (the method answers -EINVAL),
+ * -1 with an exception set for a non-integer. */
+int ipc_size_arg(PyObject *arg, uint64_t *n);
 
 /* Ready `type` and add it to module `m` as `name`.  0, or -1 with an exception set. */
 int ipc_add_type(PyObject *m, PyTypeObject *type, const char *name);

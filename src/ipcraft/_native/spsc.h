@@ -82,4 +82,15 @@ void spsc_consume(SpscPort *r, uint64_t total);
 int spsc_other_closed(SpscPort *r);
 int spsc_wait_slice(SpscPort *r, uint64_t n, int has_deadline, long long deadline, long long spin_until);
 
+/* spsc_port.c: the Python type, the fast path's receive (spinning while the ring is empty) and the
+ * zero-copy verbs (a borrowed record until consume/give back, a loan until commit/give back), shared
+ * with lend.c.  Each returns 0 or -errno as the SpscPort methods of the same name document. */
+extern PyTypeObject SpscPort_Type;
+int spsc_next_or_spin(SpscPort *self, char **rec, uint64_t *n, uint64_t *total);
+Py_ssize_t spsc_borrow(SpscPort *self, char *rec, uint64_t total);
+int spsc_consume_borrowed(SpscPort *self);
+int spsc_loan(SpscPort *self, uint64_t n, Py_ssize_t *off);
+int spsc_commit_loan(SpscPort *self, int sid);
+int spsc_give_back(SpscPort *self, int *lent);
+
 #endif

@@ -220,7 +220,7 @@ static int spin_for(SpscPort *r, long long ns)
 
 /* The fast path's next record: spsc_next_record, spinning (GIL released, the adaptive budget) when
  * the ring is empty.  A vain spin makes the general path's next wait sleep at once. */
-static int next_or_spin(SpscPort *self, char **rec, uint64_t *n, uint64_t *total)
+int spsc_next_or_spin(SpscPort *self, char **rec, uint64_t *n, uint64_t *total)
 {
     if (spsc_consumer_gate(self) < 0)
         return -EBADF;
@@ -240,7 +240,7 @@ static PyObject *SpscPort_try_recv(SpscPort *self, PyObject *unused)
     (void)unused;
     char *rec;
     uint64_t n, total;
-    int rc = next_or_spin(self, &rec, &n, &total);
+    int rc = spsc_next_or_spin(self, &rec, &n, &total);
     if (rc < 0 || n > self->limit)
         Py_RETURN_NONE;
     PyObject *b = PyBytes_FromStringAndSize(n >= GIL_FREE_COPY ? NULL : rec + REC_HEADER, (Py_ssize_t)n);
@@ -322,7 +322,7 @@ static PyObject *SpscPort_try_recv_many(SpscPort *self, PyObject *const *args, P
         return NULL;
     char *rec;
     uint64_t n, total, taken = 0;
-    int rc = most > 0 ? next_or_spin(self, &rec, &n, &total) : -EAGAIN;
+    int rc = most > 0 ? spsc_next_or_spin(self, &rec, &n, &total) : -EAGAIN;
     /* Ordinary records within the limit and of the wanted serializer; anything else ends the batch
      * and is left to the general path. */
     while (rc == 0 && n <= self->limit && n < GIL_FREE_COPY && (sid < 0 || (unsigned char)rec[1] == sid)) {
@@ -348,6 +348,115 @@ static PyObject *SpscPort_try_recv_many(SpscPort *self, PyObject *const *args, P
     return out;
 }
 
+/* The zero-copy verbs, shared by the methods below and by lend.c's context managers. */
+
+
+Py_ssize_t spsc_borrow(SpscPort *self, char *rec, uint64_t total)
+{
+    self->busy = self->borrowed = 1;
+    self->borrow_total = total;
+    return rec + REC_HEADER - (char *)self->view.buf;
+}
+
+int spsc_consume_borrowed(SpscPort *self)
+{
+    if (!self->borrowed)
+        return -EINVAL;
+    self->busy = self->borrowed = 0;
+    if (self->closed)
+        return -EBADF;
+    spsc_consume(self, self->borrow_total);
+    return 0;
+}
+
+int spsc_loan(SpscPort *self, uint64_t n, Py_ssize_t *off)
+{
+    uint64_t pad, adv;
+    int rc = spsc_producer_gate(self, n);
+    if (rc == 0)
+        rc = spsc_place(self, n, &pad, &adv);
+    if (rc < 0)
+        return rc;
+    self->busy = self->loaned = 1;
+    self->loan_pad = pad;
+    self->loan_len = n;
+    self->loan_off = pad ? 0 : (self->pos & self->mask);
+    *off = self->data + self->loan_off + REC_HEADER - (char *)self->view.buf;
+    return 0;
+}
+
+int spsc_commit_loan(SpscPort *self, int sid)
+{
+    if (!self->loaned)
+        return -EINVAL;
+    self->busy = self->loaned = 0;
+    if (self->closed)
+        return -EBADF;
+    if (self->loan_pad)
+        spsc_put_header(self->data + (self->pos & self->mask), 0, REC_FLAG_WRAP, 0);
+    spsc_put_header(self->data + self->loan_off, sid & 255, 0, (uint32_t)self->loan_len);
+    spsc_publish(self, self->loan_pad + rec_size(self->loan_len));
+    return 0;
+}
+
+int spsc_give_back(SpscPort *self, int *lent)
+{
+    if (!*lent)
+        return -EINVAL;
+    self->busy = *lent = 0;
+    return 0;
+}
+
+/* lend.c's view of these verbs (see LendOps in native.h). */
+static int spsc_ops_producer(PyObject *o) { return ((SpscPort *)o)->producer; }
+
+static int spsc_ops_loan(PyObject *o, uint64_t n, char **payload)
+{
+    SpscPort *p = (SpscPort *)o;
+    Py_ssize_t off;
+    int rc = p->closed ? -EBADF : spsc_loan(p, n, &off);
+    if (rc == 0)
+        *payload = (char *)p->view.buf + off;
+    return rc;
+}
+
+static int spsc_ops_commit(PyObject *o, int sid) { return spsc_commit_loan((SpscPort *)o, sid); }
+static int spsc_ops_give_back_loan(PyObject *o) { return spsc_give_back((SpscPort *)o, &((SpscPort *)o)->loaned); }
+
+static int spsc_ops_borrow(PyObject *o, char **payload, uint64_t *n)
+{
+    SpscPort *p = (SpscPort *)o;
+    char *rec;
+    uint64_t total;
+    if (p->closed)
+        return -EBADF;
+    int rc = spsc_next_or_spin(p, &rec, n, &total);
+    if (rc < 0)
+        return rc;
+    if (*n > p->limit)
+        return -EXDEV; /* the general path discards it and raises MessageTooLarge */
+    *payload = (char *)p->view.buf + spsc_borrow(p, rec, total);
+    return 0;
+}
+
+static int spsc_ops_consume(PyObject *o) { return spsc_consume_borrowed((SpscPort *)o); }
+static int spsc_ops_give_back_borrowed(PyObject *o) { return spsc_give_back((SpscPort *)o, &((SpscPort *)o)->borrowed); }
+
+static int spsc_ops_pin(PyObject *o, Py_buffer *pin)
+{
+    SpscPort *p = (SpscPort *)o;
+    if (!p->has_view) {
+        PyErr_SetString(PyExc_BufferError, "the ring port is closed");
+        return -1;
+    }
+    return PyObject_GetBuffer(p->view.obj, pin, PyBUF_SIMPLE);
+}
+
+const LendOps ipc_spsc_lend_ops = {
+    &SpscPort_Type, spsc_ops_producer, spsc_ops_loan, spsc_ops_commit, spsc_ops_give_back_loan,
+    spsc_ops_borrow, spsc_ops_consume, spsc_ops_give_back_borrowed, spsc_ops_pin,
+};
+
 static PyObject *SpscPort_peek(SpscPort *self, PyObject *unused)
 {
     (void)unused;
@@ -358,57 +467,30 @@ static PyObject *SpscPort_peek(SpscPort *self, PyObject *unused)
         rc = spsc_next_record(self, &rec, &n, &total);
     if (rc < 0)
         return PyLong_FromLong(rc);
-    self->busy = self->borrowed = 1;
-    self->borrow_total = total;
-    Py_ssize_t off = rec + REC_HEADER - (char *)self->view.buf;
+    Py_ssize_t off = spsc_borrow(self, rec, total);
     return Py_BuildValue("(nKi)", off, (unsigned long long)n, (int)(unsigned char)rec[1]);
 }
 
 static PyObject *SpscPort_consume(SpscPort *self, PyObject *unused)
 {
     (void)unused;
-    if (!self->borrowed)
-        return PyLong_FromLong(-EINVAL);
-    self->busy = self->borrowed = 0;
-    if (self->closed)
-        return PyLong_FromLong(-EBADF);
-    spsc_consume(self, self->borrow_total);
-    return PyLong_FromLong(0);
-}
-
-/* Give back a borrowed record (kept in the ring) or a loan (never published). */
-static PyObject *give_back(SpscPort *self, int *lent)
-{
-    if (!*lent)
-        return PyLong_FromLong(-EINVAL);
-    self->busy = *lent = 0;
-    return PyLong_FromLong(0);
+    return PyLong_FromLong(spsc_consume_borrowed(self));
 }
 
 static PyObject *SpscPort_unpeek(SpscPort *self, PyObject *unused)
 {
     (void)unused;
-    return give_back(self, &self->borrowed);
+    return PyLong_FromLong(spsc_give_back(self, &self->borrowed));
 }
 
 static PyObject *SpscPort_reserve(SpscPort *self, PyObject *arg)
 {
-    long long n = PyLong_AsLongLong(arg);
-    uint64_t pad, adv;
-    if (n == -1 && PyErr_Occurred())
+    uint64_t n;
+    Py_ssize_t off;
+    int ok = ipc_size_arg(arg, &n), rc = ok > 0 ? spsc_loan(self, n, &off) : -EINVAL;
+    if (ok < 0)
         return NULL;
-    if (n < 0)
-        return PyLong_FromLong(-EINVAL);
-    int rc = spsc_producer_gate(self, (uint64_t)n);
-    if (rc == 0)
-        rc = spsc_place(self, (uint64_t)n, &pad, &adv);
-    if (rc < 0)
-        return PyLong_FromLong(rc);
-    self->busy = self->loaned = 1;
-    self->loan_pad = pad;
-    self->loan_len = (uint64_t)n;
-    self->loan_off = pad ? 0 : (self->pos & self->mask);
-    return PyLong_FromSsize_t(self->data + self->loan_off + REC_HEADER - (char *)self->view.buf);
+    return rc < 0 ? PyLong_FromLong(rc) : PyLong_FromSsize_t(off);
 }
 
 static PyObject *SpscPort_commit(SpscPort *self, PyObject *arg)
@@ -416,22 +498,13 @@ static PyObject *SpscPort_commit(SpscPort *self, PyObject *arg)
     long sid = PyLong_AsLong(arg);
     if (sid == -1 && PyErr_Occurred())
         return NULL;
-    if (!self->loaned)
-        return PyLong_FromLong(-EINVAL);
-    self->busy = self->loaned = 0;
-    if (self->closed)
-        return PyLong_FromLong(-EBADF);
-    if (self->loan_pad)
-        spsc_put_header(self->data + (self->pos & self->mask), 0, REC_FLAG_WRAP, 0);
-    spsc_put_header(self->data + self->loan_off, (int)(sid & 255), 0, (uint32_t)self->loan_len);
-    spsc_publish(self, self->loan_pad + rec_size(self->loan_len));
-    return PyLong_FromLong(0);
+    return PyLong_FromLong(spsc_commit_loan(self, (int)sid));
 }
 
 static PyObject *SpscPort_abort(SpscPort *self, PyObject *unused)
 {
     (void)unused;
-    return give_back(self, &self->loaned);
+    return PyLong_FromLong(spsc_give_back(self, &self->loaned));
 }
 
 /* One wait's arguments, for ring_wait_loop. */
@@ -599,7 +672,7 @@ static PyGetSetDef SpscPort_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject SpscPort_Type = {
+PyTypeObject SpscPort_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ipcraft._native.SpscPort",
     .tp_basicsize = sizeof(SpscPort),

@@ -419,6 +419,45 @@ class MpmcPort:
     def pending(self) -> int:
         return self._live().pending()
 
+    # -- zero copy (Channel.send_view/recv_view): the lock is held from reserve/peek to the end -----
+
+    def native(self) -> _native.MpmcPort:
+        """The C port (recv_view/send_view lend from it directly, see _native.Lender)."""
+        return self._live()
+
+    def reserve(self, n: int) -> int | None:
+        """Lock the producer side and loan ``n`` payload bytes in place: their offset in the buffer
+        until commit()/abort(), or None when the ring cannot now (lock busy, no room, sync=true, a
+        payload that would wrap): then the caller sends a copy."""
+        rc = self._live().reserve(n)
+        if rc >= 0:
+            return int(rc)
+        if rc in (-errno.EAGAIN, -errno.EXDEV):
+            return None
+        raise mpmc_error(rc, f"reserving a record on {self.what}", size=n, limit=max_message(self.capacity),
+                         limit_source=self.limit_source)
+
+    def commit(self, sid: int) -> None:
+        rc = self._live().commit(sid)
+        if rc < 0:
+            raise mpmc_error(rc, f"committing a reserved record on {self.what}")
+
+    def abort(self) -> None:
+        self._live().abort()
+
+    def peek(self) -> tuple[int, int, int] | int:
+        """Lock the consumer side and borrow the next message in place: ``(payload offset, length,
+        sid)`` until consume(); else -EAGAIN (empty, or another consumer holds the lock) or -EXDEV (a
+        message the copying receive must take: sync=true, an fd user, wrapped, too large, foreign or
+        corrupt)."""
+        got = self._live().peek()
+        if isinstance(got, tuple) or got in (-errno.EAGAIN, -errno.EXDEV):
+            return got
+        raise mpmc_error(got, f"receiving on {self.what}")
+
+    def consume(self) -> None:
+        self._live().consume()
+
     @property
     def recovered(self) -> int:
         """How often this handle took over a lock whose holder had died."""

@@ -91,6 +91,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 from .. import _native
@@ -208,6 +209,7 @@ class SpscPort:
                  wait_fd: int = -1, watch_fds: tuple[int, ...] = (), spin: bool = False,
                  limit: int = -1, limit_source: str = "") -> None:
         self.what = what
+        self.producer = producer
         self.capacity = check_ring(buf, offset, what)
         self._mv = memoryview(buf).cast("B")
         self._ro = self._mv.toreadonly()  # peek slices this: one view per record, not two
@@ -257,6 +259,11 @@ class SpscPort:
 
     def abort(self) -> None:
         self.native.abort()
+
+    def lend_parts(self) -> tuple[_native.SpscPort, Callable[[int], Exception]]:
+        """What _native.Lender needs to lend this side in C: the port, and the error of a commit the
+        port refused."""
+        return self.native, lambda rc: self._fail(rc, "committing a reserved record")
 
     # -- consumer ----------------------------------------------------------------------------------
 

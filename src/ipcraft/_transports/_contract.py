@@ -27,6 +27,10 @@ Optional capabilities are small protocols checked once, with ``isinstance``, whe
   the whole frames one read already brought, without another system call (byte streams, fifo://).
 * :class:`ZeroCopy`: ``reserve``/``commit``/``abort`` and ``peek``/``consume`` (Channel.send_view()
   and recv_view()), the verbs of the ring ports down to C.
+* :class:`SendParts`: ``send_parts(sid, parts, deadline)``, one message from many parts copied once
+  into shared memory (PICKLE's out-of-band buffers, Serializer.dumps_oob).
+* :class:`NativeLends`: ``native_lends()``, the C ports behind ZeroCopy, so that recv_view()/send_view()
+  finish the common case in C (``_native.Lender``).
 * :class:`BoundEndpoint`: a listener that knows the address it is bound to (a port 0 resolved).
 
 Deadlines are absolute ``time.monotonic()`` values or None (wait forever; see ``_wait``).
@@ -203,6 +207,26 @@ class ZeroCopy(Protocol):
 
     def consume(self) -> None:
         """Drop the peeked message."""
+
+
+@runtime_checkable
+class SendParts(Protocol):
+    """A shared-memory transport that writes one message from many parts, each copied once."""
+
+    def send_parts(self, sid: int, parts: Sequence[Any], deadline: float | None) -> None:
+        """Send the concatenation of ``parts`` (bytes-like, flat) as one message of serializer ``sid``."""
+
+
+#: ``(C port, fail(-errno) -> exception)``: one direction's C lending (see _native.Lender).
+NativeLend = tuple[Any, Callable[[int], Exception]]
+
+
+@runtime_checkable
+class NativeLends(Protocol):
+    """A ZeroCopy transport whose rings are C ports that _native.Lender can lend from directly."""
+
+    def native_lends(self) -> tuple[NativeLend, NativeLend]:
+        """``(receiving, sending)`` C lending parts."""
 
 
 @runtime_checkable

@@ -26,18 +26,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .._endpoint import Endpoint
-from .._errors import translating
-from .._framing import DEFAULT_MAX_MESSAGE_SIZE
+from .._errors import mpmc_error, translating
+from .._framing import DEFAULT_MAX_MESSAGE_SIZE, header
 from .._names import DEFAULT_MODE
 from .._rings import mpmc as _mpmc
 from ..errors import HandleClosed
 from ..primitives.mmap_file import MappedFile
 from ..primitives.shm import PosixSharedMemory
 from . import framed, unframe
-from ._contract import Message, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
+from ._contract import Message, NativeLend, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
 
 _OPEN_RETRIES = 100  # create="if_missing": rounds of "missing -> create -> exists" before giving up
 
@@ -145,6 +146,77 @@ class MpmcTransport(Transport):
         if extra:
             raise TypeError(f"{self.endpoint.scheme}:// takes no per-message options; got {', '.join(extra)}")
         self._live().send(framed(sid, payload), deadline)  # a record holds the whole frame (see mpmc.py)
+
+    def send_parts(self, sid: int, parts: Sequence[Any], deadline: float | None) -> None:
+        """One record from ``parts`` behind one frame header, each copied once into the ring (more
+        than seven parts are joined first)."""
+        views = [p if isinstance(p, memoryview) else memoryview(p) for p in parts]
+        self._live().send([header(sid, sum(v.nbytes for v in views)), *views], deadline)
+
+    # -- zero copy (Channel.send_view/recv_view) ---------------------------------------------------
+
+    _copy: memoryview | None = None  # a loan the ring could not make in place: commit() sends it
+    _copy_deadline: float | None = None
+    _spare = bytearray()  # the copies' buffer, reused (a fresh megabyte costs its page faults each time)
+    _copied = False  # the peeked message is a copy (taken from the ring already): consume() is a no-op
+
+    def reserve(self, n: int, deadline: float | None) -> memoryview:
+        """``n`` bytes of the ring in place, the producer lock held until commit() or abort() (other
+        producers wait meanwhile); a private buffer that commit() sends (waiting for room until
+        ``deadline``) when the ring cannot lend them now."""
+        off = self._live().reserve(n)
+        if off is not None:
+            assert self._view is not None
+            return self._view[off:off + n]
+        if len(self._spare) < n:
+            self._spare = bytearray(n)  # a new one: a view of the old one may have escaped its block
+        self._copy, self._copy_deadline = memoryview(self._spare)[:n], deadline
+        return self._copy[:]  # the block's own view: released at its end, before commit() sends _copy
+
+    def commit(self) -> None:
+        """Publish the reserved bytes as one raw message."""
+        copy, self._copy = self._copy, None
+        if copy is None:
+            self._live().commit(0)
+        else:
+            self.send_message(0, copy, self._copy_deadline)
+
+    def abort(self) -> None:
+        """Drop the reserved bytes unpublished."""
+        if self._copy is None:
+            self._live().abort()
+        self._copy = None
+
+    def peek(self, deadline: float | None) -> tuple[memoryview, int]:
+        """The next message in place, the consumer lock held until consume() (other consumers wait
+        meanwhile); a copy when the ring cannot lend it (sync=true, an fd user, a record that wraps
+        around the end of the ring)."""
+        ring = self._live()
+        while True:
+            got = ring.peek()
+            if isinstance(got, tuple):
+                off, n, sid = got
+                assert self._view is not None
+                return self._view[off:off + n].toreadonly(), sid
+            if got == -errno.EXDEV or ring.pending():  # unlendable, or the lock is busy: it waits for it
+                msg = self.recv_message(deadline)
+                self._copied = True
+                return msg.payload.toreadonly(), msg.sid
+            if not ring.wait(deadline):
+                raise mpmc_error(-errno.ETIMEDOUT, f"receiving on {ring.what}")
+
+    def consume(self) -> None:
+        """Drop the peeked message."""
+        if self._copied:
+            self._copied = False
+            return
+        self._live().consume()
+
+    def native_lends(self) -> tuple[NativeLend, NativeLend]:
+        """recv_view()/send_view() in C on the one MpmcPort (see _native.Lender)."""
+        ring = self._live()
+        return ((ring.native(), lambda rc: mpmc_error(rc, f"receiving on {ring.what}")),
+                (ring.native(), lambda rc: mpmc_error(rc, f"committing a reserved record on {ring.what}")))
 
     def recv_message(self, deadline: float | None, **extra: Any) -> Message:
         if extra:

@@ -65,7 +65,7 @@ from .._rings.spsc import (
 )
 from ..errors import HandleClosed, InvalidEndpoint, ProtocolError
 from . import unix
-from ._contract import Message, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
+from ._contract import Message, NativeLend, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
 from ._sockets import SocketListener, Steps, close_fds, handshake_deadline, recv_exact, run, send_all
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
@@ -149,6 +149,27 @@ class ShmTransport(Transport):
     def abort(self) -> None:
         """Drop the reserved record unpublished."""
         self.tx.abort()
+
+    def send_parts(self, sid: int, parts: Sequence[Any], deadline: float | None) -> None:
+        """One record from ``parts``, each copied once into the ring (reserve, fill, commit)."""
+        self._check_open()
+        views = [p if isinstance(p, memoryview) else memoryview(p) for p in parts]
+        view = self.tx.reserve(sum(v.nbytes for v in views), deadline)
+        try:
+            pos = 0
+            for v in views:
+                view[pos:pos + v.nbytes] = v.cast("B") if v.format != "B" else v
+                pos += v.nbytes
+        except BaseException:
+            view.release()
+            self.tx.abort()
+            raise
+        view.release()
+        self.tx.commit(sid)
+
+    def native_lends(self) -> tuple[NativeLend, NativeLend]:
+        """recv_view()/send_view() in C: the consumer port and the producer port (see _native.Lender)."""
+        return self.rx.lend_parts(), self.tx.lend_parts()
 
     # -- the message transport contract ------------------------------------------------------------
 
