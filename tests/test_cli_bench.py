@@ -373,15 +373,24 @@ def test_subscribers_mode_counts_what_pyzmq_delivered_and_compares_bcast_with_it
 def test_default_output_has_only_measurements_and_details_has_the_rest(tmp_path, monkeypatch):
     """No target table and no object repr by default; --details shows why a subject is absent."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    from ipcraft._transports._contract import ZeroCopy
     from ipcraft._transports.ring import MpmcTransport
 
-    monkeypatch.delattr(MpmcTransport, "reserve")  # a ring without zero copy: its view subject is absent
-    args = ["bench", *TINY, *PLACEMENT, "--schemes", "ring", "--only", "ring:// block"]
-    plain = CliRunner().invoke(cli, args)
+    # A ring without zero copy, so its view subject is absent.  The capability is a runtime protocol whose
+    # issubclass() answers are cached: the cache is cleared when the method goes and when it comes back.
+    reserve = MpmcTransport.reserve
+    del MpmcTransport.reserve
+    ZeroCopy._abc_caches_clear()  # type: ignore[attr-defined]
+    try:
+        args = ["bench", *TINY, *PLACEMENT, "--schemes", "ring", "--only", "ring:// block"]
+        plain = CliRunner().invoke(cli, args)
+        detailed = CliRunner().invoke(cli, [*args, "--details"])
+    finally:
+        MpmcTransport.reserve = reserve  # type: ignore[method-assign]
+        ZeroCopy._abc_caches_clear()  # type: ignore[attr-defined]
     assert plain.exit_code == 0, plain.output
     assert "ring:// block zero-copy (--details says why)" in plain.output.replace("\n", " ")
     assert "<Queue" not in plain.output and "targets" not in plain.output.lower()
-    detailed = CliRunner().invoke(cli, [*args, "--details"])
     assert detailed.exit_code == 0, detailed.output
     assert "Not measured" in detailed.output and "ring:// block zero-copy: " in detailed.output
 
