@@ -457,14 +457,19 @@ long long mpmc_operate(MpmcPort *p, int op, const Parts *parts, char *out, uint6
     }
     long long start = ring_now_ns(), result;
     long long deadline = start + (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    long long spin_until = p->spin_ns < 0 ? LLONG_MAX : start + p->spin_ns;
-    if (op != OP_SEND && p->spun)
+    long long spin_until = p->spin_ns < 0 ? LLONG_MAX : start + (op == OP_SEND ? p->spin_ns : p->spin_cur);
+    long long began = start;
+    if (op != OP_SEND && p->spun) {
         spin_until = start; /* try_recv just spun in vain: one spin phase per wait */
+        began = p->wait_t0;
+    }
     p->spun = 0;
     struct mpmc_op o = {p, op, parts, out, room, has_deadline, deadline, spin_until};
     p->inflight++;
     result = ring_wait_loop(mpmc_op_slice, &o);
     p->inflight--;
+    if (op != OP_SEND && result >= 0 && p->spin_ns >= 0)
+        p->spin_cur = ring_adapt_spin(p->spin_ns, ring_now_ns() - began); /* rings.h */
     mpmc_release_if_done(p, 0);
     return result;
 }

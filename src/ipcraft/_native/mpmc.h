@@ -38,7 +38,7 @@
 #define LOCK_SPIN_NS 50000LL        /* spin for a busy lock this long before sleeping on it */
 #define GIL_FREE_BYTES 65536u       /* copies this large run without the GIL */
 #define FAST_SEND_MAX 262144u       /* try_send/try_send_many take payloads below this (as shm://) */
-#define FAST_SPIN_MAX_NS 1000000LL  /* try_recv spins at most this long on an empty ring */
+#define FAST_SPIN_MAX_NS 1000000LL  /* bcast.c's try_recv spins at most this long on an empty ring */
 #define MAX_PARTS 8
 
 enum { OP_RECV, OP_SEND, OP_WAIT };
@@ -54,6 +54,8 @@ typedef struct {
     uint32_t *csleep_p, *psleep_p;
     uint64_t *fdarm_p; /* how many fd users are armed (_rings/mpmc.py keeps it) */
     long long spin_ns; /* < 0: never sleep (wait="spin") */
+    long long spin_cur; /* a receiver's spin budget now: spin_ns, stretched while the peer answers promptly */
+    long long wait_t0;  /* when try_recv's spin began (the wait it hands over to started then) */
     long pagesize;
     int sender, has_sender; /* an unbound datagram socket for wake_fd_slots, made on first use */
     int spun;               /* try_recv spun in vain just now: the general receive sleeps at once */

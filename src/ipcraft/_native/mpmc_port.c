@@ -66,6 +66,7 @@ static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
     self->psleep_p = (uint32_t *)(base + OFF_PRODUCERS_SLEEPING);
     self->fdarm_p = (uint64_t *)(base + OFF_FD_ARMED);
     self->spin_ns = spin_ns;
+    self->spin_cur = spin_ns;
     self->sync = sync;
     self->pagesize = pagesize;
     self->seen_head = head;
@@ -285,8 +286,9 @@ static int fast_recv_ready(MpmcPort *self)
     if (!mpmc_ready(self, 0) && self->spin_ns != 0) {
         /* An empty ring: spin here (a reply often comes within microseconds, and the general path
          * costs more than that in Python); if in vain, the general path sleeps without spinning again. */
-        long long ns = self->spin_ns < 0 || self->spin_ns > FAST_SPIN_MAX_NS ? FAST_SPIN_MAX_NS : self->spin_ns;
+        long long ns = self->spin_ns < 0 || self->spin_cur > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : self->spin_cur;
         int got;
+        self->wait_t0 = ring_now_ns();
         self->inflight++;
         Py_BEGIN_ALLOW_THREADS
         got = ring_spin(mpmc_spin_check, self, ns);

@@ -32,15 +32,6 @@
 #define CHECK_SIGNALS_NS 10000000LL /* while spinning, take the GIL this often to run signal handlers */
 #define WATCH_NS 1000000LL          /* while spinning, poll the peer-liveness fds this often */
 #define FAST_SPIN_MAX_NS 1000000LL  /* the fast path spins at most this long before the general path */
-/* Adaptive spin: a wait that ended within SPIN_ADAPT_RESET_NS of its start, sleep included, stretches
- * the next spin to twice its length (at most SPIN_ADAPT_MAX_NS); a longer one (an idle peer) resets it
- * to spin_ns.  Two processes in a steady exchange then stay on their CPUs instead of sleeping every
- * time: on this kind of VM a halted vCPU comes back slowly (a cross-core wake costs 25-30 us) and
- * cold (page faults of fresh memory then cost ~8 us each), which made a 1 MiB ping-pong 20 times
- * slower than with spinning.  The price: a peer that answers every few milliseconds keeps the waiter
- * spinning up to 2 ms per message; an idle peer costs one such spin, then sleep. */
-#define SPIN_ADAPT_MAX_NS 2000000LL
-#define SPIN_ADAPT_RESET_NS 5000000LL
 #define GIL_FREE_COPY 262144u       /* copies this large release the GIL */
 
 typedef struct {

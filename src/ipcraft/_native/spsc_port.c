@@ -554,13 +554,7 @@ static PyObject *SpscPort_wait(SpscPort *self, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     if (rc == 0 && self->spin_ns >= 0) {
-        long long waited = ring_now_ns() - began;
-        if (waited <= SPIN_ADAPT_RESET_NS) {
-            long long next = 2 * waited;
-            self->spin_cur = next < self->spin_ns ? self->spin_ns : next > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : next;
-        } else {
-            self->spin_cur = self->spin_ns;
-        }
+        self->spin_cur = ring_adapt_spin(self->spin_ns, ring_now_ns() - began);
     }
     self->inflight--;
     if (!self->closed && !self->producer && rc != 0)
