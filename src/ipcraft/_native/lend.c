@@ -336,7 +336,9 @@ static PyObject *Lend_enter(Lend *self, PyObject *unused)
     return view;
 }
 
-static PyObject *str_release; /* "release", interned at registration */
+/* memoryview.release, the method descriptor, taken at registration: calling it with the view skips
+ * the lookup of the bound method at every block (a tenth of a 64-byte zero-copy message's cost). */
+static PyObject *memoryview_release;
 
 /* Release the lent view; an export of it that outlives the block (np.frombuffer) keeps it alive, which
  * the docstrings forbid using (the mapping stays pinned, so it is never a crash). */
@@ -346,7 +348,7 @@ static void release_view(Lend *self)
     self->view = NULL;
     if (view == NULL)
         return;
-    PyObject *r = PyObject_CallMethodNoArgs(view, str_release);
+    PyObject *r = PyObject_CallOneArg(memoryview_release, view);
     if (r == NULL)
         PyErr_Clear();
     Py_XDECREF(r);
@@ -520,8 +522,8 @@ static int add_verb(const char *name, int exit)
 
 int ipc_lend_register(PyObject *m)
 {
-    str_release = PyUnicode_InternFromString("release");
-    if (str_release == NULL)
+    memoryview_release = PyObject_GetAttrString((PyObject *)&PyMemoryView_Type, "release");
+    if (memoryview_release == NULL)
         return -1;
     if (ipc_add_type(m, &BusyLock_Type, "BusyLock") < 0 || ipc_add_type(m, &Lender_Type, "Lender") < 0)
         return -1;

@@ -410,7 +410,13 @@ int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off)
     int rc = mpmc_lock_try(p, p->plock);
     if (rc != 0)
         return rc > 0 ? -EAGAIN : rc;
-    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), tail = ring_load_acquire(p->tail_p);
+    /* tail is read only when the cached one leaves too little room (as mpmc_write_locked does): a
+     * read of the line the consumer writes at every message would move it to this CPU and back. */
+    uint64_t head = __atomic_load_n(p->head_p, __ATOMIC_RELAXED), tail = p->seen_tail;
+    if (!mpmc_cursors_ok(p->cap, head, tail) || head - tail + need > p->cap) {
+        tail = ring_load_acquire(p->tail_p);
+        p->seen_tail = tail;
+    }
     if (!mpmc_cursors_ok(p->cap, head, tail))
         rc = -EPROTO;
     else if (head - tail + need > p->cap)
@@ -421,7 +427,6 @@ int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off)
         mpmc_unlock(p->plock);
         return rc;
     }
-    p->seen_tail = tail;
     p->loaned = 1;
     p->inflight++; /* the buffer stays mapped until the loan ends, even if closed meanwhile */
     p->lend_pos = head;
