@@ -49,8 +49,9 @@ Decisions:
   messages) and right after ZeroMQ's FD alone woke a waiting receive (a message has most likely come).
 * **Fast path** (Channel's send_bytes/recv_bytes without a timeout): pyzmq's compiled send/recv,
   one state int, the monitor read every 32 sends, the lock taken with acquire()/release() (half the
-  price of ``with``), the header packed once per run of messages of one size; a message from 64 KiB on is received as a ZeroMQ
-  frame (copy=False), so its payload is copied once, into the bytes returned or by the serializer.
+  price of ``with``), the header packed once per run of messages of one size; a message from
+  64 KiB on is received as a ZeroMQ frame (copy=False), so its payload is copied once, into the
+  bytes returned or by the serializer.
 * **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
   is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
   ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
