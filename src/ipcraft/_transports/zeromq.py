@@ -48,8 +48,10 @@ Decisions:
   price of the check), except on the fast path right after a receive that found one (a stream of
   messages) and right after ZeroMQ's FD alone woke a waiting receive (a message has most likely come).
 * **Fast path** (Channel's send_bytes/recv_bytes without a timeout): pyzmq's compiled send/recv,
-  one state int, the monitor read every 32 sends; a message from 64 KiB on is received as a ZeroMQ
-  frame (copy=False), so its payload is copied once, into the bytes returned or by the serializer.
+  one state int, the monitor read every 32 sends, the lock taken with acquire()/release() (half the
+  price of ``with``), the header packed once per run of messages of one size; a message from
+  64 KiB on is received as a ZeroMQ frame (copy=False), so its payload is copied once, into the
+  bytes returned or by the serializer.
 * **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
   is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
   ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
@@ -601,48 +603,63 @@ class ZmqTransport(Transport):
         send, recv = _SEND.__get__(sock), _RECV.__get__(sock)
         events = self._events
         noblock, limit, big, pack, magic = _NOBLOCK, self._send_limit(), _ZERO_COPY_FROM, _pack_header, _MAGIC
-        lock, pair, mask, zmq_error = self._lock, self._pair, _CHECK_EVERY - 1, zmq.ZMQError
-        unpack = _unpack_header
+        # lock.acquire()/release() around try/finally, not ``with lock``: half the price per call
+        acquire, release, pair, mask, zmq_error = self._lock.acquire, self._lock.release, self._pair, \
+            _CHECK_EVERY - 1, zmq.ZMQError
+        unpack, size = _unpack_header, HEADER_SIZE
+        # The header of the last message sent, by its size and serializer id (a stream of messages of
+        # one size packs it once); the sends since the monitor was last read.
+        head_n = head_sid = -1
+        head = b""
+        sent = 0
 
         def try_send(data: Any, sid: int = 0) -> bool:
+            nonlocal head_n, head_sid, head, sent
             n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
             if n > limit:
                 return False
-            with lock:
+            if n != head_n or sid != head_sid:
+                head, head_n, head_sid = pack(magic, sid, 0, n), n, sid
+            acquire()
+            try:
                 if self._state:
                     return False
                 try:
                     if n < big:
-                        send(pack(magic, sid, 0, n) + data, noblock)
+                        send(head + data, noblock)
                     else:  # one copy to put the header in front, none into ZeroMQ
-                        send(b"".join((pack(magic, sid, 0, n), data)), noblock, False)
+                        send(b"".join((head, data)), noblock, False)
                 except zmq_error:
                     return False
                 if pair:
-                    self._sent = k = self._sent + 1
-                    if not k & mask:
+                    sent += 1
+                    if not sent & mask:
                         self._drain_monitor()
                 if self._track:
                     self._refresh()
+            finally:
+                release()
             return True
 
         # The last try found a message: try the next one directly (a failed receive costs a pyzmq
         # exception, several times a ZMQ_EVENTS read); else ask ZMQ_EVENTS first, unless the general
         # path's last receive had to wait (a ping-pong): then it reads ZMQ_EVENTS itself, so do not.
-        hot = [False]
+        hot = False
 
         def try_recv() -> bytes | None:
-            with lock:
+            nonlocal hot
+            acquire()
+            try:
                 if self._state == _ENDED:
                     return None
-                if not hot[0]:
+                if not hot:
                     if self._cold or not events(sock) & _IN:
                         return None
-                    hot[0] = True
+                    hot = True
                 try:
                     data = recv(noblock, not self._big_rx)
                 except zmq_error:
-                    hot[0] = False
+                    hot = False
                     return None
                 if self._track:
                     self._refresh()
@@ -650,10 +667,12 @@ class ZmqTransport(Transport):
                 if not n and pair:
                     self._end(sock)  # the peer's close: let the general path say so
                     return None
-            if n < big and data.__class__ is bytes and n >= HEADER_SIZE:  # the common case, inline
+            finally:
+                release()
+            if n < big and data.__class__ is bytes and n >= size:  # the common case, inline
                 m, _sid, flags, length = unpack(data)
-                if m == magic and not flags and length == n - HEADER_SIZE:
-                    return data[HEADER_SIZE:]
+                if m == magic and not flags and length == n - size:
+                    return data[size:]
             return self._payload(data)
 
         return (try_send if self._can_send else None), (try_recv if self._can_recv else None)
