@@ -366,7 +366,14 @@ static int bcast_reserve_at(BcastPort *p, uint64_t head, uint64_t seq, uint64_t 
         oldest = floor > head ? head : floor; /* nothing left before head: the ring is empty */
     __atomic_store_n(p->oldest_p, oldest, __ATOMIC_RELEASE);
     __atomic_store_n(p->intent_p, intent, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* intent is visible before any byte below is changed */
+    /* intent is visible before any byte below is changed: the writer's half of the seqlock pattern
+     * (a reader copies, then an acquire fence, then re-reads intent: bcast_intact), for which a release
+     * fence is enough (store-store order; on x86 only a compiler barrier).  A seq_cst fence here was an
+     * mfence per send, stalled until the head line, which a spinning subscriber keeps reading, came back
+     * from the subscriber's core.  No Dekker pair needs more: the publisher reads the cursors before
+     * raising intent (a subscriber that publishes a cursor meanwhile re-checks intent after copying),
+     * and bcast_publish's seq_cst fence orders head against the sleepers' flag. */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     if (at != head) {
         char *r = p->data + (head & p->mask);
         uint32_t pad[2] = {PAD_LEN, 0};
@@ -524,11 +531,15 @@ static inline int bcast_ended(BcastPort *p)
     return __atomic_load_n(p->pubs_p, __ATOMIC_ACQUIRE) == 0 && __atomic_load_n(p->pubs_p + 1, __ATOMIC_ACQUIRE) != 0;
 }
 
-/* Without the GIL: wait until head differs from `pos` (or the publishers are gone: -EPIPE).
+/* Without the GIL: wait until head differs from `pos` (or the publishers are gone: -EPIPE): spin until
+ * spin_until (wait="spin": always), then sleep on the bell; on a busy machine the spin yields at each
+ * check and ends after RING_BUSY_SPIN_NS (ring_spin_futile), except with wait="spin".
  * 0, -ETIMEDOUT, -EBADF, -EPIPE or RING_WAIT_SIGNALS. */
 static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long long deadline, long long spin_until)
 {
-    long long now = ring_now_ns(), slice_end = now + SIGNAL_SLICE_NS;
+    long long now = ring_now_ns(), start = now, slice_end = now + SIGNAL_SLICE_NS;
+    unsigned mask = RING_IDLE_ROUNDS - 1;
+    int futile = 0; /* a busy machine: sleep now (never with wait="spin", which yields instead) */
     for (unsigned i = 0;; i++) {
         if (ring_load_acquire(p->head_p) != pos)
             return 0;
@@ -536,7 +547,7 @@ static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long lo
             return ring_load_acquire(p->head_p) != pos ? 0 : -EPIPE;
         if (p->nowait)
             return -EAGAIN;
-        if ((i & 63) == 0) {
+        if ((i & mask) == 0) {
             now = ring_now_ns();
             if (__atomic_load_n(&p->closed, __ATOMIC_RELAXED))
                 return -EBADF;
@@ -544,8 +555,10 @@ static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long lo
                 return -ETIMEDOUT;
             if (now >= slice_end)
                 return RING_WAIT_SIGNALS;
+            if (!futile && (p->spin_ns < 0 || now < spin_until))
+                futile = ring_spin_futile(start, now, p->spin_ns < 0, &mask);
         }
-        if (p->spin_ns < 0 || now < spin_until) {
+        if (!futile && (p->spin_ns < 0 || now < spin_until)) {
             ring_cpu_relax();
             continue;
         }
@@ -1050,7 +1063,9 @@ static int bcast_spin_check(void *ctx)
 
 /* Whether a fast receive should look now: a subscriber's open port with no fileno() user and nobody
  * inside; on an empty ring it first spins (GIL released) up to FAST_SPIN_MAX_NS or spin_ns, because a
- * message often comes within microseconds and the general path costs more than that in Python. */
+ * message often comes within microseconds and the general path costs more than that in Python.  With
+ * wait="spin" a busy machine does not cut that spin short (it yields at each check instead): the
+ * general path would spin too, and a message that comes there costs microseconds more. */
 static int bcast_fast_recv_ready(BcastPort *p, int batch)
 {
     if (!p->has_view || p->closed || p->slot < 0 || (p->fd_user && !batch) || p->inflight)
@@ -1060,7 +1075,7 @@ static int bcast_fast_recv_ready(BcastPort *p, int batch)
         int got;
         p->inflight++;
         Py_BEGIN_ALLOW_THREADS
-        got = ring_spin(bcast_spin_check, p, ns);
+        got = ring_spin(bcast_spin_check, p, ns, p->spin_ns < 0);
         Py_END_ALLOW_THREADS
         p->inflight--;
         bcast_release(p);
