@@ -532,14 +532,15 @@ static inline int bcast_ended(BcastPort *p)
 }
 
 /* Without the GIL: wait until head differs from `pos` (or the publishers are gone: -EPIPE): spin until
- * spin_until (wait="spin": always), then sleep on the bell; on a busy machine the spin yields at each
- * check and ends after RING_BUSY_SPIN_NS (ring_spin_futile), except with wait="spin".
+ * spin_until, then sleep on the bell.  wait="spin" spins for ever, yielding at each check on a busy
+ * machine (ring_spin_futile).  wait="block" keeps its full spin on a busy machine: cutting it short
+ * there (as shm:// does) measured 50-56 us p50 instead of 16-17 us with 3 subscribers on 2 CPUs,
+ * where every message then costs a sleep and a wake-up.
  * 0, -ETIMEDOUT, -EBADF, -EPIPE or RING_WAIT_SIGNALS. */
 static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long long deadline, long long spin_until)
 {
     long long now = ring_now_ns(), start = now, slice_end = now + SIGNAL_SLICE_NS;
     unsigned mask = RING_IDLE_ROUNDS - 1;
-    int futile = 0; /* a busy machine: sleep now (never with wait="spin", which yields instead) */
     for (unsigned i = 0;; i++) {
         if (ring_load_acquire(p->head_p) != pos)
             return 0;
@@ -555,10 +556,10 @@ static int bcast_wait_head(BcastPort *p, uint64_t pos, int has_deadline, long lo
                 return -ETIMEDOUT;
             if (now >= slice_end)
                 return RING_WAIT_SIGNALS;
-            if (!futile && (p->spin_ns < 0 || now < spin_until))
-                futile = ring_spin_futile(start, now, p->spin_ns < 0, &mask);
+            if (p->spin_ns < 0) /* wait="spin" never sleeps: on a busy machine it yields at each check */
+                (void)ring_spin_futile(start, now, 1, &mask);
         }
-        if (!futile && (p->spin_ns < 0 || now < spin_until)) {
+        if (p->spin_ns < 0 || now < spin_until) {
             ring_cpu_relax();
             continue;
         }
