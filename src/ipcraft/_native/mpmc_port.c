@@ -291,7 +291,7 @@ static int fast_recv_ready(MpmcPort *self)
         self->wait_t0 = ring_now_ns();
         self->inflight++;
         Py_BEGIN_ALLOW_THREADS
-        got = ring_spin(mpmc_spin_check, self, ns);
+        got = ring_spin(mpmc_spin_check, self, ns, 0);
         Py_END_ALLOW_THREADS
         self->inflight--;
         mpmc_release_if_done(self, 0);

@@ -118,10 +118,12 @@ static inline int ring_spin_futile(long long start, long long now, int spinning,
 }
 
 /* Spin (the caller has released the GIL) until check(ctx) is non-zero or `ns` pass, or sooner on a
- * busy machine (ring_spin_futile).  check returns > 0 when what the spinner waits for is there, < 0
- * when it should stop (closed), 0 to keep spinning; the clock is read every 64 rounds (8 on a busy
- * machine).  Returns 1 when check said > 0, else 0. */
-static inline int ring_spin(int (*check)(void *), void *ctx, long long ns)
+ * busy machine (ring_spin_futile), unless `spinning` (a wait="spin" handle, which must never sleep:
+ * on a busy machine it then yields at each check for the whole `ns`, instead of leaving the fast path
+ * after 20 us for a general path that spins all the same).  check returns > 0 when what the spinner
+ * waits for is there, < 0 when it should stop (closed), 0 to keep spinning; the clock is read every
+ * 64 rounds (8 on a busy machine).  Returns 1 when check said > 0, else 0. */
+static inline int ring_spin(int (*check)(void *), void *ctx, long long ns, int spinning)
 {
     long long start = ring_now_ns(), until = start + ns;
     unsigned mask = RING_IDLE_ROUNDS - 1;
@@ -131,7 +133,7 @@ static inline int ring_spin(int (*check)(void *), void *ctx, long long ns)
             return got > 0;
         if ((i & mask) == 0) {
             long long now = ring_now_ns();
-            if (now >= until || ring_spin_futile(start, now, 0, &mask))
+            if (now >= until || ring_spin_futile(start, now, spinning, &mask))
                 return 0;
         }
         ring_cpu_relax();

@@ -57,24 +57,26 @@ static int kind_normal = -1, kind_errorcheck = -1;
 
 /* This thread's robust-list head (what each list link points at, or another entry) and the mutexes
  * it holds through this file. */
-static __thread void *robust_head;
-static __thread pthread_mutex_t *held[HELD_MAX];
-static __thread int nheld, held_overflow;
-static __thread unsigned my_tid;
+static __thread struct {
+    void *head;
+    pthread_mutex_t *held[HELD_MAX];
+    int nheld, overflow;
+    unsigned tid;
+} me; /* one thread-local object: its address costs one __tls_get_addr per function, not one per word */
 
 static unsigned current_tid(void)
 {
-    if (my_tid == 0)
-        my_tid = (unsigned)syscall(SYS_gettid);
-    return my_tid;
+    if (me.tid == 0)
+        me.tid = (unsigned)syscall(SYS_gettid);
+    return me.tid;
 }
 
 /* A forked child runs as a new thread id with an empty robust list (glibc resets it). */
 static void forget_all_in_child(void)
 {
-    my_tid = 0;
-    robust_head = NULL;
-    nheld = held_overflow = 0;
+    me.tid = 0;
+    me.head = NULL;
+    me.nheld = me.overflow = 0;
 }
 
 int ipc_robust_init_attrs(pthread_mutex_t *m, int type)
@@ -131,8 +133,8 @@ static void *unflagged(void *link) { return (void *)((uintptr_t)link & ~(uintptr
  * held[] (see records_match). */
 static void expected_links(int k, void **next, void **prev)
 {
-    *next = k == 0 ? robust_head : list_entry(held[k - 1]);
-    *prev = k == nheld - 1 ? robust_head : list_entry(held[k + 1]);
+    *next = k == 0 ? me.head : list_entry(me.held[k - 1]);
+    *prev = k == me.nheld - 1 ? me.head : list_entry(me.held[k + 1]);
 }
 
 /* Whether this thread's robust list is exactly the mutexes in held[], newest first: its head points
@@ -140,19 +142,19 @@ static void expected_links(int k, void **next, void **prev)
  * mutexes of its own.) */
 static int records_match(void)
 {
-    if (robust_head == NULL || held_overflow || nheld == 0)
+    if (me.head == NULL || me.overflow || me.nheld == 0)
         return 0;
-    void *first = __atomic_load_n((void **)robust_head, __ATOMIC_RELAXED);
-    return unflagged(first) == list_entry(held[nheld - 1]);
+    void *first = __atomic_load_n((void **)me.head, __ATOMIC_RELAXED);
+    return unflagged(first) == list_entry(me.held[me.nheld - 1]);
 }
 
 static int link_ok(void *link)
 {
     void *p = unflagged(link);
-    if (p == robust_head)
+    if (p == me.head)
         return 1;
-    for (int i = 0; i < nheld; i++)
-        if (p == list_entry(held[i]))
+    for (int i = 0; i < me.nheld; i++)
+        if (p == list_entry(me.held[i]))
             return 1;
     return 0;
 }
@@ -164,7 +166,7 @@ static int check_links(pthread_mutex_t *m)
 {
     void *next = __atomic_load_n((void **)&m->__data.__list.__next, __ATOMIC_RELAXED);
     void *prev = __atomic_load_n((void **)&m->__data.__list.__prev, __ATOMIC_RELAXED);
-    return held_overflow || (link_ok(next) && link_ok(prev)) ? 0 : EPROTO;
+    return me.overflow || (link_ok(next) && link_ok(prev)) ? 0 : EPROTO;
 }
 
 /* Unlock held[k], which this thread holds, when held[] is its whole robust list: what glibc's
@@ -175,7 +177,7 @@ static int check_links(pthread_mutex_t *m)
  * the kernel's robust-list walk at thread death sees the same states (list_op_pending first). */
 static void unlock_from_records(pthread_mutex_t *m, int k)
 {
-    struct robust_list_head *head = robust_head;
+    struct robust_list_head *head = me.head;
     void *older, *newer;
     expected_links(k, &older, &newer);
     __atomic_store_n(&head->list_op_pending, (struct robust_list *)list_entry(m), __ATOMIC_RELAXED);
@@ -197,28 +199,32 @@ static void unlock_from_records(pthread_mutex_t *m, int k)
 
 static void remember(pthread_mutex_t *m)
 {
-    if (robust_head == NULL) {
+    if (me.head == NULL) {
         struct robust_list_head *head;
         size_t len;
         if (syscall(SYS_get_robust_list, 0, &head, &len) == 0)
-            robust_head = head;
+            me.head = head;
     }
-    if (nheld < HELD_MAX)
-        held[nheld++] = m; /* in locking order, as glibc's list (newest at its head) */
+    if (me.nheld < HELD_MAX)
+        me.held[me.nheld++] = m; /* in locking order, as glibc's list (newest at its head) */
     else
-        held_overflow++;
+        me.overflow++;
 }
 
 static void forget(pthread_mutex_t *m)
 {
-    for (int i = nheld - 1; i >= 0; i--)
-        if (held[i] == m) {
-            memmove(&held[i], &held[i + 1], (size_t)(nheld - 1 - i) * sizeof held[0]);
-            nheld--;
+    if (me.nheld > 0 && me.held[me.nheld - 1] == m) { /* the usual case: the most recent lock */
+        me.nheld--;
+        return;
+    }
+    for (int i = me.nheld - 1; i >= 0; i--)
+        if (me.held[i] == m) {
+            memmove(&me.held[i], &me.held[i + 1], (size_t)(me.nheld - 1 - i) * sizeof me.held[0]);
+            me.nheld--;
             return;
         }
-    if (held_overflow > 0)
-        held_overflow--;
+    if (me.overflow > 0)
+        me.overflow--;
 }
 
 /* After glibc reported ENOTRECOVERABLE: if the lock word names this thread (the trylock bug above),
@@ -266,8 +272,8 @@ int ipc_robust_unlock(pthread_mutex_t *m)
     unsigned lock = (unsigned)load_int(&m->__data.__lock);
     int mine = (lock & FUTEX_TID_MASK) == current_tid();
     if (mine) {
-        int k = nheld - 1;
-        while (k >= 0 && held[k] != m)
+        int k = me.nheld - 1;
+        while (k >= 0 && me.held[k] != m)
             k--;
         if (k >= 0 && records_match()) { /* whatever the other words say now: it is this thread's */
             unlock_from_records(m, k);

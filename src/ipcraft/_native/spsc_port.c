@@ -211,7 +211,7 @@ static int spin_for(SpscPort *r, long long ns)
     int got;
     r->inflight++;
     Py_BEGIN_ALLOW_THREADS
-    got = ring_spin(spsc_spin_check, r, ns);
+    got = ring_spin(spsc_spin_check, r, ns, 0);
     Py_END_ALLOW_THREADS
     r->inflight--;
     spsc_release_if_done(r);
