@@ -76,7 +76,7 @@ def rtt(url: str, size: int, n: int, zero_copy: bool = False, **opts) -> float:
     def client(ch):
         times = []
         pc = time.perf_counter_ns
-        for i in range(n):
+        for _ in range(n):
             t0 = pc()
             if zero_copy:
                 with ch.send_view(size) as w:
@@ -110,7 +110,7 @@ def oneway(url: str, size: int, n: int, zero_copy: bool = False, label: str = ""
         t0, c0 = time.perf_counter(), _cpu()
         if zero_copy:
             for _ in range(n - 1):
-                with ch.recv_view() as v:
+                with ch.recv_view():
                     pass
         else:
             rb = ch.recv_bytes

@@ -114,7 +114,7 @@ def one_round(maker: Callable[[], Loops], trips: int) -> tuple[float, float]:
                 os.close(r)
                 _pin(1)
                 os.write(w, struct.pack("d", echo(WARMUP, trips)))
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - a forked child must exit, never return into the parent's code
                 code = 1
             os._exit(code)
         os.close(w)
@@ -180,7 +180,7 @@ def main() -> None:
         wb, wi = statistics.median(wall[scheme]["bare"]), statistics.median(wall[scheme]["ipcraft"])
         cb, ci = statistics.median(cpu[scheme]["bare"]), statistics.median(cpu[scheme]["ipcraft"])
         # Ratios within a round cancel the drift between rounds.
-        per_round = statistics.median(i / b for i, b in zip(wall[scheme]["ipcraft"], wall[scheme]["bare"]))
+        per_round = statistics.median(i / b for i, b in zip(wall[scheme]["ipcraft"], wall[scheme]["bare"], strict=True))
         summary[scheme] = {"bare_us": wb, "ipcraft_us": wi, "ratio": wi / wb, "ratio_per_round": per_round,
                            "cpu_bare_us": cb, "cpu_ipcraft_us": ci, "cpu_ratio": ci / cb,
                            "raw_wall": wall[scheme], "raw_cpu": cpu[scheme]}

@@ -3,9 +3,9 @@
     python benchmarks/mutex_overhead.py [--rounds 200000] [--repeat 25]
 
 Each figure is the best of ``--repeat`` timed loops of ``--rounds`` iterations, every case interleaved
-in each repeat (the minimum is the least disturbed by other processes on the machine), in nanoseconds per acquire+release pair, for two
-spellings: explicit ``lock.acquire(); lock.release()`` and ``with lock: pass``.  The target in issue 5
-is SharedMutex <= 0.5x multiprocessing.Lock.
+in each repeat (the minimum is the least disturbed by other processes on the machine), in nanoseconds
+per acquire+release pair, for two spellings: explicit ``lock.acquire(); lock.release()`` and
+``with lock: pass``.  The target in issue 5 is SharedMutex <= 0.5x multiprocessing.Lock.
 
 Where the time goes (measured in C on the same machine): glibc's robust, error-checking,
 process-shared pthread_mutex_trylock+unlock alone costs ~35-45 ns, while multiprocessing.Lock's
