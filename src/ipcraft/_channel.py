@@ -403,12 +403,12 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 if got:
                     return cast("list[T]", got) if s is RAW else [s.loads(p) for p in got]  # RAW loads: bytes()
             sid, view = self._recv_frame(timeout, {})
-            out.append(s.decode(view) if sid == s.id else self._decode(sid, view))  # no repr unless refused
+            out.append(self._decode(sid, view))
             port = self._port
             buffered = self._buffered_reader
             if buffered is not None:  # the frames its last read brought, parsed in one loop
                 try:
-                    self._take_buffered(buffered, out, max_messages)
+                    buffered.take_buffered(out, max_messages, self._decode)
                 except Exception as exc:  # noqa: BLE001 - kept for the next recv_many(), then raised
                     self._batch_error = exc
                     if isinstance(exc, ProtocolError) and exc.closed:  # as _recv_frame does
@@ -421,23 +421,13 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                     continue
                 try:  # one at a time: a frame of another serializer, or no batch fast path
                     sid, view = self._recv_frame(0, {})
-                    out.append(s.decode(view) if sid == s.id else self._decode(sid, view))
+                    out.append(self._decode(sid, view))
                 except (Timeout, ChannelClosed):
                     break  # nothing after all (another consumer took it), or the end: next call says
                 except Exception as exc:  # noqa: BLE001 - kept for the next recv_many(), then raised
                     self._batch_error = exc
                     break
             return out
-
-    def _take_buffered(self, port: BufferedReader, out: list[Any], max_messages: int) -> None:
-        """Append to ``out`` (up to ``max_messages``) the messages whose frames are already read."""
-        s = self.serializer
-        own, decode = s.id, (memoryview.tobytes if s is RAW else s.decode)  # RAW's loads cannot fail
-
-        def one(sid: int, view: memoryview) -> Any:
-            return decode(view) if sid == own else self._decode(sid, view)  # no repr unless refused
-
-        port.take_buffered(out, max_messages, one)
 
     def recv_bytes_into(self, buffer: Any, offset: int = 0, *, timeout: float | None = None,
                         **extra: Any) -> int:
