@@ -249,14 +249,17 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         s = self.serializer
         # RAW's dumps only checks that an item is bytes-like, which sending checks anyway.
         payloads = objs if s is RAW and isinstance(objs, list) else [s.dumps(obj) for obj in objs]
-        deadline = None if timeout is None else deadline_after(timeout)
+        return self._send_payloads(s.id, payloads, None if timeout is None else deadline_after(timeout))
+
+    def _send_payloads(self, sid: int, payloads: list[Any], deadline: float | None) -> int:
+        """send_many's sending, of payloads already encoded with serializer ``sid`` (shared with the relay)."""
         if self._batch_writer is not None:
-            return self._send_frames(self._batch_writer, s.id, payloads, deadline)
+            return self._send_frames(self._batch_writer, sid, payloads, deadline)
         sent = 0
         while sent < len(payloads):
-            sent += self._push_now(s.id, payloads, sent)
+            sent += self._push_now(sid, payloads, sent)
             if sent < len(payloads):  # the general path: waits for room, raises what is wrong
-                self._send_frame(s.id, payloads[sent], remaining(deadline), {})
+                self._send_frame(sid, payloads[sent], remaining(deadline), {})
                 sent += 1
         return sent
 

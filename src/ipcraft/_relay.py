@@ -116,24 +116,15 @@ def _take(src: Any, timeout: float) -> list[tuple[int, Any]]:
 
 
 def _put(dst: Any, frames: list[tuple[int, Any]]) -> None:
-    """Send ``frames`` to ``dst``, in order: runs of one serializer together where ``dst`` can."""
-    if not hasattr(dst, "_send_frame"):
-        for sid, payload in frames:
-            dst._publish(sid, payload, None)
-        return
+    """Send ``frames`` to ``dst``, in order: each run of one serializer as one batch (send_many's path)."""
+    send = dst._send_payloads if hasattr(dst, "_send_frame") else dst._publish_many
     i = 0
     while i < len(frames):
         sid = frames[i][0]
         j = i + 1
         while j < len(frames) and frames[j][0] == sid:
             j += 1
-        payloads = [p for _, p in frames[i:j]]
-        sent = 0
-        while sent < len(payloads):
-            sent += dst._push_now(sid, payloads, sent)
-            if sent < len(payloads):  # no room, or a message over the limit: the general path says
-                dst._send_frame(sid, payloads[sent], None, {})
-                sent += 1
+        send(sid, [p for _, p in frames[i:j]], None)
         i = j
 
 
