@@ -47,11 +47,20 @@ Decisions:
   says one is there (in pyzmq a receive that finds nothing costs an exception, several times the
   price of the check), except on the fast path right after a receive that found one (a stream of
   messages) and right after ZeroMQ's FD alone woke a waiting receive (a message has most likely come).
-* **Fast path** (Channel's send_bytes/recv_bytes without a timeout): pyzmq's compiled send/recv,
-  one state int, the monitor read every 32 sends, the lock taken with acquire()/release() (half the
-  price of ``with``), the header packed once per run of messages of one size; a message from
-  64 KiB on is received as a ZeroMQ frame (copy=False), so its payload is copied once, into the
-  bytes returned or by the serializer.
+* **Fast path** (Channel's send/send_bytes/recv_bytes without a timeout): C (``_native.ZmqFast``,
+  zmqfast.c) calling libzmq on pyzmq's socket (``Socket.underlying``) through the copy of libzmq pyzmq
+  loaded: pyzmq's extension is opened with RTLD_NOLOAD (dlsym searches the libraries it was linked
+  with), so no second copy is ever loaded, and the socket's type read through it must match.  It
+  writes the header and the payload into one zmq_msg (one copy) and sends it with ZMQ_DONTWAIT, and
+  returns a received payload with one copy, the GIL held throughout (nothing here blocks); it calls
+  back into Python only to read the monitor every 32 sends, to keep fileno()'s descriptor exact while
+  it is tracked, at the end of stream and for a malformed frame.  The same object is the socket's lock:
+  the fast path only tries it (and gives up to the general path), ``with lock`` waits for it with the
+  GIL released.  Where pyzmq's libzmq cannot be found, a Python fast path serves: pyzmq's compiled
+  send/recv, one state int, the monitor read every 32 sends, the lock taken with acquire()/release(),
+  the header packed once per run of messages of one size; a message from 64 KiB on is received as a
+  ZeroMQ frame (copy=False), so its payload is copied once, into the bytes returned or by the
+  serializer.
 * **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
   is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
   ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
