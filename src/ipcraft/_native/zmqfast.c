@@ -317,7 +317,8 @@ static PyObject *ZmqFast_try_recv(ZmqFast *self, PyObject *unused)
     self->msg_close(&msg);
     pthread_mutex_unlock(&self->mutex);
     if (malformed != NULL) {
-        result = PyObject_CallMethodOneArg(self->hooks, s_payload, malformed);
+        result = self->hooks == NULL ? (PyErr_SetString(PyExc_RuntimeError, "ZmqFast has no transport"), NULL)
+                                     : PyObject_CallMethodOneArg(self->hooks, s_payload, malformed);
         Py_DECREF(malformed);
     }
     return result;
