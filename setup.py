@@ -18,6 +18,7 @@ setup(
             sources=sorted(glob(f"{NATIVE}/*.c")),
             depends=sorted(glob(f"{NATIVE}/*.h")),
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+            libraries=["dl"],  # dlopen/dlsym (zmqfast.c), in libc itself from glibc 2.34
         )
     ]
 )

@@ -43,6 +43,16 @@ INSECURE = {"insecure": True}
 needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq has no CURVE (libsodium)")
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs over the C fast path (_native.ZmqFast, libzmq called through the copy pyzmq
+    loaded) and over the Python one that serves where that copy cannot be found."""
+    from ipcraft._transports import zeromq
+
+    monkeypatch.setattr(zeromq, "_USE_NATIVE", request.param == "native")
+    return str(request.param)
+
+
 @pytest.fixture()
 def keys(tmp_path: Path) -> dict[str, Any]:
     """A server pair, an admitted client pair (its public key in clients/) and an outsider's pair."""
@@ -252,6 +262,60 @@ def test_small_and_large_messages_through_both_receive_paths_and_malformed_frame
                     b.recv_bytes() if fast else b.recv_bytes(timeout=10)
                 a.send_bytes(b"after")
                 assert (b.recv_bytes() if fast else b.recv_bytes(timeout=10)) == b"after"
+
+
+def test_the_c_fast_path_reaches_pyzmqs_own_libzmq(fast_path: str) -> None:
+    """With pyzmq's libzmq loaded the channel's fast path is _native.ZmqFast (it is the socket's lock
+    too), found through pyzmq's own extension, no second copy of libzmq; turned off, it is Python's."""
+    from ipcraft import _native
+    from ipcraft._transports import zeromq
+
+    maps_before = Path("/proc/self/maps").read_text().count("libzmq")
+    a, b = _local_pair()
+    with a, b:
+        t = a._transport
+        if fast_path == "native":
+            assert isinstance(t._fast, _native.ZmqFast) and t._lock is t._fast and t._f is t._fast
+            assert zeromq._zmq_lib and Path(zeromq._zmq_lib).exists()
+            assert a._fast_send == t._fast.try_send and b._fast_recv == b._transport._fast.try_recv
+        else:
+            assert t._fast is None and not isinstance(t._lock, _native.ZmqFast)
+        a.send_bytes(b"x" * 64)
+        a.send_bytes(memoryview(b"..y..")[2:3])
+        a.send({"sid": "msgpack"})
+        assert b.recv_bytes(timeout=10) == b"x" * 64
+        assert b.recv_bytes() == b"y"  # (if it has not arrived yet, the general path waits for it)
+        assert b.recv() == {"sid": "msgpack"}
+    assert Path("/proc/self/maps").read_text().count("libzmq") == maps_before
+
+
+@pytest.mark.timeout(60)
+def test_both_ends_send_and_receive_in_four_threads_at_once() -> None:
+    """The fast path only tries the socket's lock and leaves a contended call to the general path,
+    which waits for it: both ends of a pair in this process, each sending 10,000 messages in one thread
+    while another thread receives on the same channel, lose, duplicate and reorder nothing."""
+    n = 10_000
+    a, b = _local_pair()
+    got: dict[str, list[int]] = {"a": [], "b": []}
+
+    def send(ch: Any) -> None:
+        for i in range(n):
+            ch.send_bytes(i.to_bytes(4, "little"))
+
+    def recv(ch: Any, name: str) -> None:
+        for k in range(n):  # the fast path and the general one, alternately in runs
+            m = ch.recv_bytes() if k % 5 else ch.recv_bytes(timeout=20)
+            got[name].append(int.from_bytes(m, "little"))
+
+    with a, b:
+        threads = [threading.Thread(target=send, args=(a,)), threading.Thread(target=send, args=(b,)),
+                   threading.Thread(target=recv, args=(a, "a")), threading.Thread(target=recv, args=(b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+        assert not any(t.is_alive() for t in threads)
+    assert got == {"a": list(range(n)), "b": list(range(n))}
 
 
 # -- work queue ------------------------------------------------------------------------------------------

@@ -47,11 +47,20 @@ Decisions:
   says one is there (in pyzmq a receive that finds nothing costs an exception, several times the
   price of the check), except on the fast path right after a receive that found one (a stream of
   messages) and right after ZeroMQ's FD alone woke a waiting receive (a message has most likely come).
-* **Fast path** (Channel's send_bytes/recv_bytes without a timeout): pyzmq's compiled send/recv,
-  one state int, the monitor read every 32 sends, the lock taken with acquire()/release() (half the
-  price of ``with``), the header packed once per run of messages of one size; a message from
-  64 KiB on is received as a ZeroMQ frame (copy=False), so its payload is copied once, into the
-  bytes returned or by the serializer.
+* **Fast path** (Channel's send/send_bytes/recv_bytes without a timeout): C (``_native.ZmqFast``,
+  zmqfast.c) calling libzmq on pyzmq's socket (``Socket.underlying``) through the copy of libzmq pyzmq
+  loaded: pyzmq's extension is opened with RTLD_NOLOAD (dlsym searches the libraries it was linked
+  with), so no second copy is ever loaded, and the socket's type read through it must match.  It
+  writes the header and the payload into one zmq_msg (one copy) and sends it with ZMQ_DONTWAIT, and
+  returns a received payload with one copy, the GIL held throughout (nothing here blocks); it calls
+  back into Python only to read the monitor every 32 sends, to keep fileno()'s descriptor exact while
+  it is tracked, at the end of stream and for a malformed frame.  The same object is the socket's lock:
+  the fast path only tries it (and gives up to the general path), ``with lock`` waits for it with the
+  GIL released.  Where pyzmq's libzmq cannot be found, a Python fast path serves: pyzmq's compiled
+  send/recv, one state int, the monitor read every 32 sends, the lock taken with acquire()/release(),
+  the header packed once per run of messages of one size; a message from 64 KiB on is received as a
+  ZeroMQ frame (copy=False), so its payload is copied once, into the bytes returned or by the
+  serializer.
 * **Limits**: no mechanism limit (``max_payload`` is None); ZMQ_MAXMSGSIZE on the receiving socket
   is max_message_size plus the header, so ZeroMQ drops a peer that sends more (PeerVanished).
   ``hwm=`` sets both high-water marks (default 1000 messages): a send waits when the peer's queue is
@@ -63,6 +72,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -78,6 +88,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
     raise ModuleNotFoundError("the zmq+tcp:// and zmq+ipc:// schemes need pyzmq: pip install 'ipcraft[zmq]'",
                               name=exc.name) from exc
 
+from .. import _native
 from .._endpoint import Endpoint
 from .._errors import os_error
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE, HEADER, HEADER_SIZE, MAGIC
@@ -291,6 +302,60 @@ _OPEN, _VANISHED, _ENDED = 0, 1, 2
 #: A pair's fast path reads the socket monitor (a dead peer) once every this many sends (a power of 2).
 _CHECK_EVERY = 32
 _pack_header, _unpack_header, _MAGIC = HEADER.pack, HEADER.unpack_from, MAGIC
+#: Whether transports use the C fast path (_native.ZmqFast) where pyzmq's libzmq can be found; the
+#: tests turn it off to exercise the Python one.
+_USE_NATIVE = True
+#: The library through which _native.ZmqFast reaches pyzmq's libzmq, once found ("" : none).
+_zmq_lib: str | None = None
+
+
+class _Flags:
+    """The three ints of a transport's fast path where _native.ZmqFast (which keeps them itself) is not
+    used: ``state`` (_OPEN, _VANISHED, _ENDED), ``track`` (every operation reads ZMQ_EVENTS afterwards:
+    fileno() was handed out, or a thread waits) and ``cold`` (the last receive had to wait)."""
+
+    __slots__ = ("state", "track", "cold")
+
+    def __init__(self) -> None:
+        self.state, self.track, self.cold = _OPEN, False, False
+
+
+def _libzmq_candidates() -> list[str]:
+    """Where the libzmq pyzmq uses may be found, best first: pyzmq's compiled extension (dlsym searches
+    the libraries it was linked with, so this finds the very copy pyzmq calls), then every libzmq
+    mapped into this process."""
+    found = []
+    ext = getattr(sys.modules.get(zmq.backend.Socket.__module__), "__file__", None)
+    if ext:
+        found.append(ext)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(None, 5)[-1].strip()
+                if os.path.basename(path).startswith("libzmq") and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    return found
+
+
+def _native_fast(sock: zmq.Socket[Any], limit: int, pair: bool, hooks: Any) -> _native.ZmqFast | None:
+    """The C fast path over ``sock`` through pyzmq's own libzmq, or None (then the Python one serves)."""
+    global _zmq_lib
+    if not _USE_NATIVE or _zmq_lib == "":
+        return None
+    args = (int(sock.underlying), int(sock.type), _MAGIC, limit, pair, hooks)
+    if _zmq_lib is not None:
+        return _native.ZmqFast(_zmq_lib, *args)
+    for path in _libzmq_candidates():
+        try:
+            fast = _native.ZmqFast(path, *args)
+        except OSError:
+            continue
+        _zmq_lib = path
+        return fast
+    _zmq_lib = ""
+    return None
 
 
 def _events(sock: zmq.Socket[Any]) -> int:
@@ -435,9 +500,7 @@ class ZmqTransport(Transport):
         self._had_peer = connected
         self._vanished = False
         self._eof = False
-        self._state = _OPEN  # _OPEN, _VANISHED or _ENDED: what the fast path reads instead of the above
         self._big_rx = False  # the last message received was large: take the next as a ZeroMQ frame
-        self._cold = False  # the last receive had to wait: the fast path leaves the next to the general one
         self._sent = 0  # messages sent by the fast paths: a pair's monitor is read every _CHECK_EVERY
         self._ipc_file: tuple[str, int] | None = None
         self.last_meta: dict[str, Any] = {}
@@ -454,10 +517,19 @@ class ZmqTransport(Transport):
             raise
         # A ZeroMQ socket must not be used by two threads at once; a channel may send in one thread
         # and receive in another, so every socket call holds this lock, and waits happen outside it.
-        self._lock = threading.Lock()
+        # The C fast path (when pyzmq's libzmq is found) is that lock too, and keeps the fast path's
+        # state: _f.state (_OPEN, _VANISHED or _ENDED), _f.track (every operation reads ZMQ_EVENTS
+        # afterwards: fileno() was handed out, or a thread waits), _f.cold (the last receive waited).
+        try:
+            self._fast = _native_fast(sock, self._send_limit(), pair, self)
+        except BaseException:
+            self._ready.close()
+            self._mon.close(0)
+            raise
+        self._lock: Any = threading.Lock() if self._fast is None else self._fast
+        self._f: Any = _Flags() if self._fast is None else self._fast
         self._waiters = 0  # threads waiting for a message: whoever touches the socket keeps the eventfd exact
         self._exposed = False  # fileno() was handed out: the same
-        self._track = False  # either of the two: every operation reads ZMQ_EVENTS afterwards
         self._senders = 0  # threads waiting for room to send: whoever touches the socket keeps _room exact
         # A sender waits on ZeroMQ's FD, the monitor's and _room, an eventfd kept set while ZMQ_EVENTS
         # says POLLOUT and a sender waits: another thread's receive may consume the FD's signal that
@@ -485,7 +557,7 @@ class ZmqTransport(Transport):
     def fileno(self) -> int:
         with self._lock:
             self._live()
-            self._exposed = self._track = True
+            self._exposed = self._f.track = True
             self._refresh()
             return self._ready.fileno()
 
@@ -519,25 +591,31 @@ class ZmqTransport(Transport):
         self._update_state()
 
     def _update_state(self) -> None:
-        """Fold the socket, the end of stream and a pair's vanished peer into ``_state``."""
+        """Fold the socket, the end of stream and a pair's vanished peer into ``_f.state``."""
         if self._sock is None or self._eof:
-            self._state = _ENDED
+            self._f.state = _ENDED
         else:
-            self._state = _VANISHED if self._pair and self._vanished else _OPEN
+            self._f.state = _VANISHED if self._pair and self._vanished else _OPEN
 
     def _end(self, sock: zmq.Socket[Any]) -> None:
         """The peer's end-of-stream frame arrived (lock held): answer it, and end the stream here."""
         self._eof = True
-        self._state = _ENDED
+        self._f.state = _ENDED
         self._answer_bye(sock)
+
+    def _end_fast(self) -> None:
+        """_native.ZmqFast's try_recv took the peer's end-of-stream frame (lock held)."""
+        sock = self._sock
+        assert sock is not None
+        self._end(sock)
 
     def _count_waiter(self, n: int) -> None:
         self._waiters += n
-        self._track = self._exposed or self._waiters > 0 or self._senders > 0
+        self._f.track = self._exposed or self._waiters > 0 or self._senders > 0
 
     def _count_sender(self, n: int) -> None:
         self._senders += n
-        self._track = self._exposed or self._waiters > 0 or self._senders > 0
+        self._f.track = self._exposed or self._waiters > 0 or self._senders > 0
 
     def _refresh(self) -> None:
         """After an operation (lock held): the eventfd says whether a message is ready, for select()
@@ -557,12 +635,12 @@ class ZmqTransport(Transport):
         """ZMQ_EVENTS (lock held).  Reading it may consume the signal of ZeroMQ's FD that another
         thread sleeps on, so while one does, the eventfds it also sleeps on are set from it."""
         ev = _events(sock)
-        if self._track:
+        if self._f.track:
             self._flag(ev)
         return ev
 
     def _after(self) -> None:
-        if self._track:
+        if self._f.track:
             self._refresh()
 
     def _sleep(self, poller: Any, deadline: float | None) -> list[tuple[int, int]]:
@@ -592,13 +670,18 @@ class ZmqTransport(Transport):
         gives up (False / None, nothing sent or taken) when the socket would block, the peer is gone or
         the stream ended, so that the general path waits and reports.
 
-        They call pyzmq's compiled send and recv directly and read one state int (``_state``); a pair's
-        sends read the monitor (a vanished peer) once every _CHECK_EVERY sends, and ZMQ_EVENTS is read
-        only when the descriptor of fileno() must stay exact (``_track``) or when the last receive found
-        nothing.  A message from _ZERO_COPY_FROM bytes on is received as a ZeroMQ frame, so its payload
-        is copied once (into the bytes returned), not twice."""
+        Where pyzmq's libzmq was found they are _native.ZmqFast's (libzmq called from C, see zmqfast.c);
+        otherwise they call pyzmq's compiled send and recv directly and read one state int
+        (``_f.state``); a pair's sends read the monitor (a vanished peer) once every _CHECK_EVERY sends,
+        and ZMQ_EVENTS is read only when the descriptor of fileno() must stay exact (``_f.track``) or when
+        the last receive found nothing.  A message from _ZERO_COPY_FROM bytes on is received as a ZeroMQ
+        frame (copied once, into the bytes returned, in C and in Python alike)."""
         if self._topic is not None:
             return None, None
+        fast = self._fast
+        if fast is not None:
+            return (fast.try_send if self._can_send else None), (fast.try_recv if self._can_recv else None)
+        f = self._f
         sock = self._live()
         send, recv = _SEND.__get__(sock), _RECV.__get__(sock)
         events = self._events
@@ -622,7 +705,7 @@ class ZmqTransport(Transport):
                 head, head_n, head_sid = pack(magic, sid, 0, n), n, sid
             acquire()
             try:
-                if self._state:
+                if f.state:
                     return False
                 try:
                     if n < big:
@@ -635,7 +718,7 @@ class ZmqTransport(Transport):
                     sent += 1
                     if not sent & mask:
                         self._drain_monitor()
-                if self._track:
+                if f.track:
                     self._refresh()
             finally:
                 release()
@@ -650,10 +733,10 @@ class ZmqTransport(Transport):
             nonlocal hot
             acquire()
             try:
-                if self._state == _ENDED:
+                if f.state == _ENDED:
                     return None
                 if not hot:
-                    if self._cold or not events(sock) & _IN:
+                    if f.cold or not events(sock) & _IN:
                         return None
                     hot = True
                 try:
@@ -661,7 +744,7 @@ class ZmqTransport(Transport):
                 except zmq_error:
                     hot = False
                     return None
-                if self._track:
+                if f.track:
                     self._refresh()
                 n = len(data)
                 if not n and pair:
@@ -690,7 +773,7 @@ class ZmqTransport(Transport):
         def try_send_many(payloads: Any, sid: int = 0) -> int:
             sent = 0
             with lock:
-                if self._state:
+                if self._f.state:
                     return 0
                 for data in payloads:
                     n = len(data) if data.__class__ is bytes else memoryview(data).nbytes
@@ -709,7 +792,7 @@ class ZmqTransport(Transport):
                     self._sent = k + sent
                     if (k & ~mask) != (self._sent & ~mask):  # passed a multiple of _CHECK_EVERY
                         self._drain_monitor()
-                if self._track:
+                if self._f.track:
                     self._refresh()
             return sent
 
@@ -831,7 +914,7 @@ class ZmqTransport(Transport):
                         if not len(data) and self._pair:
                             self._end(sock)
                             raise ChannelClosed(f"the peer closed {self._endpoint}")
-                        self._cold = napped
+                        self._f.cold = napped
                         return data
                 self._ready.update(False)  # nothing is ready: clear a stale signal before sleeping on it
                 if self._peer_gone() and self._pair:  # reads the monitor (every kind must drain it)
@@ -888,7 +971,7 @@ class ZmqTransport(Transport):
             return
         if os.getpid() != self._pid:
             self._sock = self._mon = None
-            self._state = _ENDED
+            self._f.state = _ENDED
             self._ready.close()
             self._room.close()
             return  # a forked child's copy: the parent's context and sockets are not ours to touch
@@ -899,7 +982,7 @@ class ZmqTransport(Transport):
             linger = 0  # the peer received everything
         with self._lock:
             sock, self._sock = self._sock, None
-            self._state = _ENDED
+            self._f.state = _ENDED
             if sock is None:
                 return
             mon, self._mon = self._mon, None
