@@ -82,7 +82,8 @@ PyMODINIT_FUNC PyInit__native(void)
         ipc_spsc_register(m) < 0 ||
         ipc_lend_register(m) < 0 ||
         ipc_mpmc_register(m) < 0 ||
-        ipc_bcast_register(m) < 0) {
+        ipc_bcast_register(m) < 0 ||
+        ipc_fastmethod_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
