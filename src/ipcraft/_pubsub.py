@@ -49,6 +49,9 @@ class PublisherPort(Protocol):
     def close(self) -> None: ...
 
 
+_MAX_LIMIT = 2**32 - 1  # the largest max_message_size (as the max_message_size= option)
+
+
 class SubscriberPort(Protocol):
     """What a transport gives a Subscriber."""
 
@@ -299,6 +302,10 @@ class Subscriber(_PubSubHandle, Generic[T]):
 
     @max_message_size.setter
     def max_message_size(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"max_message_size is an integer, not {type(n).__name__}")
+        if not 1 <= n <= _MAX_LIMIT:  # (checked before anything changes: the handle and port stay in step)
+            raise ValueError(f"max_message_size is an integer from 1 to {_MAX_LIMIT}, not {n}")
         self._max_message_size = n
         port = self._port
         if port is not None and hasattr(port, "limit"):

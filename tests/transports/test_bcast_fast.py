@@ -169,6 +169,23 @@ def test_a_lowered_max_message_size_loses_nothing_after_the_refused_message(url:
             assert sub.recv_bytes() == small[0]
 
 
+def test_a_bad_max_message_size_is_refused_and_changes_nothing(url: str) -> None:
+    """A max_message_size that is not an integer from 1 to 2**32 - 1 raises before the handle or the
+    port's fast-path limit change: both keep refusing what they refused before."""
+    with ipcraft.publish(url) as pub, ipcraft.subscribe(url) as sub:
+        sub.max_message_size = 16
+        for bad, error in ((0, ValueError), (-1, ValueError), (2**32, ValueError), (True, TypeError),
+                           ("64", TypeError), (16.0, TypeError)):
+            with pytest.raises(error):
+                sub.max_message_size = bad  # type: ignore[assignment]
+        assert sub.max_message_size == 16
+        pub.send_bytes(bytes(17))
+        pub.send_bytes(bytes(16))
+        with pytest.raises(MessageTooLarge):
+            sub.recv_bytes()
+        assert sub.recv_bytes() == bytes(16)
+
+
 def test_a_subscriber_that_gave_out_its_fileno_receives_by_the_general_path(url: str) -> None:
     """After fileno(), try_recv takes nothing (the general path re-arms the fd), and the fd becomes
     readable for each publication."""
