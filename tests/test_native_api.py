@@ -168,3 +168,47 @@ def test_futex_wakes_another_process() -> None:
         assert _native.futex_wake(buf, 0, 1) == 0, "nobody is left waiting"
     finally:
         buf.close()
+
+
+def test_fast_method_calls_the_fast_attribute_then_the_general_method() -> None:
+    """FastMethod: exactly nargs positional arguments go to the instance's fast callable; True (sent) or
+    a result other than None (received) ends the call, anything else calls the Python method with the
+    original arguments; on the class it is the Python method itself."""
+    calls: list[tuple[object, ...]] = []
+
+    class Handle:
+        def __init__(self, fast: Any) -> None:
+            self._fast = fast
+            self._take = fast
+
+        def send(self, data: object, *more: object, **kw: object) -> object:
+            """Send."""
+            calls.append(("general", data, more, kw))
+            return "general"
+
+        def recv(self, *more: object) -> object:
+            calls.append(("recv general", more))
+            return "general"
+
+    general_send = Handle.send
+    Handle.send = _native.FastMethod(Handle.send, "_fast", 1, True)  # type: ignore[method-assign]
+    Handle.recv = _native.FastMethod(Handle.recv, "_take", 0, False)  # type: ignore[method-assign]
+    assert Handle.send is general_send and Handle.send.__doc__ == "Send."
+    h = Handle(lambda *a: len(a) == 1 and a[0] == b"ok")
+    assert h.send(b"ok") is None and calls == []
+    assert h.send(b"no") == "general" and calls == [("general", b"no", (), {})]
+    assert h.send(b"ok", 1) == "general" and h.send(b"ok", x=1) == "general" and len(calls) == 3
+    bound = h.send
+    assert bound(b"ok") is None and bound.__name__ == "send" and len(calls) == 3
+    r = Handle(lambda: b"got")
+    assert r.recv() == b"got" and r.recv(1) == "general"
+    assert Handle(lambda: None).recv() == "general"
+    assert Handle(None).send(b"ok") == "general"
+
+    def boom(*a: object) -> bool:
+        raise ValueError("fast path failed")
+
+    with pytest.raises(ValueError):
+        Handle(boom).send(b"ok")
+    with pytest.raises(TypeError):
+        _native.FastMethod(42, "x", 1, True)

@@ -49,6 +49,9 @@ class PublisherPort(Protocol):
     def close(self) -> None: ...
 
 
+_MAX_LIMIT = 2**32 - 1  # the largest max_message_size (as the max_message_size= option)
+
+
 class SubscriberPort(Protocol):
     """What a transport gives a Subscriber."""
 
@@ -175,7 +178,7 @@ class Publisher(_PubSubHandle, Generic[T]):
         Subscribers get exactly these bytes from ``recv_bytes`` (or ``recv``, as ``bytes``).  Raises as
         :meth:`send`.
         """
-        push = self._fast_send
+        push = self._fast_send  # (the C FastMethod installed below does this without a Python frame)
         if push is not None and offset == 0 and size is None and timeout is None and not extra and push(data):
             return  # (the C fast path checks the limits and the frame; anything else goes below)
         self._publish(0, bytes_view(data, offset, size) if offset or size is not None else data, timeout, extra)
@@ -275,14 +278,38 @@ class Subscriber(_PubSubHandle, Generic[T]):
         self._refresh_fast_paths()
 
     def _refresh_fast_paths(self) -> None:
-        """Take the port's fast paths (again: a port that rejoined after being reaped has new ones)."""
+        """Take the port's fast paths (again: a port that rejoined after being reaped has new ones).
+
+        Only a port with a ``limit`` (the largest payload its fast paths take, which this handle keeps
+        equal to max_message_size) serves them: a longer message then stays in the ring for the general
+        path, which consumes it and raises MessageTooLarge, so no batch ever holds one."""
         port = self._port
         self._generation = getattr(port, "generation", 0)
         self._recv_lender = None  # a lender of the old port must not outlive it
+        if not hasattr(port, "limit"):
+            return
+        port.limit = self._max_message_size
         if issubclass(type(port), FastPath):
             self._fast_recv = cast(FastPath, port).fast_path()[1]
         if issubclass(type(port), FastBatches):
             self._fast_recv_many = cast(FastBatches, port).fast_batches()[1]
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message this subscriber accepts; a longer one raises MessageTooLarge and is
+        discarded (the messages after it are still received).  May be changed on the handle."""
+        return self._max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"max_message_size is an integer, not {type(n).__name__}")
+        if not 1 <= n <= _MAX_LIMIT:  # (checked before anything changes: the handle and port stay in step)
+            raise ValueError(f"max_message_size is an integer from 1 to {_MAX_LIMIT}, not {n}")
+        self._max_message_size = n
+        port = self._port
+        if port is not None and hasattr(port, "limit"):
+            port.limit = n  # the fast paths leave a longer message in the ring for the general path
 
     @property
     def missed(self) -> int:
@@ -327,12 +354,9 @@ class Subscriber(_PubSubHandle, Generic[T]):
         """
         s, pop = self.serializer, self._fast_recv_many
         if pop is not None and timeout is None and self._fast_first:
-            got = pop(1, s.id)  # a frame of this serializer only; anything else takes the general path
+            got = pop(1, s.id)  # a frame of this serializer, within max_message_size; else the general path
             if got:
-                data = got[0]
-                if len(data) > self.max_message_size:
-                    raise self._received_too_large(len(data))
-                return s.decode(data)  # type: ignore[no-any-return]
+                return s.decode(got[0])  # type: ignore[no-any-return]
         with self._receiving:
             sid, view = self._next(timeout)
             return self._decode(sid, view)  # type: ignore[no-any-return]
@@ -340,12 +364,10 @@ class Subscriber(_PubSubHandle, Generic[T]):
     def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None) -> bytes:
         """Receive the next message as ``bytes``; ``maxlength`` refuses (and discards) longer ones.
         Raises as :meth:`recv`."""
-        pop = self._fast_recv
+        pop = self._fast_recv  # (the C FastMethod installed below does this without a Python frame)
         if pop is not None and maxlength is None and timeout is None:
-            data = pop()
+            data = pop()  # at most max_message_size bytes: the port's limit
             if data is not None:
-                if len(data) > self.max_message_size:  # (the port's limit is the endpoint's: the same unless changed)
-                    raise self._received_too_large(len(data))
                 return data
         with self._receiving:
             _sid, view = self._next(timeout)
@@ -394,9 +416,8 @@ class Subscriber(_PubSubHandle, Generic[T]):
                 pop = self._fast_recv_many  # (refreshed if the port rejoined)
                 if pop is not None and max_messages > 1:
                     out = pop(max_messages - 1, s.id)
-        for p in out:  # (the port's limit is the endpoint's max_message_size: the same unless changed)
-            if len(p) > self.max_message_size:
-                raise self._received_too_large(len(p))
+        # The batch stops before a message over max_message_size (the port's limit): the next receive
+        # takes it by the general path, which raises, and the messages after it come later.
         return first + [s.decode(p) for p in out]
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
@@ -448,6 +469,18 @@ class Subscriber(_PubSubHandle, Generic[T]):
                 yield self.recv()
             except ChannelClosed:
                 return
+
+
+def _install_fast_method(cls: type, name: str, fast_attr: str, nargs: int, sent: bool) -> None:
+    """Put a C FastMethod in place of ``cls.name``: called with exactly ``nargs`` positional arguments it
+    calls the instance's ``fast_attr`` (the port's C fast path) with no Python frame in between, and the
+    Python method (on the class, still the documented one) for everything else."""
+    setattr(cls, name, _native.FastMethod(getattr(cls, name), fast_attr, nargs, sent))
+
+
+# Publisher.send_bytes(data) -> port.try_send(data); Subscriber.recv_bytes() -> port.try_recv().
+_install_fast_method(Publisher, "send_bytes", "_fast_send", 1, True)
+_install_fast_method(Subscriber, "recv_bytes", "_fast_recv", 0, False)
 
 
 def _ports(ep: Endpoint, verb: str) -> tuple[Any, Any]:

@@ -145,6 +145,47 @@ def test_max_message_size_is_enforced_on_every_path(url: str) -> None:
             sub.recv_bytes()
 
 
+@pytest.mark.parametrize("serializer", [RAW, None], ids=["raw", "default"])
+def test_a_lowered_max_message_size_loses_nothing_after_the_refused_message(url: str, serializer: object) -> None:
+    """max_message_size lowered on the handle below the ring's limit: a batch stops before the longer
+    message, the next receive raises MessageTooLarge for it alone, and the messages after it still come
+    (recv_many used to take them out of the ring with it and lose them when it raised)."""
+    opts = {"serializer": serializer} if serializer is not None else {}
+    small = [b"a" * 8, b"b" * 8, b"c" * 8, b"d" * 8]
+    with ipcraft.publish(url, **opts) as pub, ipcraft.subscribe(url, **opts) as sub:
+        sub.max_message_size = 64
+        for data in (small[0], bytes(65), *small[1:]):
+            pub.send(data)
+        assert sub.recv_many(10) == small[:1]
+        with pytest.raises(MessageTooLarge) as caught:
+            sub.recv_many(10)
+        assert caught.value.limit == 64
+        assert sub.recv_many(10) == small[1:]
+        for receive in (sub.recv, sub.recv_bytes):  # and one at a time
+            pub.send_bytes(bytes(65))
+            pub.send_bytes(small[0])
+            with pytest.raises(MessageTooLarge):
+                receive()
+            assert sub.recv_bytes() == small[0]
+
+
+def test_a_bad_max_message_size_is_refused_and_changes_nothing(url: str) -> None:
+    """A max_message_size that is not an integer from 1 to 2**32 - 1 raises before the handle or the
+    port's fast-path limit change: both keep refusing what they refused before."""
+    with ipcraft.publish(url) as pub, ipcraft.subscribe(url) as sub:
+        sub.max_message_size = 16
+        for bad, error in ((0, ValueError), (-1, ValueError), (2**32, ValueError), (True, TypeError),
+                           ("64", TypeError), (16.0, TypeError)):
+            with pytest.raises(error):
+                sub.max_message_size = bad  # type: ignore[assignment]
+        assert sub.max_message_size == 16
+        pub.send_bytes(bytes(17))
+        pub.send_bytes(bytes(16))
+        with pytest.raises(MessageTooLarge):
+            sub.recv_bytes()
+        assert sub.recv_bytes() == bytes(16)
+
+
 def test_a_subscriber_that_gave_out_its_fileno_receives_by_the_general_path(url: str) -> None:
     """After fileno(), try_recv takes nothing (the general path re-arms the fd), and the fd becomes
     readable for each publication."""

@@ -83,7 +83,8 @@ PyMODINIT_FUNC PyInit__native(void)
         ipc_lend_register(m) < 0 ||
         ipc_mpmc_register(m) < 0 ||
         ipc_bcast_register(m) < 0 ||
-        ipc_zmqfast_register(m) < 0) {
+        ipc_zmqfast_register(m) < 0 ||
+        ipc_fastmethod_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

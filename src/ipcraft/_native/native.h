@@ -25,6 +25,7 @@ int ipc_lend_register(PyObject *m); /* lend.c: BusyLock, Lender and Lend (zero c
 int ipc_mpmc_register(PyObject *m); /* mpmc_port.c: the MpmcPort type and mpmc_layout() */
 int ipc_bcast_register(PyObject *m); /* bcast.c: the BcastPort type and bcast_layout() */
 int ipc_zmqfast_register(PyObject *m); /* zmqfast.c: the ZmqFast type (zmq+tcp://, zmq+ipc://) */
+int ipc_fastmethod_register(PyObject *m); /* fastmethod.c: FastMethod, a method whose common case is C */
 
 /* Zero copy over a ring port (lend.c's Lend), implemented by spsc_port.c and mpmc_port.c: each verb
  * returns 0 or -errno (-EAGAIN, -EXDEV...: the general path in Python must do it), a loaned or

@@ -222,6 +222,7 @@ class BcastSubscriberPort:
     _fd: _bcast.FdWake | None = None
     _slot = -1
     _token = 0
+    _limit = DEFAULT_MAX_MESSAGE_SIZE
     #: Bumped when the port rejoins with a new slot (its fast paths are then new ones).
     generation = 0
 
@@ -238,7 +239,8 @@ class BcastSubscriberPort:
         except BaseException:
             self.close()
             raise
-        self._port.limit = default_max_message_size(endpoint)
+        self._limit = default_max_message_size(endpoint)
+        self._port.limit = self._limit
         self.what, self.authenticated = m.what, m.authenticated
         self._scratch = bytearray(64 * 1024)
         self._reaped_at = 0.0
@@ -269,6 +271,18 @@ class BcastSubscriberPort:
         if self._port is None:
             raise HandleClosed(f"{self.endpoint} is closed")
         return self._port
+
+    @property
+    def limit(self) -> int:
+        """The largest payload the fast paths take (the Subscriber keeps it at its max_message_size); a
+        longer message stays in the ring for :meth:`recv`, whose caller refuses it."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, n: int) -> None:
+        self._limit = n
+        if self._port is not None:
+            self._port.limit = n
 
     def _view(self) -> memoryview:
         m = self._map
@@ -307,7 +321,7 @@ class BcastSubscriberPort:
         self._slot, self._token = _bcast.claim_slot(m.view, m.header.slots, m.what)
         self._port = _native.BcastPort(m.view, slot=self._slot, token=self._token,
                                        spin_ns=_spin_ns(self.endpoint))
-        self._port.limit = default_max_message_size(self.endpoint)
+        self._port.limit = self._limit
         self.generation += 1
         self._start("oldest")
         if self._fd is not None:
