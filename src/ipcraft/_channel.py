@@ -436,15 +436,38 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                         **extra: Any) -> int:
         """Receive one message into the writable ``buffer`` at ``offset``; return its length.
 
+        On shared-memory channels (shm://, ring://, file://) the message is copied straight from the
+        ring into ``buffer`` (as ``recv_view`` lends it), so nothing is allocated per message: a loop
+        over one reused buffer does not make the allocator map and fault in fresh pages for every large
+        message, as a fresh ``bytes`` from :meth:`recv_bytes` may.
+
         Raises:
             BufferTooSmall: the message does not fit; it is kept whole in the exception's ``data``
                 (nothing is lost), the channel is usable.
             and as :meth:`recv`.
         """
         dst = writable_bytes(buffer, offset)
+        if self._lends is not None and not extra:
+            return self._recv_lent_into(dst, offset, timeout)
         with self._receiving:
             _sid, view = self._recv_frame(timeout, extra)
             return copy_message(view, dst, offset)
+
+    def _recv_lent_into(self, dst: memoryview, offset: int, timeout: float | None) -> int:
+        """recv_bytes_into on a shared-memory channel: one copy out of the lent record, which is consumed
+        when the copy is done (or refused: BufferTooSmall keeps it, MessageTooLarge discards it)."""
+        self._live()
+        if self._eof:
+            raise ChannelClosed(f"the peer closed {self!r}")
+        try:
+            with self.recv_view(timeout) as view:
+                n = view.nbytes
+                if n > self.max_message_size:
+                    raise self._received_too_large(n)
+                return copy_message(view, dst, offset)
+        except ChannelClosed:
+            self._eof = self._latch_eof
+            raise
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Look at the next message in place, without copying: ``with ch.recv_view() as view: ...``.
