@@ -479,9 +479,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
         NotImplementedError.  On ring:// and file:// the receiving lock is held meanwhile (other
-        receivers of the queue wait), and a message the ring cannot show in place (one that wraps
-        around the end of the ring; every message with ``sync=true`` or after ``fileno()``) is lent
-        from a copy.
+        receivers of the queue wait), and a message the ring cannot show in place (every message with
+        ``sync=true`` or after ``fileno()``; one that wraps around the end of the ring where the ring
+        could not be mapped twice in a row) is lent from a copy.
 
         Raises:
             as :meth:`recv_bytes`.
@@ -504,8 +504,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
         NotImplementedError.  On ring:// and file:// the sending lock is held meanwhile (other senders
-        of the queue wait); when the ring cannot lend the bytes in place (no room now, a record that
-        would wrap around its end, ``sync=true``) the block fills a copy that the exit sends.
+        of the queue wait); when the ring cannot lend the bytes in place (no room now, ``sync=true``, a
+        record that wraps around the end of a ring that could not be mapped twice in a row) the block
+        fills a copy that the exit sends.
 
         Raises:
             MessageTooLarge: ``n`` exceeds the channel's limit (half the ring); the channel is usable.
