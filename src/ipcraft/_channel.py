@@ -436,15 +436,38 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                         **extra: Any) -> int:
         """Receive one message into the writable ``buffer`` at ``offset``; return its length.
 
+        On shared-memory channels (shm://, ring://, file://) the message is copied straight from the
+        ring into ``buffer`` (as ``recv_view`` lends it), so nothing is allocated per message: a loop
+        over one reused buffer does not make the allocator map and fault in fresh pages for every large
+        message, as a fresh ``bytes`` from :meth:`recv_bytes` may.
+
         Raises:
             BufferTooSmall: the message does not fit; it is kept whole in the exception's ``data``
                 (nothing is lost), the channel is usable.
             and as :meth:`recv`.
         """
         dst = writable_bytes(buffer, offset)
+        if self._lends is not None and not extra:
+            return self._recv_lent_into(dst, offset, timeout)
         with self._receiving:
             _sid, view = self._recv_frame(timeout, extra)
             return copy_message(view, dst, offset)
+
+    def _recv_lent_into(self, dst: memoryview, offset: int, timeout: float | None) -> int:
+        """recv_bytes_into on a shared-memory channel: one copy out of the lent record, which is consumed
+        when the copy is done (or refused: BufferTooSmall keeps it, MessageTooLarge discards it)."""
+        self._live()
+        if self._eof:
+            raise ChannelClosed(f"the peer closed {self!r}")
+        try:
+            with self.recv_view(timeout) as view:
+                n = view.nbytes
+                if n > self.max_message_size:
+                    raise self._received_too_large(n)
+                return copy_message(view, dst, offset)
+        except ChannelClosed:
+            self._eof = self._latch_eof
+            raise
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         """Look at the next message in place, without copying: ``with ch.recv_view() as view: ...``.
@@ -456,9 +479,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
         NotImplementedError.  On ring:// and file:// the receiving lock is held meanwhile (other
-        receivers of the queue wait), and a message the ring cannot show in place (one that wraps
-        around the end of the ring; every message with ``sync=true`` or after ``fileno()``) is lent
-        from a copy.
+        receivers of the queue wait), and a message the ring cannot show in place (every message with
+        ``sync=true`` or after ``fileno()``; one that wraps around the end of the ring where the ring
+        could not be mapped twice in a row) is lent from a copy.
 
         Raises:
             as :meth:`recv_bytes`.
@@ -481,8 +504,9 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
         Only shared-memory channels (shm://, ring://, file://) can lend their buffer; others raise
         NotImplementedError.  On ring:// and file:// the sending lock is held meanwhile (other senders
-        of the queue wait); when the ring cannot lend the bytes in place (no room now, a record that
-        would wrap around its end, ``sync=true``) the block fills a copy that the exit sends.
+        of the queue wait); when the ring cannot lend the bytes in place (no room now, ``sync=true``, a
+        record that wraps around the end of a ring that could not be mapped twice in a row) the block
+        fills a copy that the exit sends.
 
         Raises:
             MessageTooLarge: ``n`` exceeds the channel's limit (half the ring); the channel is usable.

@@ -18,6 +18,16 @@ def futex_wait(buf: WriteableBuffer, offset: int, expected: int, timeout: float 
 def futex_wake(buf: WriteableBuffer, offset: int, count: int, /) -> int: ...
 def msync(buf: ReadableBuffer, offset: int, length: int, sync: bool, /) -> int: ...
 
+class MirrorMap:
+    """A shared mapping of ``header + capacity`` bytes of ``fd`` whose last ``capacity`` bytes (a ring's
+    data area) are mapped again right after them, so a record that wraps around the ring's end is
+    contiguous in memory.  Its buffer is the ``header + capacity`` bytes; unmapped when the last
+    reference goes.  ValueError for sizes that are not positive multiples of the page size or a file
+    too short, OSError when the kernel refuses the mapping."""
+
+    def __init__(self, fd: int, header: int, capacity: int) -> None: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
 # pmutex.c: robust process-shared mutexes (a type that pins its buffer) and a futex condition.
 PMUTEX_SIZE: int  # sizeof(pthread_mutex_t)
 

@@ -9,6 +9,7 @@ import mmap
 import os
 import signal
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,6 +240,58 @@ def test_ring_queue_views_wrap_and_release(wait: str) -> None:
                 raise KeyError("nothing sent")
         q.send_bytes(b"next")
         assert q.recv_bytes(timeout=1) == b"next"
+
+
+@pytest.mark.parametrize("scheme", ["ring", "file"])
+def test_records_that_wrap_the_ring_are_lent_in_place(scheme: str, tmp_ipc_dir: str) -> None:
+    """The ring is mapped with its data area twice in a row (MirrorMap), so a record that runs past
+    the end of the ring is lent in place on both sides, like any other: every view is the C Lend's
+    (a copy would be a bytearray's), and each arrives whole.  Another handle's copying receive, which
+    reads a wrapped record in two pieces from the data area itself, gets what was written through the
+    mirror."""
+    where = f"{tmp_ipc_dir}/{unique_name('zm')}" if scheme == "file" else unique_name("zm")
+    url = f"{scheme}://{where}"
+    with ipcraft.queue(url, create=True, capacity=4096) as q, ipcraft.queue(url) as other:
+        exporters = set()
+        for i in range(40):  # ~1.5 KiB records in a 4 KiB ring: every third or so wraps
+            payload = bytes([i % 251]) * (1500 + i)
+            with q.send_view(len(payload)) as out:
+                exporters.add(type(out.obj))
+                out[:] = payload
+            if i % 2:
+                assert other.recv_bytes(timeout=1) == payload
+                continue
+            with q.recv_view() as view:
+                exporters.add(type(view.obj))
+                assert view == payload
+        assert exporters == {_native.Lend}
+
+
+def test_mirror_map_repeats_the_data_area(tmp_path: Any) -> None:
+    """MirrorMap exports the header and data area of the file, writable and shared with the file (the
+    queue test above goes through the mirror past its end); sizes that are not whole pages, and a file
+    too short for the ring, are ValueError; a bad fd is OSError."""
+    page = mmap.PAGESIZE
+    path = tmp_path / "ring"
+    path.write_bytes(bytes(3 * page))
+    with open(path, "r+b") as f:
+        m = _native.MirrorMap(f.fileno(), page, 2 * page)
+        view = memoryview(m)
+        assert view.nbytes == 3 * page and not view.readonly
+        view[page:page + 4] = b"head"
+        plain = mmap.mmap(f.fileno(), 3 * page)
+        try:
+            assert plain[page:page + 4] == b"head"
+        finally:
+            plain.close()
+        view.release()
+        for header, capacity in ((page, page + 8), (page // 2, page), (0, page)):
+            with pytest.raises(ValueError):
+                _native.MirrorMap(f.fileno(), header, capacity)
+        with pytest.raises(ValueError, match="fewer"):
+            _native.MirrorMap(f.fileno(), page, 4 * page)
+        with pytest.raises(OSError):
+            _native.MirrorMap(-1, page, page)
 
 
 def test_file_queue_with_sync_lends_copies(tmp_ipc_dir: str) -> None:

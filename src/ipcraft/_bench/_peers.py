@@ -224,6 +224,24 @@ class BareSeqpacket(_Pair):
         return _FuncLink(sock.send, recv)
 
 
+class BareSeqpacketFresh(BareSeqpacket):
+    """The bare seqpacket loop receiving as ``recv_bytes`` does: into its buffer, then a fresh ``bytes``
+    of the message's size per message (one allocation and one copy more than the bare loop)."""
+
+    name = "bare AF_UNIX seqpacket loop, fresh bytes"
+    facts = {**BareSeqpacket.facts, "api": "recv_into a reused buffer, then bytes() of it per message"}
+
+    def open(self, side: str, ctl: Ctl) -> Link:
+        sock = self._mine(side)
+        buf = memoryview(bytearray(self._max))
+        recv_into = sock.recv_into
+
+        def recv() -> bytes:
+            return buf[:recv_into(buf)].tobytes()
+
+        return _FuncLink(sock.send, recv)
+
+
 class MpPipe(_Pair):
     name = "mp.Pipe"
     group = "peer"
@@ -446,8 +464,8 @@ class Iceoryx2(_Optional):
 
 def peer_subjects() -> list[Subject]:
     """The baselines, then the peers, in table order."""
-    return [BarePipe(), BareUnix(), BareSeqpacket(), PosixIpcBare(), SysvIpcBare(), MpPipe(), MpQueue(), Zmq(),
-            Zmq("tcp"), FasterFifo(), Iceoryx2()]
+    return [BarePipe(), BareUnix(), BareSeqpacket(), BareSeqpacketFresh(), PosixIpcBare(), SysvIpcBare(), MpPipe(),
+            MpQueue(), Zmq(), Zmq("tcp"), FasterFifo(), Iceoryx2()]
 
 
 __all__ = ("peer_subjects", "Unavailable")

@@ -147,6 +147,20 @@ def _targets(waits: tuple[str, ...]) -> list[Target]:
                      "mbps", ">=", 1.0, "iceoryx2 pub/sub (poll)"),
               Target(3, f"shm:// {w} 1 MiB round trip / unix://", f"shm:// {w}", 1 << 20, "rtt", "<=", 0.5,
                      "unix://")]
+    seq, fresh = "bare AF_UNIX seqpacket loop", "bare AF_UNIX seqpacket loop, fresh bytes"
+    for scheme in ("shm", "ring"):
+        for w in waits:
+            s = f"{scheme}:// {w}"
+            t += [Target(10, f"{s} 1 MiB round trip, recv_bytes (allocates) / {seq} (reuses a buffer)", s,
+                         1 << 20, "rtt", "<=", 1.0, seq),
+                  Target(10, f"{s} recv_bytes_into 1 MiB round trip / {seq} (both reuse a buffer)",
+                         f"{s} recv_bytes_into", 1 << 20, "rtt", "<=", 1.0, seq),
+                  Target(10, f"{s} 1 MiB round trip / {fresh} (both allocate)", s, 1 << 20, "rtt", "<=", 1.0,
+                         fresh),
+                  Target(10, f"{s} zero-copy 64 B round trip / copying", f"{s} zero-copy", 64, "rtt", "<=", 1.5,
+                         s),
+                  Target(10, f"{s} zero-copy 1 MiB round trip / copying", f"{s} zero-copy", 1 << 20, "rtt",
+                         "<=", 0.7, s)]
     t += [Target(4, "mq:// 64 B round trip / bare posix_ipc loop", "mq://", 64, "rtt", "<=", 1.3,
                  "bare posix_ipc loop"),
           Target(4, "sysvmq:// 64 B round trip / bare sysv_ipc loop", "sysvmq://", 64, "rtt", "<=", 1.3,

@@ -46,6 +46,28 @@ class _ChannelLink(Link):
             h.close()
 
 
+class _IntoLink(_ChannelLink):
+    """send_bytes / recv_bytes_into one reused buffer: the same work as the bare loops' receive (no
+    allocation per message), beside the allocating recv_bytes cell, which stays."""
+
+    def __init__(self, tx: Any, rx: Any, handles: list[Any], max_size: int) -> None:
+        super().__init__(tx, rx, handles)
+        buf = memoryview(bytearray(max_size))
+        send, recv_into = tx.send_bytes, rx.recv_bytes_into
+
+        def recv() -> memoryview:
+            return buf[:recv_into(buf)]
+
+        def echo() -> None:
+            send(buf[:recv_into(buf)])
+
+        def recv_timeout(timeout: float) -> memoryview:
+            return buf[:recv_into(buf, timeout=timeout)]
+
+        self.recv, self.echo = recv, echo  # type: ignore[method-assign]
+        self.recv_timeout = recv_timeout  # type: ignore[method-assign]
+
+
 class _ViewLink(Link):
     """Zero copy on both sides: the sender reserves room and fills it in place, the receiver peeks at the
     record in place."""
@@ -93,10 +115,13 @@ def _free_port(kind: int) -> int:
 class SchemeSubject(Subject):
     """One ipcraft URL scheme (in one wait mode, with one API)."""
 
+    #: What each API adds to the subject's name (``bytes``, send_bytes/recv_bytes, adds nothing).
+    _API_LABEL = {"bytes": "", "view": " zero-copy", "into": " recv_bytes_into"}
+
     def __init__(self, scheme: str, wait: str | None = None, api: str = "bytes") -> None:
         self.scheme, self.wait, self.api = scheme, wait, api
         self.info = SCHEMES[scheme]
-        self.name = f"{scheme}://" + (f" {wait}" if wait else "") + (" zero-copy" if api == "view" else "")
+        self.name = f"{scheme}://" + (f" {wait}" if wait else "") + self._API_LABEL[api]
         self.spins = wait == "spin"
         self.idle_ok = wait != "spin"
         self.facts = {"scheme": scheme, "family": self.info.family, "wait": wait, "api": api}
@@ -136,6 +161,7 @@ class SchemeSubject(Subject):
     def prepare(self, env: Env) -> None:
         self._authkey = os.urandom(16)
         self._urls = {"a": self._url(env), "b": self._url(env)}
+        self._max_size = env.max_size
 
     def open(self, side: str, ctl: Ctl) -> Link:
         import ipcraft
@@ -166,6 +192,8 @@ class SchemeSubject(Subject):
                 rx.close()
                 raise
             handles.append(tx)
+        if self.api == "into":
+            return _IntoLink(tx, rx, handles, self._max_size)
         return (_ViewLink if self.api == "view" else _ChannelLink)(tx, rx, handles)
 
     def cleanup(self) -> None:
@@ -289,6 +317,8 @@ def ipcraft_subjects(waits: tuple[str, ...], schemes: set[str] | None = None) ->
                 out.append(SchemeSubject(info.name, wait))
             for wait in waits:
                 out.append(SchemeSubject(info.name, wait, api="view"))
+            for wait in waits:
+                out.append(SchemeSubject(info.name, wait, api="into"))
         else:
             out.append(SchemeSubject(info.name))
     if schemes is None or "pipe" in schemes:

@@ -77,6 +77,7 @@ PyMODINIT_FUNC PyInit__native(void)
     if (PyModule_AddFunctions(m, ipc_atomics_methods) < 0 ||
         PyModule_AddFunctions(m, ipc_futex_methods) < 0 ||
         PyModule_AddFunctions(m, ipc_mman_methods) < 0 ||
+        ipc_mman_register(m) < 0 ||
         PyModule_AddFunctions(m, ipc_rings_methods) < 0 ||
         ipc_pmutex_register(m) < 0 ||
         ipc_spsc_register(m) < 0 ||

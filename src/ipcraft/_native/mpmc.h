@@ -64,6 +64,7 @@ typedef struct {
     uint64_t seen_head, seen_tail; /* caches: head and tail only grow, so an old value is a safe bound */
     unsigned long long needed, recovered;
     int loaned, borrowed;      /* zero copy: this handle holds the producer (consumer) lock meanwhile */
+    int mirrored;              /* the buffer is a MirrorMap: the data area repeats right after itself */
     uint64_t lend_pos, lend_n; /* the record's position, and its payload (loan) or record (borrow) size */
 } MpmcPort;
 
@@ -103,13 +104,15 @@ long long mpmc_operate(MpmcPort *p, int op, const Parts *parts, char *out, uint6
  * lend.c).  A loan (a borrowed record) holds the producer (consumer) lock from mpmc_loan (mpmc_borrow)
  * to its commit or give-back (consume or give-back): other producers (consumers) wait meanwhile.  Each
  * returns 0 or -errno; -EAGAIN and -EXDEV (sync=true, an fd user, a record that would wrap around the
- * end of the ring or that the copying path must judge) leave the message to the copying path. */
+ * end of the ring or that the copying path must judge) leave the message to the copying path.  With
+ * `mirror_ok` (lend.c's verbs) a record that wraps is lent all the same when the port's buffer is a
+ * MirrorMap: its payload's pointer may then run past the end of the exported buffer, into the mirror. */
 extern PyTypeObject MpmcPort_Type;
 int mpmc_lend_ready(MpmcPort *self);
-int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off);
+int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off, int mirror_ok);
 int mpmc_commit_loan(MpmcPort *p, int sid);
 int mpmc_give_back_loan(MpmcPort *p);
-int mpmc_borrow(MpmcPort *p, Py_ssize_t *off, uint64_t *n, int *sid);
+int mpmc_borrow(MpmcPort *p, Py_ssize_t *off, uint64_t *n, int *sid, int mirror_ok);
 int mpmc_consume_borrowed(MpmcPort *p);
 int mpmc_give_back_borrowed(MpmcPort *p);
 

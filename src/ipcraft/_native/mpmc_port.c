@@ -54,6 +54,7 @@ static int MpmcPort_init(MpmcPort *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     self->has_view = 1;
+    self->mirrored = ipc_mirror_of(buf, base, MPMC_HEADER_SIZE, cap);
     self->base = base;
     self->data = base + MPMC_HEADER_SIZE;
     self->cap = cap;
@@ -396,7 +397,7 @@ int mpmc_lend_ready(MpmcPort *self)
 }
 
 /* Producer: lock, then place a frame of n payload bytes at head, its payload contiguous in the ring. */
-int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off)
+int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off, int mirror_ok)
 {
     if (!p->has_view || p->closed)
         return -EBADF;
@@ -421,8 +422,8 @@ int mpmc_loan(MpmcPort *p, uint64_t n, Py_ssize_t *off)
         rc = -EPROTO;
     else if (head - tail + need > p->cap)
         rc = -EAGAIN;
-    else if (((head + 2 * REC_HEADER) & p->mask) + n > p->cap)
-        rc = -EXDEV; /* the payload would wrap: a copy takes it */
+    else if (((head + 2 * REC_HEADER) & p->mask) + n > p->cap && !(mirror_ok && p->mirrored))
+        rc = -EXDEV; /* the payload would wrap (and there is no mirror to run on into): a copy takes it */
     if (rc < 0) {
         mpmc_unlock(p->plock);
         return rc;
@@ -473,7 +474,7 @@ int mpmc_give_back_loan(MpmcPort *p)
 
 /* Consumer: lock, then borrow the next record when it is an ordinary ipcraft frame within the limit
  * whose payload is contiguous in the ring: its payload's offset, length and serializer id. */
-int mpmc_borrow(MpmcPort *p, Py_ssize_t *off, uint64_t *n, int *sid)
+int mpmc_borrow(MpmcPort *p, Py_ssize_t *off, uint64_t *n, int *sid, int mirror_ok)
 {
     if (!p->has_view || p->closed)
         return -EBADF;
@@ -495,8 +496,8 @@ int mpmc_borrow(MpmcPort *p, Py_ssize_t *off, uint64_t *n, int *sid)
     if (size == -EAGAIN)
         rc = -EAGAIN;
     else if (size < 8 || frame[0] != FRAME_MAGIC || frame[2] || frame[3] || len != (uint64_t)size - 8 ||
-             len > p->limit || ((tail + 2 * REC_HEADER) & p->mask) + len > p->cap)
-        rc = -EXDEV; /* corrupt, foreign, too large or wrapped: the copying path takes (or reports) it */
+             len > p->limit || (((tail + 2 * REC_HEADER) & p->mask) + len > p->cap && !(mirror_ok && p->mirrored)))
+        rc = -EXDEV; /* corrupt, foreign, too large or wrapped (no mirror): the copying path takes (or reports) it */
     if (rc < 0) {
         mpmc_unlock(p->clock_);
         return rc;
@@ -537,7 +538,7 @@ static int mpmc_ops_loan(PyObject *o, uint64_t n, char **payload)
 {
     MpmcPort *p = (MpmcPort *)o;
     Py_ssize_t off;
-    int rc = mpmc_loan(p, n, &off);
+    int rc = mpmc_loan(p, n, &off, 1);
     if (rc == 0)
         *payload = (char *)p->view.buf + off;
     return rc;
@@ -553,7 +554,7 @@ static int mpmc_ops_borrow(PyObject *o, char **payload, uint64_t *n)
     int sid;
     if (!mpmc_lend_ready(p))
         return -EAGAIN;
-    int rc = mpmc_borrow(p, &off, n, &sid);
+    int rc = mpmc_borrow(p, &off, n, &sid, 1);
     if (rc == 0)
         *payload = (char *)p->view.buf + off;
     return rc;
@@ -581,7 +582,7 @@ static PyObject *MpmcPort_reserve(MpmcPort *self, PyObject *arg)
 {
     uint64_t n;
     Py_ssize_t off;
-    int ok = ipc_size_arg(arg, &n), rc = ok > 0 ? mpmc_loan(self, n, &off) : -EINVAL;
+    int ok = ipc_size_arg(arg, &n), rc = ok > 0 ? mpmc_loan(self, n, &off, 0) : -EINVAL;
     if (ok < 0)
         return NULL;
     return rc < 0 ? PyLong_FromLong(rc) : PyLong_FromSsize_t(off);
@@ -610,7 +611,7 @@ static PyObject *MpmcPort_peek(MpmcPort *self, PyObject *unused)
     (void)unused;
     Py_ssize_t off;
     uint64_t n;
-    int sid, rc = mpmc_borrow(self, &off, &n, &sid);
+    int sid, rc = mpmc_borrow(self, &off, &n, &sid, 0);
     if (rc < 0)
         return PyLong_FromLong(rc);
     return Py_BuildValue("(nKi)", off, (unsigned long long)n, sid);

@@ -18,6 +18,10 @@
 extern PyMethodDef ipc_atomics_methods[];
 extern PyMethodDef ipc_futex_methods[];
 extern PyMethodDef ipc_mman_methods[];
+int ipc_mman_register(PyObject *m); /* mman.c: the MirrorMap type */
+/* Whether obj is a MirrorMap mapped at base with this header and data-area size (mman.c): then the
+ * data area is mapped again right after itself, and a record may be lent across its end. */
+int ipc_mirror_of(PyObject *obj, const char *base, uint64_t header, uint64_t cap);
 extern PyMethodDef ipc_rings_methods[]; /* rings.c: ring_cpus_busy() */
 int ipc_pmutex_register(PyObject *m); /* pmutex.c: functions, the PMutex type, PMUTEX_SIZE */
 int ipc_spsc_register(PyObject *m); /* spsc_port.c: the SpscPort type and spsc_layout() */

@@ -349,12 +349,14 @@ class MpmcPort:
     _port: _native.MpmcPort | None = None
     _fd: FdWake | None = None
 
-    def __init__(self, buf: memoryview, what: str, *, spin: bool = False, sync: bool = False,
+    def __init__(self, buf: memoryview | _native.MirrorMap, what: str, *, spin: bool = False, sync: bool = False,
                  limit: int = -1) -> None:
+        """``buf`` maps the ring: a MirrorMap lets recv_view()/send_view() lend wrapping records in place."""
         self.what = what
-        self.capacity, self.flags = check_ring(buf, what)
+        view = buf if isinstance(buf, memoryview) else memoryview(buf)
+        self.capacity, self.flags = check_ring(view, what)
         self._port = _native.MpmcPort(buf, spin_ns=-1 if spin else SPIN_NS, sync=sync, limit=limit)
-        self._fd = FdWake(buf, what)
+        self._fd = FdWake(view, what)
         self._scratch = bytearray(64 * 1024)
         self.limit_source = (f"the capacity of {what}: {self.capacity} bytes of ring, set by capacity= "
                              "when it was created")

@@ -29,6 +29,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .. import _native
 from .._endpoint import Endpoint
 from .._errors import mpmc_error, translating
 from .._framing import DEFAULT_MAX_MESSAGE_SIZE, header
@@ -65,6 +66,7 @@ class MpmcTransport(Transport):
     _mem: PosixSharedMemory | MappedFile | None = None
     _view: memoryview | None = None
     _port: _mpmc.MpmcPort | None = None
+    _mirror: _native.MirrorMap | None = None
     _ino: tuple[int, int] | None = None
     _owner_pid = -1
 
@@ -94,7 +96,9 @@ class MpmcTransport(Transport):
                 self._view = self._mem.buf
                 if self.durable:
                     self._attach_durable(what)
-            self._port = _mpmc.MpmcPort(self._view, what, spin=opts.get("wait", "block") == "spin",
+            self._mirror = self._map_mirror(what)
+            self._port = _mpmc.MpmcPort(self._view if self._mirror is None else self._mirror, what,
+                                        spin=opts.get("wait", "block") == "spin",
                                         sync=bool(opts.get("sync", False)),
                                         limit=opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
         except BaseException:
@@ -106,6 +110,18 @@ class MpmcTransport(Transport):
         self.authenticated = st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
         self.max_payload = _mpmc.max_message(self._port.capacity)
         self.limit_source = self._port.limit_source
+
+    def _map_mirror(self, what: str) -> _native.MirrorMap | None:
+        """The ring mapped once more with its data area twice in a row (``_native.MirrorMap``), for the
+        port: a record that wraps around the ring's end is then contiguous in memory, so recv_view()
+        and send_view() lend it in place instead of through a copy.  The file is unchanged; None (lend
+        wrapping records from a copy, as before) where the page size or the kernel does not allow it."""
+        assert self._mem is not None and self._view is not None
+        capacity, _ = _mpmc.check_ring(self._view, what)  # the port's own check: a bad header raises here
+        try:
+            return _native.MirrorMap(self._mem.fileno(), _mpmc.HEADER_SIZE, capacity)
+        except (OSError, ValueError):
+            return None
 
     def _create(self, size: int, mode: int) -> PosixSharedMemory | MappedFile:
         if self.durable:
@@ -265,6 +281,7 @@ class MpmcTransport(Transport):
     def close(self) -> None:
         ring, self._port = self._port, None
         view, self._view = self._view, None
+        self._mirror = None  # unmapped when the port lets go of it (after an operation in flight)
         mem, self._mem = self._mem, None
         try:
             if ring is not None:
