@@ -290,6 +290,32 @@ def test_the_c_fast_path_reaches_pyzmqs_own_libzmq(fast_path: str) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_thread_asleep_in_a_blocking_receive_and_others_using_the_channel(fast_path: str) -> None:
+    """A receive without a timeout sleeps (over the C path: in _native.ZmqFast.wait_recv, one slice at a
+    time); meanwhile the descriptors are kept exact (``track``) for the other threads' operations on
+    the same socket, and the message that comes wakes it."""
+    a, b = _local_pair()
+    got: list[Any] = []
+
+    def receive() -> None:
+        got.append(b.recv_bytes())
+
+    with a, b:
+        th = threading.Thread(target=receive)
+        th.start()
+        deadline = time.monotonic() + 10
+        while not b._transport._f.track and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert b._transport._f.track  # the sleeper is counted: every other operation keeps the eventfd exact
+        b.send_bytes(b"from another thread")
+        time.sleep(0.05)
+        a.send_bytes(b"hello")
+        th.join(10)
+        assert got == [b"hello"] and a.recv_bytes(timeout=10) == b"from another thread"
+        assert not b._transport._f.track
+
+
+@pytest.mark.timeout(60)
 def test_both_ends_send_and_receive_in_four_threads_at_once() -> None:
     """The fast path only tries the socket's lock and leaves a contended call to the general path,
     which waits for it: both ends of a pair in this process, each sending 10,000 messages in one thread
