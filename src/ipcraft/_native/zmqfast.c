@@ -377,8 +377,10 @@ static PyObject *ZmqFast_wait_recv(ZmqFast *self, PyObject *const *args, Py_ssiz
     if (self->state != 0 || TRACKING(self))
         goto unlock; /* the general path reports, or keeps the descriptors exact for others */
     code = take_one(self, &out, &sid);
-    if (code != NONE)
+    if (code != NONE) {
+        self->cold = 0; /* it came without a wait: try_recv takes the next */
         goto unlock;
+    }
     /* Nothing: ZeroMQ's FD is armed again.  While this thread sleeps outside the lock, every other
      * operation keeps the ready eventfd exact (it may consume the FD's signal), as for a waiter of the
      * general path; the monitor's FD wakes it too (that news is for the general path). */
