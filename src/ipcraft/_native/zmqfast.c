@@ -338,7 +338,8 @@ unlock:
     if (code == TAKEN)
         return out;
     if (code == MALFORMED) { /* the transport raises the ProtocolError that says what is wrong */
-        PyObject *r = PyObject_CallMethodOneArg(self->hooks, s_payload, out);
+        PyObject *r = self->hooks == NULL ? (PyErr_SetString(PyExc_RuntimeError, "ZmqFast has no transport"), NULL)
+                                          : PyObject_CallMethodOneArg(self->hooks, s_payload, out);
         Py_DECREF(out);
         return r;
     }
