@@ -56,7 +56,12 @@ Decisions:
   back into Python only to read the monitor every 32 sends, to keep fileno()'s descriptor exact while
   it is tracked, at the end of stream and for a malformed frame.  The same object is the socket's lock:
   the fast path only tries it (and gives up to the general path), ``with lock`` waits for it with the
-  GIL released.  Where pyzmq's libzmq cannot be found, a Python fast path serves: pyzmq's compiled
+  GIL released.  A blocking receive of one thread alone (no fileno() handed out, no other waiter, no
+  topic, the last message small, the monitor not due) sleeps in C too (``ZmqFast.wait_recv``): one
+  slice of poll() on ZeroMQ's FD, the ready eventfd and the monitor's FD with the GIL released, during
+  which it counts as a waiter (every other operation keeps the eventfd exact), then the message that
+  woke it; anything else it leaves to the general path.  Where pyzmq's libzmq cannot be found, a
+  Python fast path serves: pyzmq's compiled
   send/recv, one state int, the monitor read every 32 sends, the lock taken with acquire()/release(),
   the header packed once per run of messages of one size; a message from 64 KiB on is received as a
   ZeroMQ frame (copy=False), so its payload is copied once, into the bytes returned or by the
