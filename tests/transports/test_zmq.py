@@ -32,6 +32,7 @@ from ipcraft._transports.zeromq import generate_keypair  # noqa: E402
 from ipcraft.errors import (  # noqa: E402
     AuthenticationError,
     ChannelClosed,
+    HandleClosed,
     InvalidEndpoint,
     PeerVanished,
     Timeout,
@@ -313,6 +314,29 @@ def test_a_thread_asleep_in_a_blocking_receive_and_others_using_the_channel(fast
         th.join(10)
         assert got == [b"hello"] and a.recv_bytes(timeout=10) == b"from another thread"
         assert not b._transport._f.track
+
+
+@pytest.mark.timeout(60)
+def test_close_from_another_thread_ends_a_blocked_receive_with_handle_closed() -> None:
+    """close() says goodbye (it waits for the peer's answer, up to linger=) while another thread of
+    the channel sleeps in a receive: both share the socket's poll object no more than one at a time,
+    and the sleeper ends with HandleClosed."""
+    a, b = _local_pair()
+    got: list[Any] = []
+
+    def receive() -> None:
+        try:
+            got.append(b.recv_bytes())
+        except HandleClosed as exc:
+            got.append(exc)
+
+    with a:
+        th = threading.Thread(target=receive)
+        th.start()
+        time.sleep(0.3)  # past the first slice: the Python wait loop's poll, on either path
+        b.close()
+        th.join(10)
+        assert not th.is_alive() and len(got) == 1 and isinstance(got[0], HandleClosed)
 
 
 @pytest.mark.timeout(60)

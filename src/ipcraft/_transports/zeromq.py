@@ -117,6 +117,8 @@ _DEFAULT_LINGER = 5.0
 _SLICE_MS = 100
 #: How often a pair's sends read the monitor, in seconds.
 _CHECK_S = 0.005
+#: A wait whose poll object another thread of the handle sleeps on naps this long (ms) and looks again.
+_BUSY_NAP_MS = 5
 #: Messages from this size on are handed to ZeroMQ without another copy (pyzmq's zero-copy send).
 _ZERO_COPY_FROM = 64 * 1024
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -649,10 +651,16 @@ class ZmqTransport(Transport):
             self._refresh()
 
     def _sleep(self, poller: Any, deadline: float | None) -> list[tuple[int, int]]:
-        """Wait outside the lock, at most one slice, for something to change; what woke it."""
+        """Wait outside the lock, at most one slice, for something to change; what woke it.  A poll
+        object serves one thread at a time: while another thread of this handle sleeps on it (close()
+        saying goodbye while a receive waits), this one naps briefly instead and looks again."""
         left = remaining(deadline)
         ms = _SLICE_MS if left is None else min(_SLICE_MS, max(1, int(left * 1000)))
-        return poller.poll(ms)  # type: ignore[no-any-return]
+        try:
+            return poller.poll(ms)  # type: ignore[no-any-return]
+        except RuntimeError:  # "concurrent poll() invocation"
+            time.sleep(min(ms, _BUSY_NAP_MS) / 1000)
+            return []
 
     def _wait_message(self, deadline: float | None) -> bool:
         """Whether a message (or the end, or a pair's vanished peer) is ready, waiting until
