@@ -32,6 +32,7 @@ from ipcraft._transports.zeromq import generate_keypair  # noqa: E402
 from ipcraft.errors import (  # noqa: E402
     AuthenticationError,
     ChannelClosed,
+    HandleClosed,
     InvalidEndpoint,
     PeerVanished,
     Timeout,
@@ -287,6 +288,55 @@ def test_the_c_fast_path_reaches_pyzmqs_own_libzmq(fast_path: str) -> None:
         assert b.recv_bytes() == b"y"  # (if it has not arrived yet, the general path waits for it)
         assert b.recv() == {"sid": "msgpack"}
     assert Path("/proc/self/maps").read_text().count("libzmq") == maps_before
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_asleep_in_a_blocking_receive_and_others_using_the_channel(fast_path: str) -> None:
+    """A receive without a timeout sleeps (over the C path: in _native.ZmqFast.wait_recv, one slice at a
+    time); meanwhile the descriptors are kept exact (``track``) for the other threads' operations on
+    the same socket, and the message that comes wakes it."""
+    a, b = _local_pair()
+    got: list[Any] = []
+
+    def receive() -> None:
+        got.append(b.recv_bytes())
+
+    with a, b:
+        th = threading.Thread(target=receive)
+        th.start()
+        deadline = time.monotonic() + 10
+        while not b._transport._f.track and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert b._transport._f.track  # the sleeper is counted: every other operation keeps the eventfd exact
+        b.send_bytes(b"from another thread")
+        time.sleep(0.05)
+        a.send_bytes(b"hello")
+        th.join(10)
+        assert got == [b"hello"] and a.recv_bytes(timeout=10) == b"from another thread"
+        assert not b._transport._f.track
+
+
+@pytest.mark.timeout(60)
+def test_close_from_another_thread_ends_a_blocked_receive_with_handle_closed() -> None:
+    """close() says goodbye (it waits for the peer's answer, up to linger=) while another thread of
+    the channel sleeps in a receive: both share the socket's poll object no more than one at a time,
+    and the sleeper ends with HandleClosed."""
+    a, b = _local_pair()
+    got: list[Any] = []
+
+    def receive() -> None:
+        try:
+            got.append(b.recv_bytes())
+        except HandleClosed as exc:
+            got.append(exc)
+
+    with a:
+        th = threading.Thread(target=receive)
+        th.start()
+        time.sleep(0.3)  # past the first slice: the Python wait loop's poll, on either path
+        b.close()
+        th.join(10)
+        assert not th.is_alive() and len(got) == 1 and isinstance(got[0], HandleClosed)
 
 
 @pytest.mark.timeout(60)

@@ -28,6 +28,8 @@
 #include "native.h"
 #include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -73,10 +75,13 @@ typedef struct {
     int track;       /* read ZMQ_EVENTS after each operation (the transport's _track) */
     int cold;        /* the general path's last receive had to wait: leave the next to it */
     int hot;         /* the last try_recv found a message: try the next one without ZMQ_EVENTS */
+    int waiting;     /* wait_recv sleeps: every operation keeps the ready eventfd exact, as with track */
     int pair;
     unsigned char magic;
     unsigned long sent;
 } ZmqFast;
+
+#define TRACKING(self) ((self)->track || (self)->waiting)
 
 static PyObject *s_drain, *s_refresh, *s_flag, *s_end, *s_payload;
 
@@ -185,7 +190,7 @@ static int track_events(ZmqFast *self)
     size_t len = sizeof ev;
     if (self->getsockopt(self->sock, ZMQ_EVENTS_OPT, &ev, &len) != 0)
         return 0;
-    if (self->track) {
+    if (TRACKING(self)) {
         PyObject *v = PyLong_FromLong(ev);
         if (v == NULL)
             return -1;
@@ -249,7 +254,7 @@ static PyObject *ZmqFast_try_send(ZmqFast *self, PyObject *const *args, Py_ssize
     result = Py_True;
     if (self->pair && !(++self->sent % CHECK_EVERY) && call_hook(self, s_drain, NULL) < 0)
         result = NULL;
-    else if (self->track && call_hook(self, s_refresh, NULL) < 0)
+    else if (TRACKING(self) && call_hook(self, s_refresh, NULL) < 0)
         result = NULL;
 done:
     pthread_mutex_unlock(&self->mutex);
@@ -258,12 +263,61 @@ done:
     return result;
 }
 
+/* With the lock held, receive one message now (ZMQ_DONTWAIT).  TAKEN: *out is its payload (new
+ * reference, ipcraft's header checked and stripped) and *sid its serializer id; NONE: no message
+ * (EAGAIN, or another error the general path reports), and after it ZeroMQ's FD is armed again; ENDED: a
+ * pair's end-of-stream frame, handed to _end_fast(); MALFORMED: *out is the whole frame, for the
+ * caller to have its ProtocolError raised once the lock is released; FAILED: an exception is set. */
+enum { FAILED = -1, NONE = 0, TAKEN = 1, ENDED = 2, MALFORMED = 3 };
+
+static int take_one(ZmqFast *self, PyObject **out, int *sid)
+{
+    zmsg_t msg;
+    self->msg_init(&msg);
+    if (self->msg_recv(&msg, self->sock, ZMQ_DONTWAIT_FLAG) < 0) {
+        self->msg_close(&msg);
+        self->hot = 0;
+        return NONE;
+    }
+    if (TRACKING(self) && call_hook(self, s_refresh, NULL) < 0) {
+        self->msg_close(&msg);
+        return FAILED;
+    }
+    size_t n = self->msg_size(&msg);
+    const unsigned char *p = self->msg_data(&msg);
+    if (n == 0 && self->pair) {
+        self->msg_close(&msg);
+        return call_hook(self, s_end, NULL) < 0 ? FAILED : ENDED; /* the peer's close */
+    }
+    size_t length = n >= HEADER_SIZE ? (size_t)p[4] | (size_t)p[5] << 8 | (size_t)p[6] << 16 | (size_t)p[7] << 24 : 0;
+    int code = TAKEN;
+    if (n >= HEADER_SIZE && p[0] == self->magic && p[2] == 0 && p[3] == 0 && length == n - HEADER_SIZE) {
+        *sid = p[1];
+        *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+        if (*out == NULL) {
+            code = FAILED;
+        } else if (length >= NOGIL_COPY) {
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(PyBytes_AS_STRING(*out), p + HEADER_SIZE, length);
+            Py_END_ALLOW_THREADS
+        } else {
+            memcpy(PyBytes_AS_STRING(*out), p + HEADER_SIZE, length);
+        }
+    } else {
+        *out = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+        code = *out == NULL ? FAILED : MALFORMED;
+    }
+    self->msg_close(&msg);
+    return code;
+}
+
 static PyObject *ZmqFast_try_recv(ZmqFast *self, PyObject *unused)
 {
     (void)unused;
     if (self->lib == NULL || pthread_mutex_trylock(&self->mutex) != 0)
         Py_RETURN_NONE;
-    PyObject *result = Py_None, *malformed = NULL;
+    PyObject *out = NULL;
+    int sid = 0, code = NONE;
     if (self->state == 2)
         goto unlock;
     if (!self->hot) {
@@ -271,61 +325,89 @@ static PyObject *ZmqFast_try_recv(ZmqFast *self, PyObject *unused)
             goto unlock;
         int ev = track_events(self);
         if (ev < 0) {
-            result = NULL;
+            code = FAILED;
             goto unlock;
         }
         if (!(ev & ZMQ_POLLIN_FLAG))
             goto unlock;
         self->hot = 1;
     }
-    zmsg_t msg;
-    self->msg_init(&msg);
-    if (self->msg_recv(&msg, self->sock, ZMQ_DONTWAIT_FLAG) < 0) {
-        self->msg_close(&msg);
-        self->hot = 0;
-        goto unlock;
-    }
-    if (self->track && call_hook(self, s_refresh, NULL) < 0) {
-        self->msg_close(&msg);
-        result = NULL;
-        goto unlock;
-    }
-    size_t n = self->msg_size(&msg);
-    const unsigned char *p = self->msg_data(&msg);
-    if (n == 0 && self->pair) {
-        self->msg_close(&msg);
-        if (call_hook(self, s_end, NULL) < 0) /* the peer's close: the general path says so */
-            result = NULL;
-        goto unlock;
-    }
-    size_t length = n >= HEADER_SIZE ? (size_t)p[4] | (size_t)p[5] << 8 | (size_t)p[6] << 16 | (size_t)p[7] << 24 : 0;
-    if (n >= HEADER_SIZE && p[0] == self->magic && p[2] == 0 && p[3] == 0 && length == n - HEADER_SIZE) {
-        result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
-        if (result != NULL) {
-            if (length >= NOGIL_COPY) {
-                Py_BEGIN_ALLOW_THREADS
-                memcpy(PyBytes_AS_STRING(result), p + HEADER_SIZE, length);
-                Py_END_ALLOW_THREADS
-            } else {
-                memcpy(PyBytes_AS_STRING(result), p + HEADER_SIZE, length);
-            }
-        }
-    } else {
-        malformed = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
-        result = NULL;
-    }
-    self->msg_close(&msg);
-    pthread_mutex_unlock(&self->mutex);
-    if (malformed != NULL) {
-        result = self->hooks == NULL ? (PyErr_SetString(PyExc_RuntimeError, "ZmqFast has no transport"), NULL)
-                                     : PyObject_CallMethodOneArg(self->hooks, s_payload, malformed);
-        Py_DECREF(malformed);
-    }
-    return result;
+    code = take_one(self, &out, &sid);
 unlock:
     pthread_mutex_unlock(&self->mutex);
-    Py_XINCREF(result);
-    return result;
+    if (code == TAKEN)
+        return out;
+    if (code == MALFORMED) { /* the transport raises the ProtocolError that says what is wrong */
+        PyObject *r = self->hooks == NULL ? (PyErr_SetString(PyExc_RuntimeError, "ZmqFast has no transport"), NULL)
+                                          : PyObject_CallMethodOneArg(self->hooks, s_payload, out);
+        Py_DECREF(out);
+        return r;
+    }
+    if (code == FAILED)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int take(ZmqFast *self); /* the lock, waited for with the GIL released (below) */
+
+/* wait_recv(ms, zmq_fd, ready_fd, monitor_fd) -> (sid, payload) | frame | None: the blocking receive of
+ * one thread alone (no fileno() handed out, no other waiter): a message now, or one slice of sleep
+ * (poll of the three descriptors, GIL released) and a message if ZeroMQ's FD alone woke it; None
+ * leaves everything else (timeouts, the monitor, the end, errors) to the general path. */
+static PyObject *ZmqFast_wait_recv(ZmqFast *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "wait_recv(ms, zmq_fd, ready_fd, monitor_fd)");
+        return NULL;
+    }
+    int v[4];
+    for (int i = 0; i < 4; i++) {
+        long x = PyLong_AsLong(args[i]);
+        if (x == -1 && PyErr_Occurred())
+            return NULL;
+        if (x < 0 || x > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "wait_recv() takes non-negative ints");
+            return NULL;
+        }
+        v[i] = (int)x;
+    }
+    if (self->lib == NULL || pthread_mutex_trylock(&self->mutex) != 0)
+        Py_RETURN_NONE;
+    PyObject *out = NULL;
+    int sid = 0, code = NONE;
+    if (self->state != 0 || TRACKING(self))
+        goto unlock; /* the general path reports, or keeps the descriptors exact for others */
+    code = take_one(self, &out, &sid);
+    if (code != NONE) {
+        self->cold = 0; /* it came without a wait: try_recv takes the next */
+        goto unlock;
+    }
+    /* Nothing: ZeroMQ's FD is armed again.  While this thread sleeps outside the lock, every other
+     * operation keeps the ready eventfd exact (it may consume the FD's signal), as for a waiter of the
+     * general path; the monitor's FD wakes it too (that news is for the general path). */
+    self->waiting = 1;
+    pthread_mutex_unlock(&self->mutex);
+    struct pollfd fds[3] = {{v[1], POLLIN, 0}, {v[2], POLLIN, 0}, {v[3], POLLIN, 0}};
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = poll(fds, 3, v[0]);
+    Py_END_ALLOW_THREADS
+    if (take(self) < 0)
+        return NULL;
+    self->waiting = 0;
+    if (n == 1 && fds[0].revents && self->state == 0 && !self->track) {
+        code = take_one(self, &out, &sid);
+        self->cold = 1;
+    }
+unlock:
+    pthread_mutex_unlock(&self->mutex);
+    if (code == TAKEN)
+        return Py_BuildValue("(iN)", sid, out);
+    if (code == MALFORMED)
+        return out; /* the whole frame: the transport's unframe() raises the ProtocolError */
+    if (code == FAILED)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* The lock: taken with the GIL released when another thread holds it (it holds it briefly, never
@@ -407,7 +489,7 @@ static int set_flag(int *field, PyObject *value)
 
 static PyObject *ZmqFast_get_state(ZmqFast *self, void *c) { (void)c; return get_int(&self->state); }
 static int ZmqFast_set_state(ZmqFast *self, PyObject *v, void *c) { (void)c; return set_int(&self->state, v); }
-static PyObject *ZmqFast_get_track(ZmqFast *self, void *c) { (void)c; return PyBool_FromLong(self->track); }
+static PyObject *ZmqFast_get_track(ZmqFast *self, void *c) { (void)c; return PyBool_FromLong(TRACKING(self)); }
 static int ZmqFast_set_track(ZmqFast *self, PyObject *v, void *c) { (void)c; return set_flag(&self->track, v); }
 static PyObject *ZmqFast_get_cold(ZmqFast *self, void *c) { (void)c; return PyBool_FromLong(self->cold); }
 static int ZmqFast_set_cold(ZmqFast *self, PyObject *v, void *c) { (void)c; return set_flag(&self->cold, v); }
@@ -427,6 +509,9 @@ static PyMethodDef ZmqFast_methods[] = {
      "try_send(data, sid=0) -> bool: send one message now, or nothing (False)"},
     {"try_recv", (PyCFunction)ZmqFast_try_recv, METH_NOARGS,
      "try_recv() -> bytes | None: the payload of one message ready now, or None (nothing taken)"},
+    {"wait_recv", (PyCFunction)(void (*)(void))ZmqFast_wait_recv, METH_FASTCALL,
+     "wait_recv(ms, zmq_fd, ready_fd, monitor_fd) -> (sid, payload) | frame | None: one thread's blocking "
+     "receive, at most one slice of sleep"},
     {"acquire", (PyCFunction)ZmqFast_acquire, METH_NOARGS, "take the socket's lock (waits without the GIL)"},
     {"release", (PyCFunction)ZmqFast_release, METH_NOARGS, "release the socket's lock"},
     {"__enter__", (PyCFunction)ZmqFast_enter, METH_NOARGS, NULL},

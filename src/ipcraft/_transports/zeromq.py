@@ -56,7 +56,12 @@ Decisions:
   back into Python only to read the monitor every 32 sends, to keep fileno()'s descriptor exact while
   it is tracked, at the end of stream and for a malformed frame.  The same object is the socket's lock:
   the fast path only tries it (and gives up to the general path), ``with lock`` waits for it with the
-  GIL released.  Where pyzmq's libzmq cannot be found, a Python fast path serves: pyzmq's compiled
+  GIL released.  A blocking receive of one thread alone (no fileno() handed out, no other waiter, no
+  topic, the last message small, the monitor not due) sleeps in C too (``ZmqFast.wait_recv``): one
+  slice of poll() on ZeroMQ's FD, the ready eventfd and the monitor's FD with the GIL released, during
+  which it counts as a waiter (every other operation keeps the eventfd exact), then the message that
+  woke it; anything else it leaves to the general path.  Where pyzmq's libzmq cannot be found, a
+  Python fast path serves: pyzmq's compiled
   send/recv, one state int, the monitor read every 32 sends, the lock taken with acquire()/release(),
   the header packed once per run of messages of one size; a message from 64 KiB on is received as a
   ZeroMQ frame (copy=False), so its payload is copied once, into the bytes returned or by the
@@ -112,6 +117,8 @@ _DEFAULT_LINGER = 5.0
 _SLICE_MS = 100
 #: How often a pair's sends read the monitor, in seconds.
 _CHECK_S = 0.005
+#: A wait whose poll object another thread of the handle sleeps on naps this long (ms) and looks again.
+_BUSY_NAP_MS = 5
 #: Messages from this size on are handed to ZeroMQ without another copy (pyzmq's zero-copy send).
 _ZERO_COPY_FROM = 64 * 1024
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -644,10 +651,16 @@ class ZmqTransport(Transport):
             self._refresh()
 
     def _sleep(self, poller: Any, deadline: float | None) -> list[tuple[int, int]]:
-        """Wait outside the lock, at most one slice, for something to change; what woke it."""
+        """Wait outside the lock, at most one slice, for something to change; what woke it.  A poll
+        object serves one thread at a time: while another thread of this handle sleeps on it (close()
+        saying goodbye while a receive waits), this one naps briefly instead and looks again."""
         left = remaining(deadline)
         ms = _SLICE_MS if left is None else min(_SLICE_MS, max(1, int(left * 1000)))
-        return poller.poll(ms)  # type: ignore[no-any-return]
+        try:
+            return poller.poll(ms)  # type: ignore[no-any-return]
+        except RuntimeError:  # "concurrent poll() invocation"
+            time.sleep(min(ms, _BUSY_NAP_MS) / 1000)
+            return []
 
     def _wait_message(self, deadline: float | None) -> bool:
         """Whether a message (or the end, or a pair's vanished peer) is ready, waiting until
@@ -876,7 +889,29 @@ class ZmqTransport(Transport):
 
     def recv_message(self, deadline: float | None) -> Message:
         """Receive one message (ChannelClosed at a pair's end of stream, PeerVanished when the peer
-        dropped); a frame without ipcraft's header is a ProtocolError, and the port stays usable."""
+        dropped); a frame without ipcraft's header is a ProtocolError, and the port stays usable.
+
+        One thread's blocking receive of a small message goes through _native.ZmqFast.wait_recv (a
+        message now, or one slice of sleep in C and the message that woke it) when nothing needs the
+        general path: a topic, a large message last (a ZeroMQ frame then saves a copy), the monitor
+        due (_peer_gone), a timeout already over; whatever it leaves (None) the general path does."""
+        fast = self._fast
+        if fast is not None and self._topic is None and not self._big_rx and self._can_recv:
+            now = time.monotonic()
+            if now < self._next_check:
+                if deadline is None:
+                    ms = _SLICE_MS
+                else:
+                    left = deadline - now
+                    ms = min(_SLICE_MS, int(left * 1000) + 1) if left > 0 else -1
+                if ms >= 0:
+                    got = fast.wait_recv(ms, self._zmq_fd, self._ready.efd, self._mon_fd)
+                    if got.__class__ is tuple:
+                        sid, payload = got
+                        self._big_rx = len(payload) >= _ZERO_COPY_FROM
+                        return Message(sid, memoryview(payload), self.last_meta)
+                    if got is not None:
+                        return unframe(got, self.last_meta)  # a malformed frame: its ProtocolError
         return unframe(self._recv_raw(deadline), self.last_meta)
 
     def _recv_raw(self, deadline: float | None) -> bytes | memoryview:
