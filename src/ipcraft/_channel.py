@@ -446,9 +446,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         """Receive one message into the writable ``buffer`` at ``offset``; return its length.
 
         On shared-memory channels (shm://, ring://, file://) the message is copied straight from the
-        ring into ``buffer`` (as ``recv_view`` lends it), so nothing is allocated per message: a loop
-        over one reused buffer does not make the allocator map and fault in fresh pages for every large
-        message, as a fresh ``bytes`` from :meth:`recv_bytes` may.
+        ring into ``buffer`` (in one C call when it is ready, as ``recv_view`` lends it otherwise), so
+        nothing is allocated per message: a loop over one reused buffer does not make the allocator map
+        and fault in fresh pages for every large message, as a fresh ``bytes`` from :meth:`recv_bytes`
+        may.
 
         Raises:
             BufferTooSmall: the message does not fit; it is kept whole in the exception's ``data``
