@@ -152,6 +152,33 @@ def test_c_producer_to_python_consumer(programs, url, tmp_path):
             peer.kill()
 
 
+def receive_into(ch: Any, count: int, timeout: float = 30) -> list[tuple[int, int]]:
+    """receive() through recv_bytes_into(buffer) on one reused buffer (the C try_recv_into path)."""
+    out, buf = [], bytearray(1 << 20)
+    for _ in range(count):
+        assert ch.poll(timeout), "no message from the C producer"
+        n = ch.recv_bytes_into(buf)
+        out.append((n, zlib.crc32(memoryview(buf)[:n])))
+    return out
+
+
+def test_c_producer_to_python_recv_bytes_into(programs, url, tmp_path):
+    """The C producer's messages, received with recv_bytes_into into one reused buffer, arrive whole
+    and in order (records that wrap the ring included)."""
+    msgs = messages(count=20_000, seed=13)
+    write_lines(tmp_path / "in", msgs)
+    with open_python_side(url) as side:
+        peer = Peer(programs["producer"], url, tmp_path / "in", tmp_path / "out")
+        try:
+            ch = accept(side, url)
+            assert receive_into(ch, len(msgs)) == crcs(msgs)
+            assert peer.wait(30) == 0, peer.stderr
+            if url.startswith("shm://"):
+                ch.close()
+        finally:
+            peer.kill()
+
+
 def wait_for_size(path: Path, size: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while os.path.getsize(path) < size:

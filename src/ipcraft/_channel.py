@@ -27,10 +27,12 @@ from ._transports._contract import (
     ByteStream,
     FastBatches,
     FastPath,
+    FastRecvInto,
     MessagePort,
     SendParts,
     Transport,
     TryRecv,
+    TryRecvInto,
     TryRecvMany,
     TrySend,
     TrySendMany,
@@ -87,6 +89,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     # The same for batches (send_many/recv_many) where the transport moves many messages per call.
     _fast_send_many: TrySendMany | None = None
     _fast_recv_many: TryRecvMany | None = None
+    # recv_bytes_into's: try_recv_into(buffer, offset) -> int | None, one copy out of a shared-memory ring
+    _fast_recv_into: TryRecvInto | None = None
     # recv_view()/send_view()'s context-manager factories (_zerocopy), made on first use
     _recv_lender: _native.Lender | None = None
     _send_lender: _native.Lender | None = None
@@ -134,6 +138,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             self._fast_send, self._fast_recv = cast(FastPath, transport).fast_path()
         if issubclass(type(transport), FastBatches):
             self._fast_send_many, self._fast_recv_many = cast(FastBatches, transport).fast_batches()
+        if issubclass(type(transport), FastRecvInto):
+            into, limit = cast(FastRecvInto, transport).fast_recv_into()
+            if limit <= max_message_size:  # it leaves larger payloads to the general path's refusal
+                self._fast_recv_into = into
         if issubclass(type(self._port), BatchWriter):
             self._batch_writer = cast(BatchWriter, self._port)
         if issubclass(type(self._port), BufferedReader):
@@ -188,6 +196,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def _close(self) -> None:
         self._fast_send = self._fast_recv = self._fast_send_many = self._fast_recv_many = None
+        self._fast_recv_into = None
         self._recv_lender = self._send_lender = None
         t, self._transport = self._transport, None
         if t is not None:
@@ -437,15 +446,23 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         """Receive one message into the writable ``buffer`` at ``offset``; return its length.
 
         On shared-memory channels (shm://, ring://, file://) the message is copied straight from the
-        ring into ``buffer`` (as ``recv_view`` lends it), so nothing is allocated per message: a loop
-        over one reused buffer does not make the allocator map and fault in fresh pages for every large
-        message, as a fresh ``bytes`` from :meth:`recv_bytes` may.
+        ring into ``buffer`` (in one C call when it is ready, as ``recv_view`` lends it otherwise), so
+        nothing is allocated per message: a loop over one reused buffer does not make the allocator map
+        and fault in fresh pages for every large message, as a fresh ``bytes`` from :meth:`recv_bytes`
+        may.
 
         Raises:
             BufferTooSmall: the message does not fit; it is kept whole in the exception's ``data``
                 (nothing is lost), the channel is usable.
             and as :meth:`recv`.
         """
+        # shm://, ring://, file://: recv_bytes_into(buffer) alone is tried in one C call by the FastMethod
+        # installed below (it comes here when that returned None); this tries the other forms.
+        into = self._fast_recv_into
+        if into is not None and offset and timeout is None and not extra:
+            n = into(buffer, offset)
+            if n is not None:
+                return n
         dst = writable_bytes(buffer, offset)
         if self._lends is not None and not extra:
             return self._recv_lent_into(dst, offset, timeout)
@@ -583,6 +600,12 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 return
 
 
+# recv_bytes_into(buffer) -> transport's try_recv_into(buffer), with no Python frame (see fastmethod.c).
+# The C port refuses payloads over the max_message_size the channel was made with, which it keeps.
+setattr(_MessageIO, "recv_bytes_into",  # noqa: B010 - a class attribute replaced by its C fast method
+        _native.FastMethod(_MessageIO.recv_bytes_into, "_fast_recv_into", 1, False))
+
+
 def decode_message(s: Serializer, sid: int, view: memoryview, who: Any) -> Any:
     """A received payload of serializer ``sid`` decoded by the handle ``who`` that uses ``s`` (shared
     with _pubsub): ``s``'s own frames are loaded, RAW ones returned as bytes, anything else refused.
@@ -602,6 +625,8 @@ def decode_message(s: Serializer, sid: int, view: memoryview, who: Any) -> Any:
 
 def writable_bytes(buffer: Any, offset: int) -> memoryview:
     """``buffer`` as a writable flat byte view with room from ``offset`` (recv_bytes_into's checks)."""
+    if not isinstance(offset, int):
+        raise TypeError(f"recv_bytes_into needs an int offset, not {type(offset).__name__}")
     dst = memoryview(buffer).cast("B")
     if dst.readonly:
         raise TypeError("recv_bytes_into needs a writable buffer")

@@ -327,6 +327,56 @@ static PyObject *MpmcPort_try_recv(MpmcPort *self, PyObject *unused)
     return b;
 }
 
+/* recv_bytes_into's fast path, holding the consumer lock: copy the next ordinary frame's payload into
+ * the caller's buffer (both pieces of a wrapped record) and take it; its length, or None (nothing
+ * taken) for anything the general path must do: empty, the lock held elsewhere, a foreign or corrupt
+ * frame, over the limit (MessageTooLarge), too small a buffer (BufferTooSmall keeps it whole), closed,
+ * sync=true, an fd user, or arguments it must refuse.  Large copies run without the GIL. */
+static PyObject *MpmcPort_try_recv_into(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer out;
+    char *dst;
+    Py_ssize_t room;
+    if (ring_recv_into_args(args, nargs, &out, &dst, &room) != 0)
+        Py_RETURN_NONE;
+    if (!fast_recv_ready(self) || mpmc_lock_try(self, self->clock_) != 0) {
+        PyBuffer_Release(&out);
+        Py_RETURN_NONE;
+    }
+    uint64_t tail = __atomic_load_n(self->tail_p, __ATOMIC_RELAXED), head;
+    unsigned char hdr[8];
+    uint32_t len = 0;
+    long long n = mpmc_peek_at(self, tail, &head);
+    if (n >= 8) {
+        memcpy(hdr, self->data + ((tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
+        memcpy(&len, hdr + 4, 4);
+    }
+    if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit ||
+        len > (uint64_t)room) {
+        finish_take(self, tail, tail);
+        PyBuffer_Release(&out);
+        Py_RETURN_NONE;
+    }
+    if (len >= GIL_FREE_COPY) {
+        self->inflight++;
+        Py_BEGIN_ALLOW_THREADS
+        mpmc_copy_out(self, tail + 2 * REC_HEADER, dst, len);
+        Py_END_ALLOW_THREADS
+        self->inflight--;
+        if (self->closed) { /* closed meanwhile: nothing taken, the general path raises HandleClosed */
+            mpmc_unlock(self->clock_);
+            mpmc_release_if_done(self, 0);
+            PyBuffer_Release(&out);
+            Py_RETURN_NONE;
+        }
+    } else {
+        mpmc_copy_out(self, tail + 2 * REC_HEADER, dst, len);
+    }
+    finish_take(self, tail, tail + rec_size((uint64_t)n));
+    PyBuffer_Release(&out);
+    return PyLong_FromUnsignedLong(len);
+}
+
 /* Take up to max_messages ordinary frames under one hold of the consumer lock, publishing tail once. */
 static PyObject *MpmcPort_try_recv_many(MpmcPort *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -653,6 +703,10 @@ static PyMethodDef MpmcPort_methods[] = {
      "try_recv_many(max_messages, sid=-1) -> list[bytes]: take up to max_messages ordinary frames "
      "(of serializer sid when >= 0), under one lock hold, publishing tail once (spinning briefly on an "
      "empty ring); it stops before anything the general path must see."},
+    {"try_recv_into", (PyCFunction)(void (*)(void))MpmcPort_try_recv_into, METH_FASTCALL,
+     "try_recv_into(buffer, offset=0) -> int | None: copy the next ordinary frame's payload into buffer "
+     "at offset and take it; None (nothing taken) when the general path must act (empty, foreign, too "
+     "large, too small a buffer, closed, sync, fd user, bad arguments)."},
     {"try_recv", (PyCFunction)MpmcPort_try_recv, METH_NOARGS,
      "try_recv() -> bytes | None: take the next message's payload if it is an ordinary ipcraft frame "
      "within limit and can be taken at once; None leaves everything to the general path."},

@@ -82,6 +82,8 @@ static inline long long ring_adapt_spin(long long spin_ns, long long waited)
     return next < spin_ns ? spin_ns : next > SPIN_ADAPT_MAX_NS ? SPIN_ADAPT_MAX_NS : next;
 }
 
+#define GIL_FREE_COPY 262144u /* the rings' copies this large release the GIL */
+
 /* A producer waiting for room for a record at least this large, on a busy machine, sleeps without
  * spinning: the consumer frees that room only by copying out a message of similar size (tens of
  * microseconds or more), so a spin would only take the CPU that copy needs. */
@@ -177,6 +179,39 @@ static inline int ring_recv_many_args(PyObject *const *args, Py_ssize_t nargs, l
     if ((*most = PyLong_AsLongLong(args[0])) == -1 && PyErr_Occurred())
         return -1;
     return nargs == 2 && (*sid = PyLong_AsLongLong(args[1])) == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The arguments of both ports' try_recv_into(buffer, offset=0): the writable, contiguous buffer
+ * exported into *out, with *room bytes from *dst.  1 when the call leaves everything to the general
+ * path (a wrong argument count, an unwritable or non-contiguous buffer, an offset that is not an int
+ * inside it: recv_bytes_into raises the right error there), with nothing exported and no exception;
+ * 0 when exported (the caller releases *out). */
+static inline int ring_recv_into_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *out, char **dst,
+                                      Py_ssize_t *room)
+{
+    Py_ssize_t offset = 0;
+    if (nargs < 1 || nargs > 2)
+        return 1;
+    if (nargs == 2) {
+        if (!PyLong_CheckExact(args[1]))
+            return 1;
+        offset = PyLong_AsSsize_t(args[1]);
+        if (offset == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+    }
+    if (PyObject_GetBuffer(args[0], out, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    if (offset < 0 || offset > out->len) {
+        PyBuffer_Release(out);
+        return 1;
+    }
+    *dst = (char *)out->buf + offset;
+    *room = out->len - offset;
+    return 0;
 }
 
 /* Run slice(ctx) without the GIL until it returns anything but RING_WAIT_SIGNALS, taking the GIL

@@ -32,7 +32,6 @@
 #define CHECK_SIGNALS_NS 10000000LL /* while spinning, take the GIL this often to run signal handlers */
 #define WATCH_NS 1000000LL          /* while spinning, poll the peer-liveness fds this often */
 #define FAST_SPIN_MAX_NS 1000000LL  /* the fast path spins at most this long before the general path */
-#define GIL_FREE_COPY 262144u       /* copies this large release the GIL */
 
 typedef struct {
     PyObject_HEAD

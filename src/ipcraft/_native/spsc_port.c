@@ -265,6 +265,44 @@ static PyObject *SpscPort_try_recv(SpscPort *self, PyObject *unused)
     return b;
 }
 
+/* recv_bytes_into's fast path: copy the next record's payload straight into the caller's buffer and
+ * consume it; its length, or None (nothing taken) for anything the general path must do: an empty
+ * ring after the spin, the end of the stream or an error, a record over the limit (MessageTooLarge),
+ * one the buffer cannot hold (BufferTooSmall keeps it whole), or arguments it must refuse. */
+static PyObject *SpscPort_try_recv_into(SpscPort *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer out;
+    char *dst, *rec;
+    Py_ssize_t room;
+    uint64_t n, total;
+    if (ring_recv_into_args(args, nargs, &out, &dst, &room) != 0)
+        Py_RETURN_NONE;
+    int rc = spsc_next_or_spin(self, &rec, &n, &total);
+    if (rc < 0 || n > self->limit || n > (uint64_t)room) {
+        PyBuffer_Release(&out);
+        Py_RETURN_NONE;
+    }
+    if (n >= GIL_FREE_COPY) {
+        self->busy = 1;
+        self->inflight++;
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(dst, rec + REC_HEADER, n);
+        Py_END_ALLOW_THREADS
+        self->inflight--;
+        self->busy = 0;
+        if (self->closed) { /* closed meanwhile: nothing consumed, the general path raises HandleClosed */
+            spsc_release_if_done(self);
+            PyBuffer_Release(&out);
+            Py_RETURN_NONE;
+        }
+    } else {
+        memcpy(dst, rec + REC_HEADER, n);
+    }
+    spsc_consume(self, total);
+    PyBuffer_Release(&out);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 /* Batches: many records per call, one cursor publication and at most one wake-up per batch. */
 
 static PyObject *SpscPort_try_send_many(SpscPort *self, PyObject *const *args, Py_ssize_t nargs)
@@ -627,6 +665,10 @@ static PyMethodDef SpscPort_methods[] = {
      "consumer closed), -EBUSY (a loan or copy in progress), -EPROTO (corrupt cursor), -EBADF."},
     {"try_recv", (PyCFunction)SpscPort_try_recv, METH_NOARGS,
      "try_recv() -> bytes | None: pop one record's payload, spinning briefly on an empty ring."},
+    {"try_recv_into", (PyCFunction)(void (*)(void))SpscPort_try_recv_into, METH_FASTCALL,
+     "try_recv_into(buffer, offset=0) -> int | None: copy one record's payload into buffer at offset "
+     "and consume it; None (nothing taken) when the general path must act (empty, too large, too small "
+     "a buffer, the end, bad arguments)."},
     {"try_send_many", (PyCFunction)(void (*)(void))SpscPort_try_send_many, METH_FASTCALL,
      "try_send_many(items, sid=0) -> int: push the longest prefix of the sequence of bytes-like items "
      "that fits now (each a whole record; one publication, at most one wake-up); how many were pushed. "

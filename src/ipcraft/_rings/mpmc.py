@@ -356,6 +356,7 @@ class MpmcPort:
         view = buf if isinstance(buf, memoryview) else memoryview(buf)
         self.capacity, self.flags = check_ring(view, what)
         self._port = _native.MpmcPort(buf, spin_ns=-1 if spin else SPIN_NS, sync=sync, limit=limit)
+        self._limit = limit if limit >= 0 else 1 << 62  # the port's limit is at most this
         self._fd = FdWake(view, what)
         self._scratch = bytearray(64 * 1024)
         self.limit_source = (f"the capacity of {what}: {self.capacity} bytes of ring, set by capacity= "
@@ -421,6 +422,10 @@ class MpmcPort:
         """``(try_send_many(payloads, sid=0) -> int, try_recv_many(max_messages, sid) -> list[bytes])``."""
         port = self._live()
         return port.try_send_many, port.try_recv_many
+
+    def fast_recv_into(self) -> tuple[Callable[..., int | None], int]:
+        """``(try_recv_into(buffer, offset=0) -> int | None, limit)`` for Channel.recv_bytes_into()."""
+        return self._live().try_recv_into, self._limit
 
     def pending(self) -> int:
         return self._live().pending()

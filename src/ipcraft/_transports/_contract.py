@@ -22,6 +22,8 @@ Optional capabilities are small protocols checked once, with ``isinstance``, whe
 * :class:`FastBatches`: ``fast_batches() -> (try_send_many, try_recv_many)``, the same for many
   messages per call (Channel.send_many()/recv_many()): one cursor publication and one wake-up per
   batch in the shared-memory rings.
+* :class:`FastRecvInto`: ``fast_recv_into() -> (try_recv_into, limit)``, Channel.recv_bytes_into()'s
+  common case in C: one copy from the ring into the caller's buffer, None for the general path.
 * :class:`BatchWriter` / :class:`BufferedReader`: ``send_messages(sid, payloads, deadline)`` writes a
   batch's frames together (one system call for small ones); ``take_buffered(out, limit, decode)`` decodes
   the whole frames one read already brought, without another system call (byte streams, fifo://).
@@ -61,6 +63,9 @@ TrySendMany = Callable[..., int]
 #: ``try_recv_many(max_messages, sid) -> list[bytes]``: payloads of serializer ``sid`` taken at once
 #: (spinning briefly on an empty ring first); it stops before anything else.
 TryRecvMany = Callable[..., "list[bytes]"]
+#: ``try_recv_into(buffer, offset=0) -> int | None``: a payload copied into ``buffer`` at ``offset`` and
+#: taken at once (its length), or None with nothing taken (empty, too large, does not fit, the end...).
+TryRecvInto = Callable[..., "int | None"]
 
 
 class Message(NamedTuple):
@@ -159,6 +164,15 @@ class FastPath(Protocol):
 
     def fast_path(self) -> tuple[TrySend, TryRecv]:
         """``(try_send(data, sid=0) -> bool, try_recv() -> bytes | None)``."""
+
+
+@runtime_checkable
+class FastRecvInto(Protocol):
+    """A transport that can finish the common recv_bytes_into() with one copy out of shared memory."""
+
+    def fast_recv_into(self) -> tuple[TryRecvInto, int]:
+        """``(try_recv_into(buffer, offset=0) -> int | None, limit)``: ``limit`` bounds the payloads it
+        takes (larger ones are left to the general path, which refuses them with MessageTooLarge)."""
 
 
 @runtime_checkable

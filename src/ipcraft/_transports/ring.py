@@ -39,7 +39,7 @@ from ..errors import HandleClosed
 from ..primitives.mmap_file import MappedFile
 from ..primitives.shm import PosixSharedMemory
 from . import framed, unframe
-from ._contract import Message, NativeLend, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
+from ._contract import Message, NativeLend, Transport, TryRecv, TryRecvInto, TryRecvMany, TrySend, TrySendMany
 
 _OPEN_RETRIES = 100  # create="if_missing": rounds of "missing -> create -> exists" before giving up
 
@@ -251,6 +251,11 @@ class MpmcTransport(Transport):
         """``(try_send_many, try_recv_many)`` for Channel.send_many()/recv_many(): in C, one lock hold
         and one publication per batch."""
         return self._live().fast_batches()
+
+    def fast_recv_into(self) -> tuple[TryRecvInto, int]:
+        """``(try_recv_into, limit)`` for Channel.recv_bytes_into(): in C, under the receiving lock, one
+        copy from the ring (both pieces of a wrapped record) into the caller's buffer."""
+        return self._live().fast_recv_into()
 
     def fileno(self) -> int:
         """A datagram socket that becomes readable when a message may be pending (see _rings/mpmc.py)."""

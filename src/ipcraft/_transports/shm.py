@@ -65,7 +65,7 @@ from .._rings.spsc import (
 )
 from ..errors import HandleClosed, InvalidEndpoint, ProtocolError
 from . import unix
-from ._contract import Message, NativeLend, Transport, TryRecv, TryRecvMany, TrySend, TrySendMany
+from ._contract import Message, NativeLend, Transport, TryRecv, TryRecvInto, TryRecvMany, TrySend, TrySendMany
 from ._sockets import SocketListener, Steps, close_fds, handshake_deadline, recv_exact, run, send_all
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
@@ -125,6 +125,11 @@ class ShmTransport(Transport):
     def fast_batches(self) -> tuple[TrySendMany, TryRecvMany]:
         """``(try_send_many, try_recv_many)`` for Channel.send_many()/recv_many() (see _native.SpscPort)."""
         return self.tx.native.try_send_many, self.rx.native.try_recv_many
+
+    def fast_recv_into(self) -> tuple[TryRecvInto, int]:
+        """``(try_recv_into, limit)`` for Channel.recv_bytes_into(): one copy from the ring into the
+        caller's buffer (see _native.SpscPort.try_recv_into)."""
+        return self.rx.native.try_recv_into, self.rx.limit
 
     def peek(self, deadline: float | None) -> tuple[memoryview, int]:
         """Show the next record in place (Channel.recv_view): ``(read-only payload view, serializer id)``;
