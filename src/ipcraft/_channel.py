@@ -100,6 +100,15 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     _batch_writer: BatchWriter | None = None
     _buffered_reader: BufferedReader | None = None
 
+    @property
+    def max_message_size(self) -> int:
+        """The largest payload this handle accepts, in bytes (``max_message_size=`` when it was opened).
+
+        Fixed for the handle's life: the framing of byte streams and the C fast paths of the
+        shared-memory rings were set up with it, so a new value could not apply to every path alike.
+        Open a new channel with another ``max_message_size=`` instead."""
+        return self._max_message_size
+
     def __init__(self, transport: Transport, endpoint: Endpoint | None, *,
                  serializer: Serializer = MSGPACK,
                  max_message_size: int = _framing.DEFAULT_MAX_MESSAGE_SIZE, framing: str = "ipcraft") -> None:
@@ -113,7 +122,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 f"authenticated channel; {endpoint or 'this channel'} does not authenticate its peer "
                 "(use an authkey= for tcp://, or the default msgpack)")
         self.serializer = serializer
-        self.max_message_size = max_message_size
+        self._max_message_size = max_message_size
         if transport.max_payload is not None and transport.max_payload - _framing.HEADER_SIZE < max_message_size:
             self._send_limit = transport.max_payload - _framing.HEADER_SIZE
             self._send_limit_source = transport.limit_source
@@ -381,7 +390,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         if pop is not None and maxlength is None and timeout is None and not extra:
             data = pop()
             if data is not None:
-                if len(data) > self.max_message_size:
+                if len(data) > self._max_message_size:
                     raise self._received_too_large(len(data))
                 return data
         with self._receiving:
@@ -479,7 +488,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         try:
             with self.recv_view(timeout) as view:
                 n = view.nbytes
-                if n > self.max_message_size:
+                if n > self._max_message_size:
                     raise self._received_too_large(n)
                 return copy_message(view, dst, offset)
         except ChannelClosed:
@@ -563,7 +572,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             if exc.closed:  # a byte stream cannot be resynchronised after a bad frame
                 self.close()
             raise
-        if msg.payload.nbytes > self.max_message_size:  # a byte stream's FrameReader refused it already
+        if msg.payload.nbytes > self._max_message_size:  # a byte stream's FrameReader refused it already
             raise self._received_too_large(msg.payload.nbytes)
         return msg.sid, msg.payload
 
@@ -571,8 +580,8 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         """A whole message over max_message_size arrived on a message transport; it is discarded (it was
         already taken from the mechanism) and the channel stays usable."""
         return MessageTooLarge(f"a {n}-byte message arrived on {self!r}, whose max_message_size is "
-                               f"{self.max_message_size} (the message is discarded; raise max_message_size= "
-                               "to allow it)", n, self.max_message_size)
+                               f"{self._max_message_size} (the message is discarded; raise max_message_size= "
+                               "to allow it)", n, self._max_message_size)
 
     def _decode(self, sid: int, view: memoryview) -> Any:
         return decode_message(self.serializer, sid, view, self)

@@ -205,3 +205,18 @@ def test_large_messages_between_processes(wait: str) -> None:
             assert buf[:n] == bytes([n % 251]) * n
         ch.send_bytes(b"done")
     assert child.result(30) == 4
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_max_message_size_is_fixed_for_the_handles_life(scheme: str, tmp_ipc_dir: str) -> None:
+    """max_message_size cannot be changed on an open handle (the C fast paths and the framing were set
+    up with it, so a new value could not hold on every path): setting it raises AttributeError and
+    leaves the limit as it was; messages up to it still arrive whole through recv_bytes_into."""
+    with pair(scheme, tmp_ipc_dir, max_message_size=100) as (tx, rx):
+        with pytest.raises(AttributeError):
+            rx.max_message_size = 10
+        assert rx.max_message_size == 100
+        buf = bytearray(1000)
+        for data in (b"a" * 50, b"b" * 100):
+            tx.send_bytes(data)
+            assert rx.recv_bytes_into(buf) == len(data) and bytes(buf[:len(data)]) == data
