@@ -253,26 +253,36 @@ static int fast_recv_ok(MpmcPort *self)
     return self->has_view && !self->closed && !self->sync && !self->fd_user;
 }
 
-/* Consumer, holding its lock: the payload of the ordinary ipcraft frame at *tail (of serializer sid
- * when sid >= 0) as new bytes, *tail advanced past its record; Py_None (a borrowed reference, nothing
- * taken) for anything the general path must see (empty, corrupt, another frame format or serializer,
- * too large); NULL with an exception set. */
-static PyObject *next_frame(MpmcPort *self, uint64_t *tail, long long sid)
+/* Consumer, holding its lock: the payload length of the ordinary ipcraft frame at `tail` (of
+ * serializer sid when sid >= 0, within the limit), with *n the size of its record's body; -1 for
+ * anything the general path must see (empty, corrupt, another frame format or serializer, too large). */
+static long long ordinary_frame(MpmcPort *self, uint64_t tail, long long sid, long long *n)
 {
     uint64_t head;
     unsigned char hdr[8];
     uint32_t len = 0;
-    long long n = mpmc_peek_at(self, *tail, &head);
-    if (n >= 8) {
-        memcpy(hdr, self->data + ((*tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
+    *n = mpmc_peek_at(self, tail, &head);
+    if (*n >= 8) {
+        memcpy(hdr, self->data + ((tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
         memcpy(&len, hdr + 4, 4);
     }
-    if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit ||
+    if (*n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)*n - 8 || len > self->limit ||
         (sid >= 0 && hdr[1] != sid))
+        return -1;
+    return len;
+}
+
+/* Consumer, holding its lock: the payload of the ordinary ipcraft frame at *tail (of serializer sid
+ * when sid >= 0) as new bytes, *tail advanced past its record; Py_None (a borrowed reference, nothing
+ * taken) for anything the general path must see (see ordinary_frame); NULL with an exception set. */
+static PyObject *next_frame(MpmcPort *self, uint64_t *tail, long long sid)
+{
+    long long n, len = ordinary_frame(self, *tail, sid, &n);
+    if (len < 0)
         return Py_None;
     PyObject *b = PyBytes_FromStringAndSize(NULL, len);
     if (b != NULL) {
-        mpmc_copy_out(self, *tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), len);
+        mpmc_copy_out(self, *tail + 2 * REC_HEADER, PyBytes_AS_STRING(b), (uint64_t)len);
         *tail += rec_size((uint64_t)n);
     }
     return b;
@@ -343,16 +353,9 @@ static PyObject *MpmcPort_try_recv_into(MpmcPort *self, PyObject *const *args, P
         PyBuffer_Release(&out);
         Py_RETURN_NONE;
     }
-    uint64_t tail = __atomic_load_n(self->tail_p, __ATOMIC_RELAXED), head;
-    unsigned char hdr[8];
-    uint32_t len = 0;
-    long long n = mpmc_peek_at(self, tail, &head);
-    if (n >= 8) {
-        memcpy(hdr, self->data + ((tail + REC_HEADER) & self->mask), 8); /* 8-aligned: never split */
-        memcpy(&len, hdr + 4, 4);
-    }
-    if (n < 8 || hdr[0] != FRAME_MAGIC || hdr[2] || hdr[3] || len != (uint64_t)n - 8 || len > self->limit ||
-        len > (uint64_t)room) {
+    uint64_t tail = __atomic_load_n(self->tail_p, __ATOMIC_RELAXED);
+    long long n, len = ordinary_frame(self, tail, -1, &n);
+    if (len < 0 || len > room) {
         finish_take(self, tail, tail);
         PyBuffer_Release(&out);
         Py_RETURN_NONE;
@@ -360,7 +363,7 @@ static PyObject *MpmcPort_try_recv_into(MpmcPort *self, PyObject *const *args, P
     if (len >= GIL_FREE_COPY) {
         self->inflight++;
         Py_BEGIN_ALLOW_THREADS
-        mpmc_copy_out(self, tail + 2 * REC_HEADER, dst, len);
+        mpmc_copy_out(self, tail + 2 * REC_HEADER, dst, (uint64_t)len);
         Py_END_ALLOW_THREADS
         self->inflight--;
         if (self->closed) { /* closed meanwhile: nothing taken, the general path raises HandleClosed */
@@ -370,11 +373,11 @@ static PyObject *MpmcPort_try_recv_into(MpmcPort *self, PyObject *const *args, P
             Py_RETURN_NONE;
         }
     } else {
-        mpmc_copy_out(self, tail + 2 * REC_HEADER, dst, len);
+        mpmc_copy_out(self, tail + 2 * REC_HEADER, dst, (uint64_t)len);
     }
     finish_take(self, tail, tail + rec_size((uint64_t)n));
     PyBuffer_Release(&out);
-    return PyLong_FromUnsignedLong(len);
+    return PyLong_FromLongLong(len);
 }
 
 /* Take up to max_messages ordinary frames under one hold of the consumer lock, publishing tail once. */

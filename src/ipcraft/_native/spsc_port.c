@@ -235,6 +235,29 @@ int spsc_next_or_spin(SpscPort *self, char **rec, uint64_t *n, uint64_t *total)
     return rc;
 }
 
+/* Copy the n payload bytes of the record at rec to dst, without the GIL from GIL_FREE_COPY bytes on
+ * (the port busy meanwhile); -1 when the port was closed during that copy (then nothing may be
+ * consumed: the general path raises HandleClosed), else 0. */
+static int copy_payload(SpscPort *self, char *dst, const char *rec, uint64_t n)
+{
+    if (n < GIL_FREE_COPY) {
+        memcpy(dst, rec + REC_HEADER, n);
+        return 0;
+    }
+    self->busy = 1;
+    self->inflight++;
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(dst, rec + REC_HEADER, n);
+    Py_END_ALLOW_THREADS
+    self->inflight--;
+    self->busy = 0;
+    if (self->closed) {
+        spsc_release_if_done(self);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *SpscPort_try_recv(SpscPort *self, PyObject *unused)
 {
     (void)unused;
@@ -243,23 +266,12 @@ static PyObject *SpscPort_try_recv(SpscPort *self, PyObject *unused)
     int rc = spsc_next_or_spin(self, &rec, &n, &total);
     if (rc < 0 || n > self->limit)
         Py_RETURN_NONE;
-    PyObject *b = PyBytes_FromStringAndSize(n >= GIL_FREE_COPY ? NULL : rec + REC_HEADER, (Py_ssize_t)n);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (b == NULL)
         return NULL;
-    if (n >= GIL_FREE_COPY) {
-        self->busy = 1;
-        self->inflight++;
-        char *dst = PyBytes_AS_STRING(b);
-        Py_BEGIN_ALLOW_THREADS
-        memcpy(dst, rec + REC_HEADER, n);
-        Py_END_ALLOW_THREADS
-        self->inflight--;
-        self->busy = 0;
-        if (self->closed) {
-            spsc_release_if_done(self);
-            Py_DECREF(b);
-            Py_RETURN_NONE;
-        }
+    if (copy_payload(self, PyBytes_AS_STRING(b), rec, n) < 0) {
+        Py_DECREF(b);
+        Py_RETURN_NONE;
     }
     spsc_consume(self, total);
     return b;
@@ -282,21 +294,9 @@ static PyObject *SpscPort_try_recv_into(SpscPort *self, PyObject *const *args, P
         PyBuffer_Release(&out);
         Py_RETURN_NONE;
     }
-    if (n >= GIL_FREE_COPY) {
-        self->busy = 1;
-        self->inflight++;
-        Py_BEGIN_ALLOW_THREADS
-        memcpy(dst, rec + REC_HEADER, n);
-        Py_END_ALLOW_THREADS
-        self->inflight--;
-        self->busy = 0;
-        if (self->closed) { /* closed meanwhile: nothing consumed, the general path raises HandleClosed */
-            spsc_release_if_done(self);
-            PyBuffer_Release(&out);
-            Py_RETURN_NONE;
-        }
-    } else {
-        memcpy(dst, rec + REC_HEADER, n);
+    if (copy_payload(self, dst, rec, n) < 0) {
+        PyBuffer_Release(&out);
+        Py_RETURN_NONE;
     }
     spsc_consume(self, total);
     PyBuffer_Release(&out);
