@@ -609,10 +609,17 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
                 return
 
 
+def install_fast_method(cls: type, name: str, fast_attr: str, nargs: int, sent: bool) -> None:
+    """Put a C FastMethod in place of ``cls.name`` (shared with _pubsub): called with exactly ``nargs``
+    positional arguments it calls the instance's ``fast_attr`` (the port's C fast path) with no Python
+    frame in between, and the Python method (on the class, still the documented one) for everything
+    else."""
+    setattr(cls, name, _native.FastMethod(getattr(cls, name), fast_attr, nargs, sent))
+
+
 # recv_bytes_into(buffer) -> transport's try_recv_into(buffer), with no Python frame (see fastmethod.c).
 # The C port refuses payloads over the max_message_size the channel was made with, which it keeps.
-setattr(_MessageIO, "recv_bytes_into",  # noqa: B010 - a class attribute replaced by its C fast method
-        _native.FastMethod(_MessageIO.recv_bytes_into, "_fast_recv_into", 1, False))
+install_fast_method(_MessageIO, "recv_bytes_into", "_fast_recv_into", 1, False)
 
 
 def decode_message(s: Serializer, sid: int, view: memoryview, who: Any) -> Any:

@@ -19,7 +19,14 @@ from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from . import _framing, _native
-from ._channel import _NoPublicConstructor, bytes_view, copy_message, decode_message, writable_bytes
+from ._channel import (
+    _NoPublicConstructor,
+    bytes_view,
+    copy_message,
+    decode_message,
+    install_fast_method,
+    writable_bytes,
+)
 from ._endpoint import Endpoint
 from ._resource import ConflictDetector, Handle
 from ._transports._contract import FastBatches, FastPath, TryRecv, TryRecvMany, TrySend, TrySendMany
@@ -471,16 +478,9 @@ class Subscriber(_PubSubHandle, Generic[T]):
                 return
 
 
-def _install_fast_method(cls: type, name: str, fast_attr: str, nargs: int, sent: bool) -> None:
-    """Put a C FastMethod in place of ``cls.name``: called with exactly ``nargs`` positional arguments it
-    calls the instance's ``fast_attr`` (the port's C fast path) with no Python frame in between, and the
-    Python method (on the class, still the documented one) for everything else."""
-    setattr(cls, name, _native.FastMethod(getattr(cls, name), fast_attr, nargs, sent))
-
-
 # Publisher.send_bytes(data) -> port.try_send(data); Subscriber.recv_bytes() -> port.try_recv().
-_install_fast_method(Publisher, "send_bytes", "_fast_send", 1, True)
-_install_fast_method(Subscriber, "recv_bytes", "_fast_recv", 0, False)
+install_fast_method(Publisher, "send_bytes", "_fast_send", 1, True)
+install_fast_method(Subscriber, "recv_bytes", "_fast_recv", 0, False)
 
 
 def _ports(ep: Endpoint, verb: str) -> tuple[Any, Any]:
