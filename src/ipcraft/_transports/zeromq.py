@@ -564,7 +564,8 @@ class ZmqTransport(Transport):
     def fileno(self) -> int:
         with self._lock:
             self._live()
-            self._exposed = self._f.track = True
+            self._exposed = True
+            self._update_track()
             self._refresh()
             return self._ready.fileno()
 
@@ -618,10 +619,14 @@ class ZmqTransport(Transport):
 
     def _count_waiter(self, n: int) -> None:
         self._waiters += n
-        self._f.track = self._exposed or self._waiters > 0 or self._senders > 0
+        self._update_track()
 
     def _count_sender(self, n: int) -> None:
         self._senders += n
+        self._update_track()
+
+    def _update_track(self) -> None:
+        """Every operation keeps the eventfd exact (``_f.track``) while fileno() is out or a thread waits."""
         self._f.track = self._exposed or self._waiters > 0 or self._senders > 0
 
     def _refresh(self) -> None:
