@@ -7,8 +7,9 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -105,3 +106,87 @@ def test_messages_stay_whole_on_a_busy_machine(wait: str) -> None:
                 ch.send_bytes(msg)
                 assert ch.recv_bytes(timeout=20) == msg
         assert child.result(60) == "done"
+
+
+def _pair(url: str) -> tuple[ipcraft.Channel, ipcraft.Channel]:
+    """Both ends of one shm:// connection in this process: (server side, client side)."""
+    with ipcraft.listen(url) as lst:
+        accepted: list[ipcraft.Channel] = []
+        t = threading.Thread(target=lambda: accepted.append(lst.accept(10)))
+        t.start()
+        client = ipcraft.connect(url, timeout=10)
+        t.join(10)
+    assert accepted, "the listener accepted nothing"
+    return accepted[0], client
+
+
+def _positions(server: ipcraft.Channel) -> tuple[Callable[[], int], int]:
+    """White box: the cursor of the server's ring towards the client, and the ring's capacity."""
+    transport = server._transport  # type: ignore[attr-defined]
+    return lambda: int(transport.tx.native.position), int(transport.capacity)
+
+
+def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> None:
+    """On a busy machine a message of 8 KiB or more that follows a receive (a reply) is written at
+    offset 0 of the empty ring behind a wrap marker (the cursor moves a whole lap), so it lands where
+    the previous reply lay; a second send in a row, and a small reply, take the next place.  The
+    other side receives every message whole."""
+    server, client = _pair(f"shm://{unique_name('front')}")
+    size, small = 65536, 4096
+    rec, small_rec = 8 + size, 8 + small
+    with server, client, busy_machine():
+        position, capacity = _positions(server)
+
+        def send(msg: bytes) -> int:
+            before = position()
+            server.send_bytes(msg)
+            assert client.recv_bytes(timeout=10) == msg
+            return position() - before
+
+        assert send(b"f" * size) == rec  # nothing received yet: the next place
+        for i in range(3):
+            client.send_bytes(b"request")
+            assert server.recv_bytes(timeout=10) == b"request"
+            wait_until_busy()  # this thread's reading of the run queue is fresh for the next send
+            at = position() % capacity
+            assert send(bytes([i]) * size) == capacity - at + rec  # padding to the end, the record at 0
+            assert position() % capacity == rec
+            assert send(bytes([i + 100]) * size) == rec  # a stream: the next place
+        client.send_bytes(b"request")
+        assert server.recv_bytes(timeout=10) == b"request"
+        wait_until_busy()
+        assert send(b"s" * small) == small_rec  # a small reply: the next place
+
+
+def test_a_reply_takes_the_next_place_on_an_idle_machine() -> None:
+    """With CPUs free the two processes run on two CPUs, where writing the lines the peer has just
+    read would take them back from its cache: a large reply then goes to the next place."""
+    server, client = _pair(f"shm://{unique_name('front')}")
+    size = 65536
+    with server, client:
+        position, _ = _positions(server)
+        server.send_bytes(b"x" * size)
+        assert client.recv_bytes(timeout=10) == b"x" * size
+        client.send_bytes(b"request")
+        assert server.recv_bytes(timeout=10) == b"request"
+        if _native.ring_cpus_busy():
+            pytest.skip("other processes keep every CPU busy now")
+        before = position()
+        server.send_bytes(b"y" * size)
+        assert client.recv_bytes(timeout=10) == b"y" * size
+        assert position() - before == 8 + size
+
+
+def test_only_a_producer_port_pairs_with_a_consumer_port() -> None:
+    server, client = _pair(f"shm://{unique_name('front')}")
+    with server, client:
+        transport = server._transport  # type: ignore[attr-defined]
+        tx, rx = transport.tx.native, transport.rx.native
+        for port, other in ((tx, tx), (rx, rx), (rx, tx)):
+            with pytest.raises(TypeError, match="a producer port pairs with a consumer port"):
+                port.pair(other)
+        with pytest.raises(TypeError):
+            tx.pair(object())
+        tx.pair(rx)  # pairing again is allowed and changes nothing else
+        server.send_bytes(b"still works")
+        assert client.recv_bytes(timeout=10) == b"still works"

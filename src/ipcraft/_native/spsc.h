@@ -50,8 +50,14 @@ typedef struct {
     int spun; /* try_recv just spun in vain: the next wait() sleeps at once */
     long long spin_cur;  /* the spin budget now: spin_ns, stretched while the peer answers promptly */
     long long wait_t0;   /* when try_recv's spin began (the wait it hands over started then) */
+    uint64_t consumed;   /* consumer: records taken so far (a producer's partner reads it) */
+    PyObject *partner;   /* producer: the consumer port of the same connection, or NULL (pair()) */
+    uint64_t reply_mark; /* producer: the partner's `consumed` at the last placement */
 } SpscPort;
 
+/* A record of at least this many payload bytes, sent in reply (see spsc_place), goes to the front of
+ * an empty ring. */
+#define SPSC_REPLY_FRONT_MIN 8192u
 static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }
 
 static inline int spsc_empty(SpscPort *r) { return ring_load_acquire(r->head_p) == r->pos; }

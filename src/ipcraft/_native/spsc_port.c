@@ -126,6 +126,7 @@ static int SpscPort_init(SpscPort *self, PyObject *args, PyObject *kwds)
 
 static void SpscPort_dealloc(SpscPort *self)
 {
+    Py_CLEAR(self->partner);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -601,6 +602,17 @@ static PyObject *SpscPort_wait(SpscPort *self, PyObject *const *args, Py_ssize_t
     return PyLong_FromLongLong(rc);
 }
 
+static PyObject *SpscPort_pair(SpscPort *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &SpscPort_Type) || !self->producer || ((SpscPort *)arg)->producer) {
+        PyErr_SetString(PyExc_TypeError, "pair(consumer): a producer port pairs with a consumer port");
+        return NULL;
+    }
+    Py_XSETREF(self->partner, Py_NewRef(arg));
+    self->reply_mark = ((SpscPort *)arg)->consumed;
+    Py_RETURN_NONE;
+}
+
 static PyObject *SpscPort_set_level(SpscPort *self, PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
@@ -691,6 +703,9 @@ static PyMethodDef SpscPort_methods[] = {
      "wait(timeout, n=0) -> int: until a record is pending (consumer) or n payload bytes fit "
      "(producer): spin spin_ns, then sleep on wait_fd.  0, -ETIMEDOUT, -ESHUTDOWN (the other side "
      "closed), -EPIPE (a watch fd fired: the other side died), -EBADF."},
+    {"pair", (PyCFunction)SpscPort_pair, METH_O,
+     "pair(consumer): producer: the consumer port of the same connection, whose receives mark this side's "
+     "next large send as a reply, which then goes to the front of an empty ring (see spsc_place)."},
     {"set_level", (PyCFunction)SpscPort_set_level, METH_O,
      "set_level(on) -> int: consumer: keep wait_fd readable exactly while a record is pending."},
     {"shutdown", (PyCFunction)SpscPort_shutdown, METH_NOARGS,

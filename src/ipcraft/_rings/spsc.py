@@ -60,6 +60,17 @@ Decisions:
   then the 25-30 us wake-up dominates.)  ``wait="spin"`` never sleeps.  On a busy machine (more
   runnable tasks than CPUs) spinning steals the CPU the peer is waiting for: there a waiter yields
   its CPU while it spins and sleeps after 20 us, and ``wait="spin"`` keeps yielding (see rings.h).
+* **On a busy machine a large reply starts at the ring's front.**  When every CPU is taken, the two
+  processes of a request/response exchange end up sharing one CPU, and what a copy costs depends on
+  whether its memory is still in that CPU's cache.  A socket reuses the kernel pages the receiver
+  has just freed; a ring would put each message at its next place, in memory last touched megabytes
+  ago.  So a producer port paired with the consumer port of the same connection (``pair()``, shm://)
+  sends a message of 8 KiB or more that follows a receive (a reply) to offset 0 of an empty ring,
+  behind a wrap marker: the record lands where the previous reply was.  A 64 KiB round trip beside a
+  CPU-bound neighbour fell from 15.5 to 12.8 us, with p99 from 90 to under 45 us
+  (``benchmarks/copy_locality.py`` replays the copies alone).  Not on an idle machine, where the two
+  processes run on two CPUs and writing lines the peer has just read takes them back from its cache
+  (a 64 KiB round trip went from 20 to 24 us), and not within a stream of sends, for the same reason.
 * **Wake only a sleeper.**  The sender writes the eventfd only when the peer's "waiting" flag is set
   (store flag, full fence, re-check / publish cursor, full fence, read flag: Dekker's pattern, so no
   wake-up is lost), and clears the flag with an exchange so one sleep costs one write.  A busy

@@ -112,6 +112,7 @@ class ShmTransport(Transport):
         self.rx = SpscPort(mm, rx_off, producer=False, what=self._what, signal_fd=rx_room,
                            wait_fd=rx_data, watch_fds=watch, spin=self.spin, limit=max_message,
                            limit_source="this channel's max_message_size")
+        self.tx.native.pair(self.rx.native)  # on a busy machine a large reply goes to the ring's front
         self._handles = tx_off + OFF_HANDLES
         _native.atomic_add_u64(mm, self._handles, 1)
         _OPEN.add(self)
