@@ -74,12 +74,13 @@ static int reply_to_front(SpscPort *r, uint64_t n, uint64_t p)
 /* Where a record of n payload bytes goes: sets *pad (wrap padding first) and *adv (head advance).
  * Returns 0, -EAGAIN (not enough room now) or -EPROTO (the consumer's cursor is impossible).
  *
- * A large reply goes to the front of an empty ring (a wrap marker at the cursor, the record at offset
- * 0), not to the next place.  In a request/response exchange every message then lands in memory the
- * same CPU touched one round trip earlier instead of in a part of the ring last touched four
- * megabytes ago: a 64 KiB round trip's four copies cost a quarter less (benchmarks/copy_locality.py).
- * Only after a receive: a stream of sends keeps filling the ring in order, since writing where the
- * consumer has just read, on another CPU, takes those cache lines back from it. */
+ * On a busy machine a large reply goes to the front of an empty ring (a wrap marker at the cursor, the
+ * record at offset 0), not to the next place.  The two processes of a request/response exchange then
+ * share one CPU, and every message lands in memory that CPU touched one round trip earlier instead of
+ * in a part of the ring last touched megabytes ago: a 64 KiB round trip's four copies cost a fifth
+ * less (benchmarks/copy_locality.py).  Not on an idle machine, where the processes run on two CPUs and
+ * writing the lines the consumer has just read takes them back from its cache; for the same reason
+ * not within a stream of sends, which keeps filling the ring in order. */
 int spsc_place(SpscPort *r, uint64_t n, uint64_t *pad, uint64_t *adv)
 {
     uint64_t rec = rec_size(n), p = r->pos & r->mask;

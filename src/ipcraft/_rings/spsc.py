@@ -67,7 +67,7 @@ Decisions:
   ago.  So a producer port paired with the consumer port of the same connection (``pair()``, shm://)
   sends a message of 8 KiB or more that follows a receive (a reply) to offset 0 of an empty ring,
   behind a wrap marker: the record lands where the previous reply was.  A 64 KiB round trip beside a
-  CPU-bound neighbour fell from 15.5 to 12.8 us, with p99 from 90 to under 45 us
+  CPU-bound neighbour fell from 15.5-16.1 to 12.8 us, with p99 from 60-67 to 18-40 us
   (``benchmarks/copy_locality.py`` replays the copies alone).  Not on an idle machine, where the two
   processes run on two CPUs and writing lines the peer has just read takes them back from its cache
   (a 64 KiB round trip went from 20 to 24 us), and not within a stream of sends, for the same reason.
