@@ -58,17 +58,18 @@ void spsc_release_if_done(SpscPort *r)
 
 /* ---- producer ------------------------------------------------------------------------------- */
 
-/* Whether a record of n bytes at ring offset p is a reply worth sending from the ring's front: large,
- * not at the front already, and this side's partner (the consumer port of the same connection, see
- * pair()) has taken a message since this side last placed one.  Sets the mark either way. */
-static int reply_to_front(SpscPort *r, uint64_t n, uint64_t p)
+/* Whether a record of n payload bytes (rec with its header) at ring offset p is a reply worth sending
+ * from the ring's front: this side's partner (the consumer port of the same connection, see pair())
+ * has taken a message since this side last placed one, the record is large and fits before p (so p is
+ * not the front), and the machine is busy (asked last: it may read /proc).  Sets the mark either way. */
+static int reply_to_front(SpscPort *r, uint64_t n, uint64_t rec, uint64_t p)
 {
     if (r->partner == NULL)
         return 0;
     uint64_t consumed = ((SpscPort *)r->partner)->consumed;
     int replying = consumed != r->reply_mark;
     r->reply_mark = consumed;
-    return replying && n >= SPSC_REPLY_FRONT_MIN && p != 0 && ipc_cpus_busy(ring_now_ns());
+    return replying && n >= SPSC_REPLY_FRONT_MIN && rec <= p && ipc_cpus_busy(ring_now_ns());
 }
 
 /* Where a record of n payload bytes goes: sets *pad (wrap padding first) and *adv (head advance).
@@ -84,7 +85,7 @@ static int reply_to_front(SpscPort *r, uint64_t n, uint64_t p)
 int spsc_place(SpscPort *r, uint64_t n, uint64_t *pad, uint64_t *adv)
 {
     uint64_t rec = rec_size(n), p = r->pos & r->mask;
-    int front = reply_to_front(r, n, p) && rec <= p;
+    int front = reply_to_front(r, n, rec, p);
     *pad = p + rec > r->cap ? r->cap - p : 0;
     *adv = *pad + rec;
     if (r->pos - r->seen + *adv <= r->cap && !front)
