@@ -7,7 +7,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,7 +16,7 @@ import ipcraft
 from ipcraft import _native
 from ipcraft.testing import Child, unique_name
 
-from .test_shm import connect_when_listening
+from .test_shm import connect_when_listening, shm_pair
 
 
 @contextlib.contextmanager
@@ -108,18 +107,6 @@ def test_messages_stay_whole_on_a_busy_machine(wait: str) -> None:
         assert child.result(60) == "done"
 
 
-def _pair(url: str) -> tuple[ipcraft.Channel, ipcraft.Channel]:
-    """Both ends of one shm:// connection in this process: (server side, client side)."""
-    with ipcraft.listen(url) as lst:
-        accepted: list[ipcraft.Channel] = []
-        t = threading.Thread(target=lambda: accepted.append(lst.accept(10)))
-        t.start()
-        client = ipcraft.connect(url, timeout=10)
-        t.join(10)
-    assert accepted, "the listener accepted nothing"
-    return accepted[0], client
-
-
 def _positions(server: ipcraft.Channel) -> tuple[Callable[[], int], int]:
     """White box: the cursor of the server's ring towards the client, and the ring's capacity."""
     transport = server._transport  # type: ignore[attr-defined]
@@ -131,10 +118,9 @@ def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> No
     offset 0 of the empty ring behind a wrap marker (the cursor moves a whole lap), so it lands where
     the previous reply lay; a second send in a row, and a small reply, take the next place.  The
     other side receives every message whole."""
-    server, client = _pair(f"shm://{unique_name('front')}")
     size, small = 65536, 4096
     rec, small_rec = 8 + size, 8 + small
-    with server, client, busy_machine():
+    with shm_pair() as (client, server), busy_machine():
         position, capacity = _positions(server)
 
         def send(msg: bytes) -> int:
@@ -165,9 +151,8 @@ def test_a_reply_takes_the_next_place_on_an_idle_machine() -> None:
     The busy test is read at most every 0.5 ms per thread, so a reading taken just before the send
     and one just after, both within 0.4 ms, are the very one the send used; a noisy machine gets a
     few tries, then the test is skipped rather than guessed."""
-    server, client = _pair(f"shm://{unique_name('front')}")
     size = 65536
-    with server, client:
+    with shm_pair() as (client, server):
         position, _ = _positions(server)
         server.send_bytes(b"x" * size)
         assert client.recv_bytes(timeout=10) == b"x" * size
@@ -189,8 +174,7 @@ def test_a_reply_takes_the_next_place_on_an_idle_machine() -> None:
 
 
 def test_only_a_producer_port_pairs_with_a_consumer_port() -> None:
-    server, client = _pair(f"shm://{unique_name('front')}")
-    with server, client:
+    with shm_pair() as (client, server):
         transport = server._transport  # type: ignore[attr-defined]
         tx, rx = transport.tx.native, transport.rx.native
         for port, other in ((tx, tx), (rx, rx), (rx, tx)):
