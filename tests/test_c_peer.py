@@ -24,7 +24,7 @@ import pytest
 import ipcraft
 from ipcraft.errors import PeerVanished, Timeout
 from ipcraft.testing import unique_name
-from transports.test_busy import busy_machine, wait_until_busy
+from transports.test_busy import busy_machine, ring_cursor, wait_until_busy
 
 ROOT = Path(__file__).resolve().parent.parent
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -402,12 +402,12 @@ def test_shm_c_consumer_reads_replies_that_start_at_the_front_of_the_ring(tmp_pa
         peer = Peer(str(exe), url, None, tmp_path / "out")
         try:
             with lst.accept(timeout=20) as ch:
-                transport = ch._transport  # white box: where each reply lands
+                position, capacity = ring_cursor(ch)  # white box: where each reply lands
                 for m in msgs:
                     assert ch.recv_bytes(timeout=20) == b"next"
                     wait_until_busy()
                     ch.send_bytes(m, timeout=20)
-                    at = transport.tx.native.position % transport.capacity
+                    at = position() % capacity
                     fronts += at == 8 + (len(m) + 7) // 8 * 8 and len(m) >= 8192
                 assert ch.recv_bytes(timeout=20) == b"next"
             assert peer.wait(30) == 0, peer.stderr

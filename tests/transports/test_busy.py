@@ -107,8 +107,9 @@ def test_messages_stay_whole_on_a_busy_machine(wait: str) -> None:
         assert child.result(60) == "done"
 
 
-def _positions(server: ipcraft.Channel) -> tuple[Callable[[], int], int]:
-    """White box: the cursor of the server's ring towards the client, and the ring's capacity."""
+def ring_cursor(server: ipcraft.Channel) -> tuple[Callable[[], int], int]:
+    """White box (shared with test_c_peer): the cursor of the server's shm:// ring towards the client,
+    and the ring's capacity."""
     transport = server._transport  # type: ignore[attr-defined]
     return lambda: int(transport.tx.native.position), int(transport.capacity)
 
@@ -121,7 +122,7 @@ def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> No
     size, small = 65536, 4096
     rec, small_rec = 8 + size, 8 + small
     with shm_pair() as (client, server), busy_machine():
-        position, capacity = _positions(server)
+        position, capacity = ring_cursor(server)
 
         def send(msg: bytes) -> int:
             before = position()
@@ -153,7 +154,7 @@ def test_a_reply_takes_the_next_place_on_an_idle_machine() -> None:
     few tries, then the test is skipped rather than guessed."""
     size = 65536
     with shm_pair() as (client, server):
-        position, _ = _positions(server)
+        position, _ = ring_cursor(server)
         server.send_bytes(b"x" * size)
         assert client.recv_bytes(timeout=10) == b"x" * size
         for _ in range(20):
