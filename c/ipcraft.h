@@ -1,9 +1,10 @@
 /* ipcraft.h: a header-only C peer for two ipcraft channels, ring:// and shm://, carrying raw bytes.
  *
- * It implements the wire format described in docs/spec/ (version 1): the 8-byte frame header with the
+ * It implements the wire format described in docs/spec/: the 8-byte frame header with the
  * raw serializer (id 0), the multi-producer ring of ring:// (docs/spec/mpmc-ring.md) and the client
- * side of the shm:// rendezvous with its two single-producer rings (docs/spec/shm.md,
- * docs/spec/spsc-ring.md).  Linux only; GCC or Clang (it uses the __atomic builtins); link with
+ * side of the shm:// rendezvous with its two single-producer rings and, in handshake version 2 (the
+ * default; define IPC_SHM_VERSION 1 for the layout without it), the shared region for large replies
+ * (docs/spec/shm.md, docs/spec/spsc-ring.md).  Linux only; GCC or Clang (it uses the __atomic builtins); link with
  * -pthread.  Include it in one or many files: every function is static.
  *
  *     ipc_chan ch;
@@ -366,6 +367,13 @@ static inline ssize_t ipc_ring_recv(ipc_ring *q, void *buf, size_t room, ipc_rec
 #define IPC_SPSC_CONSUMER_WAITING 384
 #define IPC_SPSC_PRODUCER_WAITING 512
 #define IPC_SPSC_WRAP 0x8000u
+#define IPC_SPSC_SHARED 0x4000u /* the payload is in the connection's shared region */
+#define IPC_SHARED_MAGIC 0x4C52464152435049ULL /* "IPCRAFRL" */
+#define IPC_SHARED_OWNER 64
+#define IPC_SHARED_MIN 8192u /* a reply this large goes through the shared region when it is free */
+#ifndef IPC_SHM_VERSION
+#define IPC_SHM_VERSION 2
+#endif
 
 typedef struct {
     char *base, *data;
@@ -380,6 +388,10 @@ typedef struct {
     char *map;
     size_t map_size;
     ipc_spsc tx, rx;
+    char *shared;        /* version 2: the shared region's data area (its header page precedes it) */
+    uint64_t shared_cap; /* its size: capacity / 2 */
+    uint32_t *owner;     /* 0 free, 1 the client's (this side's) message, 2 the server's */
+    int replying;        /* a message was received since the last send: a large send is a reply */
 } ipc_shm;
 
 static inline int ipc_spsc_check(char *base, uint64_t cap)
@@ -496,7 +508,14 @@ static inline int ipc_shm_send(ipc_shm *c, const void *buf, size_t n)
         return -EMSGSIZE; /* a record may use at most half the ring */
     if (__atomic_load_n(r->cclosed, __ATOMIC_ACQUIRE))
         return -ESHUTDOWN;
-    uint64_t rec = ipc_rec8(n), p = r->pos & r->mask, pad = p + rec > r->cap ? r->cap - p : 0, adv = pad + rec;
+    /* A large reply goes through the shared region if this side can claim it (docs/spec/spsc-ring.md);
+     * the ring then carries an 8-byte record.  A failed claim costs nothing: the ring as usual. */
+    uint32_t free_ = 0;
+    int shared = c->shared && c->replying && n >= IPC_SHARED_MIN && n <= c->shared_cap &&
+                 __atomic_compare_exchange_n(c->owner, &free_, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+    c->replying = 0;
+    uint64_t rec = shared ? 8u : ipc_rec8(n), p = r->pos & r->mask, pad = p + rec > r->cap ? r->cap - p : 0,
+             adv = pad + rec;
     if (r->pos - r->seen + adv > r->cap) {
         for (;;) {
             uint64_t tail = ipc_load(r->tail);
@@ -506,8 +525,11 @@ static inline int ipc_shm_send(ipc_shm *c, const void *buf, size_t n)
             if (r->pos - tail + adv <= r->cap)
                 break;
             int s = ipc_spsc_wait(r, c->sock, adv);
-            if (s < 0)
+            if (s < 0) {
+                if (shared)
+                    __atomic_store_n(c->owner, 0, __ATOMIC_RELEASE);
                 return s;
+            }
         }
     }
     unsigned char *at = (unsigned char *)r->data + p;
@@ -515,8 +537,14 @@ static inline int ipc_shm_send(ipc_shm *c, const void *buf, size_t n)
         ipc_put_frame(at, 0, IPC_SPSC_WRAP, 0);
         at = (unsigned char *)r->data;
     }
-    ipc_put_frame(at, IPC_SID_RAW, 0, (uint32_t)n);
-    memcpy(at + 8, buf, n);
+    if (shared) { /* the header's copy and the payload in the region, an 8-byte record in the ring */
+        ipc_put_frame((unsigned char *)c->shared - 8, IPC_SID_RAW, 0, (uint32_t)n);
+        memcpy(c->shared, buf, n);
+        ipc_put_frame(at, IPC_SID_RAW, IPC_SPSC_SHARED, (uint32_t)n);
+    } else {
+        ipc_put_frame(at, IPC_SID_RAW, 0, (uint32_t)n);
+        memcpy(at + 8, buf, n);
+    }
     r->pos += adv;
     __atomic_store_n(r->head, r->pos, __ATOMIC_RELEASE);
     ipc_spsc_wake(r, r->cwait);
@@ -551,10 +579,13 @@ static inline ssize_t ipc_shm_recv(ipc_shm *c, void *buf, size_t room, ipc_recv_
         memcpy(&flags, at + 2, 2);
     }
     len = __atomic_load_n((uint32_t *)(at + 4), __ATOMIC_RELAXED);
-    uint64_t size = ipc_rec8(len);
-    if (at[0] != IPC_FRAME_MAGIC || flags != 0 || skip + size > avail || p + size > r->cap)
+    int shared = flags == IPC_SPSC_SHARED && c->shared; /* the payload is in the shared region */
+    uint64_t size = shared ? 8u : ipc_rec8(len);
+    if (at[0] != IPC_FRAME_MAGIC || (flags != 0 && !shared) || skip + size > avail || p + size > r->cap ||
+        (shared && len > c->shared_cap))
         return -EPROTO;
     info->last_sid = at[1];
+    const unsigned char *payload = shared ? (const unsigned char *)c->shared : at + 8;
     ssize_t result = (ssize_t)len;
     if (at[1] != IPC_SID_RAW) {
         result = -EBADMSG;
@@ -562,8 +593,11 @@ static inline ssize_t ipc_shm_recv(ipc_shm *c, void *buf, size_t room, ipc_recv_
         info->needed = len;
         return -ENOBUFS;
     } else {
-        memcpy(buf, at + 8, len);
+        memcpy(buf, payload, len);
     }
+    if (shared)
+        __atomic_store_n(c->owner, 0, __ATOMIC_RELEASE); /* after the last read of the region */
+    c->replying = 1;
     r->pos += skip + size;
     __atomic_store_n(r->tail, r->pos, __ATOMIC_RELEASE);
     ipc_spsc_wake(r, r->pwait);
@@ -657,7 +691,7 @@ static inline int ipc_shm_connect(ipc_shm *c, const char *name, uint64_t capacit
         goto fail;
     }
     unsigned char hello[20];
-    uint32_t version = 1;
+    uint32_t version = IPC_SHM_VERSION;
     memcpy(hello, "IPCSHM\0\1", 8);
     memcpy(hello + 8, &version, 4);
     memcpy(hello + 12, &capacity, 8);
@@ -669,10 +703,10 @@ static inline int ipc_shm_connect(ipc_shm *c, const char *name, uint64_t capacit
     memcpy(&version, hello + 8, 4);
     memcpy(&cap, hello + 12, 8);
     rc = -EPROTO;
-    if (memcmp(hello, "IPCSHM\0\1", 8) || version != 1 || nfds != 5 || cap < 64 || (cap & (cap - 1)) ||
-        cap > (1ULL << 30))
+    if (memcmp(hello, "IPCSHM\0\1", 8) || version != IPC_SHM_VERSION || nfds != 5 || cap < 64 ||
+        (cap & (cap - 1)) || cap > (1ULL << 30))
         goto fail;
-    c->map_size = 2 * (IPC_SPSC_HEADER + cap);
+    c->map_size = 2 * (IPC_SPSC_HEADER + cap) + (version >= 2 ? IPC_SPSC_HEADER + cap / 2 : 0);
     struct stat st;
     int seals = fcntl(fds[0], F_GET_SEALS);
     if (fstat(fds[0], &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != c->map_size || seals < 0 ||
@@ -689,6 +723,17 @@ static inline int ipc_shm_connect(ipc_shm *c, const char *name, uint64_t capacit
     char *c2s = c->map, *s2c = c->map + IPC_SPSC_HEADER + cap;
     if (ipc_spsc_check(c2s, cap) < 0 || ipc_spsc_check(s2c, cap) < 0)
         goto fail;
+    if (version >= 2) { /* the shared region: its header page, then cap / 2 bytes */
+        char *region = c->map + 2 * (IPC_SPSC_HEADER + cap);
+        uint64_t magic, size;
+        memcpy(&magic, region, 8);
+        memcpy(&size, region + 8, 8);
+        if (magic != IPC_SHARED_MAGIC || size != cap / 2)
+            goto fail;
+        c->shared = region + IPC_SPSC_HEADER;
+        c->shared_cap = size;
+        c->owner = (uint32_t *)(region + IPC_SHARED_OWNER);
+    }
     close(fds[0]);
     fds[0] = -1;
     for (int i = 0; i < 4; i++)

@@ -84,11 +84,11 @@ def url(request: pytest.FixtureRequest) -> str:
 class Peer:
     """A C example process with its standard streams in files; killed at exit if still running."""
 
-    def __init__(self, exe: str, url: str, stdin: Path | None, stdout: Path) -> None:
+    def __init__(self, exe: str, url: str, stdin: Path | None, stdout: Path, *args: str) -> None:
         self.stdout = stdout
         self.stderr = ""
         with open(stdin or os.devnull, "rb") as i, open(stdout, "wb") as o:
-            self.proc = subprocess.Popen([exe, url], stdin=i, stdout=o, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen([exe, url, *args], stdin=i, stdout=o, stderr=subprocess.PIPE)
 
     def lines(self) -> list[bytes]:
         data = self.stdout.read_bytes()
@@ -347,7 +347,8 @@ def test_ring_c_consumer_killed_leaves_no_torn_message(programs, tmp_path):
 
 
 # A C requester: sends "next", receives one message and prints its length and CRC-32 (computed the
-# same way as zlib.crc32), until the Python side closes.
+# same way as zlib.crc32), until the Python side closes.  With a second argument "echo" it sends each
+# message back instead of "next" (the first request excepted): a reply, which may take the region.
 _REQUESTER = r"""
 #include "ipcraft.h"
 #include <stdlib.h>
@@ -366,14 +367,16 @@ static uint32_t crc32(const unsigned char *p, size_t n)
 int main(int argc, char **argv)
 {
     ipc_chan ch;
-    if (argc != 2 || ipc_open(&ch, argv[1]) < 0)
+    if (argc < 2 || ipc_open(&ch, argv[1]) < 0)
         return 2;
+    int echo = argc > 2 && strcmp(argv[2], "echo") == 0;
     size_t room = 1024 * 1024;
     unsigned char *buf = malloc(room);
+    ssize_t n = -1;
     for (;;) {
-        if (ipc_send(&ch, "next", 4) < 0)
+        if (echo && n >= 0 ? ipc_send(&ch, buf, (size_t)n) < 0 : ipc_send(&ch, "next", 4) < 0)
             break;
-        ssize_t n = ipc_recv(&ch, buf, room);
+        n = ipc_recv(&ch, buf, room);
         if (n < 0)
             break;
         printf("%zd %u\n", n, crc32(buf, (size_t)n));
@@ -386,14 +389,20 @@ int main(int argc, char **argv)
 """
 
 
+def build_requester(tmp_path: Path, *defines: str) -> Path:
+    src, exe = tmp_path / "requester.c", tmp_path / "requester"
+    src.write_text(_REQUESTER)
+    subprocess.run([str(CC), "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread", *defines,
+                    "-I", str(ROOT / "c"), "-o", str(exe), str(src)], check=True, timeout=120)
+    return exe
+
+
 def test_shm_c_consumer_reads_replies_that_start_at_the_front_of_the_ring(tmp_path: Path) -> None:
     """On a busy machine ipcraft writes a large reply at the front of the empty ring behind a wrap
     marker (docs/spec/spsc-ring.md allows it anywhere); the C peer's consumer must read those
-    replies whole.  The C program asks for each message, so every Python send follows a receive."""
-    src, exe = tmp_path / "requester.c", tmp_path / "requester"
-    src.write_text(_REQUESTER)
-    subprocess.run([str(CC), "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread",
-                    "-I", str(ROOT / "c"), "-o", str(exe), str(src)], check=True, timeout=120)
+    replies whole.  The C program asks for each message, so every Python send follows a receive.
+    Built for handshake version 1, which has no shared region: the replies must use the ring."""
+    exe = build_requester(tmp_path, "-DIPC_SHM_VERSION=1")
     url = f"shm://{unique_name('cfront')}"
     rng = random.Random(5)
     msgs = [rng.randbytes(n) for n in [65536, 8192, 300_000, 65536, 100, 65536] * 4]
@@ -418,3 +427,36 @@ def test_shm_c_consumer_reads_replies_that_start_at_the_front_of_the_ring(tmp_pa
     # 16 can: the very first reply is at offset 0 already, and each 300,000-byte one follows an 8 KiB
     # one, so the front holds fewer bytes than it needs.  (A few may miss if the run queue empties.)
     assert fronts >= 12, f"only {fronts} of the 16 large replies that could started at the ring's front"
+
+
+def test_shm_c_peer_and_python_exchange_large_replies_through_the_shared_region(tmp_path: Path) -> None:
+    """Handshake version 2 (the C peer's default): each large reply, in both directions, travels
+    through the connection's shared region (the ring carries an 8-byte record; white box: the
+    cursors), and arrives whole: Python's replies read by C, C's echoes read by Python."""
+    exe = build_requester(tmp_path)
+    url = f"shm://{unique_name('cregion')}"
+    rng = random.Random(6)
+    msgs = [rng.randbytes(n) for n in [65536, 8192, 300_000, 100, 1 << 19, 20_000] * 4]
+    via_region = [0, 0]
+    with ipcraft.listen(url, serializer="raw") as lst:
+        peer = Peer(str(exe), url, None, tmp_path / "out", "echo")
+        try:
+            with lst.accept(timeout=20) as ch:
+                transport = ch._transport  # type: ignore[attr-defined]
+                assert transport.version == 2
+                tx, rx = transport.tx.native, transport.rx.native
+                assert ch.recv_bytes(timeout=20) == b"next"
+                for m in msgs:
+                    before = tx.position
+                    ch.send_bytes(m, timeout=20)
+                    via_region[0] += tx.position - before == 8
+                    before = rx.position
+                    assert ch.recv_bytes(timeout=20) == m
+                    via_region[1] += rx.position - before == 8
+            assert peer.wait(30) == 0, peer.stderr
+        finally:
+            peer.kill()
+    got = [tuple(int(x) for x in line.split()) for line in peer.lines()]
+    assert got == [(len(m), zlib.crc32(m)) for m in msgs]
+    large = sum(len(m) >= 8192 for m in msgs)
+    assert via_region == [large, large]

@@ -417,3 +417,42 @@ def test_level_triggered_eventfd():
     assert not readable()
     p.close(), c.close(), mm.close()
     os.close(data)
+
+
+def test_shared_records_need_a_shared_region():
+    """A SHARED record in a ring whose consumer was given no shared region (ring://, file://, a
+    version 1 shm:// connection) is ProtocolError: the reader never follows it anywhere."""
+    mm, p, c = make_ring(256)
+    struct.pack_into("<BBHI", mm, _ring.HEADER_SIZE, _ring.REC_MAGIC, 0, _ring.REC_FLAG_SHARED, 16)
+    _native.atomic_store_u64(mm, _ring.OFF_HEAD, 8)
+    assert c.native.peek() == -errno.EPROTO
+    assert c.native.try_recv() is None
+    p.close(), c.close(), mm.close()
+
+
+def test_share_refuses_what_is_not_a_shared_region():
+    """share() checks the region's header page (magic, size, page alignment, inside the buffer) and
+    the producer's id; a refused share leaves the port as it was."""
+    cap = 4096
+    at = _ring.ring_size(cap)
+    mm = mmap.mmap(-1, at + _ring.shared_size(cap))
+    _ring.format_ring(mm, 0, cap)
+    _ring.format_shared(mm, at, cap)
+    assert _ring.check_shared(mm, at, cap)
+    prod = _native.SpscPort(mm, 0, True)
+    cons = _native.SpscPort(mm, 0, False)
+    with pytest.raises(ValueError, match="shared region"):
+        prod.share(at, 0)  # a producer needs an id
+    for off in (8, 0, len(mm) - 4096 + 64):
+        with pytest.raises(ValueError):
+            cons.share(off)
+    struct.pack_into("<Q", mm, at + _ring.SHARED_OFF_SIZE, cap)  # larger than the memory behind it
+    with pytest.raises(ValueError, match="shared region"):
+        cons.share(at)
+    assert not _ring.check_shared(mm, at, cap)
+    _ring.format_shared(mm, at, cap)
+    prod.share(at, 1)
+    cons.share(at)
+    assert prod.send(b"x" * 100) == 0  # not a reply (no pair()): the ring
+    assert cons.try_recv() == b"x" * 100
+    prod.close(), cons.close(), mm.close()

@@ -17,6 +17,7 @@ from ipcraft import _native
 from ipcraft.testing import Child, unique_name
 
 from .test_shm import connect_when_listening, shm_pair
+from .test_shm_region import CLIENT, hold_region
 
 
 @contextlib.contextmanager
@@ -115,14 +116,16 @@ def ring_cursor(server: ipcraft.Channel) -> tuple[Callable[[], int], int]:
 
 
 def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> None:
-    """On a busy machine a message of 8 KiB or more that follows a receive (a reply) is written at
-    offset 0 of the empty ring behind a wrap marker (the cursor moves a whole lap), so it lands where
-    the previous reply lay; a second send in a row, and a small reply, take the next place.  The
-    other side receives every message whole."""
+    """On a busy machine a message of 8 KiB or more that follows a receive (a reply), and cannot go
+    through the shared region (the peer holds it), is written at offset 0 of the empty ring behind a
+    wrap marker (the cursor moves a whole lap), so it lands where the previous reply lay; a second
+    send in a row, and a small reply, take the next place.  The other side receives every message
+    whole."""
     size, small = 65536, 4096
     rec, small_rec = 8 + size, 8 + small
     with shm_pair() as (client, server), busy_machine():
         position, capacity = ring_cursor(server)
+        hold_region(server, CLIENT)
 
         def send(msg: bytes) -> int:
             before = position()
@@ -147,7 +150,8 @@ def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> No
 
 def test_a_reply_takes_the_next_place_on_an_idle_machine() -> None:
     """With CPUs free the two processes run on two CPUs, where writing the lines the peer has just
-    read would take them back from its cache: a large reply then goes to the next place.
+    read would take them back from its cache: a large reply that cannot go through the shared region
+    then goes to the next place.
 
     The busy test is read at most every 0.5 ms per thread, so a reading taken just before the send
     and one just after, both within 0.4 ms, are the very one the send used; a noisy machine gets a
@@ -155,6 +159,7 @@ def test_a_reply_takes_the_next_place_on_an_idle_machine() -> None:
     size = 65536
     with shm_pair() as (client, server):
         position, _ = ring_cursor(server)
+        hold_region(server, CLIENT)
         server.send_bytes(b"x" * size)
         assert client.recv_bytes(timeout=10) == b"x" * size
         for _ in range(20):

@@ -457,40 +457,44 @@ def test_corrupt_ring_is_protocol_error():
 
 
 def test_client_refuses_a_bad_offer():
-    """The client checks what the server passes: a memfd not sealed, of the wrong size, or with a
-    corrupt ring header is ProtocolError, and nothing stays mapped."""
+    """The client checks what the server passes: a memfd not sealed, of the wrong size (the size of a
+    version 1 offer included), with a corrupt ring header or a corrupt shared-region header is
+    ProtocolError, and nothing stays mapped."""
     import fcntl
 
     from ipcraft._rings import spsc as _ring
     from ipcraft._transports import shm
 
     cap = 4096
-    size = 2 * _ring.ring_size(cap)
+    size = shm._memfd_size(cap, shm._VERSION)
+    region = 2 * _ring.ring_size(cap)
 
-    def offer(seal: bool, length: int, corrupt: bool) -> int:
+    def offer(seal: bool, length: int, corrupt: int | None) -> int:
         fd = os.memfd_create("test-offer", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, length)
         if length == size:
             import mmap
 
             with mmap.mmap(fd, size) as mm:
-                for off in (0, _ring.ring_size(cap)):
-                    _ring.format_ring(mm, off, cap)
-                if corrupt:
-                    mm[_ring.OFF_VERSION] = 9
+                shm._format_memfd(mm, cap, shm._VERSION)
+                if corrupt is not None:
+                    mm[corrupt] = 9
         if seal:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         return fd
 
-    for seal, length, corrupt, match in [(False, size, False, "sealed"), (True, size - 4096, False, "memfd"),
-                                         (True, size, True, "version 9")]:
+    for seal, length, corrupt, match in [(False, size, None, "sealed"), (True, size - 4096, None, "memfd"),
+                                         (True, shm._memfd_size(cap, 1), None, "memfd"),
+                                         (True, size, _ring.OFF_VERSION, "version 9"),
+                                         (True, size, region, "shared region"),
+                                         (True, size, region + 8, "shared region")]:
         fd = offer(seal, length, corrupt)
         try:
             with pytest.raises(ProtocolError, match=match):
                 shm._map_offer(fd, cap, "test")
         finally:
             os.close(fd)
-    fd = offer(True, size, False)
+    fd = offer(True, size, None)
     shm._map_offer(fd, cap, "test").close()
     os.close(fd)
 

@@ -184,14 +184,46 @@ int spsc_producer_gate(SpscPort *r, uint64_t n)
     return 0;
 }
 
+/* Whether a message of n payload bytes goes through the shared region, and if so claim it (then this
+ * call owns it until the consumer has copied the message out).  Only a reply (the partner port has
+ * taken a message since this side last placed one) of SPSC_SHARED_MIN bytes or more that fits.
+ *
+ * Why: a request/response exchange through two rings copies each message into the memory of its own
+ * direction, last touched a round trip ago; the region holds the request and then the reply, so every
+ * copy lands in memory the CPUs have just touched, as a socket's recycled pages do.  Measured: the
+ * 1 MiB round trip falls by about a fifth, idle or busy.  A stream of sends (not replies) keeps to the
+ * ring, and a claim that fails (the region still holds the peer's message) just uses the ring. */
+static int claim_shared(SpscPort *r, uint64_t n)
+{
+    if (r->shared == NULL || n < SPSC_SHARED_MIN || n > r->shared_cap || r->partner == NULL ||
+        ((SpscPort *)r->partner)->consumed == r->reply_mark)
+        return 0;
+    uint32_t free_ = 0;
+    return __atomic_load_n(r->owner_p, __ATOMIC_RELAXED) == 0 &&
+           __atomic_compare_exchange_n(r->owner_p, &free_, r->shared_id, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
 /* Push one record; the copy runs without the GIL when it is large (busy keeps other threads out). */
 int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n)
 {
     uint64_t adv;
     char *payload;
     int rc = spsc_producer_gate(r, n);
-    if (rc == 0)
+    if (rc < 0)
+        return rc;
+    int shared = claim_shared(r, n);
+    if (shared) {
+        rc = begin_record(r, sid, 0, &payload, &adv);
+        if (rc < 0) {
+            __atomic_store_n(r->owner_p, 0, __ATOMIC_RELEASE);
+            return rc;
+        }
+        spsc_put_header(payload - REC_HEADER, sid, REC_FLAG_SHARED, (uint32_t)n);
+        spsc_put_header(r->shared - REC_HEADER, sid, 0, (uint32_t)n);
+        payload = r->shared;
+    } else {
         rc = begin_record(r, sid, n, &payload, &adv);
+    }
     if (rc < 0)
         return rc;
     if (n >= GIL_FREE_COPY) {
@@ -203,6 +235,8 @@ int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n)
         r->inflight--;
         r->busy = 0;
         if (r->closed) { /* closed by another thread meanwhile: publish nothing */
+            if (shared)
+                __atomic_store_n(r->owner_p, 0, __ATOMIC_RELEASE);
             spsc_release_if_done(r);
             return -EBADF;
         }
@@ -237,12 +271,17 @@ int spsc_next_record(SpscPort *r, char **rec, uint64_t *n, uint64_t *total)
         p = 0;
         memcpy(&flags, at + 2, 2);
     }
-    if ((unsigned char)at[0] != REC_MAGIC || flags != 0)
+    if ((unsigned char)at[0] != REC_MAGIC || (flags != 0 && (flags != REC_FLAG_SHARED || r->shared == NULL)))
         return -EPROTO;
     uint32_t len = __atomic_load_n((uint32_t *)(at + 4), __ATOMIC_RELAXED); /* read once */
-    uint64_t size = rec_size(len);
-    if (skip + size > avail || p + size > r->cap)
+    uint64_t size = flags ? REC_HEADER : rec_size(len);
+    if (skip + size > avail || p + size > r->cap || (flags && len > r->shared_cap))
         return -EPROTO;
+    if (flags) { /* the payload is in the shared region, which this side frees once it consumes it */
+        r->shared_pending = 1;
+        r->shared_pos = r->pos + skip;
+        at = r->shared - REC_HEADER;
+    }
     *rec = at;
     *n = len;
     *total = skip + size;
@@ -278,6 +317,10 @@ void spsc_level_sync(SpscPort *r)
 /* Drop `total` bytes of records (one or many): one release store of tail, one wake-up at most. */
 void spsc_consume(SpscPort *r, uint64_t total)
 {
+    if (r->shared_pending && r->shared_pos - r->pos < total) {
+        r->shared_pending = 0;
+        __atomic_store_n(r->owner_p, 0, __ATOMIC_RELEASE); /* after every read of the region */
+    }
     r->pos += total;
     r->consumed++;
     __atomic_store_n(r->tail_p, r->pos, __ATOMIC_RELEASE);

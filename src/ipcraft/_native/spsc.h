@@ -28,6 +28,11 @@
 #define REC_HEADER 8u
 #define REC_MAGIC 0xA1u
 #define REC_FLAG_WRAP 0x8000u
+#define REC_FLAG_SHARED 0x4000u  /* the payload is in the connection's shared region (see spsc_push) */
+#define SHARED_OFF_MAGIC 0       /* the shared region's header page (docs/spec/shm.md) */
+#define SHARED_OFF_SIZE 8
+#define SHARED_OFF_OWNER 64      /* u32: 0 free, else the id of the producer whose message it holds */
+#define SHARED_MAGIC 0x4C52464152435049ULL /* b"IPCRAFRL" little-endian */
 
 #define CHECK_SIGNALS_NS 10000000LL /* while spinning, take the GIL this often to run signal handlers */
 #define WATCH_NS 1000000LL          /* while spinning, poll the peer-liveness fds this often */
@@ -53,11 +58,19 @@ typedef struct {
     uint64_t consumed;   /* consumer: records taken so far (a producer's partner reads it) */
     PyObject *partner;   /* producer: the consumer port of the same connection, or NULL (pair()) */
     uint64_t reply_mark; /* producer: the partner's `consumed` at the last placement */
+    char *shared;        /* the shared region's data (its header page precedes it), or NULL */
+    uint64_t shared_cap; /* its size, copied once (share()) */
+    uint32_t *owner_p;   /* its owner word */
+    uint32_t shared_id;  /* producer: the id it claims the region with */
+    int shared_pending;  /* consumer: a record at shared_pos keeps the region until consumed */
+    uint64_t shared_pos;
 } SpscPort;
 
 /* A record of at least this many payload bytes, sent in reply (see spsc_place), goes to the front of
  * an empty ring. */
 #define SPSC_REPLY_FRONT_MIN 8192u
+/* A reply of at least this many payload bytes goes through the shared region when it is free. */
+#define SPSC_SHARED_MIN 8192u
 static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }
 
 static inline int spsc_empty(SpscPort *r) { return ring_load_acquire(r->head_p) == r->pos; }

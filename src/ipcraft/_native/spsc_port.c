@@ -613,6 +613,34 @@ static PyObject *SpscPort_pair(SpscPort *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *SpscPort_share(SpscPort *self, PyObject *args)
+{
+    Py_ssize_t off;
+    unsigned long long ident = 0;
+    if (!PyArg_ParseTuple(args, "n|K:share", &off, &ident))
+        return NULL;
+    if (!self->has_view || self->closed) {
+        PyErr_SetString(PyExc_ValueError, "the port is closed");
+        return NULL;
+    }
+    char *head = ipc_buffer_at(&self->view, off, SPSC_HEADER_SIZE);
+    if (head == NULL)
+        return NULL;
+    uint64_t magic, size;
+    memcpy(&magic, head + SHARED_OFF_MAGIC, 8);
+    memcpy(&size, head + SHARED_OFF_SIZE, 8);
+    if (((uintptr_t)head & 4095) || magic != SHARED_MAGIC || size < REC_HEADER || (size & 7) ||
+        size > (uint64_t)(self->view.len - off) - SPSC_HEADER_SIZE || (self->producer && (ident == 0 || ident > UINT32_MAX))) {
+        PyErr_SetString(PyExc_ValueError, "not a shared region (magic, size, alignment) or a bad producer id");
+        return NULL;
+    }
+    self->shared = head + SPSC_HEADER_SIZE;
+    self->shared_cap = size;
+    self->owner_p = (uint32_t *)(head + SHARED_OFF_OWNER);
+    self->shared_id = (uint32_t)ident;
+    Py_RETURN_NONE;
+}
+
 static PyObject *SpscPort_set_level(SpscPort *self, PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
@@ -706,6 +734,10 @@ static PyMethodDef SpscPort_methods[] = {
     {"pair", (PyCFunction)SpscPort_pair, METH_O,
      "pair(consumer): producer: the consumer port of the same connection, whose receives mark this side's "
      "next large send as a reply, which then goes to the front of an empty ring (see spsc_place)."},
+    {"share", (PyCFunction)SpscPort_share, METH_VARARGS,
+     "share(offset, ident=0): use the shared region whose header page is at offset in the buffer: a "
+     "producer claims it with ident (> 0) for a large reply (see spsc_push), a consumer reads and frees "
+     "it.  ValueError for a region that is not one."},
     {"set_level", (PyCFunction)SpscPort_set_level, METH_O,
      "set_level(on) -> int: consumer: keep wait_fd readable exactly while a record is pending."},
     {"shutdown", (PyCFunction)SpscPort_shutdown, METH_NOARGS,
@@ -749,7 +781,9 @@ static PyObject *spsc_layout(PyObject *self, PyObject *unused)
         {"OFF_PRODUCER_CLOSED", OFF_PRODUCER_CLOSED}, {"OFF_TAIL", OFF_TAIL},
         {"OFF_CONSUMER_CLOSED", OFF_CONSUMER_CLOSED}, {"OFF_CONSUMER_WAITING", OFF_CONSUMER_WAITING},
         {"OFF_PRODUCER_WAITING", OFF_PRODUCER_WAITING}, {"REC_HEADER", REC_HEADER},
-        {"REC_MAGIC", REC_MAGIC}, {"REC_FLAG_WRAP", REC_FLAG_WRAP},
+        {"REC_MAGIC", REC_MAGIC}, {"REC_FLAG_WRAP", REC_FLAG_WRAP}, {"REC_FLAG_SHARED", REC_FLAG_SHARED},
+        {"SHARED_MAGIC", SHARED_MAGIC}, {"SHARED_OFF_MAGIC", SHARED_OFF_MAGIC}, {"SHARED_OFF_SIZE", SHARED_OFF_SIZE},
+        {"SHARED_OFF_OWNER", SHARED_OFF_OWNER},
     };
     PyObject *d = PyDict_New();
     for (size_t i = 0; d != NULL && i < sizeof k / sizeof k[0]; i++) {

@@ -29,12 +29,19 @@ Decisions:
   rounded up to a power of two.  A message may use half a ring; a larger one is MessageTooLarge
   naming the capacity (see _rings/spsc.py for why not streaming).  ``wait=`` is each side's own choice.
 
+* **One shared region for large replies** (handshake version 2).  After the two rings the memfd holds
+  a region of half a ring, which either side may claim for one message at a time: a large reply goes
+  there, so a request and its reply land in the same memory (see _rings/spsc.py).  A client of
+  version 1 (such as an older C peer) gets the memfd without it; the server answers in the client's
+  version.
+
 Handshake on the rendezvous socket, after unix.py's credential verdict::
 
-    client -> server   REQUEST  <8sIQ   b"IPCSHM\\x00\\x01", version 1, requested capacity (0: server's)
-    server -> client   OFFER    <8sIQ   same magic, version, capacity; SCM_RIGHTS: memfd, then the
-                                        eventfds c2s-data, c2s-room, s2c-data, s2c-room
-    client -> server   ACK      1 byte  0x01 once it has mapped and validated both rings
+    client -> server   REQUEST  <8sIQ   b"IPCSHM\\x00\\x01", version 2 (or 1), requested capacity (0:
+                                        the server's)
+    server -> client   OFFER    <8sIQ   same magic, the client's version, capacity; SCM_RIGHTS: memfd,
+                                        then the eventfds c2s-data, c2s-room, s2c-data, s2c-room
+    client -> server   ACK      1 byte  0x01 once it has mapped and validated both rings (and the region)
 """
 
 from __future__ import annotations
@@ -58,10 +65,13 @@ from .._rings.spsc import (
     REC_HEADER,
     SpscPort,
     check_ring,
+    check_shared,
     format_ring,
+    format_shared,
     max_payload,
     ring_size,
     round_capacity,
+    shared_size,
 )
 from ..errors import HandleClosed, InvalidEndpoint, ProtocolError
 from . import unix
@@ -71,7 +81,8 @@ from ._sockets import SocketListener, Steps, close_fds, handshake_deadline, recv
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 _HELLO = struct.Struct("<8sIQ")
 _MAGIC = b"IPCSHM\x00\x01"
-_VERSION = 1
+_VERSION = 2  # 2: the memfd ends with a shared region for large replies; 1 (still served): without
+_VERSIONS = (1, 2)
 _ACK = b"\x01"
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
@@ -86,7 +97,7 @@ class ShmTransport(Transport):
     """One end of an shm:// connection: a producer port on one ring, a consumer port on the other."""
 
     def __init__(self, sock: socket.socket, mm: mmap.mmap, capacity: int, server: bool,
-                 efds: Sequence[int], endpoint: Endpoint, peer: Any) -> None:
+                 efds: Sequence[int], endpoint: Endpoint, peer: Any, version: int = _VERSION) -> None:
         self._sock: socket.socket | None = sock
         self._mm: mmap.mmap | None = mm
         self._fds = list(efds)
@@ -113,6 +124,10 @@ class ShmTransport(Transport):
                            wait_fd=rx_data, watch_fds=watch, spin=self.spin, limit=max_message,
                            limit_source="this channel's max_message_size")
         self.tx.native.pair(self.rx.native)  # on a busy machine a large reply goes to the ring's front
+        self.version = version
+        if version >= 2:  # a large reply goes through the region the request has just left
+            self.tx.native.share(2 * ring_size(capacity), 2 if server else 1)
+            self.rx.native.share(2 * ring_size(capacity))
         self._handles = tx_off + OFF_HANDLES
         _native.atomic_add_u64(mm, self._handles, 1)
         _OPEN.add(self)
@@ -249,16 +264,30 @@ def _unmap(mm: mmap.mmap | None) -> None:
         pass  # a view (an escaped recv_view, a half-built port) still exports it: unmapped when it goes
 
 
-def _hello(capacity: int) -> bytes:
-    return _HELLO.pack(_MAGIC, _VERSION, capacity)
+def _hello(capacity: int, version: int = _VERSION) -> bytes:
+    return _HELLO.pack(_MAGIC, version, capacity)
 
 
-def _parse_hello(data: bytes, what: str) -> int:
+def _parse_hello(data: bytes, what: str, versions: Sequence[int] = (_VERSION,)) -> tuple[int, int]:
+    """(version, capacity) of a REQUEST or OFFER, whose version must be one of ``versions``."""
     magic, version, capacity = _HELLO.unpack(data)
-    if magic != _MAGIC or version != _VERSION:
+    if magic != _MAGIC or version not in versions:
         raise ProtocolError(f"{what}: the other side does not speak the shm:// handshake version "
-                            f"{_VERSION} (got {magic!r} version {version})")
-    return int(capacity)
+                            f"{' or '.join(map(str, versions))} (got {magic!r} version {version})")
+    return int(version), int(capacity)
+
+
+def _memfd_size(capacity: int, version: int) -> int:
+    """The memfd of a connection: two rings, then (version 2) the shared region's header page and data."""
+    return 2 * ring_size(capacity) + (shared_size(capacity) if version >= 2 else 0)
+
+
+def _format_memfd(mm: mmap.mmap, capacity: int, version: int) -> None:
+    """Format a zeroed memfd of _memfd_size(): the two rings, then (version 2) the region's header."""
+    for off in (0, ring_size(capacity)):
+        format_ring(mm, off, capacity)
+    if version >= 2:
+        format_shared(mm, 2 * ring_size(capacity), capacity)
 
 
 def connect(endpoint: Endpoint, deadline: float | None) -> Transport:
@@ -290,7 +319,7 @@ def connect_steps(endpoint: Endpoint, deadline: float | None) -> Steps[Transport
     try:
         yield from send_all(sock, _hello(asked), hs, what)
         data, fds = yield from recv_exact(sock, _HELLO.size, hs, what, refused, maxfds=5)
-        capacity = _parse_hello(data, what)
+        _, capacity = _parse_hello(data, what)
         if len(fds) != 5:
             raise ProtocolError(f"{what}: the server passed {len(fds)} descriptors, expected 5")
         mm = _map_offer(fds[0], capacity, what)
@@ -312,7 +341,7 @@ def connect_steps(endpoint: Endpoint, deadline: float | None) -> Steps[Transport
 
 
 def _map_offer(fd: int, capacity: int, what: str) -> mmap.mmap:
-    size = 2 * ring_size(capacity)
+    size = _memfd_size(capacity, _VERSION)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size != size:
         raise ProtocolError(f"{what}: the shared memory offered is not a {size}-byte memfd")
@@ -323,6 +352,8 @@ def _map_offer(fd: int, capacity: int, what: str) -> mmap.mmap:
         for off in (0, ring_size(capacity)):
             if check_ring(mm, off, what) != capacity:
                 raise ProtocolError(f"{what}: a ring's capacity differs from the one offered")
+        if not check_shared(mm, 2 * ring_size(capacity), capacity):
+            raise ProtocolError(f"{what}: the shared region's header is not one")
     except BaseException:
         _unmap(mm)
         raise
@@ -358,16 +389,16 @@ class ShmListener(SocketListener):
         peer = unix.serve_verdict(sock, self._allowed, self.endpoint)
         hs = handshake_deadline(self.endpoint, None)
         data, _ = yield from recv_exact(sock, _HELLO.size, hs, what, ProtocolError)
-        asked = _parse_hello(data, what)
+        version, asked = _parse_hello(data, what, _VERSIONS)
         try:
             capacity = round_capacity(asked) if asked else self._capacity
         except ValueError as exc:
             raise ProtocolError(f"{what}: the client asked for a {asked}-byte ring: {exc}") from exc
-        transport = self._rings(sock, capacity, peer)
+        transport = self._rings(sock, capacity, peer, version)
         try:
             memfd = transport.memfd
             try:
-                yield from send_all(sock, _hello(capacity), hs, what, [memfd, *transport._fds])
+                yield from send_all(sock, _hello(capacity, version), hs, what, [memfd, *transport._fds])
             finally:
                 os.close(memfd)
                 transport.memfd = -1
@@ -379,9 +410,10 @@ class ShmListener(SocketListener):
             raise
         return transport
 
-    def _rings(self, sock: socket.socket, capacity: int, peer: Any) -> ShmTransport:
-        """A sealed memfd holding two formatted rings, and four eventfds, as the server's end."""
-        size = 2 * ring_size(capacity)
+    def _rings(self, sock: socket.socket, capacity: int, peer: Any, version: int) -> ShmTransport:
+        """A sealed memfd holding two formatted rings (and the shared region), and four eventfds, as
+        the server's end."""
+        size = _memfd_size(capacity, version)
         efds: list[int] = []
         mm: mmap.mmap | None = None
         memfd = os.memfd_create("ipcraft-shm", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -389,10 +421,9 @@ class ShmListener(SocketListener):
             os.ftruncate(memfd, size)
             fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _SEALS)
             mm = mmap.mmap(memfd, size)
-            for off in (0, ring_size(capacity)):
-                format_ring(mm, off, capacity)
+            _format_memfd(mm, capacity, version)
             efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(4)]
-            transport = ShmTransport(sock, mm, capacity, True, efds, self.endpoint, peer)
+            transport = ShmTransport(sock, mm, capacity, True, efds, self.endpoint, peer, version)
         except BaseException:
             os.close(memfd)
             close_fds(efds)
