@@ -124,12 +124,16 @@ static inline int ring_spin_futile(long long start, long long now, int spinning,
  * on a busy machine it then yields at each check for the whole `ns`, instead of leaving the fast path
  * after 20 us for a general path that spins all the same).  check returns > 0 when what the spinner
  * waits for is there, < 0 when it should stop (closed), 0 to keep spinning; the clock is read every
- * 64 rounds (8 on a busy machine).  Returns 1 when check said > 0, else 0. */
+ * 64 rounds (8 on a busy machine), and once after the first round.  Returns 1 when check said > 0,
+ * else 0. */
 static inline int ring_spin(int (*check)(void *), void *ctx, long long ns, int spinning)
 {
     long long start = ring_now_ns(), until = start + ns;
     unsigned mask = RING_IDLE_ROUNDS - 1;
-    for (unsigned i = 1;; i++) {
+    /* The first check comes after the first look (i = 0), not after RING_IDLE_ROUNDS of them: on a
+     * busy machine the peer often waits behind this very spinner on its CPU, and 64 rounds before the
+     * first yield cost a 64 B round trip beside a CPU-bound neighbour 2.5 us of its 5.8 (3.3 now). */
+    for (unsigned i = 0;; i++) {
         int got = check(ctx);
         if (got)
             return got > 0;
