@@ -14,7 +14,8 @@ places them so), so this script replays the four copies in one process on one CP
 
 * ``two rings``: as shm:// and ring:// do, each message at the next place of a 4 MiB ring;
 * ``two rings, front``: each message at the start of its ring (a ring that reused its front);
-* ``one region``: both directions through the same memory, as the kernel's recycled pages are.
+* ``one region``: both directions through the same memory, as the kernel's recycled pages are (and
+  as shm:// sends a large reply, through its connection's shared region).
 
 It prints microseconds per round trip of copies (median of ``--repeat`` runs) and the ratio of each
 layout to ``one region``.  No IPC happens here: this isolates the memory traffic from the waiting.

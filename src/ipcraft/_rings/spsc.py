@@ -71,7 +71,8 @@ Decisions:
   then the 25-30 us wake-up dominates.)  ``wait="spin"`` never sleeps.  On a busy machine (more
   runnable tasks than CPUs) spinning steals the CPU the peer is waiting for: there a waiter yields
   its CPU while it spins and sleeps after 20 us, and ``wait="spin"`` keeps yielding (see rings.h).
-* **On a busy machine a large reply starts at the ring's front.**  When every CPU is taken, the two
+* **On a busy machine a large reply starts at the ring's front** (when it cannot take the shared
+  region, below, or there is none: a version 1 connection).  When every CPU is taken, the two
   processes of a request/response exchange end up sharing one CPU, and what a copy costs depends on
   whether its memory is still in that CPU's cache.  A socket reuses the kernel pages the receiver
   has just freed; a ring would put each message at its next place, in memory last touched megabytes
