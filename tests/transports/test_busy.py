@@ -148,6 +148,34 @@ def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> No
         assert send(b"s" * small) == small_rec  # a small reply: the next place
 
 
+def test_a_stream_of_large_records_restarts_at_the_front_of_an_emptied_ring_on_a_busy_machine() -> None:
+    """On a busy machine a record of 256 KiB or more goes to the front of the ring once the consumer
+    has emptied it, reply or not (its producer yields the CPU after each, so that a consumer sharing
+    the CPU drains the ring first); a smaller one in a stream takes the next place."""
+    size, small = 300_000, 65536
+    rec = 8 + (size + 7) // 8 * 8
+    with shm_pair() as (client, server), busy_machine():
+        position, capacity = ring_cursor(server)
+
+        def send(msg: bytes) -> int:
+            before = position()
+            server.send_bytes(msg)
+            assert client.recv_bytes(timeout=10) == msg
+            return position() - before
+
+        assert send(b"s" * small) == 8 + small  # the ring is no longer at its front
+        # Not yet: a record goes to the front only if it fits before the cursor (the ring then holds
+        # the padding and the record, at most its capacity).
+        assert send(b"t" * size) == rec
+        for i in range(3):
+            wait_until_busy()
+            at = position() % capacity
+            assert send(bytes([i]) * size) == capacity - at + rec  # padding to the end, the record at 0
+            assert position() % capacity == rec
+            wait_until_busy()
+            assert send(bytes([i + 50]) * small) == 8 + small  # smaller: the next place
+
+
 def test_a_reply_takes_the_next_place_on_an_idle_machine() -> None:
     """With CPUs free the two processes run on two CPUs, where writing the lines the peer has just
     read would take them back from its cache: a large reply that cannot go through the shared region

@@ -69,6 +69,9 @@ typedef struct {
 /* A record of at least this many payload bytes, sent in reply (see spsc_place), goes to the front of
  * an empty ring. */
 #define SPSC_REPLY_FRONT_MIN 8192u
+/* On a busy machine a record of at least this many payload bytes goes to the front of an empty ring,
+ * reply or not, and its producer yields the CPU after publishing it (see spsc_place). */
+#define SPSC_STREAM_FRONT_MIN GIL_FREE_COPY
 /* A reply of at least this many payload bytes goes through the shared region when it is free. */
 #define SPSC_SHARED_MIN 8192u
 static inline uint64_t rec_size(uint64_t n) { return REC_HEADER + ((n + 7) & ~(uint64_t)7); }

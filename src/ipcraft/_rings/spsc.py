@@ -82,7 +82,11 @@ Decisions:
   CPU-bound neighbour fell from 15.5-16.1 to 12.8 us, with p99 from 60-67 to 18-40 us
   (``benchmarks/copy_locality.py`` replays the copies alone).  Not on an idle machine, where the two
   processes run on two CPUs and writing lines the peer has just read takes them back from its cache
-  (a 64 KiB round trip went from 20 to 24 us), and not within a stream of sends, for the same reason.
+  (a 64 KiB round trip went from 20 to 24 us), and not within a stream of sends below 256 KiB, for
+  the same reason.  A message of 256 KiB or more, reply or not, does go to the front of an emptied
+  ring on a busy machine, and its producer then yields the CPU, so that a consumer sharing it drains
+  the ring before the next one: a 1 MiB stream beside a CPU-bound neighbour went from 7.0 to 8.4-8.6
+  GB/s (the bare seqpacket loop: 7.8-8.1).
 * **A large reply goes through the connection's shared region.**  Better than the ring's front: one
   region serves both directions of an shm:// connection, so a request and its reply land in the same
   memory, as a socket's do.  A producer port given the region (``share()``) sends a reply (as above)
