@@ -519,14 +519,15 @@ static inline int ipc_shm_send(ipc_shm *c, const void *buf, size_t n)
     if (r->pos - r->seen + adv > r->cap) {
         for (;;) {
             uint64_t tail = ipc_load(r->tail);
-            if (r->pos - tail > r->cap || (tail & 7))
-                return -EPROTO;
-            r->seen = tail;
-            if (r->pos - tail + adv <= r->cap)
-                break;
-            int s = ipc_spsc_wait(r, c->sock, adv);
+            int s = r->pos - tail > r->cap || (tail & 7) ? -EPROTO : 0;
+            if (s == 0) {
+                r->seen = tail;
+                if (r->pos - tail + adv <= r->cap)
+                    break;
+                s = ipc_spsc_wait(r, c->sock, adv);
+            }
             if (s < 0) {
-                if (shared)
+                if (shared) /* nothing sent: the region is free again */
                     __atomic_store_n(c->owner, 0, __ATOMIC_RELEASE);
                 return s;
             }
