@@ -426,11 +426,14 @@ def _sysv(kind: str) -> list[IPCObject]:
 
 
 def _sockets(dirs: tuple[str, ...], find_pids: bool) -> list[IPCObject]:
+    # The kernel's list first, then the owners: a socket made between the two is not listed, whereas
+    # in the other order a socket made meanwhile was listed without its owner.
+    sockets = unix_sockets()
     owners = socket_owners() if find_pids else {}
     dir_cache: dict[str, dict[tuple[int, int], str]] = {}
     out = []
     seen_files: set[str] = set()
-    for s in unix_sockets():
+    for s in sockets:
         if s.bound_as is None:
             continue
         path = None
