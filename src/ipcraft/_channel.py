@@ -91,6 +91,10 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
     _fast_recv_many: TryRecvMany | None = None
     # recv_bytes_into's: try_recv_into(buffer, offset) -> int | None, one copy out of a shared-memory ring
     _fast_recv_into: TryRecvInto | None = None
+    # _fast_recv when it refuses every payload over max_message_size itself (a shared-memory ring's
+    # port, whose limit is the channel's): recv_bytes() then needs no check after it, and its
+    # FastMethod (below) calls it with no Python frame.
+    _fast_recv_checked: TryRecv | None = None
     # recv_view()/send_view()'s context-manager factories (_zerocopy), made on first use
     _recv_lender: _native.Lender | None = None
     _send_lender: _native.Lender | None = None
@@ -151,6 +155,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
             into, limit = cast(FastRecvInto, transport).fast_recv_into()
             if limit <= max_message_size:  # it leaves larger payloads to the general path's refusal
                 self._fast_recv_into = into
+                self._fast_recv_checked = self._fast_recv  # the same port and limit (FastRecvInto)
         if issubclass(type(self._port), BatchWriter):
             self._batch_writer = cast(BatchWriter, self._port)
         if issubclass(type(self._port), BufferedReader):
@@ -205,7 +210,7 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
 
     def _close(self) -> None:
         self._fast_send = self._fast_recv = self._fast_send_many = self._fast_recv_many = None
-        self._fast_recv_into = None
+        self._fast_recv_into = self._fast_recv_checked = None
         self._recv_lender = self._send_lender = None
         t, self._transport = self._transport, None
         if t is not None:
@@ -386,8 +391,11 @@ class _MessageIO(Handle, Generic[T], metaclass=_NoPublicConstructor):
         ``maxlength`` refuses longer messages with MessageTooLarge (the message is discarded, the
         channel stays usable).  Raises as :meth:`recv`.
         """
+        # On shm://, ring:// and file:// recv_bytes() alone is tried in one C call by the FastMethod
+        # installed below (it comes here when that returned None); elsewhere the fast path is tried here.
         pop = self._fast_recv
-        if pop is not None and maxlength is None and timeout is None and not extra:
+        if pop is not None and self._fast_recv_checked is None and maxlength is None and timeout is None \
+                and not extra:
             data = pop()
             if data is not None:
                 if len(data) > self._max_message_size:
@@ -620,6 +628,10 @@ def install_fast_method(cls: type, name: str, fast_attr: str, nargs: int, sent: 
 # recv_bytes_into(buffer) -> transport's try_recv_into(buffer), with no Python frame (see fastmethod.c).
 # The C port refuses payloads over the max_message_size the channel was made with, which it keeps.
 install_fast_method(_MessageIO, "recv_bytes_into", "_fast_recv_into", 1, False)
+# send_bytes(data) -> transport's try_send(data), and recv_bytes() -> try_recv() where it checks the limit
+# itself: the Python methods' frames, defaults and **extra dicts cost about as much as the C calls.
+install_fast_method(_MessageIO, "send_bytes", "_fast_send", 1, True)
+install_fast_method(_MessageIO, "recv_bytes", "_fast_recv_checked", 0, False)
 
 
 def decode_message(s: Serializer, sid: int, view: memoryview, who: Any) -> Any:

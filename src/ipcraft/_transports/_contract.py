@@ -172,7 +172,8 @@ class FastRecvInto(Protocol):
 
     def fast_recv_into(self) -> tuple[TryRecvInto, int]:
         """``(try_recv_into(buffer, offset=0) -> int | None, limit)``: ``limit`` bounds the payloads it
-        takes (larger ones are left to the general path, which refuses them with MessageTooLarge)."""
+        takes, and those the ``try_recv`` of :meth:`FastPath.fast_path` takes (larger ones are left to
+        the general path, which refuses them with MessageTooLarge)."""
 
 
 @runtime_checkable
