@@ -271,3 +271,36 @@ def test_both_directions_contend_for_the_region_and_every_message_arrives_whole(
     with connect_when_listening(url) as ch:
         assert _duplex(ch, n, seed=1) == n
     assert child.result(60) == n
+
+
+def test_asyncio_receives_region_messages() -> None:
+    """ipcraft.aio over shm:// (the event loop waits on the channel's eventfd, then receives): large
+    replies in both directions cross through the region whole and free it."""
+    import asyncio
+
+    from ipcraft import aio
+
+    url = f"shm://{unique_name('region')}"
+
+    async def main() -> None:
+        listener = await aio.listen(url)
+        try:
+            server, client = await asyncio.gather(listener.accept(timeout=10), aio.connect(url, timeout=10))
+        finally:
+            listener.close()
+        with server, client:
+            region = owner(server._sync)  # type: ignore[attr-defined]
+            await client.send_bytes(b"request")
+            assert await server.recv_bytes(timeout=10) == b"request"
+            for i in range(5):
+                msg = bytes([i]) * SIZE
+                await server.send_bytes(msg)
+                assert region() == SERVER
+                assert await client.recv_bytes(timeout=10) == msg
+                assert region() == 0
+                await client.send_bytes(msg[::-1])
+                assert region() == CLIENT
+                assert await server.recv_bytes(timeout=10) == msg[::-1]
+                assert region() == 0
+
+    asyncio.run(asyncio.wait_for(main(), 30))
