@@ -17,7 +17,7 @@ from ipcraft import _native
 from ipcraft.testing import Child, unique_name
 
 from .test_shm import connect_when_listening, shm_pair
-from .test_shm_region import CLIENT, hold_region
+from .test_shm_region import CLIENT, hold_region, tx_position
 
 
 @contextlib.contextmanager
@@ -111,8 +111,20 @@ def test_messages_stay_whole_on_a_busy_machine(wait: str) -> None:
 def ring_cursor(server: ipcraft.Channel) -> tuple[Callable[[], int], int]:
     """White box (shared with test_c_peer): the cursor of the server's shm:// ring towards the client,
     and the ring's capacity."""
-    transport = server._transport  # type: ignore[attr-defined]
-    return lambda: int(transport.tx.native.position), int(transport.capacity)
+    return tx_position(server), int(server._transport.capacity)  # type: ignore[attr-defined]
+
+
+def sender(server: ipcraft.Channel, client: ipcraft.Channel) -> Callable[[bytes], int]:
+    """send(msg): the server sends msg, the client receives it whole; how far the server's cursor moved."""
+    position = tx_position(server)
+
+    def send(msg: bytes) -> int:
+        before = position()
+        server.send_bytes(msg)
+        assert client.recv_bytes(timeout=10) == msg
+        return position() - before
+
+    return send
 
 
 def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> None:
@@ -126,13 +138,7 @@ def test_a_large_reply_starts_at_the_front_of_the_ring_on_a_busy_machine() -> No
     with shm_pair() as (client, server), busy_machine():
         position, capacity = ring_cursor(server)
         hold_region(server, CLIENT)
-
-        def send(msg: bytes) -> int:
-            before = position()
-            server.send_bytes(msg)
-            assert client.recv_bytes(timeout=10) == msg
-            return position() - before
-
+        send = sender(server, client)
         assert send(b"f" * size) == rec  # nothing received yet: the next place
         for i in range(3):
             client.send_bytes(b"request")
@@ -156,13 +162,7 @@ def test_a_stream_of_large_records_restarts_at_the_front_of_an_emptied_ring_on_a
     rec = 8 + (size + 7) // 8 * 8
     with shm_pair() as (client, server), busy_machine():
         position, capacity = ring_cursor(server)
-
-        def send(msg: bytes) -> int:
-            before = position()
-            server.send_bytes(msg)
-            assert client.recv_bytes(timeout=10) == msg
-            return position() - before
-
+        send = sender(server, client)
         assert send(b"s" * small) == 8 + small  # the ring is no longer at its front
         # Not yet: a record goes to the front only if it fits before the cursor (the ring then holds
         # the padding and the record, at most its capacity).

@@ -8,6 +8,7 @@ import select
 import struct
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,22 +25,27 @@ SIZE = 65536
 CLIENT, SERVER = 1, 2
 
 
-def owner(ch: ipcraft.Channel) -> Callable[[], int]:
-    """White box: a reader of the owner word of the connection's shared region (0: free, 1: the
-    client's message, 2: the server's)."""
+def _owner_word(ch: ipcraft.Channel) -> tuple[Any, int]:
+    """White box: the mapping of the connection and the offset of its shared region's owner word."""
     transport = ch._transport  # type: ignore[attr-defined]
-    at = 2 * _ring.ring_size(transport.capacity) + _ring.SHARED_OFF_OWNER
-    return lambda: int(struct.unpack_from("<I", transport._mm, at)[0])
+    return transport._mm, 2 * _ring.ring_size(transport.capacity) + _ring.SHARED_OFF_OWNER
+
+
+def owner(ch: ipcraft.Channel) -> Callable[[], int]:
+    """A reader of the owner word of the connection's shared region (0: free, 1: the client's
+    message, 2: the server's)."""
+    mm, at = _owner_word(ch)
+    return lambda: int(struct.unpack_from("<I", mm, at)[0])
 
 
 def hold_region(ch: ipcraft.Channel, who: int) -> None:
-    """White box: mark the region as holding `who`'s message (0 frees it), as the peer's claim would."""
-    transport = ch._transport  # type: ignore[attr-defined]
-    at = 2 * _ring.ring_size(transport.capacity) + _ring.SHARED_OFF_OWNER
-    struct.pack_into("<I", transport._mm, at, who)
+    """Mark the region as holding `who`'s message (0 frees it), as the peer's claim would."""
+    mm, at = _owner_word(ch)
+    struct.pack_into("<I", mm, at, who)
 
 
 def tx_position(ch: ipcraft.Channel) -> Callable[[], int]:
+    """White box (shared with test_busy): a reader of the cursor of the ring `ch` sends into."""
     transport = ch._transport  # type: ignore[attr-defined]
     return lambda: int(transport.tx.native.position)
 

@@ -59,6 +59,20 @@ void spsc_release_if_done(SpscPort *r)
 
 /* ---- producer ------------------------------------------------------------------------------- */
 
+/* Whether this side's next message is a reply: its partner (the consumer port of the same connection,
+ * see pair()) has taken a message since this side last placed one (reply_mark, set by to_front). */
+static inline int is_reply(SpscPort *r)
+{
+    return r->partner != NULL && ((SpscPort *)r->partner)->consumed != r->reply_mark;
+}
+
+/* Free the shared region: after the consumer's last read of a message in it, or by a producer that
+ * claimed it and then sent nothing (release: the region's bytes are done with before it is free). */
+static inline void free_shared(SpscPort *r)
+{
+    __atomic_store_n(r->owner_p, 0, __ATOMIC_RELEASE);
+}
+
 /* Whether a record of n payload bytes (rec with its header) at ring offset p is worth sending from the
  * ring's front: a reply (this side's partner, the consumer port of the same connection, see pair(),
  * has taken a message since this side last placed one) of SPSC_REPLY_FRONT_MIN bytes or more, or any
@@ -66,12 +80,9 @@ void spsc_release_if_done(SpscPort *r)
  * machine (asked last: it may read /proc).  Sets the reply mark either way. */
 static int to_front(SpscPort *r, uint64_t n, uint64_t rec, uint64_t p)
 {
-    int replying = 0;
-    if (r->partner != NULL) {
-        uint64_t consumed = ((SpscPort *)r->partner)->consumed;
-        replying = consumed != r->reply_mark;
-        r->reply_mark = consumed;
-    }
+    int replying = is_reply(r);
+    if (r->partner != NULL)
+        r->reply_mark = ((SpscPort *)r->partner)->consumed;
     return (n >= SPSC_STREAM_FRONT_MIN || (replying && n >= SPSC_REPLY_FRONT_MIN)) && rec <= p &&
            ipc_cpus_busy(ring_now_ns());
 }
@@ -203,8 +214,7 @@ int spsc_producer_gate(SpscPort *r, uint64_t n)
  * ring, and a claim that fails (the region still holds the peer's message) just uses the ring. */
 static int claim_shared(SpscPort *r, uint64_t n)
 {
-    if (r->shared == NULL || n < SPSC_SHARED_MIN || n > r->shared_cap || r->partner == NULL ||
-        ((SpscPort *)r->partner)->consumed == r->reply_mark)
+    if (r->shared == NULL || n < SPSC_SHARED_MIN || n > r->shared_cap || !is_reply(r))
         return 0;
     uint32_t free_ = 0;
     return __atomic_load_n(r->owner_p, __ATOMIC_RELAXED) == 0 &&
@@ -223,7 +233,7 @@ int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n)
     if (shared) {
         rc = begin_record(r, sid, 0, &payload, &adv);
         if (rc < 0) {
-            __atomic_store_n(r->owner_p, 0, __ATOMIC_RELEASE);
+            free_shared(r);
             return rc;
         }
         spsc_put_header(payload - REC_HEADER, sid, REC_FLAG_SHARED, (uint32_t)n);
@@ -244,7 +254,7 @@ int spsc_push(SpscPort *r, int sid, const char *src, uint64_t n)
         r->busy = 0;
         if (r->closed) { /* closed by another thread meanwhile: publish nothing */
             if (shared)
-                __atomic_store_n(r->owner_p, 0, __ATOMIC_RELEASE);
+                free_shared(r);
             spsc_release_if_done(r);
             return -EBADF;
         }
@@ -285,13 +295,14 @@ int spsc_next_record(SpscPort *r, char **rec, uint64_t *n, uint64_t *total)
         p = 0;
         memcpy(&flags, at + 2, 2);
     }
-    if ((unsigned char)at[0] != REC_MAGIC || (flags != 0 && (flags != REC_FLAG_SHARED || r->shared == NULL)))
+    int shared = flags == REC_FLAG_SHARED && r->shared != NULL; /* the payload is in the region */
+    if ((unsigned char)at[0] != REC_MAGIC || (flags != 0 && !shared))
         return -EPROTO;
     uint32_t len = __atomic_load_n((uint32_t *)(at + 4), __ATOMIC_RELAXED); /* read once */
-    uint64_t size = flags ? REC_HEADER : rec_size(len);
-    if (skip + size > avail || p + size > r->cap || (flags && len > r->shared_cap))
+    uint64_t size = shared ? REC_HEADER : rec_size(len);
+    if (skip + size > avail || p + size > r->cap || (shared && len > r->shared_cap))
         return -EPROTO;
-    if (flags) { /* the payload is in the shared region, which this side frees once it consumes it */
+    if (shared) { /* the payload is in the shared region, which this side frees once it consumes it */
         r->shared_pending = 1;
         r->shared_pos = r->pos + skip;
         at = r->shared - REC_HEADER;
@@ -333,7 +344,7 @@ void spsc_consume(SpscPort *r, uint64_t total)
 {
     if (r->shared_pending && r->shared_pos - r->pos < total) {
         r->shared_pending = 0;
-        __atomic_store_n(r->owner_p, 0, __ATOMIC_RELEASE); /* after every read of the region */
+        free_shared(r);
     }
     r->pos += total;
     r->consumed++;

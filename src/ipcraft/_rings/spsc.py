@@ -170,6 +170,7 @@ SHARED_OFF_OWNER: Final = 64
 SPIN_NS: Final = 100_000
 
 _FIXED = struct.Struct("<QIIQQII")  # magic, version, flags, capacity, data offset, creator, opener
+_SHARED_HEAD = struct.Struct("<QQ")  # the shared region's magic and size
 
 
 check_native_layout(_native.spsc_layout(), globals(), "SPSC ring")
@@ -199,12 +200,12 @@ def shared_size(capacity: int) -> int:
 def format_shared(buf: Any, offset: int, capacity: int) -> None:
     """Write the header of a free shared region (see the layout above) at page-aligned ``offset``
     of the zeroed, writable buffer ``buf``."""
-    struct.pack_into("<QQ", buf, offset + SHARED_OFF_MAGIC, SHARED_MAGIC, capacity // 2)
+    _SHARED_HEAD.pack_into(buf, offset + SHARED_OFF_MAGIC, SHARED_MAGIC, capacity // 2)
 
 
 def check_shared(buf: Any, offset: int, capacity: int) -> bool:
     """Whether ``buf`` holds at ``offset`` the header of a shared region for rings of ``capacity``."""
-    return struct.unpack_from("<QQ", buf, offset + SHARED_OFF_MAGIC) == (SHARED_MAGIC, capacity // 2)
+    return _SHARED_HEAD.unpack_from(buf, offset + SHARED_OFF_MAGIC) == (SHARED_MAGIC, capacity // 2)
 
 
 def format_ring(buf: Any, offset: int, capacity: int, flags: int = 0) -> None:
